@@ -1,0 +1,1 @@
+"""Pulumi components: the server, the stack, and one component per MLOps service."""

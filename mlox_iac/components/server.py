@@ -1,0 +1,70 @@
+"""The server component: a machine from the chosen provider, bootstrapped over SSH.
+
+The bootstrap is the same for every provider and runs with pulumi-command. It re-runs
+only when its script changes (the script's hash is a trigger).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pulumi
+from pulumi_command import remote
+
+from mlox_iac.config.model import StackConfig
+from mlox_iac.providers import DeployKeys, get_provider
+from mlox_iac.render.bootstrap import BootstrapSettings, render_bootstrap
+
+
+class Server(pulumi.ComponentResource):
+    """One server: provider resources, then SSH hardening, firewall, Docker and the data volume."""
+
+    public_address: pulumi.Output[str]
+    user: str
+    connection: object
+    ready: remote.Command
+
+    def __init__(self, name: str, config: StackConfig, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlox:server:Server", name, {}, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        provider = get_provider(config.provider)
+        if config.provider == "onprem":
+            keys = DeployKeys(public_keys=list(config.ssh.public_keys), private_key=None)
+        else:
+            import pulumi_tls as tls
+
+            # A deploy key only Pulumi holds (a secret in state); users log in with their own keys.
+            deploy_key = tls.PrivateKey(f"{name}-deploy-key", algorithm="ED25519", opts=child)
+            keys = DeployKeys(
+                public_keys=[deploy_key.public_key_openssh, *config.ssh.public_keys],
+                private_key=deploy_key.private_key_openssh,
+            )
+        machine = provider.create_machine(name, config, keys, child)
+        self.public_address = machine.public_address
+        self.connection = machine.connection
+        self.user = _connection_user(machine.connection)
+
+        def script_for(device: str | None) -> str:
+            return render_bootstrap(BootstrapSettings(
+                admin_cidrs=tuple(config.ssh.admin_cidrs),
+                user_keys=tuple(config.ssh.public_keys),
+                docker_source=config.docker.source,
+                data_device=device or "",
+            ))
+
+        script = pulumi.Output.from_input(machine.data_device).apply(script_for)
+        shell = "bash -s" if self.user == "root" else "sudo -n bash -s"
+        self.ready = remote.Command(
+            f"{name}-bootstrap",
+            connection=machine.connection,
+            create=shell,
+            stdin=script,
+            triggers=[script.apply(lambda s: hashlib.sha256(s.encode()).hexdigest())],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=machine.ready),
+        )
+        self.register_outputs({"public_address": self.public_address})
+
+
+def _connection_user(connection: remote.ConnectionArgs) -> str:
+    user = connection.user if hasattr(connection, "user") else connection.get("user")  # type: ignore[union-attr]
+    return user if isinstance(user, str) else "root"

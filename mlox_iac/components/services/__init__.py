@@ -1,0 +1,1 @@
+"""One module per MLOps service; see ``base.py`` for what a service module defines."""

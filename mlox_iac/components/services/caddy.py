@@ -1,0 +1,119 @@
+"""Caddy: the reverse proxy, and the only container that publishes ports (80 and 443).
+
+With ``mlox:domain`` set, every route is its own subdomain (``mlflow.<domain>``,
+``s3.<domain>``) with automatic HTTPS from Let's Encrypt. Without a domain, Caddy
+serves the server's address with a certificate from its own internal CA
+(``tls internal``), UIs under a path each (``https://<address>/mlflow/``) and the S3
+API at the root. Every route with ``auth="basic"`` gets basic auth with a generated
+password per service (bcrypt hash in Caddy's env file, never in the bundle).
+"""
+
+from __future__ import annotations
+
+import pulumi
+from pydantic import Field
+
+from mlox_iac.components.services.base import Context, Route, ServiceComponent, ServiceSettings, digest, hc, limits
+
+NAME = "caddy"
+IMAGE = "caddy:2.11.7"
+MEMORY_MB = 128
+REQUIRES: tuple[str, ...] = ()
+BACKUP = ["caddy-data"]  # certificates, and the internal CA clients may trust
+
+
+class Settings(ServiceSettings):
+    """Caddy reverse proxy (always on: it is the only way in)."""
+
+    ui_user: str = Field("admin", pattern=r"^[a-z][a-z0-9_-]{1,31}$", description="User name for the UIs' basic auth")
+
+
+def all_routes(ctx: Context) -> list[Route]:
+    """The routes of every enabled service, in registry order."""
+    from mlox_iac.components.services.registry import SERVICES
+
+    return [r for n in ctx.config.enabled_services() for r in SERVICES[n].routes(ctx)]
+
+
+def auth_variable(route: Route) -> str:
+    return "MLOX_AUTH_" + route.name.upper().replace("-", "_")
+
+
+def _proxy(route: Route, indent: str) -> list[str]:
+    if route.auth == "own":
+        # Keep the client's Host header: S3 signatures cover it.
+        return [f"{indent}reverse_proxy {route.upstream}"]
+    return [f"{indent}reverse_proxy {route.upstream} {{", f"{indent}\theader_up Host {{upstream_hostport}}", f"{indent}}}"]
+
+
+def _auth(route: Route, indent: str) -> list[str]:
+    if route.auth != "basic":
+        return []
+    return [f"{indent}basic_auth {{", f"{indent}\t{{$MLOX_UI_USER}} {{${auth_variable(route)}}}", f"{indent}}}"]
+
+
+def render_caddyfile(ctx: Context) -> str:
+    """The Caddyfile: deterministic, and free of secrets (hashes come from the environment)."""
+    routes = all_routes(ctx)
+    config = ctx.config
+    lines: list[str] = []
+    if config.domain:
+        lines += ["{", f"\temail {config.acme_email}", "}"]
+        for route in routes:
+            lines += ["", f"{route.name}.{config.domain} {{"]
+            lines += _auth(route, "\t") + _proxy(route, "\t") + ["}"]
+    else:
+        lines += ["{", "\tdefault_sni {$MLOX_ADDRESS}", "}", "", "https://{$MLOX_ADDRESS} {", "\ttls internal"]
+        for route in (r for r in routes if not r.catch_all):
+            handle = "handle_path" if route.strip_prefix else "handle"
+            lines += [f"\tredir /{route.name} /{route.name}/", f"\t{handle} /{route.name}/* {{"]
+            lines += _auth(route, "\t\t") + _proxy(route, "\t\t") + ["\t}"]
+        for route in (r for r in routes if r.catch_all):
+            lines += ["\thandle {"] + _auth(route, "\t\t") + _proxy(route, "\t\t") + ["\t}"]
+        lines += ["}"]
+    return "\n".join(lines) + "\n"
+
+
+def compose(ctx: Context) -> dict:
+    return {
+        "services": {
+            "caddy": {
+                "image": IMAGE,
+                "restart": "unless-stopped",
+                "env_file": [ctx.env_file(NAME)],
+                "ports": ["80:80", "443:443"],
+                "volumes": ["caddy-data:/data", "caddy-config:/config", "./caddy/Caddyfile:/etc/caddy/Caddyfile:ro"],
+                # A changed Caddyfile changes this label, so Compose recreates the container.
+                "labels": {"org.mlox.config-hash": digest(render_caddyfile(ctx))},
+                "healthcheck": hc(["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:2019/config/"], start_period="5s"),
+                "deploy": limits(MEMORY_MB),
+            },
+        },
+        "volumes": {"caddy-data": ctx.volume("caddy-data"), "caddy-config": ctx.volume("caddy-config")},
+    }
+
+
+def routes(ctx: Context) -> list[Route]:
+    return []
+
+
+def files(ctx: Context) -> dict[str, str]:
+    return {"caddy/Caddyfile": render_caddyfile(ctx)}
+
+
+class Caddy(pulumi.ComponentResource, ServiceComponent):
+    """The proxy: one generated UI password per basic-auth route, hashes in its env file."""
+
+    ui_user: str
+    ui_passwords: dict
+
+    def __init__(self, name: str, ctx: Context, server, deps: dict, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlox:service:Caddy", name, {}, opts)
+        self._setup(name, server)
+        self.ui_user = ctx.config.service(NAME).ui_user
+        passwords = {r.name: self.password(f"ui-{r.name}", length=24) for r in all_routes(ctx) if r.auth == "basic"}
+        self.ui_passwords = {route: p.result for route, p in passwords.items()}
+        values: dict = {"MLOX_UI_USER": self.ui_user, "MLOX_ADDRESS": server.public_address}
+        values.update({auth_variable(Route(r, "", "basic")): p.bcrypt_hash for r, p in passwords.items()})
+        self.write_env(NAME, values, ["caddy"])
+        self.register_outputs({"ui_passwords": self.ui_passwords})

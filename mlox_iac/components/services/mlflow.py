@@ -1,0 +1,95 @@
+"""MLflow tracking server and model registry.
+
+Backend store in Postgres (its own database and role), artifacts in the SeaweedFS
+bucket ``mlflow-artifacts``, served through MLflow's artifact proxy so clients need no
+S3 credentials. Behind the proxy with basic auth; the MLflow client sends it from
+``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``. The Flask secret is generated.
+"""
+
+from __future__ import annotations
+
+import pulumi
+
+from mlox_iac.components.services.base import Context, Route, ServiceComponent, ServiceSettings, hc, limits
+
+NAME = "mlflow"
+IMAGE = "ghcr.io/mlflow/mlflow:v3.17.2-full"
+MEMORY_MB = 1024
+REQUIRES: tuple[str, ...] = ("postgres", "seaweedfs", "caddy")
+DATABASE = True  # postgres creates database "mlflow" with role "mlflow"
+BACKUP: list[str] = []  # all state is in Postgres and SeaweedFS
+PORT = 5000
+
+
+class Settings(ServiceSettings):
+    """MLflow tracking server and model registry."""
+
+
+def prefix(ctx: Context) -> str:
+    """Path prefix of every MLflow route: none with a domain, ``/mlflow`` on the bare address."""
+    return "" if ctx.config.domain else f"/{NAME}"
+
+
+def compose(ctx: Context) -> dict:
+    from mlox_iac.components.services.seaweedfs import MLFLOW_BUCKET, S3_PORT
+
+    command = [
+        "mlflow", "server", "--host", "0.0.0.0", "--port", str(PORT),
+        # The password comes from PGPASSWORD in the env file, never from this URI.
+        "--backend-store-uri", "postgresql+psycopg2://mlflow@postgres:5432/mlflow",
+        "--serve-artifacts", "--artifacts-destination", f"s3://{MLFLOW_BUCKET}",
+        # Requests arrive through Caddy, which sets the Host header to the upstream.
+        "--allowed-hosts", f"{NAME}:{PORT},localhost:{PORT},127.0.0.1:{PORT}",
+    ]
+    if prefix(ctx):
+        command += ["--static-prefix", prefix(ctx)]
+    health = f"http://127.0.0.1:{PORT}{prefix(ctx)}/health"
+    return {
+        "services": {
+            "mlflow": {
+                "image": IMAGE,
+                "restart": "unless-stopped",
+                "env_file": [ctx.env_file(NAME)],
+                "environment": {"MLFLOW_S3_ENDPOINT_URL": f"http://seaweedfs:{S3_PORT}", "AWS_DEFAULT_REGION": "us-east-1"},
+                "command": command,
+                "healthcheck": hc(
+                    ["CMD", "python", "-c", f"import urllib.request; urllib.request.urlopen('{health}', timeout=4)"],
+                    start_period="60s",
+                ),
+                "depends_on": {
+                    "postgres-provision": {"condition": "service_completed_successfully"},
+                    "seaweedfs-buckets": {"condition": "service_completed_successfully"},
+                },
+                "deploy": limits(MEMORY_MB),
+            },
+        },
+    }
+
+
+def routes(ctx: Context) -> list[Route]:
+    # MLflow serves every route under --static-prefix itself, so the prefix is kept.
+    return [Route(NAME, f"{NAME}:{PORT}", auth="basic", strip_prefix=False)]
+
+
+def files(ctx: Context) -> dict[str, str]:
+    return {}
+
+
+class Mlflow(pulumi.ComponentResource, ServiceComponent):
+    """The MLflow service: Flask secret, database and S3 credentials in its env file."""
+
+    def __init__(self, name: str, ctx: Context, server, deps: dict, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlox:service:Mlflow", name, {}, opts)
+        self._setup(name, server)
+        flask_secret = self.password("flask-secret", length=48)
+        self.write_env(
+            NAME,
+            {
+                "PGPASSWORD": deps["postgres"].database_password(NAME),
+                "AWS_ACCESS_KEY_ID": deps["seaweedfs"].access_key,
+                "AWS_SECRET_ACCESS_KEY": deps["seaweedfs"].secret_key,
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": flask_secret.result,
+            },
+            [NAME],
+        )
+        self.register_outputs({})

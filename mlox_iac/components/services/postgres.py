@@ -1,0 +1,110 @@
+"""PostgreSQL: one database and one user per service that needs one, on the data volume.
+
+Not reachable from outside the server: no published port; services reach it as
+``postgres:5432`` on the Compose network. Roles and databases are created (and
+passwords rotated) by the one-shot ``postgres-provision`` container on every change.
+"""
+
+from __future__ import annotations
+
+import pulumi
+
+from mlox_iac.components.services.base import Context, ServiceComponent, ServiceSettings, digest, hc, limits
+
+NAME = "postgres"
+IMAGE = "postgres:15.18-bookworm"
+MEMORY_MB = 512
+REQUIRES: tuple[str, ...] = ()
+BACKUP = ["postgres-data"]  # named volumes a migration moves (as a pg_dumpall, see migrations/)
+SUPERUSER = "postgres"
+
+
+class Settings(ServiceSettings):
+    """PostgreSQL database server."""
+
+
+def databases(ctx: Context) -> list[str]:
+    """One database (and a role of the same name) per enabled service that declares ``DATABASE``."""
+    from mlox_iac.components.services.registry import SERVICES
+
+    return [n for n in ctx.config.enabled_services() if getattr(SERVICES[n], "DATABASE", False)]
+
+
+def password_variable(database: str) -> str:
+    return "MLOX_DB_PASSWORD_" + database.upper().replace("-", "_")
+
+
+PROVISION_SH = """\
+#!/bin/sh
+# Create or update one role and one database per service. Safe to run any number of times.
+set -eu
+export PGPASSWORD="$POSTGRES_PASSWORD"
+for db in $MLOX_DATABASES; do
+  var="MLOX_DB_PASSWORD_$(echo "$db" | tr 'a-z-' 'A-Z_')"
+  password="$(printenv "$var")"
+  psql -v ON_ERROR_STOP=1 -h postgres -U "$POSTGRES_USER" -d postgres \\
+    --set=role="$db" --set=password="$password" <<'SQL'
+SELECT format('CREATE ROLE %I LOGIN', :'role') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role')\\gexec
+ALTER ROLE :"role" WITH LOGIN PASSWORD :'password';
+SELECT format('CREATE DATABASE %I OWNER %I', :'role', :'role') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'role')\\gexec
+SQL
+  echo "database $db ready"
+done
+"""
+
+
+def compose(ctx: Context) -> dict:
+    env_file = [ctx.env_file(NAME)]
+    return {
+        "services": {
+            "postgres": {
+                "image": IMAGE,
+                "restart": "unless-stopped",
+                "env_file": env_file,
+                "volumes": ["postgres-data:/var/lib/postgresql/data"],
+                "healthcheck": hc(["CMD", "pg_isready", "-U", SUPERUSER, "-d", "postgres"]),
+                "deploy": limits(MEMORY_MB),
+            },
+            "postgres-provision": {
+                "image": IMAGE,
+                "restart": "no",
+                "env_file": env_file,
+                "environment": {"MLOX_DATABASES": " ".join(databases(ctx))},
+                "entrypoint": ["/bin/sh", "/mlox/provision.sh"],
+                "volumes": ["./postgres/provision.sh:/mlox/provision.sh:ro"],
+                # A changed script changes this label, so Compose recreates (and reruns) the container.
+                "labels": {"org.mlox.config-hash": digest(PROVISION_SH)},
+                "depends_on": {"postgres": {"condition": "service_healthy"}},
+                "deploy": limits(64),
+            },
+        },
+        "volumes": {"postgres-data": ctx.volume("postgres-data")},
+    }
+
+
+def routes(ctx: Context) -> list:
+    return []  # internal only
+
+
+def files(ctx: Context) -> dict[str, str]:
+    return {"postgres/provision.sh": PROVISION_SH}
+
+
+class Postgres(pulumi.ComponentResource, ServiceComponent):
+    """The Postgres service: superuser and per-service passwords, and its env file."""
+
+    superuser_password: pulumi.Output[str]
+
+    def __init__(self, name: str, ctx: Context, server, deps: dict, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlox:service:Postgres", name, {}, opts)
+        self._setup(name, server)
+        superuser = self.password("superuser")
+        self.database_passwords = {db: self.password(f"db-{db}") for db in databases(ctx)}
+        self.superuser_password = superuser.result
+        values = {"POSTGRES_USER": SUPERUSER, "POSTGRES_PASSWORD": superuser.result, "POSTGRES_DB": "postgres"}
+        values.update({password_variable(db): p.result for db, p in self.database_passwords.items()})
+        self.write_env(NAME, values, ["postgres", "postgres-provision"])
+        self.register_outputs({"superuser_password": self.superuser_password})
+
+    def database_password(self, database: str) -> pulumi.Output[str]:
+        return self.database_passwords[database].result

@@ -1,0 +1,112 @@
+"""SeaweedFS: the S3-compatible object store (MinIO's community edition is archived).
+
+One ``weed server`` (master, volume, filer and S3 gateway in one process) with its
+data on the data volume. The S3 API is published only through the proxy. Its one S3
+identity gets a generated access key and secret; the identity file is written inside
+the container at start from the env file, so no credential lands in the bundle.
+"""
+
+from __future__ import annotations
+
+import pulumi
+from pydantic import Field, field_validator
+
+from mlox_iac.components.services.base import Context, Route, ServiceComponent, ServiceSettings, hc, limits
+
+NAME = "seaweedfs"
+IMAGE = "chrislusf/seaweedfs:4.48"
+MEMORY_MB = 512
+REQUIRES: tuple[str, ...] = ("caddy",)
+BACKUP = ["seaweedfs-data"]
+S3_PORT = 8333
+MLFLOW_BUCKET = "mlflow-artifacts"
+
+# The S3 identity file, built from the env file when the container starts.
+_START = (
+    "umask 077; "
+    "printf '{\"identities\":[{\"name\":\"mlox\",\"credentials\":[{\"accessKey\":\"%s\",\"secretKey\":\"%s\"}],"
+    "\"actions\":[\"Admin\",\"Read\",\"List\",\"Tagging\",\"Write\"]}]}' \"$$S3_ACCESS_KEY\" \"$$S3_SECRET_KEY\" > /tmp/s3.json && "
+    "exec /usr/bin/weed server -dir=/data -ip=seaweedfs -ip.bind=0.0.0.0 -volume.max=0 "
+    f"-master.volumeSizeLimitMB=1024 -s3 -s3.port={S3_PORT} -s3.config=/tmp/s3.json"
+)
+# Create each bucket (ignoring "exists"), then fail unless every bucket is listed.
+_BUCKETS = (
+    "set -eu; for b in $$MLOX_BUCKETS; do "
+    "echo \"s3.bucket.create -name $$b\" | weed shell -master=seaweedfs:9333 >/dev/null 2>&1 || true; done; "
+    "list=$$(echo s3.bucket.list | weed shell -master=seaweedfs:9333); "
+    "for b in $$MLOX_BUCKETS; do echo \"$$list\" | grep -q \"$$b\" || { echo \"bucket $$b missing\" >&2; exit 1; }; "
+    "echo \"bucket $$b ready\"; done"
+)
+
+
+class Settings(ServiceSettings):
+    """SeaweedFS S3-compatible object store."""
+
+    buckets: list[str] = Field(default_factory=lambda: ["data"], description="Buckets for user data")
+
+    @field_validator("buckets")
+    @classmethod
+    def _names(cls, names: list[str]) -> list[str]:
+        import re
+
+        for n in names:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", n):
+                raise ValueError(f"{n!r} is not a valid bucket name (allowed: 3-63 of a-z 0-9 . -)")
+        return names
+
+
+def buckets(ctx: Context) -> list[str]:
+    wanted = list(ctx.config.service(NAME).buckets)
+    if ctx.config.service("mlflow").enabled:
+        wanted.insert(0, MLFLOW_BUCKET)
+    return list(dict.fromkeys(wanted))
+
+
+def compose(ctx: Context) -> dict:
+    env_file = [ctx.env_file(NAME)]
+    return {
+        "services": {
+            "seaweedfs": {
+                "image": IMAGE,
+                "restart": "unless-stopped",
+                "env_file": env_file,
+                "entrypoint": ["/bin/sh", "-c", _START],
+                "volumes": ["seaweedfs-data:/data"],
+                "healthcheck": hc(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{S3_PORT}/healthz"]),
+                "deploy": limits(MEMORY_MB),
+            },
+            "seaweedfs-buckets": {
+                "image": IMAGE,
+                "restart": "no",
+                "environment": {"MLOX_BUCKETS": " ".join(buckets(ctx))},
+                "entrypoint": ["/bin/sh", "-c", _BUCKETS],
+                "depends_on": {"seaweedfs": {"condition": "service_healthy"}},
+                "deploy": limits(128),
+            },
+        },
+        "volumes": {"seaweedfs-data": ctx.volume("seaweedfs-data")},
+    }
+
+
+def routes(ctx: Context) -> list[Route]:
+    # S3 authenticates every request by its signature, which covers the path: no prefix, no basic auth.
+    return [Route("s3", f"seaweedfs:{S3_PORT}", auth="own", catch_all=True)]
+
+
+def files(ctx: Context) -> dict[str, str]:
+    return {}
+
+
+class Seaweedfs(pulumi.ComponentResource, ServiceComponent):
+    """The SeaweedFS service: generated S3 keys and its env file."""
+
+    access_key: pulumi.Output[str]
+    secret_key: pulumi.Output[str]
+
+    def __init__(self, name: str, ctx: Context, server, deps: dict, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlox:service:Seaweedfs", name, {}, opts)
+        self._setup(name, server)
+        self.access_key = self.password("access-key", length=20).result
+        self.secret_key = self.password("secret-key", length=40).result
+        self.write_env(NAME, {"S3_ACCESS_KEY": self.access_key, "S3_SECRET_KEY": self.secret_key}, ["seaweedfs"])
+        self.register_outputs({"access_key": self.access_key, "secret_key": self.secret_key})

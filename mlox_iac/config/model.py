@@ -1,0 +1,164 @@
+"""The stack configuration: one pydantic model for everything under ``mlox:``.
+
+A stack file's ``config:`` block holds ``mlox:<field>`` keys for the fields of
+:class:`StackConfig`; provider credentials stay in the providers' own namespaces
+(``hcloud:token``, ``digitalocean:token``, ``aws:region``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from mlox_iac.components.services.registry import SERVICES
+from mlox_iac.providers import PROVIDERS, get_provider
+
+_DOMAIN = re.compile(r"^(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+              "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+# Memory the OS, Docker and sshd need besides the services' limits.
+SYSTEM_RESERVE_MB = 512
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SshSettings(Strict):
+    """Who may log in over SSH, and from where."""
+
+    public_keys: list[str] = Field(min_length=1, description="OpenSSH public keys allowed to log in")
+    admin_cidrs: list[str] = Field(min_length=1, description="Source networks allowed to reach port 22")
+
+    @field_validator("public_keys")
+    @classmethod
+    def _keys(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if key.split(" ", 1)[0] not in _KEY_TYPES or len(key.split()) < 2:
+                raise ValueError(f"{key[:24]!r}... is not an OpenSSH public key (allowed: {', '.join(_KEY_TYPES[:3])} ...)")
+        return keys
+
+    @field_validator("admin_cidrs")
+    @classmethod
+    def _cidrs(cls, cidrs: list[str]) -> list[str]:
+        out = []
+        for cidr in cidrs:
+            try:
+                out.append(str(ipaddress.ip_network(cidr, strict=True)))
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a network in CIDR form (allowed: e.g. 203.0.113.7/32, 2001:db8::/48)") from None
+        return out
+
+
+class DockerSettings(Strict):
+    """Where Docker Engine and Compose v2 come from on the server."""
+
+    source: Literal["docker", "debian"] = Field(
+        "docker",
+        description="docker: Docker's apt repository (docker-ce + compose plugin); "
+        "debian: the distribution's docker.io (Compose v2 must be present or packaged)",
+    )
+
+
+def _services_model() -> type[BaseModel]:
+    """The ``mlox:services`` model, assembled from the service registry."""
+    from pydantic import create_model
+
+    fields: dict[str, Any] = {
+        name: (service.Settings, Field(default_factory=service.Settings, description=service.__doc__.strip().splitlines()[0]))
+        for name, service in SERVICES.items()
+    }
+    return create_model("ServicesSettings", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+ServicesSettings = _services_model()
+
+
+class StackConfig(Strict):
+    """Everything a stack says under ``mlox:``."""
+
+    provider: Literal[PROVIDERS] = Field(description="Where the server lives")  # type: ignore[valid-type]
+    hetzner: get_provider("hetzner").Settings | None = None  # type: ignore[valid-type]
+    digitalocean: get_provider("digitalocean").Settings | None = None  # type: ignore[valid-type]
+    aws: get_provider("aws").Settings | None = None  # type: ignore[valid-type]
+    onprem: get_provider("onprem").Settings | None = None  # type: ignore[valid-type]
+    volume_size_gb: int = Field(20, ge=10, le=10000, description="Size of the data volume (cloud providers)")
+    ssh: SshSettings
+    domain: str | None = Field(None, description="Base domain; each service gets a subdomain with automatic HTTPS")
+    acme_email: str | None = Field(None, description="E-mail for Let's Encrypt (required with a domain)")
+    docker: DockerSettings = Field(default_factory=DockerSettings)
+    services: ServicesSettings = Field(default_factory=ServicesSettings)  # type: ignore[valid-type]
+    keep_data_on_destroy: bool = Field(True, description="Protect data volumes from deletion on destroy")
+    # Set by the loader from the stack name, never from the file.
+    _stack_name: str = PrivateAttr("dev")
+
+    @property
+    def stack_name(self) -> str:
+        return self._stack_name
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        if value is not None and not _DOMAIN.match(value):
+            raise ValueError(f"{value!r} is not a domain name (allowed: lowercase DNS name such as ml.example.com)")
+        return value
+
+    @field_validator("acme_email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and not _EMAIL.match(value):
+            raise ValueError(f"{value!r} is not an e-mail address")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "StackConfig":
+        if getattr(self, self.provider) is None:
+            raise _FieldError(self.provider, f"required when provider is {self.provider} (set mlox:{self.provider})")
+        if self.domain and not self.acme_email:
+            raise _FieldError("acme_email", "required when a domain is set (Let's Encrypt needs a contact address)")
+        for name, service in SERVICES.items():
+            if not self.service(name).enabled:
+                continue
+            for needed in service.REQUIRES:
+                if not self.service(needed).enabled:
+                    raise _FieldError(f"services.{needed}.enabled", f"must be true because {name} needs {needed}")
+        needed_mb = self.memory_needed_mb()
+        have_mb = self.memory_mb()
+        if needed_mb > have_mb:
+            parts = ", ".join(f"{n} {SERVICES[n].MEMORY_MB}" for n in self.enabled_services())
+            raise _FieldError(
+                f"{self.provider}",
+                f"server has {have_mb} MiB but the enabled services need {needed_mb} MiB "
+                f"({parts}, system {SYSTEM_RESERVE_MB}) (allowed: a size with at least {needed_mb} MiB, or fewer services)",
+            )
+        return self
+
+    # Typed accessors used by components.
+    def service(self, name: str) -> Any:
+        return getattr(self.services, name)
+
+    def enabled_services(self) -> list[str]:
+        """Names of enabled services, in registry order (which is dependency order)."""
+        return [name for name in SERVICES if self.service(name).enabled]
+
+    def provider_settings(self) -> Any:
+        return getattr(self, self.provider)
+
+    def memory_mb(self) -> int:
+        return get_provider(self.provider).memory_mb(self.provider_settings())
+
+    def memory_needed_mb(self) -> int:
+        return SYSTEM_RESERVE_MB + sum(SERVICES[n].MEMORY_MB for n in self.enabled_services())
+
+
+class _FieldError(ValueError):
+    """A cross-field problem attributed to one key (turned into a normal error line)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+        self.message = message

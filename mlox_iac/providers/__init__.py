@@ -1,0 +1,77 @@
+"""Providers: one module per place a server can live, behind one small interface.
+
+A provider module is imported only when its name is chosen, so a Hetzner stack never
+loads pulumi_aws or pulumi_digitalocean. Each module defines:
+
+- ``Settings``: the pydantic model of its ``mlox:<provider>`` block,
+- ``memory_mb(settings)``: the RAM of the chosen size (for the memory budget check),
+- ``create_machine(name, config, keys, opts) -> Machine``: the cloud resources of one server.
+
+Migration between providers is a config change: switch ``mlox:provider`` and fill in
+the target provider's block; everything above the provider is identical.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import pulumi
+
+    from mlox_iac.config.model import StackConfig
+
+PROVIDERS = ("hetzner", "digitalocean", "aws", "onprem")
+
+
+@dataclass
+class Machine:
+    """What every provider hands back: enough to reach and bootstrap the server."""
+
+    public_address: "pulumi.Output[str]"
+    # pulumi_command.remote.ConnectionArgs; a secret Output when it carries a key.
+    connection: Any
+    # Block device of the data volume, or None when the data directory lives on the root disk.
+    data_device: "pulumi.Input[str] | None"
+    # Whether the image runs cloud-init (the bootstrap then waits for it to finish).
+    cloud_init: bool
+    # Resources the bootstrap must wait for (volume attachments, firewall, address).
+    ready: list = field(default_factory=list)
+
+
+@dataclass
+class DeployKeys:
+    """SSH keys a new machine must accept: the generated deploy key first, then the users'."""
+
+    public_keys: list  # list[pulumi.Input[str]]
+    private_key: "pulumi.Output[str] | None"  # secret; the deploy key pulumi-command connects with
+
+
+class Provider(Protocol):
+    """The interface each module under ``mlox_iac.providers`` implements."""
+
+    Settings: type
+
+    def memory_mb(self, settings: Any) -> int: ...
+
+    def create_machine(
+        self, name: str, config: "StackConfig", keys: DeployKeys, opts: "pulumi.ResourceOptions"
+    ) -> Machine: ...
+
+
+def get_provider(name: str) -> ModuleType:
+    """Import the provider module called ``name`` (and only that one)."""
+    if name not in PROVIDERS:
+        raise KeyError(f"unknown provider {name!r} (allowed: {', '.join(PROVIDERS)})")
+    return importlib.import_module(f"mlox_iac.providers.{name}")
+
+
+def ssh_rules(admin_cidrs: list[str]) -> list[tuple[int, list[str]]]:
+    """The inbound rules every cloud firewall gets: (port, sources).
+
+    SSH only from the admin addresses; HTTP and HTTPS from anywhere; nothing else.
+    """
+    anywhere = ["0.0.0.0/0", "::/0"]
+    return [(22, list(admin_cidrs)), (80, anywhere), (443, anywhere)]

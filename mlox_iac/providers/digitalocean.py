@@ -1,0 +1,101 @@
+"""DigitalOcean (pulumi-digitalocean): SSH keys, droplet, firewall, data volume, tags.
+
+Token: ``pulumi config set --secret digitalocean:token <token>``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mlox_iac.providers import DeployKeys, Machine, ssh_rules
+
+if TYPE_CHECKING:
+    import pulumi
+
+    from mlox_iac.config.model import StackConfig
+
+# Droplet size slug -> RAM in MiB (basic droplets).
+SIZES = {
+    "s-1vcpu-1gb": 1024, "s-1vcpu-2gb": 2048, "s-2vcpu-2gb": 2048, "s-2vcpu-4gb": 4096,
+    "s-4vcpu-8gb": 8192, "s-8vcpu-16gb": 16384, "g-2vcpu-8gb": 8192, "m-2vcpu-16gb": 16384,
+}
+REGIONS = ("nyc1", "nyc3", "sfo2", "sfo3", "ams3", "sgp1", "lon1", "fra1", "tor1", "blr1", "syd1")
+
+
+class Settings(BaseModel):
+    """The ``mlox:digitalocean`` block."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    region: Literal[REGIONS] = Field("fra1", description="DigitalOcean region slug")  # type: ignore[valid-type]
+    size: str = Field("s-2vcpu-4gb", description="Droplet size slug")
+    image: str = Field("debian-12-x64", description="Droplet image slug")
+
+    @field_validator("size")
+    @classmethod
+    def _known_size(cls, value: str) -> str:
+        if value not in SIZES:
+            raise ValueError(f"unknown droplet size {value!r} (allowed: {', '.join(SIZES)})")
+        return value
+
+
+def memory_mb(settings: Settings) -> int:
+    return SIZES[settings.size]
+
+
+def create_machine(name: str, config: "StackConfig", keys: DeployKeys, opts: "pulumi.ResourceOptions") -> Machine:
+    import pulumi
+    import pulumi_digitalocean as do
+    from pulumi_command import remote
+
+    settings: Settings = config.digitalocean  # type: ignore[assignment]
+    tags = ["mlox-iac", f"mlox-{config.stack_name}"]
+    ssh_keys = [
+        do.SshKey(f"{name}-key-{index}", name=f"mlox-{config.stack_name}-{name}-{index}", public_key=public_key, opts=opts)
+        for index, public_key in enumerate(keys.public_keys)
+    ]
+    droplet = do.Droplet(
+        f"{name}-server",
+        image=settings.image,
+        region=settings.region,
+        size=settings.size,
+        ssh_keys=[key.fingerprint for key in ssh_keys],
+        tags=tags,
+        opts=opts,
+    )
+    firewall = do.Firewall(
+        f"{name}-firewall",
+        droplet_ids=[droplet.id.apply(int)],
+        inbound_rules=[
+            do.FirewallInboundRuleArgs(protocol="tcp", port_range=str(port), source_addresses=sources)
+            for port, sources in ssh_rules(config.ssh.admin_cidrs)
+        ],
+        # A DigitalOcean firewall without outbound rules blocks all egress (apt, ACME).
+        outbound_rules=[
+            do.FirewallOutboundRuleArgs(protocol=protocol, port_range=ports, destination_addresses=["0.0.0.0/0", "::/0"])
+            for protocol, ports in (("tcp", "1-65535"), ("udp", "1-65535"), ("icmp", None))
+        ],
+        opts=opts,
+    )
+    volume_name = f"mlox-{config.stack_name}-{name}-data"
+    volume = do.Volume(
+        f"{name}-data",
+        name=volume_name,
+        region=settings.region,
+        size=config.volume_size_gb,
+        tags=tags,
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=config.keep_data_on_destroy)),
+    )
+    attachment = do.VolumeAttachment(
+        f"{name}-data-attachment", droplet_id=droplet.id.apply(int), volume_id=volume.id, opts=opts
+    )
+    connection = remote.ConnectionArgs(host=droplet.ipv4_address, user="root", private_key=keys.private_key)
+    return Machine(
+        public_address=droplet.ipv4_address,
+        connection=connection,
+        data_device=f"/dev/disk/by-id/scsi-0DO_Volume_{volume_name}",
+        cloud_init=True,
+        ready=[attachment, firewall],
+    )

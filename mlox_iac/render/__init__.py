@@ -1,0 +1,1 @@
+"""Pure renderers: config in, file text or shell commands out. No Pulumi, no I/O."""

@@ -1,0 +1,217 @@
+"""The server bootstrap script: the same for every provider, idempotent, shellcheck-clean.
+
+Choices (documented in the README): SSH is key-only; root may log in with a key only
+(``PermitRootLogin prohibit-password``) because cloud images hand out root (Hetzner,
+DigitalOcean) or a sudo user (AWS); password and keyboard-interactive logins are off.
+Hardening is a drop-in under ``sshd_config.d``, never an edit of the main file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from dataclasses import dataclass
+
+from mlox_iac.components.services.base import DATA_DIR
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    admin_cidrs: tuple[str, ...]
+    user_keys: tuple[str, ...]
+    docker_source: str  # "docker" or "debian"
+    data_device: str  # "" when the data directory lives on the root disk
+    ssh_port: int = 22
+
+
+def nftables_ruleset(admin_cidrs: tuple[str, ...], ssh_port: int = 22) -> str:
+    """The host firewall, matching the cloud firewall: SSH from admins, 80/443 from anywhere.
+
+    Only our own table is replaced (no ``flush ruleset``), so Docker's rules survive.
+    """
+    v4 = [c for c in admin_cidrs if ipaddress.ip_network(c).version == 4]
+    v6 = [c for c in admin_cidrs if ipaddress.ip_network(c).version == 6]
+    ssh = []
+    if v4:
+        ssh.append(f"\t\ttcp dport {ssh_port} ip saddr {{ {', '.join(v4)} }} accept")
+    if v6:
+        ssh.append(f"\t\ttcp dport {ssh_port} ip6 saddr {{ {', '.join(v6)} }} accept")
+    return "\n".join([
+        "#!/usr/sbin/nft -f",
+        "# Managed by mlox-iac. Only the table inet mlox is ours; Docker's tables are left alone.",
+        "table inet mlox",
+        "delete table inet mlox",
+        "table inet mlox {",
+        "\tchain input {",
+        "\t\ttype filter hook input priority filter; policy drop;",
+        "\t\tiif lo accept",
+        "\t\tct state established,related accept",
+        "\t\tct state invalid drop",
+        "\t\tmeta l4proto { icmp, ipv6-icmp } accept",
+        "\t\tudp sport 67 udp dport 68 accept",
+        "\t\tudp sport 547 udp dport 546 accept",
+        *ssh,
+        "\t\ttcp dport { 80, 443 } accept",
+        "\t\tmeta l4proto tcp reject with tcp reset",
+        "\t\treject",
+        "\t}",
+        "}",
+        "",
+    ])
+
+
+SSHD_DROP_IN = """\
+# Managed by mlox-iac: key-only SSH.
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PermitEmptyPasswords no
+MaxAuthTries 3
+X11Forwarding no
+"""
+
+FAIL2BAN_JAIL = """\
+# Managed by mlox-iac.
+[DEFAULT]
+backend = systemd
+banaction = nftables-multiport
+bantime = 1h
+findtime = 10m
+maxretry = 5
+
+[sshd]
+enabled = true
+"""
+
+AUTO_UPGRADES = """\
+APT::Periodic::Update-Package-Lists "1";
+APT::Periodic::Unattended-Upgrade "1";
+"""
+
+DOCKER_DAEMON = """\
+{
+  "log-driver": "local",
+  "log-opts": {"max-size": "20m", "max-file": "3"}
+}
+"""
+
+
+def render_bootstrap(settings: BootstrapSettings) -> str:
+    """The whole bootstrap script for one server."""
+    q = shlex.quote
+    keys = "\n".join(settings.user_keys)
+    return f"""#!/usr/bin/env bash
+# mlox-iac server bootstrap. Idempotent: every step checks before it changes anything.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+DATA_DIR={q(DATA_DIR)}
+DATA_DEVICE={q(settings.data_device)}
+DOCKER_SOURCE={q(settings.docker_source)}
+
+log() {{ printf '[mlox-bootstrap] %s\\n' "$*"; }}
+apt_install() {{ apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "$@"; }}
+# write_if_changed PATH MODE: write stdin to PATH; exit status 0 when the file changed.
+write_if_changed() {{
+  local tmp
+  tmp="$(mktemp)"
+  cat > "$tmp"
+  if [ -f "$1" ] && cmp -s "$tmp" "$1"; then rm -f "$tmp"; return 1; fi
+  install -m "$2" "$tmp" "$1"
+  rm -f "$tmp"
+}}
+
+if command -v cloud-init >/dev/null 2>&1; then
+  log "waiting for cloud-init"
+  cloud-init status --wait >/dev/null || true
+fi
+
+log "installing base packages"
+apt-get -o DPkg::Lock::Timeout=600 update -q
+apt_install ca-certificates curl gnupg nftables fail2ban python3-systemd unattended-upgrades e2fsprogs util-linux
+
+log "authorizing user keys"
+install -d -m 700 /root/.ssh
+touch /root/.ssh/authorized_keys
+chmod 600 /root/.ssh/authorized_keys
+while IFS= read -r key; do
+  [ -n "$key" ] || continue
+  grep -qxF "$key" /root/.ssh/authorized_keys || printf '%s\\n' "$key" >> /root/.ssh/authorized_keys
+done <<'KEYS'
+{keys}
+KEYS
+
+log "hardening sshd"
+install -d -m 755 /etc/ssh/sshd_config.d
+if write_if_changed /etc/ssh/sshd_config.d/10-mlox.conf 644 <<'EOF'
+{SSHD_DROP_IN}EOF
+then
+  sshd -t
+  systemctl reload ssh || systemctl reload sshd
+fi
+
+log "host firewall"
+if write_if_changed /etc/nftables.conf 755 <<'EOF'
+{nftables_ruleset(settings.admin_cidrs, settings.ssh_port)}EOF
+then
+  nft -f /etc/nftables.conf
+fi
+nft list table inet mlox >/dev/null 2>&1 || nft -f /etc/nftables.conf
+systemctl enable nftables >/dev/null 2>&1
+
+log "fail2ban"
+if write_if_changed /etc/fail2ban/jail.d/mlox.local 644 <<'EOF'
+{FAIL2BAN_JAIL}EOF
+then
+  systemctl restart fail2ban
+fi
+systemctl enable --now fail2ban >/dev/null 2>&1
+
+log "unattended security upgrades"
+write_if_changed /etc/apt/apt.conf.d/20auto-upgrades 644 <<'EOF' || true
+{AUTO_UPGRADES}EOF
+
+log "data volume at $DATA_DIR"
+mkdir -p "$DATA_DIR"
+if [ -n "$DATA_DEVICE" ]; then
+  for _ in $(seq 1 120); do [ -b "$DATA_DEVICE" ] && break; sleep 1; done
+  [ -b "$DATA_DEVICE" ] || {{ echo "data volume $DATA_DEVICE did not appear" >&2; exit 1; }}
+  blkid "$DATA_DEVICE" >/dev/null 2>&1 || mkfs.ext4 -q -L mlox-data "$DATA_DEVICE"
+  uuid="$(blkid -s UUID -o value "$DATA_DEVICE")"
+  grep -q "UUID=$uuid" /etc/fstab || printf 'UUID=%s %s ext4 defaults,nofail,discard 0 2\\n' "$uuid" "$DATA_DIR" >> /etc/fstab
+  mountpoint -q "$DATA_DIR" || mount "$DATA_DIR"
+fi
+mkdir -p "$DATA_DIR/volumes"
+
+log "docker engine and compose v2 ($DOCKER_SOURCE)"
+if [ "$DOCKER_SOURCE" = docker ]; then
+  if ! dpkg -s docker-ce >/dev/null 2>&1; then
+    # shellcheck disable=SC1091
+    . /etc/os-release
+    install -m 0755 -d /etc/apt/keyrings
+    curl -fsSL "https://download.docker.com/linux/$ID/gpg" -o /etc/apt/keyrings/docker.asc
+    printf 'deb [arch=%s signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/%s %s stable\\n' \\
+      "$(dpkg --print-architecture)" "$ID" "$VERSION_CODENAME" > /etc/apt/sources.list.d/docker.list
+    apt-get -o DPkg::Lock::Timeout=600 update -q
+    apt_install docker-ce docker-ce-cli containerd.io docker-compose-plugin
+  fi
+else
+  dpkg -s docker.io >/dev/null 2>&1 || apt_install docker.io
+  if ! docker compose version >/dev/null 2>&1; then
+    # Ubuntu packages Compose v2 as docker-compose-v2, Debian 13 as docker-compose.
+    apt_install docker-compose-v2 >/dev/null 2>&1 || apt_install docker-compose >/dev/null 2>&1 || true
+  fi
+fi
+if write_if_changed /etc/docker/daemon.json 644 <<'EOF'
+{DOCKER_DAEMON}EOF
+then
+  systemctl restart docker
+fi
+systemctl enable --now docker >/dev/null 2>&1
+docker compose version >/dev/null 2>&1 || {{
+  echo "Compose v2 is missing: install docker-compose-plugin, or place the compose binary at /usr/local/lib/docker/cli-plugins/docker-compose" >&2
+  exit 1
+}}
+log "done"
+"""

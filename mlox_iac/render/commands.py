@@ -1,0 +1,52 @@
+"""Builders of the shell commands pulumi-command runs on a server. Pure: they return strings."""
+
+from __future__ import annotations
+
+import shlex
+
+from mlox_iac.components.services.base import BUNDLE_DIR, COMPOSE_PROJECT, DATA_DIR, SECRETS_DIR
+
+COMPOSE = f"docker compose --project-name {COMPOSE_PROJECT} --project-directory {BUNDLE_DIR} -f {BUNDLE_DIR}/compose.yaml"
+
+
+def as_root(script: str, user: str) -> str:
+    """Run ``script`` with sh as root: directly for root, through passwordless sudo otherwise."""
+    if user == "root":
+        return f"sh -c {shlex.quote(script)}"
+    return f"sudo -n sh -c {shlex.quote(script)}"
+
+
+def write_env_file(service: str, compose_services: list[str]) -> str:
+    """Write a service's env file from stdin (mode 0600), then re-apply only its containers.
+
+    The secret content travels on stdin, never in the command line. On the first deploy
+    the Compose project is not up yet and the bundle step starts everything.
+    """
+    path = f"{SECRETS_DIR}/{service}.env"
+    names = " ".join(shlex.quote(s) for s in compose_services)
+    return (
+        "set -eu; umask 077; "
+        f"mkdir -p {SECRETS_DIR}; chmod 700 {SECRETS_DIR}; "
+        f"cat > {path}.tmp; mv {path}.tmp {path}; "
+        f"if [ -f {BUNDLE_DIR}/compose.yaml ] && [ -n \"$({COMPOSE} ps -q {names} 2>/dev/null)\" ]; then "
+        f"{COMPOSE} up -d --wait {names}; fi"
+    )
+
+
+def remove_env_file(service: str) -> str:
+    return f"rm -f {SECRETS_DIR}/{service}.env"
+
+
+def compose_up(bundle_hash: str, volumes: list[str]) -> str:
+    """Create the volume directories and bring the project to the bundle's state."""
+    dirs = " ".join(shlex.quote(f"{DATA_DIR}/volumes/{v}") for v in sorted(volumes))
+    mkdir = f"mkdir -p {dirs}; " if dirs else ""
+    return (
+        f"set -eu; : bundle {bundle_hash}; {mkdir}"
+        f"{COMPOSE} up -d --wait --wait-timeout 600 --remove-orphans"
+    )
+
+
+def compose_down() -> str:
+    """Stop and remove the containers; named volumes and the data directory stay."""
+    return f"if [ -f {BUNDLE_DIR}/compose.yaml ]; then {COMPOSE} down --remove-orphans; fi"
