@@ -159,7 +159,8 @@ def record_program(
 
     asyncio.set_event_loop(asyncio.new_event_loop())
     settings.ROOT.set(None)
-    rc.set_all_config(flatten_config(raw), [f"mlox:{k}" for k in secret_keys])
+    # Pulumi marks a whole top-level key secret when any value inside it is secure.
+    rc.set_all_config(flatten_config(raw), sorted({"mlox:" + k.split(".")[0].split("[")[0] for k in secret_keys}))
     recorded: list[RecordedResource] = []
     mocks = _mocks(secret_source, bcrypt)
     pulumi.runtime.set_mocks(mocks, project="mlox", stack=stack, preview=False, monitor=_monitor(mocks, recorded))

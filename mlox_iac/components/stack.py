@@ -56,6 +56,7 @@ def _stack_outputs(config: StackConfig, ctx: Context, server: Server, services: 
         "provider": config.provider,
         "server_address": address,
         "ssh_user": server.user,
+        "ssh_port": config.onprem.port if config.provider == "onprem" and config.onprem else 22,
         "services": config.enabled_services(),
         "urls": urls,
         "bundle_hash": bundle.bundle_hash,

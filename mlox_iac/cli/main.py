@@ -1,0 +1,62 @@
+"""The ``mlox-iac`` entry point: assembles the commands and handles every error once."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from mlox_iac.cli import config_cmds, plan
+
+app = typer.Typer(
+    name="mlox-iac",
+    help="MLOps-in-a-Box as infrastructure-as-code: a complete self-hosted MLOps stack on one server.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(config_cmds.validate)
+app.command()(config_cmds.schema)
+app.command()(plan.plan)
+
+_state = {"verbose": False}
+
+
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks of unexpected errors")) -> None:
+    _state["verbose"] = verbose
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Run the CLI: one line per error on stderr, exit 2 for bad input, 1 for failures."""
+    import click
+
+    from mlox_iac.errors import ConfigError, MloxError
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except ConfigError as error:
+        for line in error.problems:  # each already names the file and the key
+            typer.echo(line, err=True)
+        sys.exit(error.exit_code)
+    except MloxError as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(error.exit_code)
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(2)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as error:  # the one place an unexpected error is turned into a line
+        if _state["verbose"] or "--verbose" in (argv or sys.argv):
+            raise
+        typer.echo(f"error: {type(error).__name__}: {error} (run with --verbose for the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    run()
