@@ -131,7 +131,7 @@ class StackConfig(Strict):
         if needed_mb > have_mb:
             parts = ", ".join(f"{n} {SERVICES[n].MEMORY_MB}" for n in self.enabled_services())
             raise _FieldError(
-                f"{self.provider}",
+                f"{self.provider}.{get_provider(self.provider).SIZE_FIELD}",
                 f"server has {have_mb} MiB but the enabled services need {needed_mb} MiB "
                 f"({parts}, system {SYSTEM_RESERVE_MB}) (allowed: a size with at least {needed_mb} MiB, or fewer services)",
             )

@@ -29,6 +29,8 @@ IMAGES = {
     "ubuntu-24.04": ("099720109477", "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{arch}-server-*", "ubuntu"),
 }
 
+SIZE_FIELD = "instance_type"  # the setting that decides the RAM
+
 
 class Settings(BaseModel):
     """The ``mlox:aws`` block."""

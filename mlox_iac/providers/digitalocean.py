@@ -23,6 +23,8 @@ SIZES = {
 }
 REGIONS = ("nyc1", "nyc3", "sfo2", "sfo3", "ams3", "sgp1", "lon1", "fra1", "tor1", "blr1", "syd1")
 
+SIZE_FIELD = "size"  # the setting that decides the RAM
+
 
 class Settings(BaseModel):
     """The ``mlox:digitalocean`` block."""

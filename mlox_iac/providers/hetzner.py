@@ -24,6 +24,8 @@ SIZES = {
 }
 LOCATIONS = ("fsn1", "nbg1", "hel1", "ash", "hil", "sin")
 
+SIZE_FIELD = "server_type"  # the setting that decides the RAM
+
 
 class Settings(BaseModel):
     """The ``mlox:hetzner`` block."""

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
+SIZE_FIELD = "memory_mb"  # the setting that decides the RAM
+
 
 class Settings(BaseModel):
     """The ``mlox:onprem`` block."""

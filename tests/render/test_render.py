@@ -1,0 +1,187 @@
+"""Renderers: golden files per scenario, real validators, shellcheck, determinism."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import compose_binary, settings, tool
+from mlox_iac.components.services.base import SECRETS_DIR, Context
+from mlox_iac.config.loader import validate
+from mlox_iac.render import commands
+from mlox_iac.render.bootstrap import BootstrapSettings, render_bootstrap
+from mlox_iac.render.bundle import bundle_hash, render_bundle, render_compose
+
+GOLDEN = Path(__file__).parent / "golden"
+SCENARIOS = {
+    "ip_address": settings("onprem"),
+    "domain": settings(domain="ml.example.com", acme_email="ops@example.com"),
+    "without_mlflow": settings(services={"mlflow": {"enabled": False}}),
+    "extra_buckets": settings(services={"seaweedfs": {"buckets": ["raw", "features"]}}),
+}
+
+
+def ctx_for(raw: dict) -> Context:
+    secret = {"onprem.private_key"} if raw["provider"] == "onprem" else set()
+    return Context(validate(raw, secret, "test.yaml", "test"))
+
+
+def write(files: dict[str, str], directory: Path) -> Path:
+    for rel, text in files.items():
+        (directory / rel).parent.mkdir(parents=True, exist_ok=True)
+        (directory / rel).write_text(text)
+    return directory
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_bundle_matches_golden_files(scenario):
+    files = render_bundle(ctx_for(SCENARIOS[scenario]))
+    directory = GOLDEN / scenario
+    if os.environ.get("MLOX_UPDATE_GOLDEN"):
+        write(files, directory)
+    expected = {str(p.relative_to(directory)): p.read_text() for p in sorted(directory.rglob("*")) if p.is_file()}
+    assert files == expected, f"bundle for {scenario} changed; rerun with MLOX_UPDATE_GOLDEN=1 and review the diff"
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_compose_project_passes_docker_compose_config(scenario, tmp_path):
+    directory = write(render_bundle(ctx_for(SCENARIOS[scenario])), tmp_path)
+    # Compose checks that env files exist; they are written on the host, so stand in empty ones.
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    text = (directory / "compose.yaml").read_text().replace(SECRETS_DIR, str(secrets))
+    (directory / "compose.yaml").write_text(text)
+    for name in ("postgres", "seaweedfs", "mlflow", "caddy"):
+        (secrets / f"{name}.env").write_text("")
+    result = subprocess.run([compose_binary(), "-f", str(directory / "compose.yaml"), "config", "-q"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_config_rejects_a_broken_project(tmp_path):
+    (tmp_path / "compose.yaml").write_text("services:\n  x:\n    image: a\n    healthchek: {}\n")
+    result = subprocess.run([compose_binary(), "-f", str(tmp_path / "compose.yaml"), "config", "-q"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0  # the validator can fail, so the test above means something
+
+
+@pytest.mark.parametrize("scenario", ["ip_address", "domain"])
+def test_caddyfile_passes_caddy_validate(scenario, tmp_path):
+    files = render_bundle(ctx_for(SCENARIOS[scenario]))
+    path = tmp_path / "Caddyfile"
+    path.write_text(files["caddy/Caddyfile"])
+    env = {**os.environ, "MLOX_ADDRESS": "192.0.2.50", "MLOX_UI_USER": "admin", "HOME": str(tmp_path),
+           "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path),
+           "MLOX_AUTH_MLFLOW": "$2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG"}
+    result = subprocess.run([tool("caddy"), "validate", "--config", str(path), "--adapter", "caddyfile"],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Valid configuration" in result.stdout + result.stderr
+
+
+def test_only_the_proxy_publishes_ports():
+    for scenario, raw in SCENARIOS.items():
+        services = render_compose(ctx_for(raw))["services"]
+        published = {name for name, s in services.items() if s.get("ports")}
+        assert published == {"caddy"}, scenario
+        assert services["caddy"]["ports"] == ["80:80", "443:443"]
+
+
+def test_every_ui_has_a_route_with_auth():
+    from mlox_iac.components.services import caddy
+
+    for scenario, raw in SCENARIOS.items():
+        ctx = ctx_for(raw)
+        routes = {r.name: r for r in caddy.all_routes(ctx)}
+        text = render_bundle(ctx)["caddy/Caddyfile"]
+        assert routes["s3"].auth == "own"  # S3 authenticates each request by its signature
+        if "mlflow" in ctx.config.enabled_services():
+            assert routes["mlflow"].auth == "basic"
+            assert "{$MLOX_UI_USER} {$MLOX_AUTH_MLFLOW}" in text
+        assert text.count("basic_auth") == sum(1 for r in routes.values() if r.auth == "basic"), scenario
+
+
+def test_services_have_healthchecks_limits_and_restart_policy():
+    services = render_compose(ctx_for(SCENARIOS["domain"]))["services"]
+    for name, service in services.items():
+        assert service["deploy"]["resources"]["limits"]["memory"].endswith("M"), name
+        assert ":" in service["image"] and not service["image"].endswith(":latest"), name
+        if service["restart"] == "unless-stopped":
+            assert service["healthcheck"]["test"][0] == "CMD", name
+        else:
+            assert service["restart"] == "no", name  # one-shot provisioning steps
+
+
+def test_render_is_deterministic():
+    raw = SCENARIOS["domain"]
+    assert render_bundle(ctx_for(raw)) == render_bundle(ctx_for(raw))
+    first = render_bootstrap(BootstrapSettings(("10.0.0.0/8",), ("ssh-ed25519 AAAA k",), "docker", ""))
+    assert first == render_bootstrap(BootstrapSettings(("10.0.0.0/8",), ("ssh-ed25519 AAAA k",), "docker", ""))
+
+
+def test_changing_one_service_changes_only_its_files_and_containers():
+    before = ctx_for(settings(services={"seaweedfs": {"buckets": ["data"]}}))
+    after = ctx_for(settings(services={"seaweedfs": {"buckets": ["data", "more"]}}))
+    a, b = render_compose(before)["services"], render_compose(after)["services"]
+    changed = {name for name in a if a[name] != b[name]}
+    assert changed == {"seaweedfs-buckets"}
+    assert render_bundle(before)["caddy/Caddyfile"] == render_bundle(after)["caddy/Caddyfile"]
+    assert bundle_hash(render_bundle(before)) != bundle_hash(render_bundle(after))
+
+
+def test_ui_user_change_touches_only_caddy_files():
+    a = render_bundle(ctx_for(settings()))
+    b = render_bundle(ctx_for(settings(services={"caddy": {"ui_user": "ops"}})))
+    assert a == b  # the user name lives in Caddy's env file, not in the bundle
+
+
+def _shellcheck(script: str, tmp_path: Path, name: str, shell: str = "bash") -> None:
+    path = tmp_path / name
+    path.write_text(script)
+    result = subprocess.run([tool("shellcheck"), "-s", shell, "-S", "style", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("source, device", [("docker", ""), ("debian", "/dev/disk/by-id/scsi-0HC_Volume_1")])
+def test_bootstrap_passes_shellcheck(tmp_path, source, device):
+    script = render_bootstrap(BootstrapSettings(("203.0.113.7/32", "2001:db8::/48"), ("ssh-ed25519 AAAA a@b",), source, device))
+    _shellcheck(script, tmp_path, "bootstrap.sh")
+
+
+def test_shellcheck_catches_a_bad_script(tmp_path):
+    with pytest.raises(AssertionError):
+        _shellcheck("#!/bin/bash\nrm -rf $1/*\n", tmp_path, "bad.sh")
+
+
+def test_remote_commands_pass_shellcheck(tmp_path):
+    from mlox_iac.components.services.postgres import PROVISION_SH
+
+    scripts = {
+        "env.sh": commands.write_env_file("mlflow", ["mlflow"]),
+        "up.sh": commands.compose_up("abc", ["postgres-data", "caddy-data"]),
+        "down.sh": commands.compose_down(),
+        "rm.sh": commands.remove_env_file("mlflow"),
+    }
+    for name, body in scripts.items():
+        _shellcheck("#!/bin/sh\n" + body + "\n", tmp_path, name, "sh")
+    _shellcheck(PROVISION_SH, tmp_path, "provision.sh", "sh")
+
+
+def test_firewall_ruleset_is_exact():
+    from mlox_iac.render.bootstrap import nftables_ruleset
+
+    rules = nftables_ruleset(("198.51.100.0/24", "2001:db8::/48"))
+    assert "tcp dport 22 ip saddr { 198.51.100.0/24 } accept" in rules
+    assert "tcp dport 22 ip6 saddr { 2001:db8::/48 } accept" in rules
+    assert "tcp dport { 80, 443 } accept" in rules
+    assert "policy drop" in rules and "flush ruleset" not in rules
+    accepts = [line.strip() for line in rules.splitlines() if line.strip().endswith("accept")]
+    assert accepts == [
+        "iif lo accept", "ct state established,related accept", "meta l4proto { icmp, ipv6-icmp } accept",
+        "udp sport 67 udp dport 68 accept", "udp sport 547 udp dport 546 accept",
+        "tcp dport 22 ip saddr { 198.51.100.0/24 } accept", "tcp dport 22 ip6 saddr { 2001:db8::/48 } accept",
+        "tcp dport { 80, 443 } accept",
+    ]
