@@ -34,6 +34,9 @@ class RecordedResource:
     inputs: dict
     dependencies: list[str] = field(default_factory=list)
     custom: bool = True
+    delete_before_replace: bool = False
+    replace_on_changes: list[str] = field(default_factory=list)
+    ignore_changes: list[str] = field(default_factory=list)
 
 
 def is_secret(value: Any) -> bool:
@@ -130,6 +133,9 @@ def _monitor(mocks, recorded: list[RecordedResource]):
                     inputs=dict(inputs),
                     dependencies=sorted(set(request.dependencies)),
                     custom=bool(request.custom),
+                    delete_before_replace=bool(request.deleteBeforeReplace),
+                    replace_on_changes=list(request.replaceOnChanges),
+                    ignore_changes=list(request.ignoreChanges),
                 ))
             return response
 
@@ -157,7 +163,8 @@ def record_program(
 
     from mlox_iac.program import program
 
-    asyncio.set_event_loop(asyncio.new_event_loop())
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     settings.ROOT.set(None)
     # Pulumi marks a whole top-level key secret when any value inside it is secure.
     rc.set_all_config(flatten_config(raw), sorted({"mlox:" + k.split(".")[0].split("[")[0] for k in secret_keys}))
@@ -180,6 +187,7 @@ def record_program(
     finally:
         pulumi.export = original_export
         rc.set_all_config({}, [])
+        loop.close()
     _check_unique(recorded)
     return recorded, resolved
 

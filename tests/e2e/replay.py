@@ -594,7 +594,7 @@ def _dial_with_retry(msg: str, limit: int, f: Callable[[], Any], log: Callable[[
     """remote/connection.go:150-187 with pulumi sdk retry.Until's defaults (100 ms, x1.5, <= 5 s)."""
     delay, tries = 0.1, 0
     while True:
-        delay = min(delay * 1.5, 5.0)
+        delay = min(delay, 5.0)
         try:
             return f()
         except (ReplayError, _DialError):
@@ -605,6 +605,7 @@ def _dial_with_retry(msg: str, limit: int, f: Callable[[], Any], log: Callable[[
                 raise _DialError(f"after {tries} failed attempts: {e}") from None
             log(f"{msg} {dials}/{'inf' if limit == -1 else limit} failed: retrying")
             time.sleep(delay)
+            delay *= 1.5
             tries += 1
 
 

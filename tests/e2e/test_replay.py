@@ -333,6 +333,27 @@ def test_triggers_change_replaces_create_before_delete(sshd_env, tmp_path):
     assert rp.replay(res("v2"), rp.ReplayState(tmp_path / "state.json"), log=Log()).changed() == []
 
 
+def test_failed_delete_of_replaced_original_is_retried_first(sshd_env, tmp_path):
+    trace = tmp_path / "trace"
+    block = tmp_path / "block-delete"
+    state_file = tmp_path / "state.json"
+
+    def res(version):
+        return [command(sshd_env, "r", f"echo create-{version} >> {trace}", triggers=[version],
+                        delete=f"test ! -e {block} && echo delete >> {trace}")]
+
+    rp.replay(res("v1"), rp.ReplayState(state_file), log=Log())
+    block.touch()
+    with pytest.raises(rp.ReplayError, match="Process exited with status 1"):
+        rp.replay(res("v2"), rp.ReplayState(state_file), log=Log())
+    assert len(rp.ReplayState(state_file).pending_deletes) == 1
+    block.unlink()
+    result = rp.replay(res("v2"), rp.ReplayState(state_file), log=Log())
+    assert [(s.name, s.action) for s in result.steps] == [("r", "deleted"), ("r", "unchanged")]
+    assert lines(trace) == ["create-v1", "create-v2", "delete"]
+    assert rp.ReplayState(state_file).pending_deletes == []
+
+
 def test_triggers_change_with_delete_before_replace(sshd_env, tmp_path):
     trace = tmp_path / "trace"
     state = rp.ReplayState()
