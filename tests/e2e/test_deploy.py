@@ -1,0 +1,305 @@
+"""End to end: the core stack on a real Debian host, deployed by replaying the program.
+
+One systemd-nspawn target host is created; the real mlox-iac program for an onprem
+stack pointed at it runs under Pulumi mocks, and every pulumi-command step it records is
+replayed over real SSH (tests/e2e/replay.py). The tests run in file order and build on
+each other: bootstrap, core stack up, idempotent redeploy, reboot, failing step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import string
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mlox_iac.components.services.registry import SERVICES
+from mlox_iac.plan import record_program, unwrap
+
+try:
+    from . import hosts, images
+    from .replay import ReplayError, ReplayState, replay
+except ImportError:  # pragma: no cover
+    import hosts  # type: ignore[no-redef]
+    import images  # type: ignore[no-redef]
+    from replay import ReplayError, ReplayState, replay  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+CADDY_ROOT_CERT = "/mnt/mlox-data/volumes/caddy-data/caddy/pki/authorities/local/root.crt"
+COMPOSE = "docker compose --project-name mlox --project-directory /opt/mlox/bundle -f /opt/mlox/bundle/compose.yaml"
+LONG_RUNNING = ("postgres", "seaweedfs", "mlflow", "caddy")
+
+
+class PasswordStore:
+    """What pulumi-random keeps in state: one password (and its bcrypt hash) per resource."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.values = json.loads(path.read_text()) if path.exists() else {}
+
+    def password(self, name: str, length: int) -> str:
+        if name not in self.values:
+            alphabet = string.ascii_letters + string.digits
+            self.values[name] = {"password": "".join(secrets.choice(alphabet) for _ in range(length))}
+            self._save()
+        return self.values[name]["password"]
+
+    def bcrypt(self, password: str) -> str:
+        import bcrypt
+
+        for entry in self.values.values():
+            if entry["password"] == password:
+                if "bcrypt" not in entry:
+                    entry["bcrypt"] = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
+                    self._save()
+                return entry["bcrypt"]
+        raise KeyError("unknown password")
+
+    def _save(self) -> None:
+        self.path.write_text(json.dumps(self.values))
+        self.path.chmod(0o600)
+
+
+class Deployment:
+    """The target, the stack settings, and one replay state across the tests."""
+
+    def __init__(self, host: hosts.TargetHost, work: Path):
+        self.host = host
+        self.work = work
+        self.passwords = PasswordStore(work / "passwords.json")
+        self.state = ReplayState(work / "replay-state.json")
+        public_key = subprocess.run(["ssh-keygen", "-y", "-f", str(host.key_path)], capture_output=True,
+                                    text=True, check=True).stdout.strip()
+        self.raw = {
+            "provider": "onprem",
+            "onprem": {"host": host.address, "user": "root", "port": 22, "private_key": host.private_key,
+                       "memory_mb": 8192},
+            "ssh": {"public_keys": [public_key], "admin_cidrs": [host.subnet]},
+            "docker": {"source": "debian"},
+        }
+        self.outputs: dict = {}
+        self.ca_path = work / "caddy-root.crt"
+
+    def record(self):
+        os.environ["MLOX_BUILD_DIR"] = str(self.work / "build")
+        resources, outputs = record_program(
+            self.raw, {"onprem.private_key"}, "e2e",
+            secret_source=self.passwords.password, bcrypt=self.passwords.bcrypt,
+        )
+        self.outputs = unwrap(outputs)
+        return resources
+
+    def replay(self, only: set[str] | None = None):
+        resources = self.record()
+        if only is not None:
+            resources = [r for r in resources if r.name in only]
+        start = time.monotonic()
+        result = replay(resources, self.state, log=lambda line: print(f"[replay] {line}", file=sys.stderr),
+                        workdir=ROOT)
+        print(f"[e2e] replay: {time.monotonic() - start:.1f}s, changed: {result.changed()}", file=sys.stderr)
+        return result
+
+    def compose_ps(self) -> list[dict]:
+        out = self.host.ssh(f"{COMPOSE} ps --all --format json").stdout
+        rows = [json.loads(line) for line in out.splitlines() if line.strip().startswith("{")]
+        if len(rows) == 1 and isinstance(rows[0], list):
+            rows = rows[0]
+        return rows
+
+    def wait_healthy(self, timeout: float = 300) -> dict[str, dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = {row["Service"]: row for row in self.compose_ps()}
+            healthy = all(rows.get(s, {}).get("Health") == "healthy" for s in LONG_RUNNING)
+            if healthy or time.monotonic() > deadline:
+                return rows
+            time.sleep(3)
+
+    def started_at(self) -> dict[str, str]:
+        ids = self.host.ssh(f"{COMPOSE} ps -q").stdout.split()
+        out = self.host.ssh(["docker", "inspect", "--format", "{{.Name}} {{.State.StartedAt}}", *ids]).stdout
+        return dict(line.split(" ", 1) for line in out.splitlines())
+
+    def fetch_ca(self) -> Path:
+        self.ca_path.write_text(self.host.ssh(f"cat {CADDY_ROOT_CERT}").stdout)
+        return self.ca_path
+
+    def mlflow_env(self) -> dict[str, str]:
+        return {
+            "MLFLOW_TRACKING_URI": self.outputs["mlflow_tracking_uri"],
+            "MLFLOW_TRACKING_USERNAME": self.outputs["ui_user"],
+            "MLFLOW_TRACKING_PASSWORD": self.outputs["ui_passwords"]["mlflow"],
+            "MLFLOW_TRACKING_SERVER_CERT_PATH": str(self.ca_path),
+        }
+
+    def s3(self):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3", endpoint_url=self.outputs["s3_endpoint"], region_name="us-east-1",
+            aws_access_key_id=self.outputs["s3_access_key"], aws_secret_access_key=self.outputs["s3_secret_key"],
+            verify=str(self.ca_path), config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
+        )
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.fail("the end-to-end tests need root: they boot Debian hosts with systemd-nspawn")
+    started = time.monotonic()
+    built: dict = {}
+
+    def build():
+        try:
+            built["tags"] = images.build_standins()
+        except BaseException as exc:  # reported by the test that needs the images
+            built["error"] = exc
+
+    builder = threading.Thread(target=build, name="standins")
+    builder.start()  # images build on the CI machine while the target boots
+    with hosts.target_hosts(1, prefix="mlxdep", first_index=11) as (host,):
+        d = Deployment(host, tmp_path_factory.mktemp("deploy"))
+        d.builder, d.built = builder, built
+        print(f"[e2e] target ready after {time.monotonic() - started:.1f}s", file=sys.stderr)
+        yield d
+
+
+def test_1_bootstrap_hardens_a_bare_host(deployment):
+    d = deployment
+    start = time.monotonic()
+    result = d.replay(only={"main-bootstrap"})
+    assert result.action("main-bootstrap") == "created"
+    print(f"[e2e] bootstrap: {time.monotonic() - start:.1f}s", file=sys.stderr)
+    host = d.host
+
+    sshd = host.ssh("sshd -T").stdout.lower().splitlines()
+    assert "passwordauthentication no" in sshd
+    assert "kbdinteractiveauthentication no" in sshd
+    assert "permitrootlogin without-password" in sshd  # sshd -T's name for prohibit-password
+
+    # Firewall: listeners on service ports are reachable on the host itself but refused from
+    # another network namespace; SSH only from the admin network (the client is not in it).
+    host.ssh("for p in 5432 8333; do (setsid python3 -m http.server $p --bind 0.0.0.0 >/dev/null 2>&1 &); done; sleep 1")
+    for port in (5432, 8333):
+        assert host.ssh(f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 2)\"",
+                        check=False).returncode == 0
+        assert hosts.client_connect(host.address, port) == "refused", port
+    assert hosts.client_connect(host.address, 22) == "refused"
+    host.ssh("pkill -f 'http.server' || true")
+    rules = host.ssh("nft list table inet mlox").stdout
+    assert "policy drop" in rules and "tcp dport { 80, 443 } accept" in rules
+
+    assert host.ssh("systemctl is-active fail2ban").stdout.strip() == "active"
+    assert "sshd" in host.ssh("fail2ban-client status").stdout
+    assert host.ssh("systemctl is-enabled nftables").stdout.strip() == "enabled"
+    assert host.ssh("test -f /etc/apt/apt.conf.d/20auto-upgrades && echo yes").stdout.strip() == "yes"
+    assert "v2." in host.ssh("docker compose version").stdout
+
+    d.builder.join()
+    if "error" in d.built:
+        raise d.built["error"]
+    start = time.monotonic()
+    names = sorted({module.IMAGE for module in SERVICES.values()})
+    images.load_images(host, names)
+    print(f"[e2e] images loaded onto target: {time.monotonic() - start:.1f}s", file=sys.stderr)
+    assert "v2.11.7" in host.ssh("docker run --rm caddy:2.11.7 caddy version").stdout
+
+    # Idempotent: a second run of the same script changes nothing and still succeeds.
+    again = host.ssh("bash -s", input=unwrap(next(r for r in d.record() if r.name == "main-bootstrap").inputs["stdin"]))
+    assert "[mlox-bootstrap] done" in again.stdout
+
+
+def test_2_core_stack_serves_mlflow_and_s3(deployment):
+    import requests
+
+    d = deployment
+    start = time.monotonic()
+    d.replay()
+    rows = d.wait_healthy()
+    print(f"[e2e] core stack up: {time.monotonic() - start:.1f}s", file=sys.stderr)
+    for service in LONG_RUNNING:
+        assert rows[service]["Health"] == "healthy", (service, rows.get(service))
+    for oneshot in ("postgres-provision", "seaweedfs-buckets"):
+        assert rows[oneshot]["ExitCode"] == 0, rows[oneshot]
+    published = {s for s, row in rows.items() if row.get("Publishers") and any(p.get("PublishedPort") for p in row["Publishers"])}
+    assert published == {"caddy"}
+    env = d.host.ssh("stat -c '%a %U' /opt/mlox/secrets/mlflow.env /opt/mlox/secrets/caddy.env").stdout.split("\n")
+    assert [line for line in env if line] == ["600 root", "600 root"]
+
+    ca = d.fetch_ca()
+    mlflow_url = d.outputs["mlflow_tracking_uri"]
+    assert requests.get(mlflow_url + "/", verify=str(ca), timeout=10).status_code == 401
+    assert requests.get(mlflow_url + "/api/2.0/mlflow/experiments/search?max_results=1", verify=str(ca),
+                        auth=("admin", "wrong"), timeout=10).status_code == 401
+    assert requests.get(d.outputs["s3_endpoint"] + "/mlflow-artifacts", verify=str(ca), timeout=10).status_code == 403
+
+    # The real MLflow client, through the proxy, with the generated credentials only.
+    script = ROOT / "tests" / "e2e" / "mlflow_client.py"
+    marker = uuid.uuid4().hex[:8]
+    result = subprocess.run([sys.executable, str(script), "log", marker], env={**os.environ, **d.mlflow_env()},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged = json.loads(result.stdout.strip().splitlines()[-1])
+    assert logged["version"] == "1"
+    d.logged = logged
+
+    keys = [o["Key"] for o in d.s3().list_objects_v2(Bucket="mlflow-artifacts").get("Contents", [])]
+    assert any(k.endswith(f"artifacts/notes-{marker}.txt") for k in keys), keys
+    body = d.s3().get_object(Bucket="mlflow-artifacts", Key=next(k for k in keys if k.endswith(f"notes-{marker}.txt")))
+    assert body["Body"].read().decode() == f"artifact {marker}\n"
+    assert "data" in [b["Name"] for b in d.s3().list_buckets()["Buckets"]]
+
+
+def test_3_unchanged_redeploy_restarts_nothing(deployment):
+    d = deployment
+    before = d.started_at()
+    result = d.replay()
+    assert result.changed() == []
+    assert set(result.actions().values()) == {"unchanged"}
+    assert d.started_at() == before
+
+
+def test_4_reboot_brings_everything_back_with_data(deployment):
+    d = deployment
+    start = time.monotonic()
+    d.host.reboot()
+    rows = d.wait_healthy(timeout=300)
+    print(f"[e2e] reboot to healthy: {time.monotonic() - start:.1f}s", file=sys.stderr)
+    for service in LONG_RUNNING:
+        assert rows[service]["Health"] == "healthy", (service, rows.get(service))
+    assert d.host.ssh("systemctl is-active nftables fail2ban docker").stdout.split() == ["active"] * 3
+    assert d.host.ssh("findmnt -n -o TARGET /mnt/mlox-data || echo rootdisk").returncode == 0
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "e2e" / "mlflow_client.py"), "check",
+                             d.logged["run_id"], d.logged["marker"]],
+                            env={**os.environ, **d.mlflow_env()}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_5_failing_step_reports_stderr_and_rerun_converges(deployment, monkeypatch):
+    from mlox_iac.components.services import mlflow
+
+    d = deployment
+    monkeypatch.setattr(mlflow, "IMAGE", "ghcr.io/mlflow/mlflow:v0.0.0-does-not-exist")
+    with pytest.raises(ReplayError) as failure:
+        d.replay()
+    message = str(failure.value)
+    assert "main-bundle-compose-up" in message
+    assert "Process exited with status" in message
+    assert "v0.0.0-does-not-exist" in message  # the command's own stderr came back
+    monkeypatch.setattr(mlflow, "IMAGE", "ghcr.io/mlflow/mlflow:v3.17.2-full")
+    d.replay()
+    rows = d.wait_healthy()
+    for service in LONG_RUNNING:
+        assert rows[service]["Health"] == "healthy", (service, rows.get(service))
+    assert d.replay().changed() == []
