@@ -781,17 +781,26 @@ class ClientNamespace:
 _default_client: ClientNamespace | None = None
 
 
-def client_namespace(prefix: str = DEFAULT_PREFIX) -> ClientNamespace:
-    """The shared client namespace for this prefix, created if absent."""
+def client_namespace(prefix: str | None = None) -> ClientNamespace:
+    """The client namespace used by client_connect, created if absent.
+
+    Inside ``target_hosts(...)`` this is that group's namespace. Otherwise (or with an
+    explicit prefix) it is ``ClientNamespace(prefix or DEFAULT_PREFIX)``, which the caller
+    should destroy (``cleanup_all`` also removes it).
+    """
     global _default_client
-    if _default_client is None or not _default_client.netns.startswith(prefix + "-"):
-        _default_client = ClientNamespace(prefix)
+    if prefix is not None or _default_client is None:
+        _default_client = ClientNamespace(prefix or DEFAULT_PREFIX)
     _default_client.ensure()
     return _default_client
 
 
 def client_connect(addr: str, port: int, timeout: float = 3.0) -> str:
-    """TCP connect to addr:port from the client namespace: "open" | "refused" | "timeout"."""
+    """TCP connect to addr:port from the client namespace: "open" | "refused" | "timeout".
+
+    "refused": TCP RST (nothing listens, or a firewall REJECT with tcp-reset) or an ICMP
+    unreachable; "timeout": no answer within timeout (e.g. a firewall DROP).
+    """
     return client_namespace().connect(addr, port, timeout)
 
 
@@ -805,7 +814,10 @@ def target_hosts(
     first_index: int = 1,
     client: bool = True,
 ) -> Iterator[list[TargetHost]]:
-    """Create and boot n target hosts (named <prefix>1..n); always tear them down.
+    """Create and boot n target hosts (<prefix><first_index>...); always tear them down.
+
+    Host i (0-based) is named f"{prefix}{first_index + i}" with address
+    10.77.{first_index + i}.2. Concurrent groups need distinct prefixes and index ranges.
 
     Leftovers of an earlier crashed run under the same names (nspawn processes, veths,
     rootfs copies, the client namespace) are removed first. Teardown also runs on test
@@ -813,7 +825,11 @@ def target_hosts(
     """
     ensure_host_tools()
     hosts = [TargetHost(f"{prefix}{first_index + i}", first_index + i) for i in range(n)]
-    cl = ClientNamespace(prefix)
+    # Own client subnet per group (first_index 1 -> 10.77.250.0/24, 11 -> 10.77.240.0/24),
+    # so groups with different prefixes and first_index can coexist.
+    cl = ClientNamespace(prefix, index=CLIENT_SUBNET_INDEX + 1 - first_index)
+    if cl.address.split(".")[2] in {h.address.split(".")[2] for h in hosts}:
+        raise ValueError("too many hosts: the client subnet would overlap a host subnet")
     global _default_client
     t0 = time.monotonic()
     try:

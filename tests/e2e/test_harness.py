@@ -80,5 +80,6 @@ def test_reboot_keeps_disk_and_comes_back(two_hosts):
     assert h.ssh("cat /root/marker").stdout.strip() == "persisted"
     # A fresh boot: nspawn gives every container boot its own boot id; cgroups are rw again.
     assert h.ssh("cat /proc/sys/kernel/random/boot_id").stdout.strip() != boot_id
-    assert h.ssh("mkdir /sys/fs/cgroup/memory/e2e-probe && rmdir /sys/fs/cgroup/memory/e2e-probe && echo ok").stdout.strip() == "ok"
+    probe = "/sys/fs/cgroup/memory/e2e-probe"
+    assert h.ssh(f"mkdir {probe} && rmdir {probe} && echo ok").stdout.strip() == "ok"
     assert hosts.client_connect(h.address, 22) == "open"

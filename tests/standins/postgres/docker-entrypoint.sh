@@ -66,7 +66,8 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
 	printf "\nlisten_addresses = '*'\n" >> "$PGDATA/postgresql.conf"
 
 	# Temporary server on the unix socket only, for the initial database and init scripts.
-	pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -p 5432" -w start
+	export PGPORT="${PGPORT:-5432}"
+	pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -p $PGPORT" -w start
 	psql_cmd=(psql -v ON_ERROR_STOP=1 --no-password --no-psqlrc --username "$POSTGRES_USER" --dbname postgres)
 	if [ "$POSTGRES_DB" != 'postgres' ]; then
 		exists="$("${psql_cmd[@]}" -tA --set db="$POSTGRES_DB" <<<"SELECT 1 FROM pg_database WHERE datname = :'db';")"
