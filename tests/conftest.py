@@ -68,7 +68,7 @@ def record(build_dir):
 def tool(name: str) -> str:
     """A tool from the venv or PATH; fail (not skip) when it is missing: CI installs it."""
     venv = Path(sys.executable).parent / name
-    found = str(venv) if venv.exists() else shutil.which(name)
+    found = str(venv) if venv.exists() else shutil.which(name) or shutil.which(f"/usr/sbin/{name}")
     assert found, f"{name} is not installed (pip install -e '.[test]')"
     return found
 

@@ -12,24 +12,70 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from mlox_iac.errors import MloxError
+from mlox_iac.errors import ConfigError, MloxError
 
 StackOpt = typer.Option(None, "--stack", "-s", help="Stack name (its file is stacks/Pulumi.<name>.yaml)", envvar="MLOX_STACK")
 FileOpt = typer.Option(None, "--file", "-f", help="Path of a stack file, instead of --stack")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON")
 YesOpt = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation (for CI)")
+ShowSecretsOpt = typer.Option(False, "--show-secrets", help="Print passwords and keys instead of \\[secret]")
+OutputsFileOpt = typer.Option(
+    None, "--outputs-file", envvar="MLOX_OUTPUTS_FILE",
+    help="Read the stack's outputs from this JSON file (pulumi stack output --json --show-secrets) "
+    "instead of asking the engine; works without the Pulumi CLI",
+)
+IdentityOpt = typer.Option(None, "--identity", "-i", envvar="MLOX_SSH_IDENTITY", help="SSH private key for the server")
+CaOpt = typer.Option(
+    None, "--ca", envvar="MLOX_CA_FILE",
+    help="Root certificate of the server's internal CA (stacks without a domain); default: fetched over SSH once",
+)
 
 
 def project_dir() -> Path:
     """The project: ``MLOX_PROJECT_DIR``, else the nearest directory above cwd with Pulumi.yaml."""
-    env = os.environ.get("MLOX_PROJECT_DIR")
-    if env:
-        return Path(env).resolve()
-    here = Path.cwd().resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / "Pulumi.yaml").is_file():
-            return candidate
-    raise MloxError("no Pulumi.yaml here or above: run mlox-iac inside the project, or set MLOX_PROJECT_DIR")
+    from mlox_iac.automation import find_project_dir
+
+    return find_project_dir()
+
+
+def interactive() -> bool:
+    """Whether a person can answer questions (stdin is a terminal)."""
+    return sys.stdin.isatty()
+
+
+def require_stack(stack: Optional[str]) -> str:
+    """The ``--stack`` value, or exit 2 saying how to give it."""
+    if not stack:
+        raise ConfigError(["--stack: required (pass --stack NAME or set MLOX_STACK)"])
+    return stack
+
+
+def require_terminal(what: str) -> None:
+    """Never prompt without a terminal: exit 2 suggesting ``--yes`` instead."""
+    if not interactive():
+        raise ConfigError([f"{what} needs confirmation and stdin is not a terminal: pass --yes to go ahead without asking"])
+
+
+def passphrase_prompt():
+    """A prompt for the stack's secrets passphrase on a terminal (asked once per run), else None."""
+    if not interactive():
+        return None
+    answer: dict[str, str] = {}
+
+    def ask(new: bool) -> str:
+        if "value" not in answer:
+            text = "New passphrase to encrypt the stack's secrets" if new else "Passphrase of the stack's secrets"
+            answer["value"] = typer.prompt(text, hide_input=True, confirmation_prompt=new, err=True)
+        return answer["value"]
+
+    return ask
+
+
+def ssh_options() -> list[str]:
+    """Extra ``ssh`` options from ``MLOX_SSH_OPTS`` (e.g. ``-o UserKnownHostsFile=/dev/null``)."""
+    import shlex
+
+    return shlex.split(os.environ.get("MLOX_SSH_OPTS", ""))
 
 
 def stack_path(stack: Optional[str], file: Optional[Path]) -> Path:

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from mlox_iac.cli import config_cmds, plan
+from mlox_iac.cli import config_cmds, connect_cmds, engine_cmds, init_cmd, plan
 
 app = typer.Typer(
     name="mlox-iac",
@@ -18,6 +18,11 @@ app = typer.Typer(
 app.command()(config_cmds.validate)
 app.command()(config_cmds.schema)
 app.command()(plan.plan)
+app.command()(init_cmd.init)
+for command in (engine_cmds.preview, engine_cmds.up, engine_cmds.refresh, engine_cmds.destroy):
+    app.command()(command)
+for command in (connect_cmds.outputs, connect_cmds.env, connect_cmds.status, connect_cmds.logs, connect_cmds.ssh):
+    app.command()(command)
 
 _state = {"verbose": False}
 
@@ -34,7 +39,8 @@ def run(argv: list[str] | None = None) -> None:
     from mlox_iac.errors import ConfigError, MloxError
 
     try:
-        app(args=argv, standalone_mode=False)
+        # Outside standalone mode click returns the code of a typer.Exit instead of exiting.
+        code = app(args=argv, standalone_mode=False)
     except ConfigError as error:
         for line in error.problems:  # each already names the file and the key
             typer.echo(line, err=True)
@@ -55,7 +61,7 @@ def run(argv: list[str] | None = None) -> None:
             raise
         typer.echo(f"error: {type(error).__name__}: {error} (run with --verbose for the traceback)", err=True)
         sys.exit(1)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

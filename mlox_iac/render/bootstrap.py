@@ -47,7 +47,9 @@ def nftables_ruleset(admin_cidrs: tuple[str, ...], ssh_port: int = 22) -> str:
         "\t\tiif lo accept",
         "\t\tct state established,related accept",
         "\t\tct state invalid drop",
-        "\t\tmeta l4proto { icmp, ipv6-icmp } accept",
+        # Keywords, not protocol names: minimal images lack /etc/protocols (netbase).
+        "\t\tip protocol icmp accept",
+        "\t\tip6 nexthdr icmpv6 accept",
         "\t\tudp sport 67 udp dport 68 accept",
         "\t\tudp sport 547 udp dport 546 accept",
         *ssh,

@@ -180,8 +180,19 @@ def test_firewall_ruleset_is_exact():
     assert "policy drop" in rules and "flush ruleset" not in rules
     accepts = [line.strip() for line in rules.splitlines() if line.strip().endswith("accept")]
     assert accepts == [
-        "iif lo accept", "ct state established,related accept", "meta l4proto { icmp, ipv6-icmp } accept",
+        "iif lo accept", "ct state established,related accept", "ip protocol icmp accept", "ip6 nexthdr icmpv6 accept",
         "udp sport 67 udp dport 68 accept", "udp sport 547 udp dport 546 accept",
         "tcp dport 22 ip saddr { 198.51.100.0/24 } accept", "tcp dport 22 ip6 saddr { 2001:db8::/48 } accept",
         "tcp dport { 80, 443 } accept",
     ]
+
+
+def test_firewall_ruleset_parses_with_real_nft(tmp_path):
+    from mlox_iac.render.bootstrap import nftables_ruleset
+
+    path = tmp_path / "rules.nft"
+    path.write_text(nftables_ruleset(("198.51.100.0/24", "2001:db8::/48")))
+    result = subprocess.run([tool("nft"), "-c", "-f", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    path.write_text("table inet mlox {\n\tchain input {\n\t\tmeta l4proto { nonsense } accept\n\t}\n}\n")
+    assert subprocess.run([tool("nft"), "-c", "-f", str(path)], capture_output=True).returncode != 0

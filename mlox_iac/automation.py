@@ -1,0 +1,467 @@
+"""The importable API the ``mlox-iac`` CLI is built on, for scripts and CI.
+
+Every function works on a stack of the project on disk: a local-program
+``LocalWorkspace`` whose work dir is the project (``Pulumi.yaml`` at its root, stack
+files in ``stacks/``), so ``pulumi up --stack X`` and :func:`up` run the same program.
+
+Defaults that need no Pulumi Cloud account:
+
+- State backend: ``file://<project>/.mlox/state``, unless ``PULUMI_BACKEND_URL`` is set,
+  ``Pulumi.yaml`` names a ``backend.url``, or the user is logged in (``pulumi login``
+  wrote a current backend to ``$PULUMI_HOME/credentials.json``, or ``PULUMI_ACCESS_TOKEN``
+  is set).
+- Secrets: new stacks use the ``passphrase`` secrets provider (``MLOX_SECRETS_PROVIDER``
+  overrides it). The passphrase comes from ``PULUMI_CONFIG_PASSPHRASE`` or
+  ``PULUMI_CONFIG_PASSPHRASE_FILE``; without either, a ``passphrase_prompt`` callback is
+  asked (the CLI asks on a terminal), else :class:`MloxError` says how to set it.
+
+Without the Pulumi CLI every engine function raises :class:`PulumiCliMissing` naming the
+install step. Tests inject a ``pulumi_command`` (an ``auto.PulumiCommand`` test double).
+
+Example (what ``examples/ci/deploy.yml`` runs)::
+
+    from mlox_iac import automation
+
+    automation.validate_stack("prod")
+    print(automation.preview("prod").changes)
+    result = automation.up("prod", on_event=print)
+    print(result.outputs["urls"])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+
+import yaml
+
+from mlox_iac.errors import MloxError, PulumiCliMissing
+
+if TYPE_CHECKING:
+    from pulumi import automation as auto
+
+    from mlox_iac.config.model import StackConfig
+
+STATE_DIR = Path(".mlox") / "state"
+SECRET = "[secret]"
+DEFAULT_SECRETS_PROVIDER = "passphrase"
+PASSPHRASE_VARS = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
+
+OnEvent = Callable[["auto.EngineEvent"], Any]
+# Asked for the passphrase when no variable provides one; True when the stack is new
+# (a prompt should then ask twice).
+PassphrasePrompt = Callable[[bool], str]
+
+
+class Redacted(str):
+    """A string whose ``repr`` hides it (``LocalWorkspace.__repr__`` prints its env vars)."""
+
+    def __repr__(self) -> str:
+        return repr(SECRET)
+
+
+class EngineError(MloxError):
+    """A Pulumi CLI command failed; the message is its first error line."""
+
+
+class Aborted(MloxError):
+    """The user declined to go on; nothing was changed."""
+
+
+@dataclass
+class RunResult:
+    """What one engine operation did.
+
+    ``changes`` counts resources by operation (``create``, ``update``, ``delete``,
+    ``replace``, ``same``, ...). ``outputs`` are the stack outputs afterwards (empty for
+    preview and destroy); values of secret outputs are ``"[secret]"`` unless asked for.
+    """
+
+    operation: str  # "update" | "preview" | "refresh" | "destroy"
+    stack: str
+    changes: dict[str, int] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    secret_outputs: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def changed(self) -> int:
+        """How many resources were (or would be) touched: everything but ``same``."""
+        return sum(n for op, n in self.changes.items() if op != "same")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "operation": self.operation, "stack": self.stack, "changes": dict(self.changes),
+            "outputs": self.outputs, "secret_outputs": list(self.secret_outputs),
+            "duration_s": round(self.duration_s, 1),
+        }
+
+
+# ----- where things are ---------------------------------------------------------------
+
+def find_project_dir(start: Path | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """The project: ``MLOX_PROJECT_DIR``, else the nearest directory at or above ``start``
+    (default: cwd) that holds ``Pulumi.yaml``."""
+    env = os.environ if env is None else env
+    if env.get("MLOX_PROJECT_DIR"):
+        return Path(env["MLOX_PROJECT_DIR"]).resolve()
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "Pulumi.yaml").is_file():
+            return candidate
+    raise MloxError("no Pulumi.yaml here or above: run mlox-iac inside the project, or set MLOX_PROJECT_DIR")
+
+
+def stack_file(project_dir: Path, stack: str) -> Path:
+    """``<project>/stacks/Pulumi.<stack>.yaml`` (the project's ``stackConfigDir``)."""
+    return project_dir / "stacks" / f"Pulumi.{stack}.yaml"
+
+
+def validate_stack(stack: str, *, project_dir: Path | None = None) -> "StackConfig":
+    """Load and validate the stack's file; raise :class:`ConfigError` (exit 2) on problems."""
+    from mlox_iac.config.loader import load_file
+
+    project_dir = project_dir or find_project_dir()
+    return load_file(stack_file(project_dir, stack))
+
+
+def require_stack_file(project_dir: Path, stack: str) -> Path:
+    path = stack_file(project_dir, stack)
+    if not path.is_file():
+        shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+        raise MloxError(f"{shown}: file not found (create it with: mlox-iac init --stack {stack})")
+    return path
+
+
+# ----- workspace settings -------------------------------------------------------------
+
+def _pulumi_home(env: Mapping[str, str]) -> Path:
+    return Path(env["PULUMI_HOME"]) if env.get("PULUMI_HOME") else Path.home() / ".pulumi"
+
+
+def logged_in(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the user chose a backend with ``pulumi login`` (or has a Pulumi Cloud token)."""
+    env = os.environ if env is None else env
+    if env.get("PULUMI_ACCESS_TOKEN"):
+        return True
+    try:
+        credentials = json.loads((_pulumi_home(env) / "credentials.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(credentials, dict) and credentials.get("current"))
+
+
+def _project_document(project_dir: Path) -> dict[str, Any]:
+    path = project_dir / "Pulumi.yaml"
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except OSError:
+        raise MloxError(f"{path}: file not found (is {project_dir} the mlox-iac project?)") from None
+    except yaml.YAMLError as exc:
+        raise MloxError(f"{path}: not valid YAML: {exc}") from None
+    return document if isinstance(document, dict) else {}
+
+
+def backend_url(project_dir: Path, env: Mapping[str, str] | None = None) -> str | None:
+    """The backend mlox-iac sets, or None when the user's own Pulumi settings choose it."""
+    env = os.environ if env is None else env
+    if env.get("PULUMI_BACKEND_URL"):
+        return None
+    backend = _project_document(project_dir).get("backend")
+    if isinstance(backend, dict) and backend.get("url"):
+        return None
+    if logged_in(env):
+        return None
+    return (project_dir / STATE_DIR).resolve().as_uri()
+
+
+def _stack_document(project_dir: Path, stack: str) -> dict[str, Any]:
+    try:
+        document = yaml.safe_load(stack_file(project_dir, stack).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def needs_passphrase(project_dir: Path, stack: str, secrets_provider: str, *, own_backend: bool = True) -> bool:
+    """Whether the stack's secrets are (or, once created, will be) passphrase-encrypted.
+
+    An existing stack says so in its file (``encryptionsalt``, ``secretsprovider``). A stack
+    without either is new on mlox-iac's own backend; on a backend the user chose it may live
+    there already with that backend's secrets manager, so Pulumi decides (and asks itself).
+    """
+    document = _stack_document(project_dir, stack)
+    provider = document.get("secretsprovider")
+    if provider:
+        return str(provider).startswith("passphrase")
+    if document.get("encryptionsalt"):
+        return True
+    if document.get("encryptedkey"):
+        return False
+    return own_backend and secrets_provider == "passphrase"
+
+
+def workspace_options(
+    project_dir: Path,
+    stack: str,
+    *,
+    pulumi_command: Optional["auto.PulumiCommand"] = None,
+    passphrase_prompt: Optional[PassphrasePrompt] = None,
+    env: Mapping[str, str] | None = None,
+) -> "auto.LocalWorkspaceOptions":
+    """The ``LocalWorkspaceOptions`` every operation on ``stack`` uses.
+
+    ``work_dir`` is the project; the program is the project on disk. Project settings are
+    not passed: ``LocalWorkspace`` would rewrite ``Pulumi.yaml`` with them, and it reads the
+    file anyway. ``env_vars`` holds only what mlox-iac decides (the default backend, the
+    passphrase when it came from a prompt or must be passed on); everything else reaches
+    the CLI through the inherited environment.
+    """
+    from pulumi import automation as auto
+
+    env = os.environ if env is None else env
+    project_dir = Path(project_dir).resolve()
+    env_vars: dict[str, str] = {"PULUMI_SKIP_UPDATE_CHECK": "true"}
+    url = backend_url(project_dir, env)
+    if url is not None:
+        (project_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        env_vars["PULUMI_BACKEND_URL"] = url
+    secrets_provider = env.get("MLOX_SECRETS_PROVIDER") or DEFAULT_SECRETS_PROVIDER
+    if "PULUMI_CONFIG_PASSPHRASE" in env:  # an empty passphrase is allowed when set explicitly
+        env_vars["PULUMI_CONFIG_PASSPHRASE"] = Redacted(env["PULUMI_CONFIG_PASSPHRASE"])
+    elif env.get("PULUMI_CONFIG_PASSPHRASE_FILE"):
+        env_vars["PULUMI_CONFIG_PASSPHRASE_FILE"] = env["PULUMI_CONFIG_PASSPHRASE_FILE"]
+    elif needs_passphrase(project_dir, stack, secrets_provider, own_backend=url is not None):
+        if passphrase_prompt is None:
+            raise MloxError(
+                f"stack {stack} keeps its secrets encrypted with a passphrase: set PULUMI_CONFIG_PASSPHRASE "
+                "(or PULUMI_CONFIG_PASSPHRASE_FILE with the path of a file holding it), or run on a terminal to be asked"
+            )
+        new = not _stack_document(project_dir, stack).get("encryptionsalt")
+        env_vars["PULUMI_CONFIG_PASSPHRASE"] = Redacted(passphrase_prompt(new))
+    return auto.LocalWorkspaceOptions(
+        work_dir=str(project_dir),
+        env_vars=env_vars,
+        secrets_provider=secrets_provider,
+        pulumi_command=pulumi_command,
+    )
+
+
+def default_pulumi_command(command: str = "this command", env: Mapping[str, str] | None = None) -> "auto.PulumiCommand":
+    """The Pulumi CLI on PATH (or in ``$PULUMI_HOME/bin``, where its installer puts it).
+
+    Raises :class:`PulumiCliMissing` naming ``command`` and the install step when absent.
+    """
+    from pulumi import automation as auto
+    from pulumi.automation.errors import InvalidVersionError
+
+    env = os.environ if env is None else env
+    root = None
+    if shutil.which("pulumi", path=env.get("PATH")) is None:
+        installed = _pulumi_home(env) / "bin" / "pulumi"
+        if not (installed.is_file() and os.access(installed, os.X_OK)):
+            raise PulumiCliMissing(command)
+        root = str(installed.parent.parent)
+    try:
+        return auto.PulumiCommand(root=root)
+    except FileNotFoundError:
+        raise PulumiCliMissing(command) from None
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise MloxError(f"{command}: the Pulumi CLI does not run (`pulumi version`: {exc}); reinstall it with "
+                        "`curl -fsSL https://get.pulumi.com | sh`") from None
+    except InvalidVersionError as exc:
+        raise MloxError(f"{command}: {exc} (upgrade with `curl -fsSL https://get.pulumi.com | sh`)") from None
+
+
+# ----- stacks ---------------------------------------------------------------------------
+
+def _first_error(exc: Exception) -> str:
+    """The line of a failed Pulumi command that says what went wrong.
+
+    ``str(CommandError)`` is ``code: N / stdout: ... / stderr: ...``; the first ``error:``
+    line of stderr, else of stdout, else the last line of stderr.
+    """
+    text = str(exc)
+    stdout, _, stderr = text.partition("\n stderr:")
+    for part in (stderr, stdout):
+        for line in part.splitlines():
+            line = line.strip().removeprefix("stdout:").strip()
+            if line.lower().startswith("error:"):
+                return line[len("error:"):].strip()
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def open_stack(
+    stack: str,
+    *,
+    project_dir: Path | None = None,
+    create: bool = False,
+    validate: bool = True,
+    pulumi_command: Optional["auto.PulumiCommand"] = None,
+    passphrase_prompt: Optional[PassphrasePrompt] = None,
+    command: str = "mlox-iac",
+) -> "auto.Stack":
+    """Select (or with ``create``, create or select) ``stack`` in a local-program workspace.
+
+    The stack file is validated first (``validate``) or at least must exist; then the CLI
+    is looked up; only then is the engine touched.
+    """
+    from pulumi import automation as auto
+
+    project_dir = (project_dir or find_project_dir()).resolve()
+    if validate:
+        validate_stack(stack, project_dir=project_dir)
+    else:
+        require_stack_file(project_dir, stack)
+    cli = pulumi_command or default_pulumi_command(command)
+    opts = workspace_options(project_dir, stack, pulumi_command=cli, passphrase_prompt=passphrase_prompt)
+    try:
+        if create:
+            return auto.create_or_select_stack(stack, work_dir=str(project_dir), opts=opts)
+        return auto.select_stack(stack, work_dir=str(project_dir), opts=opts)
+    except auto.StackNotFoundError:
+        raise MloxError(f"stack {stack} has not been deployed yet: run mlox-iac up --stack {stack}") from None
+    except auto.CommandError as exc:
+        raise EngineError(f"{command}: pulumi could not open stack {stack}: {_first_error(exc)}") from None
+
+
+def _masked(outputs: "auto.OutputMap", show_secrets: bool) -> tuple[dict[str, Any], list[str]]:
+    secret = sorted(k for k, v in outputs.items() if v.secret)
+    values = {k: (v.value if show_secrets or not v.secret else SECRET) for k, v in outputs.items()}
+    return values, secret
+
+
+def _changes(ops: Mapping[Any, int] | None) -> dict[str, int]:
+    return {str(getattr(op, "value", op)): int(n) for op, n in (ops or {}).items() if n}
+
+
+def _engine_call(operation: str, stack: str, run: Callable[[], Any]) -> Any:
+    from pulumi import automation as auto
+
+    try:
+        return run()
+    except auto.ConcurrentUpdateError:
+        raise EngineError(
+            f"pulumi {operation} failed: stack {stack} is locked by another update "
+            f"(if none is running, remove the lock: pulumi cancel --stack {stack})"
+        ) from None
+    except auto.CommandError as exc:
+        raise EngineError(f"pulumi {operation} failed: {_first_error(exc)}") from None
+
+
+def up(
+    stack: str,
+    *,
+    project_dir: Path | None = None,
+    on_event: Optional[OnEvent] = None,
+    show_secrets: bool = False,
+    pulumi_command: Optional["auto.PulumiCommand"] = None,
+    passphrase_prompt: Optional[PassphrasePrompt] = None,
+) -> RunResult:
+    """Create or update the stack (creating the stack itself on first use). Does not ask:
+    callers confirm first (the CLI previews and asks unless ``--yes``)."""
+    started = time.monotonic()
+    s = open_stack(stack, project_dir=project_dir, create=True, pulumi_command=pulumi_command,
+                   passphrase_prompt=passphrase_prompt, command="mlox-iac up")
+    result = _engine_call("up", stack, lambda: s.up(on_event=on_event, color="never", show_secrets=False))
+    outputs, secret = _masked(result.outputs, show_secrets)
+    return RunResult("update", stack, _changes(result.summary.resource_changes), outputs, secret,
+                     time.monotonic() - started)
+
+
+def preview(
+    stack: str,
+    *,
+    project_dir: Path | None = None,
+    on_event: Optional[OnEvent] = None,
+    pulumi_command: Optional["auto.PulumiCommand"] = None,
+    passphrase_prompt: Optional[PassphrasePrompt] = None,
+) -> RunResult:
+    """What :func:`up` would change, changing nothing (creates the stack if it is new)."""
+    started = time.monotonic()
+    s = open_stack(stack, project_dir=project_dir, create=True, pulumi_command=pulumi_command,
+                   passphrase_prompt=passphrase_prompt, command="mlox-iac preview")
+    result = _engine_call("preview", stack, lambda: s.preview(on_event=on_event, color="never"))
+    return RunResult("preview", stack, _changes(result.change_summary), duration_s=time.monotonic() - started)
+
+
+def refresh(
+    stack: str,
+    *,
+    project_dir: Path | None = None,
+    on_event: Optional[OnEvent] = None,
+    show_secrets: bool = False,
+    pulumi_command: Optional["auto.PulumiCommand"] = None,
+    passphrase_prompt: Optional[PassphrasePrompt] = None,
+) -> RunResult:
+    """Read every resource's real state back into the stack's state."""
+    started = time.monotonic()
+    s = open_stack(stack, project_dir=project_dir, pulumi_command=pulumi_command,
+                   passphrase_prompt=passphrase_prompt, command="mlox-iac refresh")
+    result = _engine_call("refresh", stack, lambda: s.refresh(on_event=on_event, color="never", show_secrets=False))
+    outputs, secret = _masked(_engine_call("refresh", stack, s.outputs), show_secrets)
+    return RunResult("refresh", stack, _changes(result.summary.resource_changes), outputs, secret,
+                     time.monotonic() - started)
+
+
+def destroy(
+    stack: str,
+    *,
+    project_dir: Path | None = None,
+    on_event: Optional[OnEvent] = None,
+    pulumi_command: Optional["auto.PulumiCommand"] = None,
+    passphrase_prompt: Optional[PassphrasePrompt] = None,
+) -> RunResult:
+    """Delete every resource of the stack (data volumes stay while ``mlox:keep_data_on_destroy``
+    protects them). The stack file is only required to exist, so a stack whose file no longer
+    validates can still be torn down."""
+    started = time.monotonic()
+    s = open_stack(stack, project_dir=project_dir, validate=False, pulumi_command=pulumi_command,
+                   passphrase_prompt=passphrase_prompt, command="mlox-iac destroy")
+    result = _engine_call("destroy", stack, lambda: s.destroy(on_event=on_event, color="never", show_secrets=False))
+    return RunResult("destroy", stack, _changes(result.summary.resource_changes), duration_s=time.monotonic() - started)
+
+
+def outputs(
+    stack: str,
+    *,
+    project_dir: Path | None = None,
+    show_secrets: bool = False,
+    pulumi_command: Optional["auto.PulumiCommand"] = None,
+    passphrase_prompt: Optional[PassphrasePrompt] = None,
+) -> dict[str, Any]:
+    """The deployed stack's outputs; secret values are ``"[secret]"`` unless ``show_secrets``."""
+    s = open_stack(stack, project_dir=project_dir, validate=False, pulumi_command=pulumi_command,
+                   passphrase_prompt=passphrase_prompt, command="mlox-iac outputs")
+    values, _ = _masked(_engine_call("stack output", stack, s.outputs), show_secrets)
+    return values
+
+
+def set_secrets(
+    stack: str,
+    values: Mapping[str, str],
+    *,
+    path_keys: tuple[str, ...] = (),
+    project_dir: Path | None = None,
+    pulumi_command: Optional["auto.PulumiCommand"] = None,
+    passphrase_prompt: Optional[PassphrasePrompt] = None,
+) -> None:
+    """Store config values as secrets (``pulumi config set --secret``), creating the stack if
+    needed. Keys in ``path_keys`` are set with ``--path`` (e.g. ``mlox:onprem.private_key``).
+
+    The stack file is not validated: ``mlox-iac init`` stores the secrets that make it valid.
+    """
+    from pulumi import automation as auto
+
+    s = open_stack(stack, project_dir=project_dir, create=True, validate=False, pulumi_command=pulumi_command,
+                   passphrase_prompt=passphrase_prompt, command="mlox-iac init")
+    for key, value in values.items():
+        _engine_call("config set", stack,
+                     lambda k=key, v=value: s.set_config(k, auto.ConfigValue(value=v, secret=True), path=k in path_keys))

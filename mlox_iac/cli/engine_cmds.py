@@ -1,0 +1,174 @@
+"""``up``, ``preview``, ``refresh``, ``destroy``: the engine, with live progress and a summary."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import typer
+
+from mlox_iac.cli.common import (
+    JsonOpt, Out, ShowSecretsOpt, StackOpt, YesOpt, passphrase_prompt, project_dir, require_stack, require_terminal,
+)
+
+ORDER = ("create", "update", "replace", "create-replacement", "delete-replaced", "delete", "refresh", "read", "same")
+
+
+def _run(out: Out, title: str, operation: str, call: Callable[[Any], Any], expected_total: int | None = None):
+    """Run one automation call under a progress display; on failure show the engine's errors."""
+    from mlox_iac.automation import EngineError
+    from mlox_iac.cli.progress import ProgressDisplay, ProgressState
+
+    state = ProgressState(operation, expected_total)
+    with ProgressDisplay(out.err, state, title) as display:
+        try:
+            return call(display.on_event)
+        except EngineError:
+            for line in state.errors[-5:]:
+                out.err.print(f"  {line}", markup=False)
+            raise
+
+
+def _changes_text(changes: dict[str, int], planned: bool = False) -> str:
+    """``14 created, 1 unchanged`` (or ``14 to create`` for a preview)."""
+    from mlox_iac.cli.progress import DONE
+
+    ops = sorted(changes, key=lambda op: ORDER.index(op) if op in ORDER else len(ORDER))
+    words = [f"{changes[op]} " + ("unchanged" if op == "same" else f"to {op}" if planned else DONE.get(op, op))
+             for op in ops]
+    return ", ".join(words) or "no resources"
+
+
+def render_summary(console, data: dict) -> None:
+    """The end of every engine command: changes, service URLs, what to run next."""
+    from rich.table import Table
+    from rich.text import Text
+
+    verb = {"update": "Deployed", "preview": "Preview of", "refresh": "Refreshed", "destroy": "Destroyed"}[data["operation"]]
+    console.print(f"[bold]{verb} stack {data['stack']}[/bold] in {data['duration_s']:.0f}s: "
+                  f"{_changes_text(data['changes'], planned=data['operation'] == 'preview')}")
+    urls = data.get("outputs", {}).get("urls") or {}
+    if isinstance(urls, dict) and urls:
+        table = Table(title="Services", title_justify="left", show_header=True)
+        table.add_column("service")
+        table.add_column("url", overflow="fold")
+        for name, url in urls.items():
+            table.add_row(Text(name), Text(str(url)))
+        console.print(table)
+        user = data["outputs"].get("ui_user")
+        if user:
+            console.print(f"UI user: {user}; passwords: mlox-iac outputs --stack {data['stack']} --show-secrets")
+        console.print(f'Connect your code: eval "$(mlox-iac env --stack {data["stack"]} --show-secrets)"')
+
+
+def _prepare(stack: Optional[str], command: str, validate: bool = True, confirm: bool = False):
+    """Everything that can fail before the engine runs, in order: the stack file, the CLI,
+    a terminal to confirm on (when ``confirm``), the passphrase.
+    Returns (stack, project, pulumi command, passphrase prompt)."""
+    from mlox_iac import automation
+
+    name = require_stack(stack)
+    project = project_dir()
+    if validate:
+        automation.validate_stack(name, project_dir=project)
+    else:
+        automation.require_stack_file(project, name)
+    cli = automation.default_pulumi_command(command)
+    if confirm:
+        require_terminal(command)
+    prompt = passphrase_prompt()
+    automation.workspace_options(project, name, pulumi_command=cli, passphrase_prompt=prompt)
+    return name, project, cli, prompt
+
+
+def up(stack: Optional[str] = StackOpt, yes: bool = YesOpt, as_json: bool = JsonOpt, show_secrets: bool = ShowSecretsOpt) -> None:
+    """Create or update a stack's server and services.
+
+    Without --yes it previews first and asks before changing anything
+    (on a terminal; without one, pass --yes). Shows live progress on
+    stderr, then the changes and the service URLs.
+
+    Examples:
+      mlox-iac up --stack prod
+      mlox-iac up --stack prod --yes --json > deploy.json
+    """
+    from mlox_iac import automation
+
+    out = Out(as_json)
+    name, project, cli, prompt = _prepare(stack, "mlox-iac up", confirm=not yes)
+    expected = None
+    if not yes:
+        preview = _run(out, f"Previewing {name}", "preview", lambda on_event: automation.preview(
+            name, project_dir=project, on_event=on_event, pulumi_command=cli, passphrase_prompt=prompt))
+        out.err.print(f"Changes: {_changes_text(preview.changes, planned=True)}")
+        if preview.changed and not typer.confirm("Apply these changes?", default=False, err=True):
+            raise automation.Aborted("aborted: nothing was changed")
+        expected = sum(preview.changes.values())
+    result = _run(out, f"Deploying {name}", "update", lambda on_event: automation.up(
+        name, project_dir=project, on_event=on_event, show_secrets=show_secrets, pulumi_command=cli,
+        passphrase_prompt=prompt), expected)
+    out.data(result.to_dict(), render_summary)
+
+
+def preview(stack: Optional[str] = StackOpt, as_json: bool = JsonOpt) -> None:
+    """Show what `mlox-iac up` would change, changing nothing.
+
+    Unlike `mlox-iac plan`, this asks the real providers: it needs the
+    Pulumi CLI and the provider's credentials.
+
+    Examples:
+      mlox-iac preview --stack prod
+      mlox-iac preview --stack prod --json | jq .changes
+    """
+    from mlox_iac import automation
+
+    out = Out(as_json)
+    name, project, cli, prompt = _prepare(stack, "mlox-iac preview")
+    result = _run(out, f"Previewing {name}", "preview", lambda on_event: automation.preview(
+        name, project_dir=project, on_event=on_event, pulumi_command=cli, passphrase_prompt=prompt))
+    out.data(result.to_dict(), render_summary)
+
+
+def refresh(stack: Optional[str] = StackOpt, yes: bool = YesOpt, as_json: bool = JsonOpt) -> None:
+    """Read the real state of every resource back into the stack's state.
+
+    Use it after changing resources outside mlox-iac (in the provider's
+    console, say). Asks first unless --yes.
+
+    Examples:
+      mlox-iac refresh --stack prod
+      mlox-iac refresh --stack prod --yes
+    """
+    from mlox_iac import automation
+
+    out = Out(as_json)
+    name, project, cli, prompt = _prepare(stack, "mlox-iac refresh", confirm=not yes)
+    if not yes:
+        if not typer.confirm(f"Refresh the state of stack {name} from the real resources?", default=False, err=True):
+            raise automation.Aborted("aborted: nothing was changed")
+    result = _run(out, f"Refreshing {name}", "refresh", lambda on_event: automation.refresh(
+        name, project_dir=project, on_event=on_event, pulumi_command=cli, passphrase_prompt=prompt))
+    out.data(result.to_dict(), render_summary)
+
+
+def destroy(stack: Optional[str] = StackOpt, yes: bool = YesOpt, as_json: bool = JsonOpt) -> None:
+    """Delete the stack's server and every other resource it created.
+
+    Asks you to type the stack name unless --yes. Data volumes survive
+    while mlox:keep_data_on_destroy is true (the default). The stack file
+    and its (now empty) state stay.
+
+    Examples:
+      mlox-iac destroy --stack dev
+      mlox-iac destroy --stack dev --yes
+    """
+    from mlox_iac import automation
+
+    out = Out(as_json)
+    name, project, cli, prompt = _prepare(stack, "mlox-iac destroy", validate=False, confirm=not yes)
+    if not yes:
+        typed = typer.prompt(f"This deletes every resource of stack {name}. Type the stack name to confirm", err=True)
+        if typed.strip() != name:
+            raise automation.Aborted(f"aborted: {typed.strip()!r} is not {name!r}; nothing was deleted")
+    result = _run(out, f"Destroying {name}", "destroy", lambda on_event: automation.destroy(
+        name, project_dir=project, on_event=on_event, pulumi_command=cli, passphrase_prompt=prompt))
+    out.data(result.to_dict(), render_summary)

@@ -1,0 +1,359 @@
+"""Connecting to a deployed stack: shell exports, endpoint probes, SSH command lines.
+
+Everything here works on a stack's outputs as a plain dict (secrets in clear), from
+``mlox_iac.automation.outputs(stack, show_secrets=True)`` or from a JSON file with the same
+content (``pulumi stack output --json --show-secrets``), so the end-to-end suite calls it
+against a real host without the Pulumi CLI. The keys used are the ones
+``mlox_iac.components.stack`` exports: ``server_address``, ``ssh_user``, ``ssh_port``,
+``services``, ``urls``, ``tls``, ``ui_user``, ``ui_passwords``, ``s3_endpoint``,
+``s3_access_key``, ``s3_secret_key``, ``s3_buckets``, ``mlflow_tracking_uri``.
+
+The builders (:func:`env_exports`, :func:`render_exports`, :func:`ssh_argv`,
+:func:`logs_argv`, :func:`fetch_ca_argv`) are pure; :func:`probe` and :func:`fetch_ca` do I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import shlex
+import ssl
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import urlsplit
+
+from mlox_iac.errors import ConfigError, MloxError
+
+SECRET = "[secret]"
+# Outputs that are secrets (the stack marks them so; a JSON outputs file has them in clear).
+SECRET_OUTPUTS = frozenset({"ui_passwords", "s3_access_key", "s3_secret_key"})
+# Where Caddy keeps the root certificate of its internal CA on every server.
+CA_PATH_ON_SERVER = "/mnt/mlox-data/volumes/caddy-data/caddy/pki/authorities/local/root.crt"
+# The compose project on every server (see mlox_iac.render.commands.COMPOSE).
+COMPOSE_ARGS = ("docker", "compose", "--project-name", "mlox", "--project-directory", "/opt/mlox/bundle",
+                "-f", "/opt/mlox/bundle/compose.yaml")
+# Health paths under a route's URL; other routes are probed at their root.
+HEALTH_PATHS = {"mlflow": "/health"}
+SHELLS = ("sh", "fish", "powershell")
+# Exports that carry a secret (masked unless asked for).
+SECRET_EXPORTS = frozenset({"MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
+
+
+# ----- outputs ------------------------------------------------------------------------
+
+def load_outputs_file(path: Path) -> dict[str, Any]:
+    """A stack's outputs from a JSON file (``pulumi stack output --json --show-secrets``)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read outputs file: {exc.strerror}"]) from None
+    except ValueError as exc:
+        raise ConfigError([f"{path}: not valid JSON: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: must be a JSON object of stack outputs"])
+    return data
+
+
+def mask_outputs(outputs: Mapping[str, Any], secret_keys: Sequence[str] = ()) -> dict[str, Any]:
+    """The outputs with every secret value replaced by ``[secret]``."""
+    hidden = SECRET_OUTPUTS | set(secret_keys)
+    return {k: (SECRET if k in hidden else v) for k, v in outputs.items()}
+
+
+def _need(outputs: Mapping[str, Any], key: str, why: str) -> Any:
+    value = outputs.get(key)
+    if value in (None, "", SECRET):
+        state = "masked" if value == SECRET else "missing"
+        raise MloxError(f"stack output {key} is {state}: {why} needs it")
+    return value
+
+
+# ----- env ----------------------------------------------------------------------------
+
+def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None) -> dict[str, str]:
+    """Environment variables that let MLflow, boto3, the AWS CLI and notebooks connect.
+
+    MLflow: tracking URI, basic-auth user and password (artifacts go through the tracking
+    server, so no S3 settings are needed for MLflow). S3: ``AWS_ENDPOINT_URL_S3`` (read by
+    boto3 >= 1.28 and the AWS CLI; it affects S3 only, not other AWS services) and the keys.
+    With the internal CA (no domain) and ``ca_path``: ``MLFLOW_TRACKING_SERVER_CERT_PATH``
+    and ``AWS_CA_BUNDLE`` point at it.
+    """
+    env: dict[str, str] = {}
+    if outputs.get("mlflow_tracking_uri"):
+        env["MLFLOW_TRACKING_URI"] = str(outputs["mlflow_tracking_uri"])
+        if outputs.get("ui_user"):
+            env["MLFLOW_TRACKING_USERNAME"] = str(outputs["ui_user"])
+        passwords = outputs.get("ui_passwords")
+        if isinstance(passwords, Mapping) and passwords.get("mlflow"):
+            env["MLFLOW_TRACKING_PASSWORD"] = str(passwords["mlflow"])
+        elif passwords == SECRET:
+            env["MLFLOW_TRACKING_PASSWORD"] = SECRET
+    if outputs.get("s3_endpoint"):
+        env["AWS_ENDPOINT_URL_S3"] = str(outputs["s3_endpoint"])
+        for key, name in (("s3_access_key", "AWS_ACCESS_KEY_ID"), ("s3_secret_key", "AWS_SECRET_ACCESS_KEY")):
+            if outputs.get(key):
+                env[name] = str(outputs[key])
+    if outputs.get("tls") == "internal" and ca_path is not None:
+        env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(ca_path)
+        env["AWS_CA_BUNDLE"] = str(ca_path)
+    return env
+
+
+def _quote(value: str, shell: str) -> str:
+    if shell == "sh":
+        return shlex.quote(value)
+    if shell == "fish":  # in fish single quotes only \\ and \' are escapes
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return "'" + value.replace("'", "''") + "'"  # powershell
+
+
+def render_exports(env: Mapping[str, str], shell: str = "sh", *, show_secrets: bool = True) -> str:
+    """Lines a shell evaluates to set ``env``: ``sh`` (bash, zsh, dash), ``fish`` or
+    ``powershell``. Without ``show_secrets`` secret values become comment lines, so
+    evaluating the output never sets a wrong value."""
+    if shell not in SHELLS:
+        raise ConfigError([f"--shell: {shell!r} is not allowed (allowed: {', '.join(SHELLS)})"])
+    lines = []
+    for key, value in env.items():
+        if key in SECRET_EXPORTS and (not show_secrets or value == SECRET):
+            lines.append(f"# {key}: {SECRET} (add --show-secrets to print it)")
+        elif shell == "sh":
+            lines.append(f"export {key}={_quote(value, shell)}")
+        elif shell == "fish":
+            lines.append(f"set -gx {key} {_quote(value, shell)}")
+        else:
+            lines.append(f"$env:{key} = {_quote(value, shell)}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+# ----- ssh ----------------------------------------------------------------------------
+
+def ssh_target(outputs: Mapping[str, Any]) -> tuple[str, str, int]:
+    """(user, address, port) of the stack's server."""
+    address = str(_need(outputs, "server_address", "ssh"))
+    return str(outputs.get("ssh_user") or "root"), address, int(outputs.get("ssh_port") or 22)
+
+
+def ssh_argv(
+    outputs: Mapping[str, Any],
+    remote: Sequence[str] | None = None,
+    *,
+    identity: str | Path | None = None,
+    options: Sequence[str] = (),
+    batch: bool = False,
+    tty: bool = False,
+) -> list[str]:
+    """The system ``ssh`` command line to the stack's server, optionally running ``remote``
+    (an argv, quoted here for the remote shell). ``batch`` never prompts (for scripts)."""
+    user, address, port = ssh_target(outputs)
+    argv = ["ssh", "-p", str(port), "-o", "StrictHostKeyChecking=accept-new"]
+    if batch:
+        argv += ["-o", "BatchMode=yes"]
+    if tty:
+        argv.append("-t")
+    if identity is not None:
+        argv += ["-i", str(identity), "-o", "IdentitiesOnly=yes"]
+    argv += list(options)
+    argv.append(f"{user}@{address}")
+    if remote:
+        argv += ["--", shlex.join(remote)]
+    return argv
+
+
+def _as_root(outputs: Mapping[str, Any], argv: Sequence[str]) -> list[str]:
+    user = str(outputs.get("ssh_user") or "root")
+    return list(argv) if user == "root" else ["sudo", "-n", *argv]
+
+
+def logs_argv(
+    outputs: Mapping[str, Any],
+    service: str,
+    *,
+    allowed: Sequence[str],
+    tail: int = 200,
+    follow: bool = False,
+    tty: bool = False,
+    identity: str | Path | None = None,
+    options: Sequence[str] = (),
+) -> list[str]:
+    """``ssh ... docker compose ... logs --tail N [-f] SERVICE`` for one compose service.
+
+    ``allowed`` are the compose services of the stack; anything else is a
+    :class:`ConfigError` naming them (exit 2).
+    """
+    if service not in allowed:
+        raise ConfigError([f"SERVICE: {service!r} is not a service of this stack (allowed: {', '.join(allowed)})"])
+    if tail < 0:
+        raise ConfigError([f"--tail: {tail} is too small (allowed: 0 or more)"])
+    remote = [*COMPOSE_ARGS, "logs", "--tail", str(tail), *(["-f"] if follow else []), service]
+    return ssh_argv(outputs, _as_root(outputs, remote), identity=identity, options=options, batch=not follow, tty=tty)
+
+
+def fetch_ca_argv(outputs: Mapping[str, Any], *, identity: str | Path | None = None, options: Sequence[str] = ()) -> list[str]:
+    """``ssh ... cat <Caddy's internal root certificate>``."""
+    return ssh_argv(outputs, _as_root(outputs, ["cat", CA_PATH_ON_SERVER]), identity=identity, options=options, batch=True)
+
+
+def fetch_ca(
+    outputs: Mapping[str, Any],
+    dest: Path,
+    *,
+    identity: str | Path | None = None,
+    options: Sequence[str] = (),
+    refresh: bool = False,
+    run: Callable[..., subprocess.CompletedProcess] | None = None,
+    timeout: float = 30,
+) -> Path:
+    """The server's internal root CA certificate, fetched once over SSH into ``dest``.
+
+    An existing ``dest`` is reused unless ``refresh`` (a rebuilt server has a new CA).
+    """
+    dest = Path(dest)
+    if dest.is_file() and not refresh:
+        return dest
+    argv = fetch_ca_argv(outputs, identity=identity, options=options)
+    try:
+        done = (run or subprocess.run)(argv, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise MloxError("ssh is not installed: install the OpenSSH client, or pass --ca PATH") from None
+    except subprocess.TimeoutExpired:
+        raise MloxError(f"fetching the server's CA certificate timed out after {timeout:.0f}s (pass --ca PATH)") from None
+    pem = done.stdout or ""
+    if done.returncode != 0 or "-----BEGIN CERTIFICATE-----" not in pem:
+        reason = (done.stderr or "").strip().splitlines()[-1:] or ["no certificate in the answer"]
+        raise MloxError(
+            f"could not fetch the server's CA certificate over ssh ({reason[0]}): "
+            "pass --identity KEY (or MLOX_SSH_IDENTITY), or --ca PATH"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    tmp.write_text(pem)
+    os.chmod(tmp, 0o644)  # a public certificate
+    tmp.replace(dest)
+    return dest
+
+
+# ----- status -------------------------------------------------------------------------
+
+@dataclass
+class ProbeResult:
+    """One service endpoint, as seen from here through the proxy."""
+
+    name: str
+    url: str
+    up: bool
+    status: int | None  # HTTP status, None when no answer
+    detail: str
+    cert_expires_in_s: float | None = None  # seconds until the peer certificate's notAfter
+    cert_not_after: str | None = None
+    elapsed_ms: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _ssl_context(ca_path: str | Path | None) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca_path) if ca_path else None)
+
+
+def _probe_one(
+    name: str, url: str, path: str, auth: tuple[str, str] | None, *, ca_path, timeout: float, now: float
+) -> ProbeResult:
+    parts = urlsplit(url)
+    target = parts.path.rstrip("/") + path
+    full = f"{parts.scheme}://{parts.netloc}{target}"
+    host = parts.hostname or ""
+    started = time.monotonic()
+    if parts.scheme == "https":
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, parts.port or 443, timeout=timeout, context=_ssl_context(ca_path)
+        )
+    else:
+        conn = http.client.HTTPConnection(host, parts.port or 80, timeout=timeout)
+    expires_in = not_after = None
+    try:
+        conn.connect()
+        if isinstance(conn.sock, ssl.SSLSocket):
+            cert = conn.sock.getpeercert() or {}
+            if cert.get("notAfter"):
+                not_after = cert["notAfter"]
+                expires_in = ssl.cert_time_to_seconds(not_after) - now
+        headers = {"User-Agent": "mlox-iac-status"}
+        if auth is not None:
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        conn.request("GET", target, headers=headers)
+        response = conn.getresponse()
+        response.read(65536)
+        status = response.status
+    except ssl.SSLCertVerificationError as exc:
+        return ProbeResult(name, full, False, None, f"TLS certificate not trusted: {exc.verify_message or exc}",
+                           elapsed_ms=(time.monotonic() - started) * 1000)
+    except (OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return ProbeResult(name, full, False, None, f"no answer: {reason}", expires_in, not_after,
+                           (time.monotonic() - started) * 1000)
+    finally:
+        conn.close()
+    elapsed = (time.monotonic() - started) * 1000
+    if auth is not None:
+        # Behind basic auth: only a success means the service and the credentials work.
+        up = 200 <= status < 400
+        detail = "ok" if up else ("credentials rejected" if status == 401 else f"HTTP {status}")
+    else:
+        # The service authenticates itself (S3): any answer from it means it is up; the
+        # proxy answers 502/503/504 when it cannot reach the service.
+        up = status < 500
+        detail = "ok" if up else f"HTTP {status}"
+    if expires_in is not None and expires_in <= 0:
+        up, detail = False, "TLS certificate expired"
+    return ProbeResult(name, full, up, status, detail, expires_in, not_after, elapsed)
+
+
+def probe(
+    outputs: Mapping[str, Any],
+    ca_path: str | Path | None = None,
+    timeout: float = 5,
+    *,
+    now: float | None = None,
+) -> list[ProbeResult]:
+    """Probe every route in ``outputs["urls"]`` through the proxy.
+
+    A route behind basic auth (it has a password in ``ui_passwords``) gets a GET of its
+    health path (MLflow: ``<url>/health``) with those credentials and is up on 2xx/3xx. A
+    route that authenticates itself (S3) gets a GET of ``<url>/`` and is up on any answer
+    below 500 (anonymous S3 answers 403). For HTTPS, the peer certificate is verified
+    (against ``ca_path`` when given, else the system store) and its expiry reported.
+    """
+    now = time.time() if now is None else now
+    urls = outputs.get("urls") or {}
+    if not isinstance(urls, Mapping) or not urls:
+        raise MloxError("stack output urls is missing: is the stack deployed?")
+    if outputs.get("ui_passwords") == SECRET:
+        raise MloxError("stack output ui_passwords is masked: status needs it")
+    passwords = outputs.get("ui_passwords") if isinstance(outputs.get("ui_passwords"), Mapping) else {}
+    user = str(outputs.get("ui_user") or "admin")
+    results = []
+    for name, url in urls.items():
+        auth = (user, str(passwords[name])) if name in passwords else None
+        path = HEALTH_PATHS.get(name, "/")
+        results.append(_probe_one(name, str(url), path, auth, ca_path=ca_path, timeout=timeout, now=now))
+    return results
+
+
+def format_duration(seconds: float | None) -> str:
+    """``83d``, ``11h``, ``25m``, ``expired`` (for certificate lifetimes)."""
+    if seconds is None:
+        return "-"
+    if seconds <= 0:
+        return "expired"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"

@@ -1,0 +1,430 @@
+"""Every command through the real entry point: exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from cli_helpers import (  # noqa: F401 (fixtures used by name)
+    cli, closed_port, https_server, no_pulumi, outputs_file, outputs_for, terminal,
+)
+from pulumi_double import RecordingPulumiCommand, step, urn
+
+from mlox_iac.config.loader import load_file
+
+MISSING_CLI = ("needs the Pulumi CLI, which is not on PATH: install it with `curl -fsSL https://get.pulumi.com | sh` "
+               "(see https://www.pulumi.com/docs/install/); `mlox-iac validate`, `plan` and `schema` work without it")
+COMMANDS = ("validate", "schema", "plan", "init", "preview", "up", "refresh", "destroy", "outputs", "env", "status",
+            "logs", "ssh")
+
+
+@pytest.fixture
+def engine(mlox_project, monkeypatch):
+    """A recording Pulumi CLI behind every engine command, and a passphrase in the environment."""
+    import mlox_iac.automation as automation
+
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "pass")
+    double = RecordingPulumiCommand(
+        outputs=outputs_for(443), secret_outputs={"ui_passwords", "s3_access_key", "s3_secret_key"},
+        events=step("create", urn("main-server"), "hcloud:index/server:Server"), changes={"create": 14},
+    )
+    monkeypatch.setattr(automation, "default_pulumi_command", lambda command="": double)
+    return double
+
+
+# ----- help ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_examples(cli, command):
+    result = cli(command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["preview", "up", "refresh", "destroy", "outputs", "env", "status", "logs", "ssh"])
+def test_stack_option_everywhere(cli, command):
+    assert "--stack" in cli(command, "--help").stdout
+
+
+# ----- without the Pulumi CLI ---------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["up", "preview", "destroy", "refresh", "outputs"])
+def test_engine_commands_without_the_cli_stop_with_one_line(cli, mlox_project, no_pulumi, command):
+    result = cli(command, "--stack", "dev", *(["--yes"] if command in ("up", "destroy", "refresh") else []))
+    assert result.exit_code == 1
+    assert result.stderr == f"error: mlox-iac {command} {MISSING_CLI}\n"
+    assert result.stdout == ""
+
+
+def test_offline_commands_work_without_the_cli(cli, mlox_project, no_pulumi):
+    assert cli("validate", "--stack", "dev").exit_code == 0
+    assert cli("schema").exit_code == 0
+    assert cli("plan", "--stack", "dev", "--json").exit_code == 0
+
+
+def test_env_and_status_from_a_file_work_without_the_cli(cli, mlox_project, no_pulumi, outputs_file):
+    path = outputs_file(outputs_for(443, tls="acme"))
+    assert cli("env", "--outputs-file", str(path)).exit_code == 0
+    assert cli("outputs", "--outputs-file", str(path)).exit_code == 0
+
+
+# ----- validate, plan -----------------------------------------------------------------
+
+def test_validate_ok_and_invalid(cli, mlox_project):
+    ok = cli("validate", "--stack", "dev")
+    assert ok.exit_code == 0 and ok.stdout.startswith("ok: stacks/Pulumi.dev.yaml is valid (hetzner;")
+    (mlox_project / "stacks" / "Pulumi.bad.yaml").write_text("config:\n  mlox:provider: nowhere\n")
+    bad = cli("validate", "--stack", "bad")
+    assert bad.exit_code == 2
+    assert "stacks/Pulumi.bad.yaml: mlox:provider: 'nowhere' is not allowed" in bad.stderr
+
+
+def test_plan_json_shape(cli, mlox_project):
+    result = cli("plan", "--stack", "dev", "--json")
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)
+    assert rows and set(rows[0]) == {"type", "name", "parent", "inputs"}
+    assert any(r["type"] == "hcloud:index/server:Server" for r in rows)
+
+
+# ----- up, preview, refresh, destroy --------------------------------------------------
+
+def test_up_without_yes_and_without_a_terminal_suggests_yes(cli, engine):
+    result = cli("up", "--stack", "dev")
+    assert result.exit_code == 2
+    assert result.stderr == ("mlox-iac up needs confirmation and stdin is not a terminal: "
+                             "pass --yes to go ahead without asking\n")
+    assert engine.calls == []
+
+
+def test_up_yes_streams_progress_and_ends_with_the_urls(cli, engine):
+    result = cli("up", "--stack", "dev", "--yes")
+    assert result.exit_code == 0, result.stderr
+    assert "Deploying dev ...\n  created main-server (hcloud:index/server:Server)\n" in result.stderr
+    assert "Deployed stack dev" in result.stdout and "14 created" in result.stdout
+    assert "https://127.0.0.1:443/mlflow" in result.stdout
+    assert "ui-pass" not in result.stdout + result.stderr
+    assert engine.verbs()[:3] == ["stack select", "stack init", "up"]
+
+
+def test_up_json(cli, engine):
+    result = cli("up", "--stack", "dev", "--yes", "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["operation"] == "update" and data["changes"] == {"create": 14}
+    assert data["outputs"]["ui_passwords"] == "[secret]"
+    assert data["outputs"]["urls"]["s3"] == "https://127.0.0.1:443"
+
+
+def test_up_on_a_terminal_previews_and_asks(cli, engine, terminal):
+    declined = cli("up", "--stack", "dev", input="n\n")
+    assert declined.exit_code == 1 and "aborted: nothing was changed" in declined.stderr
+    assert "Changes: 14 to create" in declined.stderr
+    assert "up" not in engine.verbs()
+    accepted = cli("up", "--stack", "dev", input="y\n")
+    assert accepted.exit_code == 0 and engine.verbs().count("up") == 1
+
+
+def test_up_with_an_invalid_stack_file_exits_2_before_the_engine(cli, engine, mlox_project):
+    (mlox_project / "stacks" / "Pulumi.dev.yaml").write_text("config:\n  mlox:provider: hetzner\n")
+    result = cli("up", "--stack", "dev", "--yes")
+    assert result.exit_code == 2 and "stacks/Pulumi.dev.yaml: mlox:ssh: required" in result.stderr
+    assert engine.calls == []
+
+
+def test_engine_failure_is_one_line_after_the_engine_errors(cli, engine):
+    engine.fail["up"] = "error: update failed"
+    engine.stacks.add("dev")
+    result = cli("up", "--stack", "dev", "--yes")
+    assert result.exit_code == 1
+    assert result.stderr.endswith("error: pulumi up failed: update failed\n")
+
+
+def test_preview_json(cli, engine):
+    result = cli("preview", "--stack", "dev", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["changes"] == {"create": 14}
+
+
+def test_stack_is_required(cli, engine):
+    result = cli("preview")
+    assert result.exit_code == 2 and result.stderr == "--stack: required (pass --stack NAME or set MLOX_STACK)\n"
+
+
+def test_destroy_without_yes_and_without_a_terminal(cli, engine):
+    result = cli("destroy", "--stack", "dev")
+    assert result.exit_code == 2 and "pass --yes" in result.stderr
+
+
+def test_destroy_asks_for_the_stack_name(cli, engine, terminal):
+    engine.stacks.add("dev")
+    wrong = cli("destroy", "--stack", "dev", input="prod\n")
+    assert wrong.exit_code == 1 and "aborted: 'prod' is not 'dev'; nothing was deleted" in wrong.stderr
+    assert "destroy" not in engine.verbs()
+    right = cli("destroy", "--stack", "dev", input="dev\n")
+    assert right.exit_code == 0 and "destroy" in engine.verbs()
+
+
+def test_refresh_yes(cli, engine):
+    engine.stacks.add("dev")
+    result = cli("refresh", "--stack", "dev", "--yes")
+    assert result.exit_code == 0 and "Refreshed stack dev" in result.stdout
+
+
+def test_missing_passphrase_without_a_terminal(cli, engine, monkeypatch):
+    monkeypatch.delenv("PULUMI_CONFIG_PASSPHRASE")
+    result = cli("preview", "--stack", "dev")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: stack dev keeps its secrets encrypted with a passphrase: set "
+                                    "PULUMI_CONFIG_PASSPHRASE")
+
+
+@pytest.mark.filterwarnings("ignore::getpass.GetPassWarning")
+def test_passphrase_is_asked_once_on_a_terminal(cli, engine, terminal, monkeypatch):
+    monkeypatch.delenv("PULUMI_CONFIG_PASSPHRASE")
+    result = cli("up", "--stack", "dev", input="pw\npw\ny\n")
+    assert result.exit_code == 0, result.stderr
+    assert {c.env.get("PULUMI_CONFIG_PASSPHRASE") for c in engine.calls} == {"pw"}
+    assert "pw" not in result.stdout
+
+
+# ----- outputs, env, status -----------------------------------------------------------
+
+def test_outputs_masks_secrets_unless_asked(cli, mlox_project, outputs_file):
+    path = str(outputs_file(outputs_for(443)))
+    masked = json.loads(cli("outputs", "--outputs-file", path, "--json").stdout)
+    assert masked["ui_passwords"] == masked["s3_secret_key"] == "[secret]"
+    assert masked["urls"]["mlflow"] == "https://127.0.0.1:443/mlflow"
+    human = cli("outputs", "--outputs-file", path)
+    assert "SKTEST" not in human.stdout and "ui-pass" not in human.stdout and "--show-secrets" in human.stdout
+    shown = json.loads(cli("outputs", "--outputs-file", path, "--json", "--show-secrets").stdout)
+    assert shown["ui_passwords"] == {"mlflow": "ui-pass"}
+
+
+def test_outputs_from_the_engine(cli, engine):
+    engine.stacks.add("dev")
+    result = cli("outputs", "--stack", "dev", "--json")
+    assert json.loads(result.stdout)["s3_access_key"] == "[secret]"
+
+
+def test_outputs_of_a_stack_never_deployed(cli, engine):
+    result = cli("outputs", "--stack", "dev")
+    assert result.exit_code == 1
+    assert result.stderr == "error: stack dev has not been deployed yet: run mlox-iac up --stack dev\n"
+
+
+def test_outputs_file_errors_exit_2(cli, mlox_project, tmp_path):
+    (tmp_path / "bad.json").write_text("[1]")
+    result = cli("outputs", "--outputs-file", str(tmp_path / "bad.json"))
+    assert result.exit_code == 2 and result.stderr.endswith("bad.json: must be a JSON object of stack outputs\n")
+
+
+def test_env_masks_secrets_unless_asked(cli, mlox_project, outputs_file):
+    path = str(outputs_file(outputs_for(443, tls="acme")))
+    masked = cli("env", "--outputs-file", path)
+    assert masked.exit_code == 0
+    assert "export MLFLOW_TRACKING_URI=https://127.0.0.1:443/mlflow\n" in masked.stdout
+    assert "# MLFLOW_TRACKING_PASSWORD: [secret]" in masked.stdout
+    assert "ui-pass" not in masked.stdout and "SKTEST" not in masked.stdout
+    shown = cli("env", "--outputs-file", path, "--show-secrets")
+    assert "export MLFLOW_TRACKING_PASSWORD=ui-pass\n" in shown.stdout
+    assert "export AWS_SECRET_ACCESS_KEY=SKTEST\n" in shown.stdout
+    assert json.loads(cli("env", "--outputs-file", path, "--json").stdout)["AWS_ACCESS_KEY_ID"] == "[secret]"
+
+
+def test_env_with_the_internal_ca(cli, mlox_project, outputs_file, tmp_path):
+    ca = tmp_path / "root.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    result = cli("env", "--outputs-file", str(outputs_file(outputs_for(443))), "--ca", str(ca), "--shell", "fish")
+    assert f"set -gx AWS_CA_BUNDLE '{ca}'\n" in result.stdout
+
+
+def test_env_fetches_the_ca_once_over_ssh(cli, mlox_project, outputs_file, monkeypatch):
+    import subprocess
+
+    calls = []
+
+    def fake_run(argv, **kwargs):
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setenv("MLOX_SSH_OPTS", "-o UserKnownHostsFile=/dev/null")
+    path = str(outputs_file(outputs_for(443)))
+    first = cli("env", "--stack", "dev", "--outputs-file", path, "--identity", "/k")
+    cached = mlox_project / ".mlox" / "dev" / "caddy-root.crt"
+    assert first.exit_code == 0 and f"export AWS_CA_BUNDLE={cached}\n" in first.stdout
+    assert calls[0][:2] == ["ssh", "-p"] and "UserKnownHostsFile=/dev/null" in calls[0] and "/k" in calls[0]
+    cli("env", "--stack", "dev", "--outputs-file", path)
+    assert len(calls) == 1
+
+
+def test_status_all_up(cli, mlox_project, https_server, outputs_file):
+    port, tls = https_server()
+    result = cli("status", "--outputs-file", str(outputs_file(outputs_for(port))), "--ca", str(tls.ca_path), "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(r["name"], r["up"], r["status"]) for r in rows] == [("mlflow", True, 200), ("s3", True, 403)]
+    human = cli("status", "--outputs-file", str(outputs_file(outputs_for(port))), "--ca", str(tls.ca_path))
+    assert human.exit_code == 0 and "mlflow" in human.stdout and "DOWN" not in human.stdout
+    assert "ui-pass" not in human.stdout
+
+
+def test_status_exits_1_when_an_endpoint_is_down(cli, mlox_project, https_server, outputs_file):
+    port, tls = https_server()
+    path = outputs_file(outputs_for(port, s3_port=closed_port()))
+    result = cli("status", "--outputs-file", str(path), "--ca", str(tls.ca_path), "--timeout", "2")
+    assert result.exit_code == 1
+    assert "DOWN" in result.stdout and result.stderr == "down: s3\n"
+
+
+def test_status_with_a_bad_gateway(cli, mlox_project, https_server, outputs_file):
+    port, tls = https_server(broken=True)
+    result = cli("status", "--outputs-file", str(outputs_file(outputs_for(port))), "--ca", str(tls.ca_path), "--json")
+    assert result.exit_code == 1
+    assert {r["detail"] for r in json.loads(result.stdout)} == {"HTTP 502"}
+
+
+# ----- logs, ssh ----------------------------------------------------------------------
+
+def test_logs_unknown_service_exits_2_naming_the_allowed_ones(cli, mlox_project, outputs_file):
+    result = cli("logs", "jupyter", "--stack", "dev", "--outputs-file", str(outputs_file(outputs_for(443))))
+    assert result.exit_code == 2
+    assert result.stderr.startswith("SERVICE: 'jupyter' is not a service of this stack (allowed: caddy, mlflow, ")
+    assert "seaweedfs-buckets" in result.stderr  # the compose services of the stack file
+
+
+def test_logs_runs_ssh(cli, mlox_project, outputs_file, monkeypatch):
+    import subprocess
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: calls.append(argv) or subprocess.CompletedProcess(argv, 0))
+    result = cli("logs", "mlflow", "--outputs-file", str(outputs_file(outputs_for(443))), "--tail", "5")
+    assert result.exit_code == 0
+    assert calls[0][-1].endswith("logs --tail 5 mlflow") and calls[0][-3] == "root@127.0.0.1"
+
+
+def test_ssh_execs_the_system_ssh(cli, mlox_project, outputs_file, monkeypatch):
+    import os
+
+    seen = []
+
+    def fake_exec(file, argv):
+        seen.append(argv)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execvp", fake_exec)
+    cli("ssh", "--outputs-file", str(outputs_file(outputs_for(443))), "--", "docker", "ps")
+    assert seen == [["ssh", "-p", "22", "-o", "StrictHostKeyChecking=accept-new", "root@127.0.0.1", "--", "docker ps"]]
+
+
+# ----- init ---------------------------------------------------------------------------
+
+HETZNER_FLAGS = ("--stack", "prod", "--provider", "hetzner", "--location", "nbg1", "--size", "cx32",
+                 "--ssh-key", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMloxTestKey you@laptop",
+                 "--admin-cidr", "203.0.113.7")
+
+
+def test_init_non_interactive_writes_a_valid_file(cli, mlox_project, no_pulumi):
+    result = cli("init", *HETZNER_FLAGS, "--services", "postgres,seaweedfs")
+    assert result.exit_code == 0, result.stderr
+    path = mlox_project / "stacks" / "Pulumi.prod.yaml"
+    config = load_file(path)
+    assert (config.provider, config.hetzner.location, config.hetzner.server_type) == ("hetzner", "nbg1", "cx32")
+    assert config.ssh.admin_cidrs == ["203.0.113.7/32"]
+    assert config.enabled_services() == ["postgres", "seaweedfs", "caddy"]
+    assert config.domain is None
+    assert cli("validate", "--stack", "prod").exit_code == 0
+
+
+def test_init_missing_flags_without_a_terminal(cli, mlox_project):
+    result = cli("init", "--stack", "x")
+    assert result.exit_code == 2
+    assert result.stderr == ("init: missing --provider, --ssh-key, --admin-cidr (stdin is not a terminal, "
+                             "so init cannot ask; pass them as flags)\n")
+
+
+def test_init_refuses_to_overwrite(cli, mlox_project):
+    result = cli("init", *HETZNER_FLAGS[:1], "dev", *HETZNER_FLAGS[2:])
+    assert result.exit_code == 2 and result.stderr == "stacks/Pulumi.dev.yaml: already exists (pass --force to overwrite it)\n"
+
+
+def test_init_invalid_answers_exit_2_and_write_nothing(cli, mlox_project):
+    result = cli("init", *HETZNER_FLAGS, "--domain", "ml.example.com")
+    assert result.exit_code == 2
+    assert "mlox:acme_email: required when a domain is set" in result.stderr or "--acme-email" in result.stderr
+    assert not (mlox_project / "stacks" / "Pulumi.prod.yaml").exists()
+
+
+def test_init_without_the_cli_prints_the_secret_commands(cli, mlox_project, no_pulumi):
+    result = cli("init", *HETZNER_FLAGS, "--token", "hc-secret-token")
+    assert result.exit_code == 0, result.stderr
+    text = (mlox_project / "stacks" / "Pulumi.prod.yaml").read_text()
+    assert "hc-secret-token" not in text + result.stdout + result.stderr
+    assert "pulumi config set --secret hcloud:token --stack prod" in result.stdout
+    assert f"export PULUMI_BACKEND_URL={(mlox_project / '.mlox' / 'state').resolve().as_uri()}" in result.stdout
+
+
+def test_init_stores_the_token_as_a_secret(cli, engine, mlox_project):
+    result = cli("init", *HETZNER_FLAGS, "--token", "hc-secret-token")
+    assert result.exit_code == 0, result.stderr
+    assert engine.call("config set").args == ["config", "set", "hcloud:token", "--secret", "--stack", "prod",
+                                              "--non-interactive", "--", "hc-secret-token"]
+    assert "hc-secret-token" not in result.stdout + result.stderr
+    assert "stored 1 secret(s)" in result.stdout
+
+
+def test_init_onprem_stores_the_private_key_with_path(cli, engine, mlox_project, tmp_path):
+    key = tmp_path / "id_ed25519"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n")
+    result = cli("init", "--stack", "lab", "--provider", "onprem", "--host", "192.0.2.50", "--private-key", str(key),
+                 "--size", "8192", "--ssh-key", HETZNER_FLAGS[9], "--admin-cidr", "192.0.2.0/24")
+    assert result.exit_code == 0, result.stderr
+    document = yaml.safe_load((mlox_project / "stacks" / "Pulumi.lab.yaml").read_text())
+    assert document["config"]["mlox:onprem"] == {"host": "192.0.2.50", "user": "root", "memory_mb": 8192}
+    assert engine.call("config set").args[:4] == ["config", "set", "--path", "mlox:onprem.private_key"]
+
+
+@pytest.mark.filterwarnings("ignore::getpass.GetPassWarning")
+def test_init_interactive_asks(cli, mlox_project, no_pulumi, terminal):
+    answers = "\n".join([
+        "lab",            # stack name
+        "digitalocean",   # provider
+        "",               # location: default fra1
+        "",               # size: default
+        "",               # domain: none
+        "mlflow,postgres,seaweedfs",
+        HETZNER_FLAGS[9],  # ssh key
+        "198.51.100.0/24",
+        "",               # token: none
+    ]) + "\n"
+    result = cli("init", input=answers)
+    assert result.exit_code == 0, result.stderr
+    config = load_file(mlox_project / "stacks" / "Pulumi.lab.yaml")
+    assert (config.provider, config.digitalocean.region, config.digitalocean.size) == ("digitalocean", "fra1", "s-2vcpu-4gb")
+    assert config.ssh.admin_cidrs == ["198.51.100.0/24"]
+
+
+def test_validate_json_invalid_exits_2(cli, mlox_project):
+    (mlox_project / "stacks" / "Pulumi.bad.yaml").write_text("config:\n  mlox:provider: nowhere\n")
+    result = cli("validate", "--stack", "bad", "--json")
+    assert result.exit_code == 2 and json.loads(result.stdout)["ok"] is False
+
+
+def test_masked_outputs_print_as_secret(cli, mlox_project, outputs_file):
+    result = cli("outputs", "--outputs-file", str(outputs_file(outputs_for(443))))
+    assert "s3_secret_key" in result.stdout and "[secret]" in result.stdout
+    assert "Secrets show as [secret]" in result.stdout
+    assert "instead of [secret]" in cli("outputs", "--help").stdout
+
+
+def test_init_force_keeps_the_encryption_settings_and_secure_values(cli, mlox_project, no_pulumi):
+    path = mlox_project / "stacks" / "Pulumi.prod.yaml"
+    path.write_text("encryptionsalt: v1:salt\nconfig:\n  hcloud:token:\n    secure: v1:cipher\n  mlox:provider: aws\n")
+    result = cli("init", *HETZNER_FLAGS, "--force")
+    assert result.exit_code == 0, result.stderr
+    document = yaml.safe_load(path.read_text())
+    assert document["encryptionsalt"] == "v1:salt"
+    assert document["config"]["hcloud:token"] == {"secure": "v1:cipher"}
+    assert document["config"]["mlox:provider"] == "hetzner"
