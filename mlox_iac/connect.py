@@ -82,7 +82,9 @@ def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None) -
     server, so no S3 settings are needed for MLflow). S3: ``AWS_ENDPOINT_URL_S3`` (read by
     boto3 >= 1.28 and the AWS CLI; it affects S3 only, not other AWS services) and the keys.
     With the internal CA (no domain) and ``ca_path``: ``MLFLOW_TRACKING_SERVER_CERT_PATH``
-    and ``AWS_CA_BUNDLE`` point at it.
+    and ``AWS_CA_BUNDLE`` point at it, and ``REQUESTS_CA_BUNDLE`` at :func:`ca_bundle_path`
+    (the system's roots plus it: MLflow downloads artifacts from presigned S3 URLs with
+    plain requests, which honours only that variable).
     """
     env: dict[str, str] = {}
     if outputs.get("mlflow_tracking_uri"):
@@ -102,7 +104,30 @@ def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None) -
     if outputs.get("tls") == "internal" and ca_path is not None:
         env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(ca_path)
         env["AWS_CA_BUNDLE"] = str(ca_path)
+        env["REQUESTS_CA_BUNDLE"] = str(ca_bundle_path(ca_path))
     return env
+
+
+def ca_bundle_path(ca_path: str | Path) -> Path:
+    """Where :func:`write_ca_bundle` puts the combined bundle for ``ca_path``."""
+    return Path(f"{ca_path}.bundle.pem")
+
+
+def write_ca_bundle(ca_path: str | Path) -> Path:
+    """The system's trusted roots plus the server's internal CA in one file.
+
+    ``REQUESTS_CA_BUNDLE`` replaces the trust store of every ``requests`` call in the
+    shell, so it must keep the public roots too (pip, model hubs).
+    """
+    system = ssl.get_default_verify_paths()
+    roots = ""
+    for candidate in (system.cafile, system.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"):
+        if candidate and Path(candidate).is_file():
+            roots = Path(candidate).read_text()
+            break
+    bundle = ca_bundle_path(ca_path)
+    bundle.write_text(roots.rstrip("\n") + "\n" + Path(ca_path).read_text())
+    return bundle
 
 
 def _quote(value: str, shell: str) -> str:

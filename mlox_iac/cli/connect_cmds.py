@@ -123,7 +123,10 @@ def env(
 
     out = Out(as_json)
     values = read_outputs(stack, outputs_file, show_secrets=True)
-    exports = connect.env_exports(values, ca_file(values, stack, ca, identity, refresh_ca))
+    ca_path = ca_file(values, stack, ca, identity, refresh_ca)
+    if ca_path is not None:
+        connect.write_ca_bundle(ca_path)
+    exports = connect.env_exports(values, ca_path)
     if not show_secrets:
         exports = {k: (connect.SECRET if k in connect.SECRET_EXPORTS else v) for k, v in exports.items()}
     if as_json:

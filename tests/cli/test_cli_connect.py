@@ -26,7 +26,18 @@ def test_env_exports_for_a_stack_without_a_domain():
         "AWS_SECRET_ACCESS_KEY": "SKTEST",
         "MLFLOW_TRACKING_SERVER_CERT_PATH": "/p/caddy-root.crt",
         "AWS_CA_BUNDLE": "/p/caddy-root.crt",
+        "REQUESTS_CA_BUNDLE": "/p/caddy-root.crt.bundle.pem",
     }
+
+
+def test_ca_bundle_keeps_the_system_roots(tmp_path):
+    ca = tmp_path / "caddy-root.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nTEST\n-----END CERTIFICATE-----\n")
+    bundle = connect.write_ca_bundle(ca)
+    text = bundle.read_text()
+    assert bundle == connect.ca_bundle_path(ca)
+    assert text.endswith(ca.read_text())
+    assert text.count("BEGIN CERTIFICATE") > 10  # the public roots are still there
 
 
 def test_env_exports_with_a_domain_need_no_ca():

@@ -31,7 +31,8 @@ def test_each_service_is_a_component_with_its_secrets_and_env_file(record):
 @pytest.mark.parametrize("service, keys", [
     ("postgres", ["MLOX_DB_PASSWORD_MLFLOW", "POSTGRES_DB", "POSTGRES_PASSWORD", "POSTGRES_USER"]),
     ("seaweedfs", ["S3_ACCESS_KEY", "S3_SECRET_KEY"]),
-    ("mlflow", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_FLASK_SERVER_SECRET_KEY", "PGPASSWORD"]),
+    ("mlflow", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_S3_ENDPOINT_URL",
+                "PGPASSWORD"]),
     ("caddy", ["MLOX_ADDRESS", "MLOX_AUTH_MLFLOW", "MLOX_UI_USER"]),
 ])
 def test_env_files_hold_the_service_credentials(record, service, keys):

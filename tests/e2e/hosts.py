@@ -497,6 +497,32 @@ class TargetHost:
             resolv.unlink()
         resolv.write_text(_host_nameservers())
         run(["ssh-keygen", "-A", "-f", str(r)])  # fresh host keys per machine
+        self._cgroup_unit()
+
+    def _cgroup_unit(self) -> None:
+        """Remount the cgroup v1 controllers read-write early at every boot, inside the machine.
+
+        nspawn mounts them read-only; the host-side remount in start() comes too late for a
+        dockerd that starts at boot, which then fails to restart its containers after a
+        reboot ("read-only file system"). A real server has no such problem; this unit gives
+        the test host the same behaviour. Harness-only: nothing of the project relies on it.
+        """
+        r = self.rootfs
+        controllers = " ".join(CGROUP_V1_CONTROLLERS)
+        unit = r / "etc/systemd/system/e2e-cgroup-rw.service"
+        unit.write_text(
+            "[Unit]\nDescription=e2e harness: cgroup v1 controllers read-write (nspawn mounts them read-only)\n"
+            "DefaultDependencies=no\nBefore=containerd.service docker.service sysinit.target\n\n"
+            "[Service]\nType=oneshot\n"
+            f"ExecStart=/bin/sh -c 'for c in {controllers}; do mountpoint -q /sys/fs/cgroup/$c && "
+            "mount -o remount,bind,rw /sys/fs/cgroup/$c; done; true'\n\n"
+            "[Install]\nWantedBy=sysinit.target\n"
+        )
+        wants = r / "etc/systemd/system/sysinit.target.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        link = wants / "e2e-cgroup-rw.service"
+        if not link.is_symlink():
+            link.symlink_to("/etc/systemd/system/e2e-cgroup-rw.service")
 
     @property
     def running(self) -> bool:

@@ -135,12 +135,11 @@ class Deployment:
         return self.ca_path
 
     def mlflow_env(self) -> dict[str, str]:
-        return {
-            "MLFLOW_TRACKING_URI": self.outputs["mlflow_tracking_uri"],
-            "MLFLOW_TRACKING_USERNAME": self.outputs["ui_user"],
-            "MLFLOW_TRACKING_PASSWORD": self.outputs["ui_passwords"]["mlflow"],
-            "MLFLOW_TRACKING_SERVER_CERT_PATH": str(self.ca_path),
-        }
+        """What `mlox-iac env` exports, from this deployment's outputs and the fetched CA."""
+        from mlox_iac import connect
+
+        connect.write_ca_bundle(self.ca_path)
+        return {k: v for k, v in connect.env_exports(self.outputs, self.ca_path).items() if k.startswith(("MLFLOW_", "REQUESTS_"))}
 
     def s3(self):
         import boto3
@@ -196,7 +195,7 @@ def test_1_bootstrap_hardens_a_bare_host(deployment):
                         check=False).returncode == 0
         assert hosts.client_connect(host.address, port) == "refused", port
     assert hosts.client_connect(host.address, 22) == "refused"
-    host.ssh("pkill -f 'http.server' || true")
+    host.ssh("pkill -f '[h]ttp[.]server' || true")
     rules = host.ssh("nft list table inet mlox").stdout
     assert "policy drop" in rules and "tcp dport { 80, 443 } accept" in rules
 
@@ -259,6 +258,49 @@ def test_2_core_stack_serves_mlflow_and_s3(deployment):
     body = d.s3().get_object(Bucket="mlflow-artifacts", Key=next(k for k in keys if k.endswith(f"notes-{marker}.txt")))
     assert body["Body"].read().decode() == f"artifact {marker}\n"
     assert "data" in [b["Name"] for b in d.s3().list_buckets()["Buckets"]]
+
+
+def _mlox(d, *args, env=None):
+    """The mlox-iac CLI, reading this deployment's outputs (secrets in clear) from a file."""
+    outputs = d.work / "outputs.json"
+    outputs.write_text(json.dumps(d.outputs))
+    outputs.chmod(0o600)
+    return subprocess.run([sys.executable, "-m", "mlox_iac.cli.main", *args, "--outputs-file", str(outputs)],
+                          capture_output=True, text=True, timeout=120, cwd=d.work, env={**os.environ, **(env or {})})
+
+
+def test_2b_status_and_env_against_the_real_host(deployment):
+    d = deployment
+    # status fetches the internal CA over SSH itself, then probes every route through the proxy.
+    status = _mlox(d, "status", "--json", "--identity", str(d.host.key_path))
+    assert status.returncode == 0, status.stdout + status.stderr
+    probes = {p["name"]: p for p in json.loads(status.stdout)}
+    assert set(probes) == {"mlflow", "s3"} and all(p["up"] for p in probes.values()), probes
+    assert probes["mlflow"]["cert_expires_in_s"] > 3600
+
+    # env: user code configured only by the printed exports reaches MLflow and S3.
+    exports = _mlox(d, "env", "--show-secrets", "--ca", str(d.ca_path))
+    assert exports.returncode == 0, exports.stderr
+    check = ("import boto3, mlflow; print(len(mlflow.search_experiments()) > 0); "
+             "print('mlflow-artifacts' in [b['Name'] for b in boto3.client('s3').list_buckets()['Buckets']])")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+    user_code = subprocess.run(["sh", "-c", f'eval "$1" && exec {sys.executable} -c "$2"', "sh", exports.stdout, check],
+                               capture_output=True, text=True, timeout=120, env=clean)
+    assert user_code.returncode == 0, user_code.stderr[-2000:]
+    assert user_code.stdout.split() == ["True", "True"]
+    masked = _mlox(d, "env", "--ca", str(d.ca_path))
+    assert d.outputs["ui_passwords"]["mlflow"] not in masked.stdout
+
+    # A service that is down makes status fail.
+    d.host.ssh(f"{COMPOSE} stop mlflow")
+    try:
+        down = _mlox(d, "status", "--json", "--ca", str(d.ca_path))
+        assert down.returncode == 1
+        assert {p["name"]: p["up"] for p in json.loads(down.stdout)} == {"mlflow": False, "s3": True}
+    finally:
+        d.host.ssh(f"{COMPOSE} start mlflow")
+    rows = d.wait_healthy()
+    assert rows["mlflow"]["Health"] == "healthy"
 
 
 def test_3_unchanged_redeploy_restarts_nothing(deployment):

@@ -2,13 +2,16 @@
 
 Backend store in Postgres (its own database and role), artifacts in the SeaweedFS
 bucket ``mlflow-artifacts``, served through MLflow's artifact proxy so clients need no
-S3 credentials. Behind the proxy with basic auth; the MLflow client sends it from
+S3 credentials. MLflow reaches S3 at its public URL (through Caddy): the server hands
+clients presigned S3 URLs for downloads, and those must work from outside. Behind the proxy with basic auth; the MLflow client sends it from
 ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``. The Flask secret is generated.
 """
 
 from __future__ import annotations
 
 import pulumi
+
+from pydantic import Field
 
 from mlox_iac.components.services.base import Context, Route, ServiceComponent, ServiceSettings, hc, limits
 
@@ -24,6 +27,8 @@ PORT = 5000
 class Settings(ServiceSettings):
     """MLflow tracking server and model registry."""
 
+    workers: int = Field(2, ge=1, le=8, description="Server worker processes (each needs about 250 MiB)")
+
 
 def prefix(ctx: Context) -> str:
     """Path prefix of every MLflow route: none with a domain, ``/mlflow`` on the bare address."""
@@ -31,10 +36,11 @@ def prefix(ctx: Context) -> str:
 
 
 def compose(ctx: Context) -> dict:
-    from mlox_iac.components.services.seaweedfs import MLFLOW_BUCKET, S3_PORT
+    from mlox_iac.components.services.seaweedfs import MLFLOW_BUCKET
 
     command = [
         "mlflow", "server", "--host", "0.0.0.0", "--port", str(PORT),
+        "--workers", str(ctx.config.service(NAME).workers),
         # The password comes from PGPASSWORD in the env file, never from this URI.
         "--backend-store-uri", "postgresql+psycopg2://mlflow@postgres:5432/mlflow",
         "--serve-artifacts", "--artifacts-destination", f"s3://{MLFLOW_BUCKET}",
@@ -44,13 +50,22 @@ def compose(ctx: Context) -> dict:
     if prefix(ctx):
         command += ["--static-prefix", prefix(ctx)]
     health = f"http://127.0.0.1:{PORT}{prefix(ctx)}/health"
+    environment = {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        # The background job runner (GenAI scoring) needs ~1.5 GiB more; off on small servers.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    if not ctx.config.domain:
+        # S3 is reached at the server's own address through Caddy, whose internal CA the
+        # image does not know; the connection never leaves the server.
+        environment["MLFLOW_S3_IGNORE_TLS"] = "true"
     return {
         "services": {
             "mlflow": {
                 "image": IMAGE,
                 "restart": "unless-stopped",
                 "env_file": [ctx.env_file(NAME)],
-                "environment": {"MLFLOW_S3_ENDPOINT_URL": f"http://seaweedfs:{S3_PORT}", "AWS_DEFAULT_REGION": "us-east-1"},
+                "environment": environment,
                 "command": command,
                 "healthcheck": hc(
                     ["CMD", "python", "-c", f"import urllib.request; urllib.request.urlopen('{health}', timeout=4)"],
@@ -81,7 +96,11 @@ class Mlflow(pulumi.ComponentResource, ServiceComponent):
     def __init__(self, name: str, ctx: Context, server, deps: dict, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlox:service:Mlflow", name, {}, opts)
         self._setup(name, server)
+        from mlox_iac.components.services import seaweedfs
+
         flask_secret = self.password("flask-secret", length=48)
+        s3_route = seaweedfs.routes(ctx)[0]
+        s3_url = server.public_address.apply(lambda address: ctx.public_url(s3_route, address))
         self.write_env(
             NAME,
             {
@@ -89,6 +108,7 @@ class Mlflow(pulumi.ComponentResource, ServiceComponent):
                 "AWS_ACCESS_KEY_ID": deps["seaweedfs"].access_key,
                 "AWS_SECRET_ACCESS_KEY": deps["seaweedfs"].secret_key,
                 "MLFLOW_FLASK_SERVER_SECRET_KEY": flask_secret.result,
+                "MLFLOW_S3_ENDPOINT_URL": s3_url,
             },
             [NAME],
         )
