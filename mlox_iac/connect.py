@@ -283,6 +283,28 @@ class ProbeResult:
         return asdict(self)
 
 
+def ca_is_current(outputs: Mapping[str, Any], ca_path: str | Path, timeout: float = 5) -> bool:
+    """Whether the server's certificate still chains to ``ca_path``.
+
+    False only on a verification failure (a rebuilt server has a new internal CA, so a
+    cached root goes stale); an unreachable server says nothing and counts as current.
+    """
+    import socket
+
+    url = next((str(u) for u in (outputs.get("urls") or {}).values()), "")
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        return True
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout) as sock:
+            with _ssl_context(ca_path).wrap_socket(sock, server_hostname=parts.hostname):
+                return True
+    except ssl.SSLCertVerificationError:
+        return False
+    except OSError:
+        return True
+
+
 def _ssl_context(ca_path: str | Path | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca_path) if ca_path else None)
 

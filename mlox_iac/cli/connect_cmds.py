@@ -51,7 +51,12 @@ def ca_file(outputs: dict, stack: Optional[str], ca: Optional[Path], identity: O
     except MloxError:  # outside the project (a notebook's directory, say): a per-user cache
         base = Path.home() / ".cache" / "mlox-iac"
     dest = base / key / "caddy-root.crt"
-    return connect.fetch_ca(outputs, dest, identity=identity, options=ssh_options(), refresh=refresh)
+    cached = dest.is_file() and not refresh
+    path = connect.fetch_ca(outputs, dest, identity=identity, options=ssh_options(), refresh=refresh)
+    if cached and not connect.ca_is_current(outputs, path):
+        # The server was rebuilt since the root was cached: fetch the new one.
+        path = connect.fetch_ca(outputs, dest, identity=identity, options=ssh_options(), refresh=True)
+    return path
 
 
 RefreshCaOpt = typer.Option(False, "--refresh-ca", help="Fetch the server's CA certificate again (after a rebuild)")

@@ -209,3 +209,16 @@ def test_probe_needs_urls_and_passwords():
                                           (90 * 86400, "90d")])
 def test_format_duration(seconds, text):
     assert connect.format_duration(seconds) == text
+
+
+def test_ca_is_current_tells_a_stale_root_from_the_right_one(https_server, tmp_path):
+    """A cached root of a rebuilt server fails verification; the right one passes."""
+    from cli_helpers import make_tls
+
+    port, tls = https_server()
+    outputs = {**outputs_for(port), "urls": {"mlflow": f"https://127.0.0.1:{port}/mlflow"}}
+    assert connect.ca_is_current(outputs, tls.ca_path)
+    stale = make_tls(tmp_path / "other").ca_path
+    assert not connect.ca_is_current(outputs, stale)
+    # An unreachable server is no evidence against the cached root.
+    assert connect.ca_is_current({**outputs, "urls": {"s3": f"https://127.0.0.1:{closed_port()}"}}, stale)
