@@ -265,8 +265,11 @@ def _mlox(d, *args, env=None):
     outputs = d.work / "outputs.json"
     outputs.write_text(json.dumps(d.outputs))
     outputs.chmod(0o600)
+    # Each test host is new with fresh host keys at a reused address: a known_hosts of its own.
+    ssh_opts = f"-o UserKnownHostsFile={d.work / 'known_hosts'} -o StrictHostKeyChecking=accept-new"
     return subprocess.run([sys.executable, "-m", "mlox_iac.cli.main", *args, "--outputs-file", str(outputs)],
-                          capture_output=True, text=True, timeout=120, cwd=d.work, env={**os.environ, **(env or {})})
+                          capture_output=True, text=True, timeout=120, cwd=d.work,
+                          env={**os.environ, "MLOX_SSH_OPTS": ssh_opts, "HOME": str(d.work), **(env or {})})
 
 
 def test_2b_status_and_env_against_the_real_host(deployment):
@@ -332,13 +335,14 @@ def test_5_failing_step_reports_stderr_and_rerun_converges(deployment, monkeypat
     from mlox_iac.components.services import mlflow
 
     d = deployment
-    monkeypatch.setattr(mlflow, "IMAGE", "ghcr.io/mlflow/mlflow:v0.0.0-does-not-exist")
+    # A registry on the target's own loopback: the pull fails at once and sends nothing out.
+    monkeypatch.setattr(mlflow, "IMAGE", "127.0.0.1:9/mlflow/mlflow:v0.0.0-does-not-exist")
     with pytest.raises(ReplayError) as failure:
         d.replay()
     message = str(failure.value)
     assert "main-bundle-compose-up" in message
     assert "Process exited with status" in message
-    assert "v0.0.0-does-not-exist" in message  # the command's own stderr came back
+    assert "Error response from daemon" in message and "127.0.0.1:9" in message  # the command's stderr
     monkeypatch.setattr(mlflow, "IMAGE", "ghcr.io/mlflow/mlflow:v3.17.2-full")
     d.replay()
     rows = d.wait_healthy()
