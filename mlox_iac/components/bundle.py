@@ -32,11 +32,15 @@ def write_bundle(files: dict[str, str], directory: Path) -> Path:
 
 
 class Bundle(pulumi.ComponentResource):
-    """Copy the bundle to the server and apply it with Docker Compose."""
+    """Copy the bundle to the server, then (:meth:`apply`) bring it up with Docker Compose.
+
+    Order of a change: bootstrap, bundle copy, the services' env files (each re-applies its
+    own running containers, with the new bundle), then ``compose up`` for everything.
+    """
 
     bundle_hash: str
 
-    def __init__(self, name: str, ctx: Context, server, env_commands: list, build_dir: Path,
+    def __init__(self, name: str, ctx: Context, server, build_dir: Path,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlox:server:Bundle", name, {}, opts)
         files = render_bundle(ctx)
@@ -50,7 +54,7 @@ class Bundle(pulumi.ComponentResource):
             create=commands.as_root(f"install -d -m 755 -o {user} {MLOX_DIR}", user),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[server.ready]),
         )
-        copy = remote.CopyToRemote(
+        self.copy = remote.CopyToRemote(
             f"{name}-copy",
             connection=server.connection,
             source=pulumi.FileArchive(str(local)),
@@ -58,11 +62,17 @@ class Bundle(pulumi.ComponentResource):
             triggers=[self.bundle_hash],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[prepare]),
         )
+        self._name, self._ctx, self._server = name, ctx, server
+
+    def apply(self, env_commands: list) -> remote.Command:
+        """``docker compose up --wait`` once the bundle and every env file are in place."""
+        ctx, user = self._ctx, self._server.user
         self.up = remote.Command(
-            f"{name}-compose-up",
-            connection=server.connection,
+            f"{self._name}-compose-up",
+            connection=self._server.connection,
             create=commands.as_root(commands.compose_up(self.bundle_hash, volume_names(ctx)), user),
             delete=commands.as_root(commands.compose_down(keep_data=ctx.config.keep_data_on_destroy), user),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[copy, *env_commands], delete_before_replace=True),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.copy, *env_commands], delete_before_replace=True),
         )
         self.register_outputs({"bundle_hash": self.bundle_hash})
+        return self.up

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pulumi
@@ -13,6 +14,16 @@ from mlox_iac.components.services.registry import SERVICES
 from mlox_iac.config.model import StackConfig
 
 SERVER_NAME = "main"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a service component needs of its server: how to reach it, and what to wait for."""
+
+    connection: object
+    user: str
+    public_address: pulumi.Output[str]
+    ready: pulumi.Resource
 
 
 def _component_class(module):
@@ -33,14 +44,13 @@ class MloxStack(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         ctx = Context(config)
         server = Server(SERVER_NAME, config, opts=child)
+        bundle = Bundle(f"{SERVER_NAME}-bundle", ctx, server, build_dir=build_dir, opts=child)
+        # Services write their env files once the bundle they re-apply is on the server.
+        target = Target(server.connection, server.user, server.public_address, ready=bundle.copy)
         services: dict = {}
         for service in config.enabled_services():
-            services[service] = _component_class(SERVICES[service])(service, ctx, server, services, opts=child)
-        bundle = Bundle(
-            f"{SERVER_NAME}-bundle", ctx, server,
-            env_commands=[s.env_command for s in services.values() if s.env_command is not None],
-            build_dir=build_dir, opts=child,
-        )
+            services[service] = _component_class(SERVICES[service])(service, ctx, target, services, opts=child)
+        bundle.apply([s.env_command for s in services.values() if s.env_command is not None])
         self.outputs = _stack_outputs(config, ctx, server, services, bundle)
         self.register_outputs({})
 

@@ -19,8 +19,9 @@ def as_root(script: str, user: str) -> str:
 def write_env_file(service: str, compose_services: list[str]) -> str:
     """Write a service's env file from stdin (mode 0600), then re-apply only its containers.
 
-    The secret content travels on stdin, never in the command line. On the first deploy
-    the Compose project is not up yet and the bundle step starts everything.
+    The secret content travels on stdin, never in the command line. Compose recreates the
+    containers whose env file changed (provisioning steps thereby run again). On the first
+    deploy the Compose project is not up yet and the bundle step starts everything.
     """
     path = f"{SECRETS_DIR}/{service}.env"
     names = " ".join(shlex.quote(s) for s in compose_services)

@@ -117,10 +117,13 @@ class Deployment:
         return rows
 
     def wait_healthy(self, timeout: float = 300) -> dict[str, dict]:
+        return self.wait_healthy_services(LONG_RUNNING, timeout)
+
+    def wait_healthy_services(self, services, timeout: float = 300) -> dict[str, dict]:
         deadline = time.monotonic() + timeout
         while True:
             rows = {row["Service"]: row for row in self.compose_ps()}
-            healthy = all(rows.get(s, {}).get("Health") == "healthy" for s in LONG_RUNNING)
+            healthy = all(rows.get(s, {}).get("Health") == "healthy" for s in services)
             if healthy or time.monotonic() > deadline:
                 return rows
             time.sleep(3)
@@ -229,8 +232,8 @@ def test_2_core_stack_serves_mlflow_and_s3(deployment):
     print(f"[e2e] core stack up: {time.monotonic() - start:.1f}s", file=sys.stderr)
     for service in LONG_RUNNING:
         assert rows[service]["Health"] == "healthy", (service, rows.get(service))
-    for oneshot in ("postgres-provision", "seaweedfs-buckets"):
-        assert rows[oneshot]["ExitCode"] == 0, rows[oneshot]
+    for step in ("postgres-provision", "seaweedfs-buckets"):  # provisioned, then idle
+        assert rows[step]["Health"] == "healthy", rows[step]
     published = {s for s, row in rows.items() if row.get("Publishers") and any(p.get("PublishedPort") for p in row["Publishers"])}
     assert published == {"caddy"}
     env = d.host.ssh("stat -c '%a %U' /opt/mlox/secrets/mlflow.env /opt/mlox/secrets/caddy.env").stdout.split("\n")
@@ -315,6 +318,43 @@ def test_3_unchanged_redeploy_restarts_nothing(deployment):
     assert d.started_at() == before
 
 
+def test_3b_a_changed_secret_reapplies_only_its_service(deployment):
+    import requests
+
+    d = deployment
+    old_password = d.outputs["ui_passwords"]["mlflow"]
+    before = d.started_at()
+    del d.passwords.values["caddy-ui-mlflow"]  # as `pulumi up --replace` of that RandomPassword would
+    result = d.replay()
+    assert [step.name for step in result.changed()] == ["caddy-env"]
+    after = d.started_at()
+    assert {name for name in before if before[name] != after[name]} == {"/mlox-caddy-1"}
+    d.wait_healthy()
+    url = d.outputs["mlflow_tracking_uri"] + "/api/2.0/mlflow/experiments/search?max_results=1"
+    new_password = d.outputs["ui_passwords"]["mlflow"]
+    assert new_password != old_password
+    assert requests.get(url, auth=("admin", old_password), verify=str(d.ca_path), timeout=10).status_code == 401
+    assert requests.get(url, auth=("admin", new_password), verify=str(d.ca_path), timeout=10).status_code == 200
+
+
+def test_3c_a_rotated_database_password_reaches_postgres_before_mlflow(deployment):
+    import requests
+
+    d = deployment
+    before = d.started_at()
+    del d.passwords.values["postgres-db-mlflow"]
+    result = d.replay()
+    assert sorted(step.name for step in result.changed()) == ["mlflow-env", "postgres-env"]
+    after = d.started_at()
+    restarted = {name for name in before if before[name] != after[name]}
+    assert restarted == {"/mlox-postgres-1", "/mlox-postgres-provision-1", "/mlox-mlflow-1"}
+    d.wait_healthy()
+    url = d.outputs["mlflow_tracking_uri"] + "/api/2.0/mlflow/experiments/get-by-name"
+    answer = requests.get(url, params={"experiment_name": d.logged["experiment"]}, verify=str(d.ca_path), timeout=20,
+                          auth=(d.outputs["ui_user"], d.outputs["ui_passwords"]["mlflow"]))
+    assert answer.status_code == 200, answer.text[:500]
+
+
 def test_4_reboot_brings_everything_back_with_data(deployment):
     d = deployment
     start = time.monotonic()
@@ -349,3 +389,15 @@ def test_5_failing_step_reports_stderr_and_rerun_converges(deployment, monkeypat
     for service in LONG_RUNNING:
         assert rows[service]["Health"] == "healthy", (service, rows.get(service))
     assert d.replay().changed() == []
+
+
+def test_6_removing_a_service_brings_its_containers_down_and_keeps_data(deployment):
+    d = deployment
+    d.raw["services"] = {"mlflow": {"enabled": False}}
+    result = d.replay()
+    assert result.action("mlflow-env") == "deleted"
+    rows = d.wait_healthy_services(("postgres", "seaweedfs", "caddy"))
+    assert "mlflow" not in rows
+    assert d.host.ssh("test -e /opt/mlox/secrets/mlflow.env && echo present || echo gone").stdout.strip() == "gone"
+    databases = d.host.ssh(f"{COMPOSE} exec -T postgres psql -U postgres -Atc 'select datname from pg_database'").stdout
+    assert "mlflow" in databases.split()  # the data stays: only containers went

@@ -109,10 +109,8 @@ def test_services_have_healthchecks_limits_and_restart_policy():
     for name, service in services.items():
         assert service["deploy"]["resources"]["limits"]["memory"].endswith("M"), name
         assert ":" in service["image"] and not service["image"].endswith(":latest"), name
-        if service["restart"] == "unless-stopped":
-            assert service["healthcheck"]["test"][0] == "CMD", name
-        else:
-            assert service["restart"] == "no", name  # one-shot provisioning steps
+        assert service["restart"] == "unless-stopped", name
+        assert service["healthcheck"]["test"][0] == "CMD", name  # so `up --wait` means healthy
 
 
 def test_render_is_deterministic():
@@ -168,6 +166,9 @@ def test_remote_commands_pass_shellcheck(tmp_path):
     for name, body in scripts.items():
         _shellcheck("#!/bin/sh\n" + body + "\n", tmp_path, name, "sh")
     _shellcheck(PROVISION_SH, tmp_path, "provision.sh", "sh")
+    from mlox_iac.components.services.base import provisioner
+
+    _shellcheck("#!/bin/sh\n" + provisioner("/bin/sh /mlox/provision.sh")["entrypoint"][2] + "\n", tmp_path, "idle.sh", "sh")
 
 
 def test_firewall_ruleset_is_exact():

@@ -69,6 +69,14 @@ class Context:
     def env_file(self, name: str) -> str:
         return f"{SECRETS_DIR}/{name}.env"
 
+    def env_files(self, name: str) -> list[dict]:
+        """A compose ``env_file`` entry for a service's secrets.
+
+        Not required at load time: while a change is applied, a command for one service
+        loads the whole project before every other service's env file is written.
+        """
+        return [{"path": self.env_file(name), "required": False}]
+
     def volume(self, name: str) -> dict:
         """A named volume whose data lives on the server's data volume."""
         return {
@@ -87,6 +95,22 @@ class Context:
 def hc(test: list[str], start_period: str = "20s") -> dict:
     """A compose healthcheck with the project's defaults."""
     return {"test": test, "interval": "10s", "timeout": "5s", "retries": 12, "start_period": start_period}
+
+
+def provisioner(script: str) -> dict:
+    """Compose settings of a provisioning step: run ``script`` once, then stay up, idle and healthy.
+
+    A container that exits is a failure for ``docker compose up --wait``; one that idles
+    after its work lets ``--wait`` and ``depends_on: service_healthy`` mean "provisioned".
+    It runs again whenever it is recreated (its env file or script changed) or restarted.
+    """
+    idle = "touch /tmp/mlox-provisioned; trap 'exit 0' TERM INT; sleep 2147483647 & wait"
+    return {
+        "restart": "unless-stopped",
+        "entrypoint": ["/bin/sh", "-c", f"{script} || exit 1; {idle}"],
+        "healthcheck": {"test": ["CMD", "test", "-f", "/tmp/mlox-provisioned"], "interval": "3s",
+                        "timeout": "3s", "retries": 100, "start_period": "5s"},
+    }
 
 
 def limits(memory_mb: int) -> dict:
@@ -134,8 +158,12 @@ class ServiceComponent:
 
         return random.RandomPassword(f"{self._prefix}-{key}", length=length, special=False, opts=self._child)
 
-    def write_env(self, service: str, values: dict, compose_services: list[str]):
-        """Write ``/opt/mlox/secrets/<service>.env`` (0600) with content sent as a secret on stdin."""
+    def write_env(self, service: str, values: dict, compose_services: list[str], after: list = ()):
+        """Write ``/opt/mlox/secrets/<service>.env`` (0600) with content sent as a secret on stdin.
+
+        ``after``: the services whose credentials this one uses; their env files (and the
+        containers that check them, such as Postgres roles) change first.
+        """
         import pulumi
         from pulumi_command import remote
 
@@ -152,6 +180,9 @@ class ServiceComponent:
             create=commands.as_root(commands.write_env_file(service, compose_services), user),
             delete=commands.as_root(commands.remove_env_file(service), user),
             stdin=content,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self._server.ready]),  # type: ignore[arg-type]
+            opts=pulumi.ResourceOptions(
+                parent=self,  # type: ignore[arg-type]
+                depends_on=[self._server.ready, *[d.env_command for d in after if d.env_command is not None]],
+            ),
         )
         return self.env_command

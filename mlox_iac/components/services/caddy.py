@@ -80,7 +80,7 @@ def compose(ctx: Context) -> dict:
             "caddy": {
                 "image": IMAGE,
                 "restart": "unless-stopped",
-                "env_file": [ctx.env_file(NAME)],
+                "env_file": ctx.env_files(NAME),
                 "ports": ["80:80", "443:443"],
                 "volumes": ["caddy-data:/data", "caddy-config:/config", "./caddy/Caddyfile:/etc/caddy/Caddyfile:ro"],
                 # A changed Caddyfile changes this label, so Compose recreates the container.

@@ -64,7 +64,7 @@ def compose(ctx: Context) -> dict:
             "mlflow": {
                 "image": IMAGE,
                 "restart": "unless-stopped",
-                "env_file": [ctx.env_file(NAME)],
+                "env_file": ctx.env_files(NAME),
                 "environment": environment,
                 "command": command,
                 "healthcheck": hc(
@@ -72,8 +72,8 @@ def compose(ctx: Context) -> dict:
                     start_period="60s",
                 ),
                 "depends_on": {
-                    "postgres-provision": {"condition": "service_completed_successfully"},
-                    "seaweedfs-buckets": {"condition": "service_completed_successfully"},
+                    "postgres-provision": {"condition": "service_healthy"},
+                    "seaweedfs-buckets": {"condition": "service_healthy"},
                 },
                 "deploy": limits(MEMORY_MB),
             },
@@ -111,5 +111,6 @@ class Mlflow(pulumi.ComponentResource, ServiceComponent):
                 "MLFLOW_S3_ENDPOINT_URL": s3_url,
             },
             [NAME],
+            after=[deps["postgres"], deps["seaweedfs"]],
         )
         self.register_outputs({})

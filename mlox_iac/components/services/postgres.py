@@ -2,14 +2,14 @@
 
 Not reachable from outside the server: no published port; services reach it as
 ``postgres:5432`` on the Compose network. Roles and databases are created (and
-passwords rotated) by the one-shot ``postgres-provision`` container on every change.
+passwords rotated) by the ``postgres-provision`` step whenever its env file changes.
 """
 
 from __future__ import annotations
 
 import pulumi
 
-from mlox_iac.components.services.base import Context, ServiceComponent, ServiceSettings, digest, hc, limits
+from mlox_iac.components.services.base import Context, ServiceComponent, ServiceSettings, digest, hc, limits, provisioner
 
 NAME = "postgres"
 IMAGE = "postgres:15.18-bookworm"
@@ -54,7 +54,7 @@ done
 
 
 def compose(ctx: Context) -> dict:
-    env_file = [ctx.env_file(NAME)]
+    env_file = ctx.env_files(NAME)
     return {
         "services": {
             "postgres": {
@@ -67,10 +67,9 @@ def compose(ctx: Context) -> dict:
             },
             "postgres-provision": {
                 "image": IMAGE,
-                "restart": "no",
+                **provisioner("/bin/sh /mlox/provision.sh"),
                 "env_file": env_file,
                 "environment": {"MLOX_DATABASES": " ".join(databases(ctx))},
-                "entrypoint": ["/bin/sh", "/mlox/provision.sh"],
                 "volumes": ["./postgres/provision.sh:/mlox/provision.sh:ro"],
                 # A changed script changes this label, so Compose recreates (and reruns) the container.
                 "labels": {"org.mlox.config-hash": digest(PROVISION_SH)},

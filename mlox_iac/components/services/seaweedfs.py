@@ -11,7 +11,7 @@ from __future__ import annotations
 import pulumi
 from pydantic import Field, field_validator
 
-from mlox_iac.components.services.base import Context, Route, ServiceComponent, ServiceSettings, hc, limits
+from mlox_iac.components.services.base import Context, Route, ServiceComponent, ServiceSettings, hc, limits, provisioner
 
 NAME = "seaweedfs"
 IMAGE = "chrislusf/seaweedfs:4.48"
@@ -31,11 +31,11 @@ _START = (
 )
 # Create each bucket (ignoring "exists"), then fail unless every bucket is listed.
 _BUCKETS = (
-    "set -eu; for b in $$MLOX_BUCKETS; do "
+    "(set -eu; for b in $$MLOX_BUCKETS; do "
     "echo \"s3.bucket.create -name $$b\" | weed shell -master=seaweedfs:9333 >/dev/null 2>&1 || true; done; "
     "list=$$(echo s3.bucket.list | weed shell -master=seaweedfs:9333); "
     "for b in $$MLOX_BUCKETS; do echo \"$$list\" | grep -q \"$$b\" || { echo \"bucket $$b missing\" >&2; exit 1; }; "
-    "echo \"bucket $$b ready\"; done"
+    "echo \"bucket $$b ready\"; done)"
 )
 
 
@@ -63,7 +63,7 @@ def buckets(ctx: Context) -> list[str]:
 
 
 def compose(ctx: Context) -> dict:
-    env_file = [ctx.env_file(NAME)]
+    env_file = ctx.env_files(NAME)
     return {
         "services": {
             "seaweedfs": {
@@ -77,9 +77,8 @@ def compose(ctx: Context) -> dict:
             },
             "seaweedfs-buckets": {
                 "image": IMAGE,
-                "restart": "no",
+                **provisioner(_BUCKETS),
                 "environment": {"MLOX_BUCKETS": " ".join(buckets(ctx))},
-                "entrypoint": ["/bin/sh", "-c", _BUCKETS],
                 "depends_on": {"seaweedfs": {"condition": "service_healthy"}},
                 "deploy": limits(128),
             },
