@@ -68,6 +68,13 @@ def get_provider(name: str) -> ModuleType:
     return importlib.import_module(f"mlox_iac.providers.{name}")
 
 
+def one_of(value: str, sizes: dict, what: str) -> str:
+    """``value`` if it names a known size, else the error every provider gives for it."""
+    if value not in sizes:
+        raise ValueError(f"unknown {what} {value!r} (allowed: {', '.join(sizes)})")
+    return value
+
+
 def ssh_rules(admin_cidrs: list[str]) -> list[tuple[int, list[str]]]:
     """The inbound rules every cloud firewall gets: (port, sources).
 

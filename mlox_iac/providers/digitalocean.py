@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mlox_iac.providers import DeployKeys, Machine, ssh_rules
+from mlox_iac.providers import DeployKeys, Machine, one_of, ssh_rules
 
 if TYPE_CHECKING:
     import pulumi
@@ -38,9 +38,7 @@ class Settings(BaseModel):
     @field_validator("size")
     @classmethod
     def _known_size(cls, value: str) -> str:
-        if value not in SIZES:
-            raise ValueError(f"unknown droplet size {value!r} (allowed: {', '.join(SIZES)})")
-        return value
+        return one_of(value, SIZES, "droplet size")
 
 
 def memory_mb(settings: Settings) -> int:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mlox_iac.providers import DeployKeys, Machine, ssh_rules
+from mlox_iac.providers import DeployKeys, Machine, one_of, ssh_rules
 
 if TYPE_CHECKING:
     import pulumi
@@ -39,9 +39,7 @@ class Settings(BaseModel):
     @field_validator("server_type")
     @classmethod
     def _known_size(cls, value: str) -> str:
-        if value not in SIZES:
-            raise ValueError(f"unknown server type {value!r} (allowed: {', '.join(SIZES)})")
-        return value
+        return one_of(value, SIZES, "server type")
 
 
 def memory_mb(settings: Settings) -> int:
