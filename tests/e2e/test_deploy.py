@@ -40,6 +40,12 @@ COMPOSE = "docker compose --project-name mlox --project-directory /opt/mlox/bund
 LONG_RUNNING = ("postgres", "seaweedfs", "mlflow", "caddy")
 
 
+def timed(name: str, seconds: float) -> None:
+    """Report a phase's wall time (also listed at the end of the test run)."""
+    hosts.TIMINGS.append((name, seconds))
+    print(f"[e2e] {name}: {seconds:.1f}s", file=sys.stderr)
+
+
 class PasswordStore:
     """What pulumi-random keeps in state: one password (and its bcrypt hash) per resource."""
 
@@ -106,7 +112,7 @@ class Deployment:
         start = time.monotonic()
         result = replay(resources, self.state, log=lambda line: print(f"[replay] {line}", file=sys.stderr),
                         workdir=ROOT)
-        print(f"[e2e] replay: {time.monotonic() - start:.1f}s, changed: {result.changed()}", file=sys.stderr)
+        timed(f"replay ({len(result.changed())} changed)", time.monotonic() - start)
         return result
 
     def compose_ps(self) -> list[dict]:
@@ -173,7 +179,7 @@ def deployment(tmp_path_factory):
     with hosts.target_hosts(1, prefix="mlxdep", first_index=11) as (host,):
         d = Deployment(host, tmp_path_factory.mktemp("deploy"))
         d.builder, d.built = builder, built
-        print(f"[e2e] target ready after {time.monotonic() - started:.1f}s", file=sys.stderr)
+        timed("target ready", time.monotonic() - started)
         yield d
 
 
@@ -182,7 +188,7 @@ def test_1_bootstrap_hardens_a_bare_host(deployment):
     start = time.monotonic()
     result = d.replay(only={"main-bootstrap"})
     assert result.action("main-bootstrap") == "created"
-    print(f"[e2e] bootstrap: {time.monotonic() - start:.1f}s", file=sys.stderr)
+    timed("bootstrap", time.monotonic() - start)
     host = d.host
 
     sshd = host.ssh("sshd -T").stdout.lower().splitlines()
@@ -214,7 +220,7 @@ def test_1_bootstrap_hardens_a_bare_host(deployment):
     start = time.monotonic()
     names = sorted({module.IMAGE for module in SERVICES.values()})
     images.load_images(host, names)
-    print(f"[e2e] images loaded onto target: {time.monotonic() - start:.1f}s", file=sys.stderr)
+    timed("images loaded onto target", time.monotonic() - start)
     assert "v2.11.7" in host.ssh("docker run --rm caddy:2.11.7 caddy version").stdout
 
     # Idempotent: a second run of the same script changes nothing and still succeeds.
@@ -229,7 +235,7 @@ def test_2_core_stack_serves_mlflow_and_s3(deployment):
     start = time.monotonic()
     d.replay()
     rows = d.wait_healthy()
-    print(f"[e2e] core stack up: {time.monotonic() - start:.1f}s", file=sys.stderr)
+    timed("core stack up", time.monotonic() - start)
     for service in LONG_RUNNING:
         assert rows[service]["Health"] == "healthy", (service, rows.get(service))
     for step in ("postgres-provision", "seaweedfs-buckets"):  # provisioned, then idle
@@ -360,7 +366,7 @@ def test_4_reboot_brings_everything_back_with_data(deployment):
     start = time.monotonic()
     d.host.reboot()
     rows = d.wait_healthy(timeout=300)
-    print(f"[e2e] reboot to healthy: {time.monotonic() - start:.1f}s", file=sys.stderr)
+    timed("reboot to healthy", time.monotonic() - start)
     for service in LONG_RUNNING:
         assert rows[service]["Health"] == "healthy", (service, rows.get(service))
     assert d.host.ssh("systemctl is-active nftables fail2ban docker").stdout.split() == ["active"] * 3
