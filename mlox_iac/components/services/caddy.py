@@ -52,18 +52,22 @@ def _auth(route: Route, indent: str) -> list[str]:
     return [f"{indent}basic_auth {{", f"{indent}\t{{$MLOX_UI_USER}} {{${auth_variable(route)}}}", f"{indent}}}"]
 
 
+# The health check asks the admin API every 10 s; keep those requests out of the log.
+_QUIET_ADMIN = ["\tlog {", "\t\texclude admin.api", "\t}"]
+
+
 def render_caddyfile(ctx: Context) -> str:
     """The Caddyfile: deterministic, and free of secrets (hashes come from the environment)."""
     routes = all_routes(ctx)
     config = ctx.config
     lines: list[str] = []
     if config.domain:
-        lines += ["{", f"\temail {config.acme_email}", "}"]
+        lines += ["{", f"\temail {config.acme_email}", *_QUIET_ADMIN, "}"]
         for route in routes:
             lines += ["", f"{route.name}.{config.domain} {{"]
             lines += _auth(route, "\t") + _proxy(route, "\t") + ["}"]
     else:
-        lines += ["{", "\tdefault_sni {$MLOX_ADDRESS}", "}", "", "https://{$MLOX_ADDRESS} {", "\ttls internal"]
+        lines += ["{", "\tdefault_sni {$MLOX_ADDRESS}", *_QUIET_ADMIN, "}", "", "https://{$MLOX_ADDRESS} {", "\ttls internal"]
         for route in (r for r in routes if not r.catch_all):
             handle = "handle_path" if route.strip_prefix else "handle"
             lines += [f"\tredir /{route.name} /{route.name}/", f"\t{handle} /{route.name}/* {{"]
