@@ -217,8 +217,8 @@ def _check_unique(recorded: list[RecordedResource]) -> None:
 
 def plan_stack_file(path: Path) -> tuple[list[RecordedResource], dict[str, Any]]:
     """Validate a stack file, then record its program. Raises ConfigError on bad input."""
-    from mlox_iac.config.loader import load_file, read_stack_file, stack_name_of
+    from mlox_iac.config.loader import read_stack_file, stack_name_of, validate
 
-    load_file(path)  # validate first: nothing runs on bad input
     raw, secret = read_stack_file(path)
+    validate(raw, secret, str(path), stack_name_of(path))  # first: nothing runs on bad input
     return record_program(raw, secret, stack_name_of(path))
