@@ -108,3 +108,15 @@ def mlox_project(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("MLOX_PROJECT_DIR", str(project))
     monkeypatch.chdir(project)
     return project
+
+
+def pytest_terminal_summary(terminalreporter):
+    """After an end-to-end run, list every phase's wall time."""
+    hosts = sys.modules.get("hosts")  # tests/e2e/hosts.py, once an e2e test imported it
+    timings = getattr(hosts, "TIMINGS", None)
+    if not timings:
+        return
+    terminalreporter.section("e2e phase times")
+    for name, seconds in timings:
+        terminalreporter.write_line(f"{seconds:8.1f}s  {name}")
+    terminalreporter.write_line(f"{sum(s for _, s in timings):8.1f}s  sum (phases overlap: images build while hosts boot)")
