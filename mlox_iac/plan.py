@@ -116,13 +116,22 @@ def _mocks(secret_source: Callable[[str, int], str], bcrypt: Callable[[str], str
     return Mocks()
 
 
-def _monitor(mocks, recorded: list[RecordedResource]):
+def _monitor(mocks, recorded: list[RecordedResource], loops: set):
     from pulumi.runtime import rpc
     from pulumi.runtime.mocks import MockMonitor
+    from pulumi.runtime.sync_await import _ensure_event_loop
 
     class RecordingMonitor(MockMonitor):
+        # The mock monitor runs in worker threads and gives each its own event loop; they
+        # are collected here and closed after the run (left open, they make noise at exit).
+        def Invoke(self, request):
+            response = super().Invoke(request)
+            loops.add(_ensure_event_loop())
+            return response
+
         def RegisterResource(self, request):
             response = super().RegisterResource(request)
+            loops.add(_ensure_event_loop())
             if request.type != "pulumi:pulumi:Stack":
                 inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
                 recorded.append(RecordedResource(
@@ -170,7 +179,9 @@ def record_program(
     rc.set_all_config(flatten_config(raw), sorted({"mlox:" + k.split(".")[0].split("[")[0] for k in secret_keys}))
     recorded: list[RecordedResource] = []
     mocks = _mocks(secret_source, bcrypt)
-    pulumi.runtime.set_mocks(mocks, project="mlox", stack=stack, preview=False, monitor=_monitor(mocks, recorded))
+    worker_loops: set = set()
+    pulumi.runtime.set_mocks(mocks, project="mlox", stack=stack, preview=False,
+                             monitor=_monitor(mocks, recorded, worker_loops))
     outputs: dict[str, Any] = {}
     original_export = pulumi.export
 
@@ -187,6 +198,9 @@ def record_program(
     finally:
         pulumi.export = original_export
         rc.set_all_config({}, [])
+        for other in worker_loops - {loop}:
+            if not other.is_running() and not other.is_closed():
+                other.close()
         loop.close()
     _check_unique(recorded)
     return recorded, resolved
