@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 import yaml
 
 from mlox_iac.errors import MloxError, PulumiCliMissing
+from mlox_iac.paths import stack_file
 
 if TYPE_CHECKING:
     from pulumi import automation as auto
@@ -116,11 +117,6 @@ def find_project_dir(start: Path | None = None, env: Mapping[str, str] | None = 
         if (candidate / "Pulumi.yaml").is_file():
             return candidate
     raise MloxError("no Pulumi.yaml here or above: run mlox-iac inside the project, or set MLOX_PROJECT_DIR")
-
-
-def stack_file(project_dir: Path, stack: str) -> Path:
-    """``<project>/stacks/Pulumi.<stack>.yaml`` (the project's ``stackConfigDir``)."""
-    return project_dir / "stacks" / f"Pulumi.{stack}.yaml"
 
 
 def validate_stack(stack: str, *, project_dir: Path | None = None) -> "StackConfig":

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pulumi
 
-from mlox_iac.config.loader import read_runtime_config, stack_file, validate
+from mlox_iac.config.loader import read_runtime_config, validate
+from mlox_iac.paths import stack_file
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 

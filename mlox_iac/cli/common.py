@@ -86,7 +86,9 @@ def stack_path(stack: Optional[str], file: Optional[Path]) -> Path:
         return file
     if stack is None:
         raise MloxError("no stack given: pass --stack NAME (or set MLOX_STACK)")
-    path = project_dir() / "stacks" / f"Pulumi.{stack}.yaml"
+    from mlox_iac.paths import stack_file
+
+    path = stack_file(project_dir(), stack)
     try:
         return path.relative_to(Path.cwd())
     except ValueError:

@@ -42,7 +42,7 @@ class Server(pulumi.ComponentResource):
         machine = provider.create_machine(name, config, keys, child)
         self.public_address = machine.public_address
         self.connection = machine.connection
-        self.user = _connection_user(machine.connection)
+        self.user = machine.user
 
         def script_for(device: str | None) -> str:
             return render_bootstrap(BootstrapSettings(
@@ -63,8 +63,3 @@ class Server(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=machine.ready),
         )
         self.register_outputs({"public_address": self.public_address})
-
-
-def _connection_user(connection: remote.ConnectionArgs) -> str:
-    user = connection.user if hasattr(connection, "user") else connection.get("user")  # type: ignore[union-attr]
-    return user if isinstance(user, str) else "root"

@@ -23,10 +23,6 @@ SECRET_PLACEHOLDER = "[secret]"
 MUST_BE_SECRET = {("onprem", "private_key")}
 
 
-def stack_file(project_dir: Path, stack: str) -> Path:
-    return project_dir / "stacks" / f"Pulumi.{stack}.yaml"
-
-
 def stack_name_of(path: Path) -> str:
     name = path.name
     if name.startswith("Pulumi.") and name.endswith(".yaml"):

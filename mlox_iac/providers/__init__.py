@@ -33,6 +33,8 @@ class Machine:
     public_address: "pulumi.Output[str]"
     # pulumi_command.remote.ConnectionArgs; a secret Output when it carries a key.
     connection: Any
+    # The SSH user of ``connection``: root, or a user with passwordless sudo.
+    user: str
     # Block device of the data volume, or None when the data directory lives on the root disk.
     data_device: "pulumi.Input[str] | None"
     # Whether the image runs cloud-init (the bootstrap then waits for it to finish).

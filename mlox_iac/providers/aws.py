@@ -115,6 +115,7 @@ def create_machine(name: str, config: "StackConfig", keys: DeployKeys, opts: "pu
     return Machine(
         public_address=address.public_ip,
         connection=connection,
+        user=user,
         # Nitro instances expose EBS volumes as NVMe devices named after the volume id.
         data_device=volume.id.apply(lambda v: "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_" + v.replace("-", "")),
         cloud_init=True,

@@ -95,6 +95,7 @@ def create_machine(name: str, config: "StackConfig", keys: DeployKeys, opts: "pu
     return Machine(
         public_address=droplet.ipv4_address,
         connection=connection,
+        user="root",
         data_device=f"/dev/disk/by-id/scsi-0DO_Volume_{volume_name}",
         cloud_init=True,
         ready=[attachment, firewall],

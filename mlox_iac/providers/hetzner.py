@@ -97,6 +97,7 @@ def create_machine(name: str, config: "StackConfig", keys: DeployKeys, opts: "pu
     return Machine(
         public_address=server.ipv4_address,
         connection=connection,
+        user="root",
         data_device=pulumi.Output.concat("/dev/disk/by-id/scsi-0HC_Volume_", volume.id),
         cloud_init=True,
         ready=[attachment, firewall],

@@ -81,6 +81,7 @@ def create_machine(name: str, config: "StackConfig", keys: DeployKeys, opts: "pu
     return Machine(
         public_address=pulumi.Output.from_input(settings.host),
         connection=connection,
+        user=settings.user,
         data_device=settings.data_device,
         cloud_init=False,
     )
