@@ -44,6 +44,11 @@ SHELLS = ("sh", "fish", "powershell")
 SECRET_EXPORTS = frozenset({"MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
 
 
+def is_secret_export(key: str) -> bool:
+    """A credential among the exports (the fixed ones, and each served model's password)."""
+    return key in SECRET_EXPORTS or (key.startswith("MLOX_MODEL_") and key.endswith("_PASSWORD"))
+
+
 # ----- outputs ------------------------------------------------------------------------
 
 def load_outputs_file(path: Path) -> dict[str, Any]:
@@ -84,7 +89,8 @@ def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None) -
     With the internal CA (no domain) and ``ca_path``: ``MLFLOW_TRACKING_SERVER_CERT_PATH``
     and ``AWS_CA_BUNDLE`` point at it, and ``REQUESTS_CA_BUNDLE`` at :func:`ca_bundle_path`
     (the system's roots plus it: MLflow downloads artifacts from presigned S3 URLs with
-    plain requests, which honours only that variable).
+    plain requests, which honours only that variable). Each served model:
+    ``MLOX_MODEL_<NAME>_URL``, ``_USER`` and ``_PASSWORD``.
     """
     env: dict[str, str] = {}
     if outputs.get("mlflow_tracking_uri"):
@@ -96,6 +102,18 @@ def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None) -
             env["MLFLOW_TRACKING_PASSWORD"] = str(passwords["mlflow"])
         elif passwords == SECRET:
             env["MLFLOW_TRACKING_PASSWORD"] = SECRET
+    urls = outputs.get("urls") if isinstance(outputs.get("urls"), Mapping) else {}
+    passwords = outputs.get("ui_passwords")
+    for route, url in sorted(urls.items()):
+        if route.startswith("model-"):  # served models: URL, user and generated password each
+            prefix = "MLOX_" + route.upper().replace("-", "_")
+            env[f"{prefix}_URL"] = str(url)
+            if outputs.get("ui_user"):
+                env[f"{prefix}_USER"] = str(outputs["ui_user"])
+            if isinstance(passwords, Mapping) and passwords.get(route):
+                env[f"{prefix}_PASSWORD"] = str(passwords[route])
+            elif passwords == SECRET:
+                env[f"{prefix}_PASSWORD"] = SECRET
     if outputs.get("s3_endpoint"):
         env["AWS_ENDPOINT_URL_S3"] = str(outputs["s3_endpoint"])
         for key, name in (("s3_access_key", "AWS_ACCESS_KEY_ID"), ("s3_secret_key", "AWS_SECRET_ACCESS_KEY")):
@@ -146,7 +164,7 @@ def render_exports(env: Mapping[str, str], shell: str = "sh", *, show_secrets: b
         raise ConfigError([f"--shell: {shell!r} is not allowed (allowed: {', '.join(SHELLS)})"])
     lines = []
     for key, value in env.items():
-        if key in SECRET_EXPORTS and (not show_secrets or value == SECRET):
+        if is_secret_export(key) and (not show_secrets or value == SECRET):
             lines.append(f"# {key}: {SECRET} (add --show-secrets to print it)")
         elif shell == "sh":
             lines.append(f"export {key}={_quote(value, shell)}")

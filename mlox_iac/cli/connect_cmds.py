@@ -133,12 +133,12 @@ def env(
         connect.write_ca_bundle(ca_path)
     exports = connect.env_exports(values, ca_path)
     if not show_secrets:
-        exports = {k: (connect.SECRET if k in connect.SECRET_EXPORTS else v) for k, v in exports.items()}
+        exports = {k: (connect.SECRET if connect.is_secret_export(k) else v) for k, v in exports.items()}
     if as_json:
         out.data(exports)
         return
     sys.stdout.write(connect.render_exports(exports, shell, show_secrets=show_secrets))
-    if not show_secrets and any(k in connect.SECRET_EXPORTS for k in exports):
+    if not show_secrets and any(connect.is_secret_export(k) for k in exports):
         out.err.print("Passwords and keys are left out; add --show-secrets to print them.", style="dim")
 
 

@@ -20,7 +20,7 @@ from mlox_iac.errors import ConfigError
 NAMESPACE = "mlox"
 SECRET_PLACEHOLDER = "[secret]"
 # Config values that must be Pulumi secrets: (top-level key, nested key).
-MUST_BE_SECRET = {("onprem", "private_key")}
+MUST_BE_SECRET = {"onprem.private_key", "services.monitoring.alerts.email.password"}
 
 
 def stack_name_of(path: Path) -> str:
@@ -101,12 +101,16 @@ def validate(raw: dict[str, Any], secret: set[str], source: str, stack_name: str
     except ValidationError as exc:
         problems = [f"{source}: {key}: {message}" for key, message in _explain(exc)]
         raise ConfigError(problems) from None
-    for top, nested in sorted(MUST_BE_SECRET):
-        block = raw.get(top)
-        if isinstance(block, dict) and nested in block and not ({top, f"{top}.{nested}"} & secret):
+    for path in sorted(MUST_BE_SECRET):
+        parts = path.split(".")
+        value: Any = raw
+        for part in parts:
+            value = value.get(part) if isinstance(value, dict) else None
+        # Pulumi marks a whole top-level key secret when a value inside it is (set with --path).
+        if value is not None and not ({".".join(parts[:i]) for i in range(1, len(parts) + 1)} & secret):
             problems.append(
-                f"{source}: {NAMESPACE}:{top}.{nested}: must be a secret "
-                f"(set it with: pulumi config set --secret --path '{NAMESPACE}:{top}.{nested}' < FILE)"
+                f"{source}: {NAMESPACE}:{path}: must be a secret "
+                f"(set it with: pulumi config set --secret --path '{NAMESPACE}:{path}' < FILE)"
             )
     if problems:
         raise ConfigError(problems)

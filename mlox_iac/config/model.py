@@ -129,7 +129,7 @@ class StackConfig(Strict):
         needed_mb = self.memory_needed_mb()
         have_mb = self.memory_mb()
         if needed_mb > have_mb:
-            parts = ", ".join(f"{n} {SERVICES[n].memory_mb}" for n in self.enabled_services())
+            parts = ", ".join(f"{n} {self.service_memory_mb(n)}" for n in self.enabled_services())
             raise _FieldError(
                 f"{self.provider}.{get_provider(self.provider).SIZE_FIELD}",
                 f"server has {have_mb} MiB but the enabled services need {needed_mb} MiB "
@@ -151,8 +151,13 @@ class StackConfig(Strict):
     def memory_mb(self) -> int:
         return get_provider(self.provider).memory_mb(self.provider_settings())
 
+    def service_memory_mb(self, name: str) -> int:
+        from mlox_iac.components.services.base import Context
+
+        return SERVICES[name].memory_for(Context(self))
+
     def memory_needed_mb(self) -> int:
-        return SYSTEM_RESERVE_MB + sum(SERVICES[n].memory_mb for n in self.enabled_services())
+        return SYSTEM_RESERVE_MB + sum(self.service_memory_mb(n) for n in self.enabled_services())
 
 
 class _FieldError(ValueError):

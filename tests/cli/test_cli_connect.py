@@ -51,6 +51,21 @@ def test_env_exports_without_mlflow_or_s3():
     assert connect.env_exports({"tls": "acme"}) == {}
 
 
+def test_env_exports_each_served_model():
+    outputs = {**OUTPUTS, "urls": {**OUTPUTS.get("urls", {}), "model-churn-v2": "https://127.0.0.1:443/model-churn-v2"},
+               "ui_passwords": {**OUTPUTS["ui_passwords"], "model-churn-v2": "model-pass"}}
+    exports = connect.env_exports(outputs)
+    assert {k: v for k, v in exports.items() if k.startswith("MLOX_MODEL_")} == {
+        "MLOX_MODEL_CHURN_V2_URL": "https://127.0.0.1:443/model-churn-v2",
+        "MLOX_MODEL_CHURN_V2_USER": "admin",
+        "MLOX_MODEL_CHURN_V2_PASSWORD": "model-pass",
+    }
+    text = connect.render_exports(exports, "sh", show_secrets=False)
+    assert "model-pass" not in text
+    assert "# MLOX_MODEL_CHURN_V2_PASSWORD: [secret] (add --show-secrets to print it)" in text
+    assert "export MLOX_MODEL_CHURN_V2_URL=https://127.0.0.1:443/model-churn-v2" in text
+
+
 @pytest.mark.parametrize("value", ["plain", "it's", 'a"b', "$HOME `x` $(y)", "new\nline", "back\\slash", ""])
 def test_sh_exports_survive_eval(value):
     script = connect.render_exports({"MLOX_T": value}, "sh")

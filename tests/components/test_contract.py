@@ -46,7 +46,7 @@ def test_databases_and_buckets_come_from_the_services_that_declare_them():
 
     ctx = everything_ctx()
     assert postgres.databases(ctx) == ["mlflow"]
-    assert seaweedfs.buckets(ctx) == ["data", "mlflow-artifacts"]
+    assert seaweedfs.buckets(ctx) == ["data", "mlflow-artifacts", "model-logs"]
 
 
 # --- broken services: one change to a good one, and the exact complaint

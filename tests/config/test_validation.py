@@ -71,6 +71,36 @@ CASES = {
         "mlox:services.mlflow.enabled: 'sometimes' is not true or false"),
     "bad_docker_source": (settings(docker={"source": "snap"}),
         "mlox:docker.source: 'snap' is not allowed (allowed: docker or debian)"),
+    # Model serving and monitoring.
+    "model_bad_name": (settings(services={"serving": {"enabled": True, "models": [{"name": "my model!"}]}}),
+        "mlox:services.serving.models[0].name: 'my model!' is not allowed (allowed: matching ^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$)"),
+    "model_without_name": (settings(services={"serving": {"enabled": True, "models": [{"alias": "prod"}]}}),
+        "mlox:services.serving.models[0].name: required"),
+    "models_sharing_a_route": (settings(services={"serving": {"enabled": True, "models": [{"name": "Iris"}, {"name": "iris"}]}}),
+        "mlox:services.serving.models: 'iris' and 'Iris' would share the route 'model-iris' (allowed: distinct names)"),
+    "model_log_sample_above_one": (settings(services={"serving": {"enabled": True, "models": [{"name": "iris", "log_sample": 1.5}]}}),
+        "mlox:services.serving.models[0].log_sample: 1.5 is too large (allowed: 1.0 or less)"),
+    "model_unknown_key": (settings(services={"serving": {"enabled": True, "models": [{"name": "iris", "memory": 512}]}}),
+        "mlox:services.serving.models[0].memory: unknown key (did you mean 'memory_mb'?)"),
+    "serving_without_mlflow": (settings(services={"mlflow": {"enabled": False}, "serving": {"enabled": True}}),
+        "mlox:services.mlflow.enabled: must be true because serving needs mlflow"),
+    "models_need_memory": (settings(services={"serving": {"enabled": True, "models": [
+            {"name": "a", "memory_mb": 1024}, {"name": "b", "memory_mb": 1024}]}}),
+        "mlox:hetzner.server_type: server has 4096 MiB but the enabled services need 5888 MiB (postgres 512, "
+        "seaweedfs 512, mlflow 1024, serving 3200, caddy 128, system 512) (allowed: a size with at least 5888 MiB, "
+        "or fewer services)"),
+    "alert_webhook_not_a_url": (settings(services={"monitoring": {"enabled": True, "alerts": {"webhook_url": "hooks.example.com"}}}),
+        "mlox:services.monitoring.alerts.webhook_url: 'hooks.example.com' is not an http(s) URL "
+        "(allowed: e.g. https://hooks.example.com/mlox)"),
+    "alert_email_without_port": (settings(services={"monitoring": {"enabled": True, "alerts": {"email": {
+            "to": "ops@example.com", "sender": "mlox@example.com", "smarthost": "smtp.example.com"}}}}),
+        "mlox:services.monitoring.alerts.email.smarthost: 'smtp.example.com' is not allowed (allowed: matching "
+        "^[A-Za-z0-9.-]+:[0-9]{1,5}$)"),
+    "alert_email_bad_address": (settings(services={"monitoring": {"enabled": True, "alerts": {"email": {
+            "to": "ops", "sender": "mlox@example.com", "smarthost": "smtp.example.com:587"}}}}),
+        "mlox:services.monitoring.alerts.email.to: 'ops' is not an e-mail address"),
+    "retention_unknown_key": (settings(services={"monitoring": {"enabled": True, "retention": 30}}),
+        "mlox:services.monitoring.retention: unknown key (did you mean 'retention_gb'?)"),
 }
 
 
@@ -91,6 +121,21 @@ def test_private_key_must_be_secret(tmp_path):
         f"{path}: mlox:onprem.private_key: must be a secret "
         "(set it with: pulumi config set --secret --path 'mlox:onprem.private_key' < FILE)"
     ]
+
+
+def test_smtp_password_must_be_secret(tmp_path):
+    email = {"to": "ops@example.com", "sender": "mlox@example.com", "smarthost": "smtp.example.com:587",
+             "username": "mlox", "password": "hunter2"}
+    path = write_stack(tmp_path, settings(services={"monitoring": {"enabled": True, "alerts": {"email": email}}}))
+    with pytest.raises(ConfigError) as error:
+        load_file(path)
+    assert error.value.problems == [
+        f"{path}: mlox:services.monitoring.alerts.email.password: must be a secret "
+        "(set it with: pulumi config set --secret --path 'mlox:services.monitoring.alerts.email.password' < FILE)"
+    ]
+    email["password"] = {"secure": "v1:dGVzdA=="}  # as `pulumi config set --secret --path` writes it
+    config = load_file(write_stack(tmp_path, settings(services={"monitoring": {"enabled": True, "alerts": {"email": email}}})))
+    assert "hunter2" not in repr(config) and config.service("monitoring").alerts.email.password is not None
 
 
 def test_several_problems_give_one_line_each(tmp_path):

@@ -70,6 +70,14 @@ STANDINS: dict[str, Standin] = {
         Standin("postgres:15.18-bookworm", "postgres", ("postgres", "--version"), "(PostgreSQL) 15.18 "),
         Standin("ghcr.io/mlflow/mlflow:v3.17.2-full", "mlflow", ("mlflow", "--version"), "version 3.17.2",
                 needs_ca=True),
+        # Monitoring: Debian bookworm's packages of the pinned upstream versions.
+        Standin("prom/prometheus:v2.42.0", "prometheus", ("/bin/prometheus", "--version"), "version 2.42.0"),
+        Standin("prom/alertmanager:v0.25.0", "alertmanager", ("/bin/alertmanager", "--version"), "version 0.25.0"),
+        Standin("prom/node-exporter:v1.5.0", "node-exporter", ("/bin/node_exporter", "--version"), "version 1.5.0"),
+        Standin("quay.io/prometheuscommunity/postgres-exporter:v0.11.1", "postgres-exporter",
+                ("/bin/postgres_exporter", "--version"), "version 0.11.1"),
+        Standin("prom/blackbox-exporter:v0.23.0", "blackbox-exporter", ("/bin/blackbox_exporter", "--version"),
+                "version 0.23.0"),
     )
 }
 ALL_IMAGES: tuple[str, ...] = tuple(STANDINS)

@@ -21,6 +21,17 @@ SCENARIOS = {
     "domain": settings(domain="ml.example.com", acme_email="ops@example.com"),
     "without_mlflow": settings(services={"mlflow": {"enabled": False}}),
     "extra_buckets": settings(services={"seaweedfs": {"buckets": ["raw", "features"]}}),
+    "monitoring_and_serving": settings(
+        "onprem", services={
+            "monitoring": {"enabled": True, "alerts": {"webhook_url": "https://hooks.example.com/mlox"}},
+            "serving": {"enabled": True, "models": [{"name": "iris", "alias": "champion", "log_sample": 0.1},
+                                                   {"name": "Churn.v2", "memory_mb": 1024, "workers": 2}]}}),
+    "monitoring_domain_email": settings(
+        domain="ml.example.com", acme_email="ops@example.com", volume_size_gb=200, services={
+            "monitoring": {"enabled": True, "retention_days": 90, "alerts": {"email": {
+                "to": "ops@example.com", "sender": "mlox@example.com", "smarthost": "smtp.example.com:587",
+                "username": "mlox"}}},
+            "serving": {"enabled": True, "models": [{"name": "iris"}]}}),
 }
 
 
@@ -36,9 +47,17 @@ def write(files: dict[str, str], directory: Path) -> Path:
     return directory
 
 
+def without_programs(files: dict[str, str]) -> dict[str, str]:
+    """The bundle less the programs shipped unchanged from the package (checked against their source)."""
+    from mlox_iac.components.services import programs
+
+    sources = {programs.source(name) for name in programs.names()}
+    return {path: text for path, text in files.items() if text not in sources}
+
+
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_bundle_matches_golden_files(scenario):
-    files = render_bundle(ctx_for(SCENARIOS[scenario]))
+    files = without_programs(render_bundle(ctx_for(SCENARIOS[scenario])))
     directory = GOLDEN / scenario
     if os.environ.get("MLOX_UPDATE_GOLDEN"):
         write(files, directory)
@@ -68,14 +87,18 @@ def test_compose_config_rejects_a_broken_project(tmp_path):
     assert result.returncode != 0  # the validator can fail, so the test above means something
 
 
-@pytest.mark.parametrize("scenario", ["ip_address", "domain"])
+@pytest.mark.parametrize("scenario", ["ip_address", "domain", "monitoring_and_serving", "monitoring_domain_email"])
 def test_caddyfile_passes_caddy_validate(scenario, tmp_path):
-    files = render_bundle(ctx_for(SCENARIOS[scenario]))
+    from mlox_iac.components.services import caddy
+
+    ctx = ctx_for(SCENARIOS[scenario])
+    files = render_bundle(ctx)
     path = tmp_path / "Caddyfile"
     path.write_text(files["caddy/Caddyfile"])
     env = {**os.environ, "MLOX_ADDRESS": "192.0.2.50", "MLOX_UI_USER": "admin", "HOME": str(tmp_path),
-           "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path),
-           "MLOX_AUTH_MLFLOW": "$2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG"}
+           "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
+    for route in caddy.all_routes(ctx):
+        env[caddy.auth_variable(route)] = "$2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG"
     result = subprocess.run([tool("caddy"), "validate", "--config", str(path), "--adapter", "caddyfile"],
                             capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]

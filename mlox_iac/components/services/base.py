@@ -234,6 +234,12 @@ class Service:
     files: Callable[[Context], dict[str, str]]
     data: Callable[[Context], Data]
     component: type  # pulumi.ComponentResource(name, ctx, server, deps, opts)
+    # A budget that grows with the settings (one per served model); memory_mb is then its floor.
+    memory: Callable[[Context], int] | None = None
+
+    def memory_for(self, ctx: Context) -> int:
+        """The main container's memory limit for this config."""
+        return self.memory(ctx) if self.memory is not None else self.memory_mb
 
     @property
     def summary(self) -> str:
@@ -310,8 +316,8 @@ def check_compose(service: Service, ctx: Context) -> None:
             if source and not source.startswith((".", "/")) and source not in part.get("volumes", {}):
                 fail(f"container {cname!r} mounts volume {source!r} its compose part does not define")
     main_limit = containers[service.name].get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")
-    if main_limit != f"{service.memory_mb}M":
-        fail(f"container {service.name!r} memory limit {main_limit!r} differs from memory_mb {service.memory_mb}")
+    if main_limit != f"{service.memory_for(ctx)}M":
+        fail(f"container {service.name!r} memory limit {main_limit!r} differs from memory_mb {service.memory_for(ctx)}")
     for route in service.routes(ctx):
         if route.auth not in ("basic", "own"):
             fail(f"route {route.name!r} has no authentication (auth must be 'basic' or 'own')")

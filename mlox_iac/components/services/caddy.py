@@ -54,20 +54,32 @@ def _auth(route: Route, indent: str) -> list[str]:
 
 # The health check asks the admin API every 10 s; keep those requests out of the log.
 _QUIET_ADMIN = ["\tlog {", "\t\texclude admin.api", "\t}"]
+# With monitoring on: request metrics (per host, so per route with a domain) on a plain-HTTP
+# listener that only the Compose network reaches (the port is not published; the admin
+# API stays on localhost, where it cannot be reconfigured from other containers).
+METRICS_PORT = 9180
+
+
+def _metrics(ctx: Context) -> tuple[list[str], list[str]]:
+    if "monitoring" not in ctx.config.enabled_services():
+        return [], []
+    return ["\tmetrics {", "\t\tper_host", "\t}"], ["", f"http://:{METRICS_PORT} {{", "\tmetrics /metrics", "}"]
 
 
 def render_caddyfile(ctx: Context) -> str:
     """The Caddyfile: deterministic, and free of secrets (hashes come from the environment)."""
     routes = all_routes(ctx)
     config = ctx.config
+    metrics_option, metrics_site = _metrics(ctx)
     lines: list[str] = []
     if config.domain:
-        lines += ["{", f"\temail {config.acme_email}", *_QUIET_ADMIN, "}"]
+        lines += ["{", f"\temail {config.acme_email}", *_QUIET_ADMIN, *metrics_option, "}"]
         for route in routes:
             lines += ["", f"{route.name}.{config.domain} {{"]
             lines += _auth(route, "\t") + _proxy(route, "\t") + ["}"]
     else:
-        lines += ["{", "\tdefault_sni {$MLOX_ADDRESS}", *_QUIET_ADMIN, "}", "", "https://{$MLOX_ADDRESS} {", "\ttls internal"]
+        lines += ["{", "\tdefault_sni {$MLOX_ADDRESS}", *_QUIET_ADMIN, *metrics_option, "}", "",
+                  "https://{$MLOX_ADDRESS} {", "\ttls internal"]
         for route in (r for r in routes if not r.catch_all):
             handle = "handle_path" if route.strip_prefix else "handle"
             lines += [f"\tredir /{route.name} /{route.name}/", f"\t{handle} /{route.name}/* {{"]
@@ -75,6 +87,7 @@ def render_caddyfile(ctx: Context) -> str:
         for route in (r for r in routes if r.catch_all):
             lines += ["\thandle {"] + _auth(route, "\t\t") + _proxy(route, "\t\t") + ["\t}"]
         lines += ["}"]
+    lines += metrics_site
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,178 @@
+"""Model serving: registered MLflow models, by alias, each at its own HTTPS route.
+
+The stack file lists the models (``mlox:services.serving.models``: ``name``, ``alias``, and
+optionally ``memory_mb``, ``workers``, ``log_sample``). Each is served at
+``model-<name>.<domain>`` or ``https://<address>/model-<name>/`` (``/invocations``,
+``/ping``, ``/version``), behind basic auth with a generated password per model (a Pulumi
+secret; ``mlox-iac env`` exports it as ``MLOX_MODEL_<NAME>_PASSWORD``).
+
+Moving the alias changes what is served **by itself**, within ``poll_seconds``: the alias
+lives in the MLflow registry, not in the stack file, so a ``mlox-iac up`` would see no
+change to apply (and could only learn the version by reaching into the server's registry
+while planning, which ``preview`` and ``up`` must not do). The model server
+(``programs/model_server.py``) polls the alias, starts the new version next to the old,
+sends requests to it only once it answers ``/ping``, and lets the old one finish its
+requests before stopping it: no request fails during the switch. If the new version
+cannot start, the old one keeps serving (alert ``ModelNotServingAlias``).
+
+Runtime: MLflow's own model server (``mlflow models serve``, FastAPI/uvicorn) from the same
+pinned MLflow image as the tracking server. Chosen over MLServer's MLflow runtime because it
+is the same MLflow version that logged the models (no second MLflow to keep in step, no
+flavor loaded by a different version), it serves every pyfunc flavor, and it needs no
+second large image on a small disk. Dependencies: each version's ``requirements.txt`` is
+installed at start into a per-version environment on the cache volume that sees the
+image's packages, so pip adds only what the image lacks, from wheels only (nothing compiles
+on a small server); a failure leaves the old version serving. Building an image per model
+would need a registry and a build on every alias move, which a one-server stack has not.
+
+Opt-in request logging: ``log_sample`` (0 to 1) of each model's requests are written with
+their responses as JSON lines to the bucket ``model-logs`` (``<model>/<date>/...jsonl``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pulumi
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mlox_iac.components.services import programs
+from mlox_iac.components.services.base import (
+    Context, Data, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
+)
+
+NAME = "serving"
+IMAGE = "ghcr.io/mlflow/mlflow:v3.17.2-full"  # the tracking server's image: same MLflow version
+MEMORY_MB = 128  # the model server itself; each model adds its own budget (see memory())
+METRICS_PORT = 9200
+FIRST_PORT = 8001  # model i answers on FIRST_PORT + i inside the Compose network
+LOG_BUCKET = "model-logs"
+
+
+class ModelSettings(BaseModel):
+    """One served model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="Registered model name")
+    alias: str = Field("champion", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Registry alias to serve")
+    memory_mb: int = Field(512, ge=128, le=65536, description="Memory for one running version")
+    workers: int = Field(1, ge=1, le=8, description="Server worker processes")
+    log_sample: float = Field(0.0, ge=0.0, le=1.0, description="Share of requests logged to the bucket (0: off)")
+
+
+class Settings(ServiceSettings):
+    """Serve registered MLflow models by alias, each at its own HTTPS route."""
+
+    enabled: bool = Field(False, description="Deploy model serving")
+    models: list[ModelSettings] = Field(default_factory=list, description="Models to serve")
+    poll_seconds: int = Field(30, ge=2, le=3600, description="How often the aliases are checked")
+
+    @field_validator("models")
+    @classmethod
+    def _distinct(cls, models: list[ModelSettings]) -> list[ModelSettings]:
+        seen: dict[str, str] = {}
+        for model in models:
+            route = route_name(model.name)
+            if route in seen:
+                raise ValueError(f"{model.name!r} and {seen[route]!r} would share the route {route!r} (allowed: distinct names)")
+            seen[route] = model.name
+        return models
+
+
+def route_name(model: str) -> str:
+    """``model-<name>``: lowercase, other characters as dashes (a DNS label and a path segment)."""
+    return "model-" + re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")[:50]
+
+
+def _models(ctx: Context) -> list[ModelSettings]:
+    return ctx.config.service(NAME).models
+
+
+def memory(ctx: Context) -> int:
+    """The model server, every model's budget, and room for one more while a version switches."""
+    budgets = [m.memory_mb for m in _models(ctx)]
+    return MEMORY_MB + sum(budgets) + max(budgets, default=0)
+
+
+def tracking_uri(ctx: Context) -> str:
+    from mlox_iac.components.services import mlflow
+
+    return f"http://mlflow:{mlflow.PORT}{mlflow.prefix(ctx)}"  # inside the Compose network
+
+
+def render_config(ctx: Context) -> str:
+    settings = ctx.config.service(NAME)
+    models = [{"name": m.name, "alias": m.alias, "port": FIRST_PORT + i, "workers": m.workers, "log_sample": m.log_sample}
+              for i, m in enumerate(settings.models)]
+    return json.dumps({"poll_seconds": settings.poll_seconds, "log_bucket": LOG_BUCKET, "models": models}, indent=2) + "\n"
+
+
+def compose(ctx: Context) -> dict:
+    from mlox_iac.components.services import seaweedfs
+
+    files_ = files(ctx)
+    return {
+        "services": {
+            "serving": {
+                "image": IMAGE,
+                "restart": "unless-stopped",
+                "env_file": ctx.env_files(NAME),
+                "environment": {
+                    "MLFLOW_TRACKING_URI": tracking_uri(ctx),
+                    "MLOX_S3_ENDPOINT": f"http://seaweedfs:{seaweedfs.S3_PORT}",
+                    "AWS_DEFAULT_REGION": "us-east-1",
+                    "MLOX_SERVING_CONFIG": "/mlox/models.json",
+                    "PYTHONUNBUFFERED": "1",
+                },
+                "command": ["python3", "/mlox/model_server.py"],
+                "volumes": ["serving-cache:/cache", "./serving/model_server.py:/mlox/model_server.py:ro",
+                            "./serving/models.json:/mlox/models.json:ro"],
+                "labels": {"org.mlox.config-hash": digest(*(files_[k] for k in sorted(files_)))},
+                # Healthy once the model server runs; each model's route answers 503 until a version is up.
+                "healthcheck": hc(["CMD", "python3", "-c", "import urllib.request; "
+                                   f"urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics', timeout=4)"]),
+                "depends_on": {"mlflow": {"condition": "service_healthy"},
+                               "seaweedfs-buckets": {"condition": "service_healthy"}},
+                "deploy": limits(memory(ctx)),
+            },
+        },
+        "volumes": {"serving-cache": ctx.volume("serving-cache")},
+    }
+
+
+def routes(ctx: Context) -> list[Route]:
+    return [Route(route_name(m.name), f"serving:{FIRST_PORT + i}", auth="basic") for i, m in enumerate(_models(ctx))]
+
+
+def files(ctx: Context) -> dict[str, str]:
+    return {"serving/model_server.py": programs.source("model_server.py"), "serving/models.json": render_config(ctx)}
+
+
+def data(ctx: Context) -> Data:
+    return Data(
+        buckets=(LOG_BUCKET,),
+        not_kept={"serving-cache": "downloaded model versions and their packages: fetched again from the registry"},
+    )
+
+
+class Serving(pulumi.ComponentResource, ServiceComponent):
+    """Model serving: S3 keys for the request log in its env file (route passwords are Caddy's)."""
+
+    def __init__(self, name: str, ctx: Context, server, deps: dict, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlox:service:Serving", name, {}, opts)
+        self._setup(name, server)
+        self.write_env(
+            NAME,
+            {"AWS_ACCESS_KEY_ID": deps["seaweedfs"].access_key, "AWS_SECRET_ACCESS_KEY": deps["seaweedfs"].secret_key},
+            [NAME],
+            after=[deps["seaweedfs"]],
+        )
+        self.register_outputs({})
+
+
+SERVICE = Service(
+    name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("mlflow", "seaweedfs", "caddy"), settings=Settings,
+    compose=compose, routes=routes, files=files, data=data, component=Serving, memory=memory,
+)
