@@ -38,7 +38,8 @@ CA_PATH_ON_SERVER = "/mnt/mlox-data/volumes/caddy-data/caddy/pki/authorities/loc
 COMPOSE_ARGS = ("docker", "compose", "--project-name", "mlox", "--project-directory", "/opt/mlox/bundle",
                 "-f", "/opt/mlox/bundle/compose.yaml")
 # Health paths under a route's URL; other routes are probed at their root.
-HEALTH_PATHS = {"mlflow": "/health"}
+HEALTH_PATHS = {"mlflow": "/health", "prometheus": "/-/healthy", "alertmanager": "/-/healthy"}
+MODEL_HEALTH_PATH = "/ping"  # every served model's route (503 until a version is served)
 SHELLS = ("sh", "fish", "powershell")
 # Exports that carry a secret (masked unless asked for).
 SECRET_EXPORTS = frozenset({"MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
@@ -407,7 +408,7 @@ def probe(
     results = []
     for name, url in urls.items():
         auth = (user, str(passwords[name])) if name in passwords else None
-        path = HEALTH_PATHS.get(name, "/")
+        path = HEALTH_PATHS.get(name) or (MODEL_HEALTH_PATH if name.startswith("model-") else "/")
         results.append(_probe_one(name, str(url), path, auth, ca_path=ca_path, timeout=timeout, now=now))
     return results
 

@@ -267,7 +267,16 @@ def check_version(tag: str) -> str:
 
 
 def build_image(tag: str, force: bool = False) -> str:
-    """Build one stand-in (or take it from the cache); return its version line."""
+    """Build one stand-in (or take it from the cache); return its version line.
+
+    One build per tag at a time on this machine: a second test run waits for the first
+    one's build and then finds the image in the cache.
+    """
+    with hosts.file_lock(f"image-{_slug(tag)}"):
+        return _build_image(tag, force)
+
+
+def _build_image(tag: str, force: bool) -> str:
     s = STANDINS[tag]
     recipe = recipe_hash(s)
     if not force and _ensure_from_cache(tag, recipe):

@@ -142,8 +142,9 @@ def test_1_stack_with_monitoring_and_serving_comes_up(stack):
     d.fetch_ca()
     # The rendered configurations pass the pinned tools' own checks.
     check = d.host.ssh(
-        "docker run --rm --network=none -v /opt/mlox/bundle/monitoring:/m:ro --entrypoint /bin/promtool "
-        "prom/prometheus:v2.42.0 check rules /m/rules.yml && "
+        "docker run --rm --network=none -v /opt/mlox/bundle/monitoring/prometheus.yml:/etc/prometheus/prometheus.yml:ro "
+        "-v /opt/mlox/bundle/monitoring/rules.yml:/etc/prometheus/rules.yml:ro --entrypoint /bin/promtool "
+        "prom/prometheus:v2.42.0 check config /etc/prometheus/prometheus.yml && "
         "docker run --rm --network=none -v /opt/mlox/bundle/monitoring:/m:ro --entrypoint /bin/amtool "
         "prom/alertmanager:v0.25.0 check-config /m/alertmanager.yml", check=False)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -210,6 +211,10 @@ def test_3_registered_model_is_served_and_an_alias_move_fails_no_request(stack):
 
     assert _wait("version 1 served", lambda: answers("1"), timeout=420, every=3) == {"predictions": [20.0, 30.0]}
     timed("model version 1 served", time.monotonic() - start)
+    from mlox_iac import connect
+
+    probes = {p.name: (p.up, p.detail) for p in connect.probe(d.outputs, d.ca_path)}  # what `mlox-iac status` checks
+    assert probes == {name: (True, "ok") for name in ("s3", "mlflow", ROUTE, "prometheus", "alertmanager")}, probes
 
     # A client polls throughout the switch; every answer must be a 200 from one of the versions.
     seen: list[tuple[int, str, object]] = []

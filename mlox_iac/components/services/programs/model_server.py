@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import random
-import site
 import socket
 import subprocess
 import sys
@@ -267,7 +266,8 @@ def prepare_environment(name: str, version: str, path: Path) -> str:
         subprocess.run(["rm", "-rf", str(env_dir)], check=True)
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
         site_packages.mkdir(parents=True, exist_ok=True)
-        (site_packages / "mlox-image.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+        image_paths = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+        (site_packages / "mlox-image.pth").write_text("\n".join(image_paths) + "\n")
         requirements = path / "requirements.txt"
         if requirements.exists():
             subprocess.run([sys.executable, "-m", "pip", "--python", str(env_dir / "bin" / "python"), "install",
