@@ -159,7 +159,7 @@ def _project_document(project_dir: Path) -> dict[str, Any]:
         document = yaml.safe_load(path.read_text()) or {}
     except OSError:
         raise MloxError(f"{path}: file not found (is {project_dir} the mlox-iac project?)") from None
-    except yaml.YAMLError as exc:
+    except (ValueError, yaml.YAMLError) as exc:
         raise MloxError(f"{path}: not valid YAML: {exc}") from None
     return document if isinstance(document, dict) else {}
 
@@ -180,7 +180,7 @@ def backend_url(project_dir: Path, env: Mapping[str, str] | None = None) -> str 
 def _stack_document(project_dir: Path, stack: str) -> dict[str, Any]:
     try:
         document = yaml.safe_load(stack_file(project_dir, stack).read_text()) or {}
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):
         return {}
     return document if isinstance(document, dict) else {}
 
