@@ -7,12 +7,12 @@ import json
 import pytest
 import yaml
 from cli_helpers import (  # noqa: F401 (fixtures used by name)
-    cli, closed_port, https_server, no_pulumi, outputs_file, outputs_for, terminal,
+    cli, closed_port, https_server, make_tls, no_pulumi, outputs_file, outputs_for, terminal,
 )
+from conftest import KEY
 from pulumi_double import RecordingPulumiCommand, step, urn
 
 from mlox_iac.config.loader import load_file
-from conftest import KEY
 
 MISSING_CLI = ("needs the Pulumi CLI, which is not on PATH: install it with `curl -fsSL https://get.pulumi.com | sh` "
                "(see https://www.pulumi.com/docs/install/); `mlox-iac validate`, `plan` and `schema` work without it")
@@ -296,8 +296,7 @@ def test_env_masks_secrets_unless_asked(cli, mlox_project, outputs_file):
 
 
 def test_env_with_the_internal_ca(cli, mlox_project, outputs_file, tmp_path):
-    ca = tmp_path / "root.crt"
-    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    ca = make_tls(tmp_path / "tls").ca_path
     result = cli("env", "--outputs-file", str(outputs_file(outputs_for(443))), "--ca", str(ca), "--shell", "fish")
     assert f"set -gx AWS_CA_BUNDLE '{ca}'\n" in result.stdout
 
