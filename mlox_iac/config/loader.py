@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import types
 import typing
 import unicodedata
@@ -47,7 +48,7 @@ def read_stack_file(path: Path) -> tuple[dict[str, Any], set[str]]:
     if not isinstance(document, dict):
         raise ConfigError([f"{source}: must be a mapping with a config: key (found {stack_yaml.kind(document)})"])
     problems = [
-        f"{source}: {key}: unknown key ({_hint(str(key), STACK_FILE_KEYS)})"
+        f"{source}: {_visible(str(key))}: unknown key ({_hint(str(key), STACK_FILE_KEYS)})"
         for key in document if key not in STACK_FILE_KEYS
     ]
     config = document.get("config") or {}
@@ -60,7 +61,7 @@ def read_stack_file(path: Path) -> tuple[dict[str, Any], set[str]]:
         namespace, _, name = str(key).partition(":")
         if namespace != NAMESPACE:
             if _looks_like_ours(namespace):
-                problems.append(f"{source}: {key}: unknown namespace (did you mean '{NAMESPACE}:{name}'?)")
+                problems.append(f"{source}: {_visible(str(key))}: unknown namespace (did you mean '{NAMESPACE}:{name}'?)")
             continue
         raw[name] = _replace_secure(value, name, secret)
     if problems:
@@ -120,7 +121,7 @@ def validate(raw: dict[str, Any], secret: set[str], source: str, stack_name: str
     try:
         config = StackConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = [f"{source}: {key}: {message}" for key, message in _explain(exc)]
+        problems = [f"{source}: {key}: {_shorten(message)}" for key, message in _explain(exc)]
         raise ConfigError(problems) from None
     for top, nested in sorted(MUST_BE_SECRET):
         block = raw.get(top)
@@ -146,8 +147,13 @@ def _key(loc: tuple) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("" if i == 0 else ".") + str(part)
+            out += ("" if i == 0 else ".") + _visible(str(part))
     return out
+
+
+def _visible(name: str) -> str:
+    """A key as it must be read: invisible characters (zero-width space, bidi marks) escaped."""
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in name)
 
 
 def _explain(exc: ValidationError) -> list[tuple[str, str]]:
@@ -191,6 +197,15 @@ def _explain(exc: ValidationError) -> list[tuple[str, str]]:
             message = str(err["msg"])
         lines.append((_key(loc), message))
     return lines
+
+
+# A quoted value of more than 60 characters inside a message (validators quote what they got).
+_LONG_QUOTED = re.compile(r"""(['"])([^'"\n]{60})[^'"\n]+\1""")
+
+
+def _shorten(message: str) -> str:
+    """Cut long quoted values short, so a 500 kB value still gives one readable line."""
+    return _LONG_QUOTED.sub(lambda m: f"{m[1]}{m[2]}...{m[1]}", message)
 
 
 def _show(value: Any, limit: int = 60) -> str:

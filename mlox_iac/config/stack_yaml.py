@@ -28,6 +28,10 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 def load(path: Path, source: str) -> Any:
     """The YAML document in ``path`` as Python values (None when the file holds nothing)."""
     text = read_text(path, source, "stack file", MAX_BYTES)
+    if _bracket_depth(text) > 4 * MAX_DEPTH:
+        # PyYAML's scanner is quadratic in flow nesting: refuse absurd depths before it starts
+        # (moderate ones are refused below, naming the key).
+        raise ConfigError([f"{source}: nested too deeply (allowed: at most {MAX_DEPTH} levels)"])
     try:
         loader = _Loader(text)  # the reader rejects non-printable characters right here
     except yaml.YAMLError as exc:
@@ -50,6 +54,19 @@ def load(path: Path, source: str) -> Any:
             raise _invalid(source, exc) from None
     finally:
         loader.dispose()
+
+
+def _bracket_depth(text: str) -> int:
+    """The deepest nesting of ``[`` and ``{`` in ``text`` (brackets inside strings count too:
+    a bound, not a parse)."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    return deepest
 
 
 def kind(value: Any) -> str:
