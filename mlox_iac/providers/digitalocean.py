@@ -17,9 +17,12 @@ if TYPE_CHECKING:
     from mlox_iac.config.model import StackConfig
 
 # Droplet sizes: RAM, vCPUs, list price per month in USD (the same in every region).
-# Source: https://www.digitalocean.com/pricing/droplets - Basic (regular SSD) prices as set on
-# 2022-07-01 and unchanged since (the pricing page read on 2026-09-20 still starts at $4/month);
-# General Purpose and Memory-Optimized from the same page. Live: `mlox-iac cost --live` (/v2/sizes).
+# Source: https://www.digitalocean.com/pricing/droplets. This machine cannot reach it: the
+# figures are DigitalOcean's 2022-07-01 prices (its repricing table, transcribed in
+# gist.github.com/colinwilson/cd31bde012f6727b24b2fc4ebee749c0: Basic +20 %, General Purpose
+# and Memory-Optimized +5 % over the 2020 API prices $60 and $80), which a transcription of the
+# pricing page read on 2026-09-20 still matches ("Droplets starting at $4/month").
+# Live: `mlox-iac cost --live` reads /v2/sizes.
 PRICE_SOURCE = "https://www.digitalocean.com/pricing/droplets"
 PRICES_READ_ON = "2026-09-20"
 CURRENCY = "USD"

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 # cax* are arm64 (Ampere). They are allowed: every pinned image is published for arm64
 # (postgres, caddy and chrislusf/seaweedfs are multi-arch; MLflow's release workflow
 # push-images.yml builds ghcr.io/mlflow/mlflow for linux/amd64 and linux/arm64), and the
-# Hetzner image name (debian-12) resolves to the server type's architecture. The end-to-end
-# tests run amd64 stand-ins only, so arm64 is not exercised here.
+# provider resolves the image name (debian-12) for the server type's architecture
+# (terraform-provider-hcloud, which pulumi-hcloud wraps: Image.GetForArchitecture). The
+# end-to-end tests run amd64 stand-ins only, so arm64 is not exercised here.
 PRICE_SOURCE = "https://www.hetzner.com/cloud/"
 PRICES_READ_ON = "2026-09-04"
 CURRENCY = "EUR"
