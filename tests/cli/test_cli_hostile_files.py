@@ -9,6 +9,7 @@ file would add ~3 s of imports each.
 
 from __future__ import annotations
 
+import base64
 import signal
 import tracemalloc
 
@@ -79,6 +80,8 @@ HOSTILE = {
     "zero_width_key": GOOD.replace("mlox:provider", "mlox:pro\u200bvider"),
     "bidi_override_value": GOOD + "  mlox:domain: \u202eexample.com\n",
     "multiple_documents": GOOD + "---\n" + GOOD,
+    "duplicate_keys": GOOD + "  mlox:provider: aws\n",
+    "ssh_key_body_not_a_key": GOOD.replace(KEY.split()[1], "bm90IGEga2V5IGF0IGFsbA=="),
     "bom": "\ufeff" + GOOD,
     "crlf": GOOD.replace("\n", "\r\n"),
     "nul_byte": GOOD + "\x00",
@@ -127,3 +130,21 @@ def test_hostile_file_is_refused_in_one_line_per_problem(tmp_path, case):
         assert all(line.isprintable() for line in lines), "invisible characters must be escaped"
         too_long = [line for line in lines if len(line) > 400]
         assert not too_long, f"an error line should be one readable line: {too_long[0][:600]}"
+
+
+def test_the_three_reported_classes_exit_2_naming_file_and_key(tmp_path):
+    """Issue 8's corpus: a file that is not UTF-8, duplicate keys, an SSH key whose body is not a key."""
+    latin1 = GOOD.encode() + b"  mlox:domain: caf\xe9.example.com\n"
+    cases = {
+        "not_utf8": (latin1, f"not UTF-8 text (byte 0xe9 at offset {latin1.index(0xe9)}; allowed: a stack file in UTF-8)"),
+        "duplicate": ((GOOD + "  mlox:provider: aws\n").encode(),
+                      "mlox:provider: duplicate key on lines 2 and 7 (allowed: each key once, as Pulumi requires)"),
+        "key_body": (GOOD.replace(KEY.split()[1], base64.b64encode(base64.b64decode(KEY.split()[1]) + b"x").decode()).encode(),
+                     "mlox:ssh.public_keys[0]: the ssh-ed25519 key's body is not a valid ssh-ed25519 key "
+                     "(allowed: the line of a .pub file, e.g. from ssh-keygen)"),
+    }
+    for name, (content, expected) in cases.items():
+        path = tmp_path / f"Pulumi.{name}.yaml"
+        path.write_bytes(content)
+        result = invoke("validate", "--file", str(path))
+        assert (result.exit_code, result.stderr, result.stdout) == (2, f"{path}: {expected}\n", ""), name
