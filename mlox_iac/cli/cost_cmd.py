@@ -40,7 +40,7 @@ def cost(stack: Optional[str] = StackOpt, file: Optional[Path] = FileOpt, as_jso
 
 
 def _money(value: float | None, currency: str | None) -> str:
-    return "unknown" if value is None else f"{value:8.2f} {currency}"
+    return f"{'unknown':>12}" if value is None else f"{value:8.2f} {currency}"
 
 
 def _print(console, result) -> None:
@@ -48,7 +48,7 @@ def _print(console, result) -> None:
     for line in result.lines:
         console.print(f"  {line.item:<15} {line.detail:<48} {_money(line.monthly, result.currency)}")
     if result.currency:
-        total = _money(result.total, result.currency) if result.total is not None else "incomplete (a price is unknown)"
+        total = _money(result.total, result.currency) if result.total is not None else "incomplete: a price is unknown"
         console.print(f"  {'total':<15} {'':<48} {total}")
         if result.read_on is None:
             console.print(f"Prices read live from {result.source}.")

@@ -203,3 +203,13 @@ def test_validate_warns_when_a_smaller_size_holds_the_services(cli, tmp_path):
     assert (quiet.exit_code, quiet.stderr) == (0, "")
     arm = cli("validate", "--file", str(write_stack(tmp_path, settings(hetzner={"server_type": "cax21"}))))
     assert "cax11 (4096 MiB, 6.49 EUR/month)" in arm.stderr  # the same architecture only
+
+
+def test_cost_with_an_unpriced_size_says_the_total_is_incomplete(cli, tmp_path):
+    path = write_stack(tmp_path, settings(hetzner={"location": "sin", "server_type": "cpx21"}))
+    result = cli("cost", "--file", str(path))
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1] == "  server          cpx21: 3 vCPU, 4 GB RAM                               unknown"
+    assert lines[5] == "  total                                                            incomplete: a price is unknown"
+    assert json.loads(cli("cost", "--file", str(path), "--json").stdout)["total"] is None
