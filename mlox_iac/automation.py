@@ -440,6 +440,26 @@ def outputs(
     return values
 
 
+def config_value(
+    stack: str,
+    key: str,
+    *,
+    project_dir: Path | None = None,
+    pulumi_command: Optional["auto.PulumiCommand"] = None,
+    passphrase_prompt: Optional[PassphrasePrompt] = None,
+) -> str | None:
+    """A stack's config value, decrypted when it is a secret (``pulumi config get``); None
+    when the stack does not set it."""
+    from pulumi import automation as auto
+
+    s = open_stack(stack, project_dir=project_dir, validate=False, pulumi_command=pulumi_command,
+                   passphrase_prompt=passphrase_prompt, command="mlox-iac cost")
+    try:
+        return s.get_config(key).value
+    except auto.CommandError:
+        return None
+
+
 def set_secrets(
     stack: str,
     values: Mapping[str, str],

@@ -201,14 +201,18 @@ def smaller_size_warning(config) -> str | None:
 
 # ----- live prices --------------------------------------------------------------------
 
+# The stack's own credential (a secret in its stack file), and the variables that override it.
+TOKEN_KEY = {"hetzner": "hcloud:token", "digitalocean": "digitalocean:token"}
 TOKEN_ENV = {"hetzner": ("HCLOUD_TOKEN", "MLOX_PROVIDER_TOKEN"),
              "digitalocean": ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN", "MLOX_PROVIDER_TOKEN")}
 LIVE_URL = {"hetzner": "https://api.hetzner.cloud/v1/pricing",
             "digitalocean": "https://api.digitalocean.com/v2/sizes?per_page=200"}
 
 
-def live_token(provider: str, env: dict[str, str] | None = None) -> str:
-    """The API token for ``--live``, from the provider's usual environment variable."""
+def live_token(provider: str, env: dict[str, str] | None = None,
+               stack_config: Callable[[str], str | None] | None = None) -> str:
+    """The API token for ``--live``: the provider's usual environment variable, else the
+    stack's own secret (``hcloud:token``, ``digitalocean:token``) through ``stack_config``."""
     env = os.environ if env is None else env
     if provider not in TOKEN_ENV:
         raise ConfigError([f"--live: {provider} publishes no prices to read with the stack's credentials "
@@ -216,8 +220,12 @@ def live_token(provider: str, env: dict[str, str] | None = None) -> str:
     for name in TOKEN_ENV[provider]:
         if env.get(name):
             return env[name]
-    raise ConfigError([f"--live: no {provider} API token (set {TOKEN_ENV[provider][0]}; the stack's own token "
-                       "is encrypted in its stack file)"])
+    if stack_config is not None:
+        token = stack_config(TOKEN_KEY[provider])
+        if token:
+            return token
+    raise ConfigError([f"--live: no {provider} API token (set {TOKEN_ENV[provider][0]}, or "
+                       f"pulumi config set --secret {TOKEN_KEY[provider]} for a stack given with --stack)"])
 
 
 def fetch_json(url: str, token: str, timeout: float = 10) -> Any:
@@ -273,11 +281,11 @@ def parse_digitalocean_sizes(document: Any, base: PriceList) -> PriceList:
         raise MloxError(f"--live: {LIVE_URL['digitalocean']} answered in an unexpected shape ({exc!r})") from None
 
 
-def live_prices(config, base: PriceList, fetch: Callable[[str, str], Any] = fetch_json,
-                env: dict[str, str] | None = None) -> PriceList:
+def live_prices(config, base: PriceList, fetch: Callable[[str, str], Any] | None = None,
+                env: dict[str, str] | None = None, stack_config: Callable[[str], str | None] | None = None) -> PriceList:
     """Today's prices from the provider's API, with the stack's provider token."""
-    token = live_token(config.provider, env)
-    document = fetch(LIVE_URL[config.provider], token)
+    token = live_token(config.provider, env, stack_config)
+    document = (fetch or fetch_json)(LIVE_URL[config.provider], token)
     if config.provider == "hetzner":
         return parse_hetzner_pricing(document, config.hetzner.location, base)
     return parse_digitalocean_sizes(document, base)

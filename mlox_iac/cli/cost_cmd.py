@@ -8,10 +8,12 @@ from typing import Optional
 
 import typer
 
-from mlox_iac.cli.common import FileOpt, JsonOpt, Out, StackOpt, stack_path
+from mlox_iac.cli.common import FileOpt, JsonOpt, Out, StackOpt, passphrase_prompt, project_dir, stack_path
+from mlox_iac.errors import PulumiCliMissing
 
-LiveOpt = typer.Option(False, "--live", help="Read today's prices from the provider's API (hetzner: HCLOUD_TOKEN, "
-                       "digitalocean: DIGITALOCEAN_TOKEN) instead of the built-in table")
+LiveOpt = typer.Option(False, "--live", help="Read today's prices from the provider's API with the stack's token "
+                       "(HCLOUD_TOKEN / DIGITALOCEAN_TOKEN, else the stack's hcloud:token / digitalocean:token) "
+                       "instead of the built-in table")
 
 
 def cost(stack: Optional[str] = StackOpt, file: Optional[Path] = FileOpt, as_json: bool = JsonOpt,
@@ -34,9 +36,23 @@ def cost(stack: Optional[str] = StackOpt, file: Optional[Path] = FileOpt, as_jso
     if live:
         if prices is None:
             pricing.live_token(config.provider)  # the one-line error for a provider without prices
-        prices = pricing.live_prices(config, prices)
+        prices = pricing.live_prices(config, prices, stack_config=_stack_secret(stack) if file is None else None)
     result = pricing.report(config, prices, datetime.date.today())
     Out(as_json).data(result.to_dict(), lambda console, _: _print(console, result))
+
+
+def _stack_secret(stack: Optional[str]):
+    """Read one of the stack's config values through the engine (it decrypts secrets);
+    None where the Pulumi CLI is missing, so the caller names the variable to set instead."""
+    def read(key: str) -> Optional[str]:
+        from mlox_iac import automation
+
+        try:
+            return automation.config_value(stack, key, project_dir=project_dir(), passphrase_prompt=passphrase_prompt())
+        except PulumiCliMissing:
+            return None
+
+    return read if stack else None
 
 
 def _money(value: float | None, currency: str | None) -> str:

@@ -14,8 +14,9 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_helpers import cli, closed_port  # noqa: F401 (fixtures used by name)
+from cli_helpers import cli, closed_port, no_pulumi  # noqa: F401 (fixtures used by name)
 from conftest import settings, write_stack
+from pulumi_double import RecordingPulumiCommand
 
 from mlox_iac import pricing
 from mlox_iac.config.loader import load_file
@@ -175,7 +176,8 @@ def test_live_without_a_token_or_a_price_api_exits_2(cli, tmp_path, monkeypatch)
         monkeypatch.delenv(name, raising=False)
     result = cli("cost", "--file", str(write_stack(tmp_path, settings())), "--live")
     assert (result.exit_code, result.stderr) == (
-        2, "--live: no hetzner API token (set HCLOUD_TOKEN; the stack's own token is encrypted in its stack file)\n")
+        2, "--live: no hetzner API token (set HCLOUD_TOKEN, or pulumi config set --secret hcloud:token for a stack "
+           "given with --stack)\n")
     for provider in ("aws", "onprem"):
         result = cli("cost", "--file", str(write_stack(tmp_path, settings(provider))), "--live")
         assert (result.exit_code, result.stderr) == (
@@ -213,3 +215,32 @@ def test_cost_with_an_unpriced_size_says_the_total_is_incomplete(cli, tmp_path):
     assert lines[1] == "  server          cpx21: 3 vCPU, 4 GB RAM                               unknown"
     assert lines[5] == "  total                                                            incomplete: a price is unknown"
     assert json.loads(cli("cost", "--file", str(path), "--json").stdout)["total"] is None
+
+
+def _no_token_variables(monkeypatch):
+    for name in ("HCLOUD_TOKEN", "MLOX_PROVIDER_TOKEN", "DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_live_reads_the_stacks_own_token_through_the_engine(cli, mlox_project, monkeypatch):
+    import mlox_iac.automation as automation
+
+    _no_token_variables(monkeypatch)
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "pass")
+    double = RecordingPulumiCommand(stacks={"dev"}, config={"hcloud:token": "tok"})
+    monkeypatch.setattr(automation, "default_pulumi_command", lambda command="": double)
+    monkeypatch.setattr(pricing, "fetch_json", _recorded("hetzner_pricing.json"))
+    result = cli("cost", "--stack", "dev", "--live", "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["lines"][0]["monthly"], data["read_on"], data["age_days"]) == (6.49, None, None)
+    get = double.call("config get")
+    assert get.args[:3] == ["config", "get", "hcloud:token"] and get.args[-2:] == ["--stack", "dev"]
+
+
+def test_live_without_the_pulumi_cli_names_the_variable(cli, mlox_project, no_pulumi, monkeypatch):
+    _no_token_variables(monkeypatch)
+    result = cli("cost", "--stack", "dev", "--live")
+    assert (result.exit_code, result.stderr) == (
+        2, "--live: no hetzner API token (set HCLOUD_TOKEN, or pulumi config set --secret hcloud:token for a stack "
+           "given with --stack)\n")
