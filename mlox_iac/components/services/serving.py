@@ -109,6 +109,13 @@ def render_config(ctx: Context) -> str:
     return json.dumps({"poll_seconds": settings.poll_seconds, "log_bucket": LOG_BUCKET, "models": models}, indent=2) + "\n"
 
 
+def _server_ca(ctx: Context) -> list[str]:
+    """Without a domain: Caddy's internal CA (read-only), for the presigned S3 URLs MLflow hands out."""
+    if ctx.config.domain:
+        return []
+    return [f"{ctx.data_dir}/volumes/caddy-data/caddy/pki/authorities/local:/mlox/caddy-ca:ro"]
+
+
 def compose(ctx: Context) -> dict:
     from mlox_iac.components.services import seaweedfs
 
@@ -128,7 +135,7 @@ def compose(ctx: Context) -> dict:
                 },
                 "command": ["python3", "/mlox/model_server.py"],
                 "volumes": ["serving-cache:/cache", "./serving/model_server.py:/mlox/model_server.py:ro",
-                            "./serving/models.json:/mlox/models.json:ro"],
+                            "./serving/models.json:/mlox/models.json:ro", *_server_ca(ctx)],
                 "labels": {"org.mlox.config-hash": digest(*(files_[k] for k in sorted(files_)))},
                 # Healthy once the model server runs; each model's route answers 503 until a version is up.
                 "healthcheck": hc(["CMD", "python3", "-c", "import urllib.request; "

@@ -239,8 +239,22 @@ class Model:
             old.stop()
 
 
+def trust_server_ca() -> None:
+    """Without a domain, MLflow hands out presigned S3 URLs at the server's own address, whose
+    certificate comes from Caddy's internal CA: trust it besides the public roots."""
+    root = Path(os.environ.get("MLOX_SERVER_CA", "/mlox/caddy-ca/root.crt"))
+    if not root.is_file():
+        return
+    system = Path("/etc/ssl/certs/ca-certificates.crt")
+    bundle = CACHE / "ca-bundle.pem"
+    bundle.write_text((system.read_text() if system.is_file() else "") + "\n" + root.read_text())
+    os.environ["REQUESTS_CA_BUNDLE"] = os.environ["AWS_CA_BUNDLE"] = str(bundle)
+
+
 def download(name: str, version: str) -> Path:
     import mlflow
+
+    trust_server_ca()
 
     target = CACHE / "models" / name / version
     if not (target / ".complete").exists():
