@@ -69,7 +69,7 @@ def _services_model() -> type[BaseModel]:
     from pydantic import create_model
 
     fields: dict[str, Any] = {
-        name: (service.Settings, Field(default_factory=service.Settings, description=service.__doc__.strip().splitlines()[0]))
+        name: (service.settings, Field(default_factory=service.settings, description=service.summary))
         for name, service in SERVICES.items()
     }
     return create_model("ServicesSettings", __config__=ConfigDict(extra="forbid"), **fields)
@@ -123,13 +123,13 @@ class StackConfig(Strict):
         for name, service in SERVICES.items():
             if not self.service(name).enabled:
                 continue
-            for needed in service.REQUIRES:
+            for needed in service.requires:
                 if not self.service(needed).enabled:
                     raise _FieldError(f"services.{needed}.enabled", f"must be true because {name} needs {needed}")
         needed_mb = self.memory_needed_mb()
         have_mb = self.memory_mb()
         if needed_mb > have_mb:
-            parts = ", ".join(f"{n} {SERVICES[n].MEMORY_MB}" for n in self.enabled_services())
+            parts = ", ".join(f"{n} {SERVICES[n].memory_mb}" for n in self.enabled_services())
             raise _FieldError(
                 f"{self.provider}.{get_provider(self.provider).SIZE_FIELD}",
                 f"server has {have_mb} MiB but the enabled services need {needed_mb} MiB "
@@ -152,7 +152,7 @@ class StackConfig(Strict):
         return get_provider(self.provider).memory_mb(self.provider_settings())
 
     def memory_needed_mb(self) -> int:
-        return SYSTEM_RESERVE_MB + sum(SERVICES[n].MEMORY_MB for n in self.enabled_services())
+        return SYSTEM_RESERVE_MB + sum(SERVICES[n].memory_mb for n in self.enabled_services())
 
 
 class _FieldError(ValueError):
