@@ -12,10 +12,10 @@ tested by the replay harness in tests/e2e.
 from __future__ import annotations
 
 import os
-from importlib import metadata
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -57,7 +57,7 @@ def _init_lab(engine: Path, private_key: str, public_key: str):
     key_file = engine / "id_ed25519"
     key_file.write_text(private_key)
     return invoke("init", "--stack", "lab", "--provider", "onprem", "--host", "192.0.2.50", "--size", "8192",
-                 "--private-key", str(key_file), "--ssh-key", public_key, "--admin-cidr", "192.0.2.0/24")
+                  "--private-key", str(key_file), "--ssh-key", public_key, "--admin-cidr", "192.0.2.0/24")
 
 
 def _error_lines(result) -> list[str]:
@@ -82,8 +82,9 @@ def _files_under(*roots: Path):
 def test_init_stores_the_private_key_encrypted_and_the_engine_reads_it_back(engine, key_pair):
     private_key, public_key = key_pair
     result = _init_lab(engine, private_key, public_key)
-    assert result.exit_code == 0, (result.stdout + result.stderr)
-    assert "stored 1 secret(s) encrypted in the stack file: mlox:onprem.private_key" in (result.stdout + result.stderr)
+    said = result.stdout + result.stderr
+    assert result.exit_code == 0, said
+    assert "stored 1 secret(s) encrypted in the stack file: mlox:onprem.private_key" in said
 
     stack_file = engine / "stacks" / "Pulumi.lab.yaml"
     document = yaml.safe_load(stack_file.read_text())
@@ -93,7 +94,7 @@ def test_init_stores_the_private_key_encrypted_and_the_engine_reads_it_back(engi
     leaks = [str(p) for p in _files_under(engine, Path(os.environ["PULUMI_HOME"]))
              if any(line in p.read_text(errors="replace") for line in _key_body(private_key))]
     assert leaks == []
-    assert not any(line in (result.stdout + result.stderr) for line in _key_body(private_key))
+    assert not any(line in said for line in _key_body(private_key))
 
     shown = subprocess.run([PULUMI, "config", "get", "--path", "mlox:onprem.private_key", "--stack", "lab"],
                            cwd=engine, capture_output=True, text=True, check=True,
