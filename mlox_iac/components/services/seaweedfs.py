@@ -21,13 +21,35 @@ BACKUP = ["seaweedfs-data"]
 S3_PORT = 8333
 MLFLOW_BUCKET = "mlflow-artifacts"
 
+# Memory. One `weed server` process holds master, volume server, filer and S3 gateway.
+# Measured at 4.48 in a 512 MiB container (tests/e2e/test_load.py repeats it every CI run):
+# without limits a single 100 MB boto3 upload took the process from 30 to 330 MiB, and 16
+# concurrent PUTs (or 16 concurrent 64 MB GETs) got it OOM-killed. Two causes:
+# - Since 4.x every concurrency limit defaults to 0 (unlimited). Each S3 upload reads its
+#   body in 4 MiB chunks (-filer.maxMB) and keeps up to 4 of them in flight, each copied
+#   into a multipart body and then parsed again by the volume server in the same process:
+#   about 75 MiB per upload at its peak, times however many requests the clients send.
+#   Each GET likewise prefetches 4 chunks per request, with no shared cap.
+# - Go's garbage collector lets the heap grow to twice its live size and returns freed
+#   pages to the kernel only slowly; it does not know about the cgroup limit, so garbage
+#   alone pushed the container over 512 MiB.
+# So: at most UPLOADS_AT_ONCE uploads are served at once (further requests wait, they are
+# not refused); S3 GETs share READ_BUFFERS_MB of chunk buffers (further reads wait for
+# buffers); and GOMEMLIMIT tells the Go runtime to collect and return memory before the
+# container limit, leaving the rest for the filer's leveldb2 caches, the page cache of
+# files being written (the kernel charges it to the container) and the runtime itself.
+UPLOADS_AT_ONCE = 2
+READ_BUFFERS_MB = 64
+GO_MEMORY_LIMIT_MB = MEMORY_MB * 3 // 4
+
 # The S3 identity file, built from the env file when the container starts.
 _START = (
     "umask 077; "
     "printf '{\"identities\":[{\"name\":\"mlox\",\"credentials\":[{\"accessKey\":\"%s\",\"secretKey\":\"%s\"}],"
     "\"actions\":[\"Admin\",\"Read\",\"List\",\"Tagging\",\"Write\"]}]}' \"$$S3_ACCESS_KEY\" \"$$S3_SECRET_KEY\" > /tmp/s3.json && "
     "exec /usr/bin/weed server -dir=/data -ip=seaweedfs -ip.bind=0.0.0.0 -volume.max=0 "
-    f"-master.volumeSizeLimitMB=1024 -s3 -s3.port={S3_PORT} -s3.config=/tmp/s3.json"
+    f"-master.volumeSizeLimitMB=1024 -s3 -s3.port={S3_PORT} -s3.config=/tmp/s3.json "
+    f"-s3.concurrentFileUploadLimit={UPLOADS_AT_ONCE} -s3.readerCacheSizeMB={READ_BUFFERS_MB}"
 )
 # Create each bucket (ignoring "exists"), then fail unless every bucket is listed.
 _BUCKETS = (
@@ -70,6 +92,7 @@ def compose(ctx: Context) -> dict:
                 "image": IMAGE,
                 "restart": "unless-stopped",
                 "env_file": env_file,
+                "environment": {"GOMEMLIMIT": f"{GO_MEMORY_LIMIT_MB}MiB"},
                 "entrypoint": ["/bin/sh", "-c", _START],
                 "volumes": ["seaweedfs-data:/data"],
                 "healthcheck": hc(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{S3_PORT}/healthz"]),
