@@ -60,11 +60,19 @@ class HashingWriter:
 
 
 def s3_client():
-    """boto3's S3 client as user code makes it, from the environment (default retries)."""
+    """boto3's S3 client as user code makes it, from the environment (default retries).
+
+    ``MLOX_S3_SIGN_PAYLOAD=1`` makes it hash every upload body for the signature over
+    HTTPS too, as botocore always does over plain HTTP: benchmarks/load.py sets it so a
+    transfer through Caddy and one straight to SeaweedFS cost the client the same.
+    """
     import boto3
     from botocore.config import Config
 
-    return boto3.session.Session().client("s3", config=Config(s3={"addressing_style": "path"}))
+    options = {"addressing_style": "path"}
+    if os.environ.get("MLOX_S3_SIGN_PAYLOAD") == "1":
+        options["payload_signing_enabled"] = True
+    return boto3.session.Session().client("s3", config=Config(s3=options))
 
 
 def roundtrip(key: str, size: int, bucket: str = BUCKET) -> dict:
