@@ -22,22 +22,24 @@ S3_PORT = 8333
 MLFLOW_BUCKET = "mlflow-artifacts"
 
 # Memory. One `weed server` process holds master, volume server, filer and S3 gateway.
-# Measured at 4.48 in a 512 MiB container (tests/e2e/test_load.py repeats it every CI run):
-# without limits a single 100 MB boto3 upload took the process from 30 to 330 MiB, and 16
-# concurrent PUTs (or 16 concurrent 64 MB GETs) got it OOM-killed. Two causes:
-# - Since 4.x every concurrency limit defaults to 0 (unlimited). Each S3 upload reads its
-#   body in 4 MiB chunks (-filer.maxMB) and keeps up to 4 of them in flight, each copied
-#   into a multipart body and then parsed again by the volume server in the same process:
-#   about 75 MiB per upload at its peak, times however many requests the clients send.
-#   Each GET likewise prefetches 4 chunks per request, with no shared cap.
+# Measured at 4.48 in a 512 MiB container (anonymous memory, not counting page cache):
 # - Go's garbage collector lets the heap grow to twice its live size and returns freed
-#   pages to the kernel only slowly; it does not know about the cgroup limit, so garbage
-#   alone pushed the container over 512 MiB.
+#   pages to the kernel slowly; it does not know the cgroup limit. One 100 MB boto3
+#   upload took the process from 27 to 326 MiB, a second to 359, a third (10 threads) to
+#   508, and a fourth over the limit. With GOMEMLIMIT the same uploads stay under 170 MiB.
+# - Every concurrency limit defaults to 0 (unlimited). Each S3 upload reads its body in
+#   4 MiB chunks (-filer.maxMB) and keeps up to 4 of them in flight, copied into a
+#   multipart body and parsed again by the volume server in the same process: about
+#   75 MiB per upload at its peak, times however many uploads clients send at once. Each
+#   GET prefetches 4 chunks, with no shared cap. 16 concurrent PUTs, or 16 concurrent GETs
+#   of 64 MB, got it OOM-killed even with GOMEMLIMIT.
 # So: at most UPLOADS_AT_ONCE uploads are served at once (further requests wait, they are
 # not refused); S3 GETs share READ_BUFFERS_MB of chunk buffers (further reads wait for
-# buffers); and GOMEMLIMIT tells the Go runtime to collect and return memory before the
-# container limit, leaving the rest for the filer's leveldb2 caches, the page cache of
-# files being written (the kernel charges it to the container) and the runtime itself.
+# buffers); GOMEMLIMIT makes the runtime collect and return memory well before the
+# container limit. With these, 16 concurrent 24 MB PUTs peaked at 188 MiB and 16
+# concurrent GETs at 167 MiB. The Go limit also covers the filer's leveldb2 caches, which
+# grow with the metadata; the last quarter of the container limit is for the page cache
+# of files being written, which the kernel charges to the container.
 UPLOADS_AT_ONCE = 2
 READ_BUFFERS_MB = 64
 GO_MEMORY_LIMIT_MB = MEMORY_MB * 3 // 4
