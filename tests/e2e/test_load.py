@@ -1,7 +1,7 @@
 """End to end: the core stack under the work a team gives it, on its own target host.
 
 Large objects (a 1 GiB object with boto3's default multipart transfer, a 500 MiB MLflow
-artifact through the tracking server's artifact proxy, 1 GiB more from 4 clients at once)
+artifact through the tracking server's artifact proxy, 1.5 GiB more from 4 clients at once)
 and 16 concurrent users for 60 s mixing MLflow logging with S3 put/get of 1-16 MiB objects,
 all from this machine through Caddy with the real clients (tests/e2e/loadgen.py, run as a
 separate process configured only by what `mlox-iac env` exports).
@@ -130,16 +130,16 @@ def test_5_more_data_from_parallel_clients_keeps_memory_flat(deployment):
     procs = []
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
     for i in range(4):  # 4 clients x 10 transfer threads each, at once
-        procs.append(subprocess.Popen([sys.executable, "-m", "tests.e2e.loadgen", "roundtrip", "--mib", "256",
+        procs.append(subprocess.Popen([sys.executable, "-m", "tests.e2e.loadgen", "roundtrip", "--mib", "384",
                                        "--key", f"parallel/{i}.bin"], cwd=ROOT, env={**env, **d.client_env()},
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for proc in procs:
         out, err = proc.communicate(timeout=1200)
         assert proc.returncode == 0, err[-4000:]
         report = json.loads(out.strip().splitlines()[-1])
-        assert report["got_sha256"] == report["sent_sha256"] and report["got_size"] == 256 * MiB
+        assert report["got_sha256"] == report["sent_sha256"] and report["got_size"] == 384 * MiB
         d.written += report["size"]
-    checkpoint(d, "4 x 256 MiB in parallel")
+    checkpoint(d, "4 x 384 MiB in parallel")
     assert d.written >= 3 * (1 << 30), d.written
     first, last = d.memory_log[0], d.memory_log[-1]
     print(f"[load] seaweedfs memory before: {first[2]} MiB; after {last[1] / 1024:.2f} GiB written: {last[2]} MiB",
