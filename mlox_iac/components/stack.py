@@ -26,14 +26,6 @@ class Target:
     ready: pulumi.Resource
 
 
-def _component_class(module):
-    """The ComponentResource class a service module defines."""
-    return next(
-        value for value in vars(module).values()
-        if isinstance(value, type) and issubclass(value, pulumi.ComponentResource) and value.__module__ == module.__name__
-    )
-
-
 class MloxStack(pulumi.ComponentResource):
     """Everything one stack deploys; its outputs are what users and ``mlox-iac`` connect with."""
 
@@ -49,7 +41,7 @@ class MloxStack(pulumi.ComponentResource):
         target = Target(server.connection, server.user, server.public_address, ready=bundle.copy)
         services: dict = {}
         for service in config.enabled_services():
-            services[service] = _component_class(SERVICES[service])(service, ctx, target, services, opts=child)
+            services[service] = SERVICES[service].component(service, ctx, target, services, opts=child)
         bundle.apply([s.env_command for s in services.values() if s.env_command is not None])
         self.outputs = _stack_outputs(config, ctx, server, services, bundle)
         self.register_outputs({})

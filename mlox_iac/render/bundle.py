@@ -10,7 +10,7 @@ import hashlib
 
 import yaml
 
-from mlox_iac.components.services.base import COMPOSE_PROJECT, Context
+from mlox_iac.components.services.base import COMPOSE_PROJECT, Context, check_compose
 from mlox_iac.components.services.registry import SERVICES
 
 
@@ -26,6 +26,7 @@ def render_compose(ctx: Context) -> dict:
     services: dict = {}
     volumes: dict = {}
     for name in ctx.config.enabled_services():
+        check_compose(SERVICES[name], ctx)
         part = SERVICES[name].compose(ctx)
         for key, value in part.get("services", {}).items():
             if key in services:

@@ -114,4 +114,4 @@ def test_outputs_name_every_service_url(record):
     _, outputs = record(settings("onprem"))
     assert outputs["urls"] == {"s3": "https://192.0.2.50", "mlflow": "https://192.0.2.50/mlflow"}
     assert outputs["tls"] == "internal" and outputs["ui_user"] == "admin"
-    assert outputs["s3_buckets"] == ["mlflow-artifacts", "data"]
+    assert outputs["s3_buckets"] == ["data", "mlflow-artifacts"]

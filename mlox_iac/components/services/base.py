@@ -1,14 +1,20 @@
-"""What every service file builds on: its settings base, routes, and the shared context.
+"""The service contract: the one typed shape every service file fills in, and what it builds on.
 
 A service is one module in this package that defines, top to bottom:
 
-- ``NAME``, ``IMAGE`` (pinned), ``MEMORY_MB`` (its compose memory limit), ``REQUIRES``;
+- ``NAME``, its pinned ``IMAGE``, its ``MEMORY_MB`` (compose memory limit of its main container);
 - ``Settings``: its ``mlox:services.<name>`` block;
-- ``compose(ctx)``: its part of the server's Compose project (no secrets, only ``env_file`` references);
-- ``routes(ctx)``: its proxy routes;
+- ``compose(ctx)``: its part of the server's Compose project (no secrets, only ``env_file``
+  references; every long-running container has a health check and a memory limit);
+- ``routes(ctx)``: its proxy routes (each authenticated: by the proxy or by the service);
 - ``files(ctx)``: further non-secret files it ships in the bundle;
-- ``BACKUP``: the named volumes that hold its data (what a migration moves);
-- a ``ComponentResource`` that generates its credentials and writes its env files.
+- ``data(ctx)``: its :class:`Data` (databases, buckets, volumes) that backup, restore and
+  migration keep; every named volume it mounts is declared there;
+- a ``ComponentResource`` that generates its credentials and writes its env files;
+
+and ends with ``SERVICE = Service(...)`` tying them together. ``registry.py`` lists the
+``SERVICE`` of each module and checks each one when it loads (:func:`check_service`);
+:func:`check_compose` checks what a service renders.
 
 Adding a service = one such file + one line in ``registry.py``.
 """
@@ -16,7 +22,9 @@ Adding a service = one such file + one line in ``registry.py``.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -186,3 +194,124 @@ class ServiceComponent:
             ),
         )
         return self.env_command
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+@dataclass(frozen=True)
+class Data:
+    """What of a service's state must survive: the one declaration backup, restore and migrate read.
+
+    - ``databases``: Postgres databases it owns (each with a login role of the same name);
+    - ``buckets``: S3 buckets whose every object is kept;
+    - ``volumes``: named volumes whose files are kept as they are;
+    - ``not_kept``: named volumes it mounts whose files are *not* copied, each with the
+      reason (a cache, or data already kept another way, such as Postgres' cluster files,
+      which are kept as the databases above).
+    """
+
+    databases: tuple[str, ...] = ()
+    buckets: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    not_kept: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def declared_volumes(self) -> set[str]:
+        return set(self.volumes) | set(self.not_kept)
+
+
+@dataclass(frozen=True)
+class Service:
+    """One service's declaration: the answers every service gives, in the same order."""
+
+    name: str
+    image: str  # pinned: repository:version, never a floating tag
+    memory_mb: int  # compose memory limit of its main container; counted against the server size
+    requires: tuple[str, ...]  # services that must be enabled with it
+    settings: type[ServiceSettings]  # its mlox:services.<name> block; the docstring is its summary
+    compose: Callable[[Context], dict]
+    routes: Callable[[Context], list[Route]]
+    files: Callable[[Context], dict[str, str]]
+    data: Callable[[Context], Data]
+    component: type  # pulumi.ComponentResource(name, ctx, server, deps, opts)
+
+    @property
+    def summary(self) -> str:
+        return (self.settings.__doc__ or "").strip().splitlines()[0] if self.settings.__doc__ else ""
+
+
+class ContractError(ValueError):
+    """A service file that misses part of the contract (a bug in the service, not in a stack)."""
+
+
+_FLOATING_TAGS = {"latest", "stable", "main", "master", "edge", "nightly"}
+
+
+def check_service(service: Service, known: set[str]) -> None:
+    """Check the static part of a service's contract; raise ContractError naming what is missing."""
+    import pulumi
+
+    def fail(problem: str) -> None:
+        raise ContractError(f"service {service.name!r}: {problem}")
+
+    if not service.name or not service.name.replace("-", "").isalnum() or service.name != service.name.lower():
+        fail("name must be lowercase letters, digits and dashes")
+    repo, _, tag = service.image.rpartition(":")
+    if not repo or "/" in tag or not tag or tag in _FLOATING_TAGS:
+        fail(f"image {service.image!r} is not pinned to a version (repository:version)")
+    if not isinstance(service.memory_mb, int) or service.memory_mb < 16:
+        fail("memory_mb must be a measured budget of at least 16 MiB")
+    for needed in service.requires:
+        if needed not in known or needed == service.name:
+            fail(f"requires unknown service {needed!r}")
+    if not (isinstance(service.settings, type) and issubclass(service.settings, ServiceSettings)):
+        fail("settings must subclass ServiceSettings")
+    if not service.summary:
+        fail("settings class needs a docstring (its first line is the service's summary)")
+    if not (isinstance(service.component, type) and issubclass(service.component, pulumi.ComponentResource)):
+        fail("component must be a pulumi.ComponentResource")
+    for fn in ("compose", "routes", "files", "data"):
+        if not callable(getattr(service, fn)):
+            fail(f"{fn} must be a function of the context")
+
+
+def check_compose(service: Service, ctx: Context) -> None:
+    """Check what a service renders for a config: health checks, memory limits, declared
+    volumes, authenticated routes. Run for every service on every render, and by the tests
+    with everything enabled, so a broken service fails a unit test rather than a deploy."""
+
+    def fail(problem: str) -> None:
+        raise ContractError(f"service {service.name!r}: {problem}")
+
+    part = service.compose(ctx)
+    data = service.data(ctx)
+    if not isinstance(data, Data):
+        fail("data(ctx) must return a Data")
+    declared = data.declared_volumes()
+    for volume in part.get("volumes", {}):
+        if volume not in declared:
+            fail(f"volume {volume!r} is neither kept (Data.volumes) nor explained (Data.not_kept)")
+    for volume in declared:
+        if volume not in part.get("volumes", {}):
+            fail(f"declares volume {volume!r} that its compose part does not define")
+    containers = part.get("services", {})
+    if service.name not in containers:
+        fail(f"compose part has no container named {service.name!r}")
+    for cname, spec in containers.items():
+        if not spec.get("healthcheck", {}).get("test"):
+            fail(f"container {cname!r} has no health check")
+        memory = spec.get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")
+        if not memory:
+            fail(f"container {cname!r} has no memory limit")
+        if spec.get("image", "").rpartition(":")[2] in _FLOATING_TAGS:
+            fail(f"container {cname!r} uses a floating image tag")
+        for mount in spec.get("volumes", []):
+            source = mount.split(":", 1)[0] if isinstance(mount, str) else mount.get("source", "")
+            if source and not source.startswith((".", "/")) and source not in part.get("volumes", {}):
+                fail(f"container {cname!r} mounts volume {source!r} its compose part does not define")
+    main_limit = containers[service.name].get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")
+    if main_limit != f"{service.memory_mb}M":
+        fail(f"container {service.name!r} memory limit {main_limit!r} differs from memory_mb {service.memory_mb}")
+    for route in service.routes(ctx):
+        if route.auth not in ("basic", "own"):
+            fail(f"route {route.name!r} has no authentication (auth must be 'basic' or 'own')")

@@ -13,13 +13,13 @@ from __future__ import annotations
 import pulumi
 from pydantic import Field
 
-from mlox_iac.components.services.base import Context, Route, ServiceComponent, ServiceSettings, digest, hc, limits
+from mlox_iac.components.services.base import (
+    Context, Data, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
+)
 
 NAME = "caddy"
 IMAGE = "caddy:2.11.7"
 MEMORY_MB = 128
-REQUIRES: tuple[str, ...] = ()
-BACKUP = ["caddy-data"]  # certificates, and the internal CA clients may trust
 
 
 class Settings(ServiceSettings):
@@ -105,6 +105,11 @@ def files(ctx: Context) -> dict[str, str]:
     return {"caddy/Caddyfile": render_caddyfile(ctx)}
 
 
+def data(ctx: Context) -> Data:
+    # Certificates and the internal CA clients trust: a restored server keeps its identity.
+    return Data(volumes=("caddy-data",), not_kept={"caddy-config": "Caddy's autosave, rewritten from the Caddyfile at start"})
+
+
 class Caddy(pulumi.ComponentResource, ServiceComponent):
     """The proxy: one generated UI password per basic-auth route, hashes in its env file."""
 
@@ -121,3 +126,9 @@ class Caddy(pulumi.ComponentResource, ServiceComponent):
         values.update({auth_variable(Route(r, "", "basic")): p.bcrypt_hash for r, p in passwords.items()})
         self.write_env(NAME, values, ["caddy"])
         self.register_outputs({"ui_passwords": self.ui_passwords})
+
+
+SERVICE = Service(
+    name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=(), settings=Settings,
+    compose=compose, routes=routes, files=files, data=data, component=Caddy,
+)

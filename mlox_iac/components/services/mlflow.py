@@ -13,15 +13,14 @@ import pulumi
 
 from pydantic import Field
 
-from mlox_iac.components.services.base import Context, Route, ServiceComponent, ServiceSettings, hc, limits
+from mlox_iac.components.services.base import Context, Data, Route, Service, ServiceComponent, ServiceSettings, hc, limits
 
 NAME = "mlflow"
 IMAGE = "ghcr.io/mlflow/mlflow:v3.17.2-full"
 MEMORY_MB = 1024
-REQUIRES: tuple[str, ...] = ("postgres", "seaweedfs", "caddy")
-DATABASE = True  # postgres creates database "mlflow" with role "mlflow"
-BACKUP: list[str] = []  # all state is in Postgres and SeaweedFS
 PORT = 5000
+DATABASE = NAME  # runs, metrics, the model registry
+BUCKET = "mlflow-artifacts"  # artifacts and model files, through MLflow's artifact proxy
 
 
 class Settings(ServiceSettings):
@@ -36,14 +35,12 @@ def prefix(ctx: Context) -> str:
 
 
 def compose(ctx: Context) -> dict:
-    from mlox_iac.components.services.seaweedfs import MLFLOW_BUCKET
-
     command = [
         "mlflow", "server", "--host", "0.0.0.0", "--port", str(PORT),
         "--workers", str(ctx.config.service(NAME).workers),
         # The password comes from PGPASSWORD in the env file, never from this URI.
         "--backend-store-uri", "postgresql+psycopg2://mlflow@postgres:5432/mlflow",
-        "--serve-artifacts", "--artifacts-destination", f"s3://{MLFLOW_BUCKET}",
+        "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}",
         # Requests arrive through Caddy, which sets the Host header to the upstream.
         "--allowed-hosts", f"{NAME}:{PORT},localhost:{PORT},127.0.0.1:{PORT}",
     ]
@@ -90,6 +87,10 @@ def files(ctx: Context) -> dict[str, str]:
     return {}
 
 
+def data(ctx: Context) -> Data:
+    return Data(databases=(DATABASE,), buckets=(BUCKET,))
+
+
 class Mlflow(pulumi.ComponentResource, ServiceComponent):
     """The MLflow service: Flask secret, database and S3 credentials in its env file."""
 
@@ -104,7 +105,7 @@ class Mlflow(pulumi.ComponentResource, ServiceComponent):
         self.write_env(
             NAME,
             {
-                "PGPASSWORD": deps["postgres"].database_password(NAME),
+                "PGPASSWORD": deps["postgres"].database_password(DATABASE),
                 "AWS_ACCESS_KEY_ID": deps["seaweedfs"].access_key,
                 "AWS_SECRET_ACCESS_KEY": deps["seaweedfs"].secret_key,
                 "MLFLOW_FLASK_SERVER_SECRET_KEY": flask_secret.result,
@@ -114,3 +115,9 @@ class Mlflow(pulumi.ComponentResource, ServiceComponent):
             after=[deps["postgres"], deps["seaweedfs"]],
         )
         self.register_outputs({})
+
+
+SERVICE = Service(
+    name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("postgres", "seaweedfs", "caddy"), settings=Settings,
+    compose=compose, routes=routes, files=files, data=data, component=Mlflow,
+)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pulumi
 
-from mlox_iac.components.services.base import Context, ServiceComponent, ServiceSettings, digest, hc, limits, provisioner
+from mlox_iac.components.services.base import (
+    Context, Data, Service, ServiceComponent, ServiceSettings, digest, hc, limits, provisioner,
+)
 
 NAME = "postgres"
 IMAGE = "postgres:15.18-bookworm"
 MEMORY_MB = 512
-REQUIRES: tuple[str, ...] = ()
-BACKUP = ["postgres-data"]  # named volumes a migration moves (as a pg_dumpall, see migrations/)
 SUPERUSER = "postgres"
 
 
@@ -24,10 +24,11 @@ class Settings(ServiceSettings):
 
 
 def databases(ctx: Context) -> list[str]:
-    """One database (and a role of the same name) per enabled service that declares ``DATABASE``."""
+    """One database (and a login role of the same name) per database an enabled service declares."""
     from mlox_iac.components.services.registry import SERVICES
 
-    return [n for n in ctx.config.enabled_services() if getattr(SERVICES[n], "DATABASE", False)]
+    wanted = [db for n in ctx.config.enabled_services() if n != NAME for db in SERVICES[n].data(ctx).databases]
+    return list(dict.fromkeys(wanted))
 
 
 def password_variable(database: str) -> str:
@@ -89,6 +90,11 @@ def files(ctx: Context) -> dict[str, str]:
     return {"postgres/provision.sh": PROVISION_SH}
 
 
+def data(ctx: Context) -> Data:
+    # The databases belong to the services that declare them; each is kept as a dump.
+    return Data(not_kept={"postgres-data": "cluster files: each service's databases are kept as dumps, with their roles"})
+
+
 class Postgres(pulumi.ComponentResource, ServiceComponent):
     """The Postgres service: superuser and per-service passwords, and its env file."""
 
@@ -107,3 +113,9 @@ class Postgres(pulumi.ComponentResource, ServiceComponent):
 
     def database_password(self, database: str) -> pulumi.Output[str]:
         return self.database_passwords[database].result
+
+
+SERVICE = Service(
+    name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=(), settings=Settings,
+    compose=compose, routes=routes, files=files, data=data, component=Postgres,
+)

@@ -1,17 +1,29 @@
 """The registry of services, in dependency order (a service comes after what it needs).
 
-Adding a service: write its module in this package, then add one line here.
+Adding a service: write its module in this package (ending with ``SERVICE = Service(...)``),
+then add one line here. Each declaration is checked when the registry loads.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
-
 from mlox_iac.components.services import caddy, mlflow, postgres, seaweedfs
+from mlox_iac.components.services.base import Service, check_service
 
-SERVICES: dict[str, ModuleType] = {
-    "postgres": postgres,
-    "seaweedfs": seaweedfs,
-    "mlflow": mlflow,
-    "caddy": caddy,  # last: it routes to everything above
-}
+_ORDER: list[Service] = [
+    postgres.SERVICE,
+    seaweedfs.SERVICE,
+    mlflow.SERVICE,
+    caddy.SERVICE,  # last: it routes to everything above
+]
+
+
+def _checked(services: list[Service]) -> dict[str, Service]:
+    names = [s.name for s in services]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a service is registered twice: {names}")
+    for service in services:
+        check_service(service, set(names))
+    return {s.name: s for s in services}
+
+
+SERVICES: dict[str, Service] = _checked(_ORDER)

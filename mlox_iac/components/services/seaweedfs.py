@@ -11,15 +11,14 @@ from __future__ import annotations
 import pulumi
 from pydantic import Field, field_validator
 
-from mlox_iac.components.services.base import Context, Route, ServiceComponent, ServiceSettings, hc, limits, provisioner
+from mlox_iac.components.services.base import (
+    Context, Data, Route, Service, ServiceComponent, ServiceSettings, hc, limits, provisioner,
+)
 
 NAME = "seaweedfs"
 IMAGE = "chrislusf/seaweedfs:4.48"
 MEMORY_MB = 512
-REQUIRES: tuple[str, ...] = ("caddy",)
-BACKUP = ["seaweedfs-data"]
 S3_PORT = 8333
-MLFLOW_BUCKET = "mlflow-artifacts"
 
 # Memory. One `weed server` process holds master, volume server, filer and S3 gateway.
 # Measured at 4.48 in a 512 MiB container (anonymous memory, not counting page cache):
@@ -80,10 +79,10 @@ class Settings(ServiceSettings):
 
 
 def buckets(ctx: Context) -> list[str]:
-    wanted = list(ctx.config.service(NAME).buckets)
-    if ctx.config.service("mlflow").enabled:
-        wanted.insert(0, MLFLOW_BUCKET)
-    return list(dict.fromkeys(wanted))
+    """Every bucket an enabled service declares (the user's buckets are this service's own)."""
+    from mlox_iac.components.services.registry import SERVICES
+
+    return list(dict.fromkeys(b for n in ctx.config.enabled_services() for b in SERVICES[n].data(ctx).buckets))
 
 
 def compose(ctx: Context) -> dict:
@@ -121,6 +120,13 @@ def files(ctx: Context) -> dict[str, str]:
     return {}
 
 
+def data(ctx: Context) -> Data:
+    return Data(
+        buckets=tuple(ctx.config.service(NAME).buckets),
+        not_kept={"seaweedfs-data": "SeaweedFS' own files: every bucket's objects are kept object by object"},
+    )
+
+
 class Seaweedfs(pulumi.ComponentResource, ServiceComponent):
     """The SeaweedFS service: generated S3 keys and its env file."""
 
@@ -134,3 +140,9 @@ class Seaweedfs(pulumi.ComponentResource, ServiceComponent):
         self.secret_key = self.password("secret-key", length=40).result
         self.write_env(NAME, {"S3_ACCESS_KEY": self.access_key, "S3_SECRET_KEY": self.secret_key}, ["seaweedfs"])
         self.register_outputs({"access_key": self.access_key, "secret_key": self.secret_key})
+
+
+SERVICE = Service(
+    name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("caddy",), settings=Settings,
+    compose=compose, routes=routes, files=files, data=data, component=Seaweedfs,
+)

@@ -1,0 +1,138 @@
+"""The service contract: every registered service fills it in, and a service that misses a
+part of it fails here (a unit test), not at deploy time."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+
+from conftest import settings
+from mlox_iac.components.services import base
+from mlox_iac.components.services.base import ContractError, Data, Route, check_compose, check_service
+from mlox_iac.components.services.registry import SERVICES
+from mlox_iac.config.loader import validate
+from mlox_iac.render.bundle import render_compose
+
+
+def everything_ctx(**overrides) -> base.Context:
+    """A context with every registered service enabled, on a server big enough for all."""
+    raw = settings("onprem", services={name: {"enabled": True} for name in SERVICES}, **overrides)
+    raw["onprem"]["memory_mb"] = 65536
+    return base.Context(validate(raw, {"onprem.private_key"}, "test.yaml", "test"))
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_every_registered_service_fulfils_the_contract(name):
+    service = SERVICES[name]
+    check_service(service, set(SERVICES))
+    for ctx in (everything_ctx(), everything_ctx(domain="ml.example.com", acme_email="ops@example.com")):
+        check_compose(service, ctx)
+
+
+def test_every_volume_of_the_full_stack_is_declared_by_exactly_one_service():
+    ctx = everything_ctx()
+    owners: dict[str, list[str]] = {}
+    for name in ctx.config.enabled_services():
+        for volume in SERVICES[name].data(ctx).declared_volumes():
+            owners.setdefault(volume, []).append(name)
+    assert set(owners) == set(render_compose(ctx)["volumes"])
+    assert all(len(o) == 1 for o in owners.values()), owners
+
+
+def test_databases_and_buckets_come_from_the_services_that_declare_them():
+    from mlox_iac.components.services import postgres, seaweedfs
+
+    ctx = everything_ctx()
+    assert postgres.databases(ctx) == ["mlflow"]
+    assert seaweedfs.buckets(ctx) == ["data", "mlflow-artifacts"]
+
+
+# --- broken services: one change to a good one, and the exact complaint
+
+
+def _good():
+    return SERVICES["seaweedfs"]
+
+
+def _compose_with(mutate):
+    good = _good()
+
+    def compose(ctx):
+        part = copy.deepcopy(good.compose(ctx))
+        mutate(part)
+        return part
+
+    return dataclasses.replace(good, compose=compose)
+
+
+class _NotAComponent:
+    pass
+
+
+class _NoDoc(base.ServiceSettings):
+    pass
+
+
+_NoDoc.__doc__ = None
+
+STATIC_CASES = {
+    "floating_tag": (dataclasses.replace(_good(), image="chrislusf/seaweedfs:latest"),
+                     "service 'seaweedfs': image 'chrislusf/seaweedfs:latest' is not pinned to a version (repository:version)"),
+    "no_tag": (dataclasses.replace(_good(), image="chrislusf/seaweedfs"),
+               "service 'seaweedfs': image 'chrislusf/seaweedfs' is not pinned to a version (repository:version)"),
+    "no_memory_budget": (dataclasses.replace(_good(), memory_mb=0),
+                         "service 'seaweedfs': memory_mb must be a measured budget of at least 16 MiB"),
+    "unknown_requirement": (dataclasses.replace(_good(), requires=("nginx",)),
+                            "service 'seaweedfs': requires unknown service 'nginx'"),
+    "settings_without_summary": (dataclasses.replace(_good(), settings=_NoDoc),
+                                 "service 'seaweedfs': settings class needs a docstring (its first line is the service's summary)"),
+    "component_not_a_resource": (dataclasses.replace(_good(), component=_NotAComponent),
+                                 "service 'seaweedfs': component must be a pulumi.ComponentResource"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STATIC_CASES))
+def test_static_contract_violations(case):
+    service, message = STATIC_CASES[case]
+    with pytest.raises(ContractError) as err:
+        check_service(service, set(SERVICES))
+    assert str(err.value) == message
+
+
+RENDER_CASES = {
+    "no_health_check": (_compose_with(lambda p: p["services"]["seaweedfs"].pop("healthcheck")),
+                        "service 'seaweedfs': container 'seaweedfs' has no health check"),
+    "no_memory_limit": (_compose_with(lambda p: p["services"]["seaweedfs-buckets"].pop("deploy")),
+                        "service 'seaweedfs': container 'seaweedfs-buckets' has no memory limit"),
+    "limit_differs_from_budget": (dataclasses.replace(_good(), memory_mb=256),
+                                  "service 'seaweedfs': container 'seaweedfs' memory limit '512M' differs from memory_mb 256"),
+    "undeclared_volume": (_compose_with(lambda p: p["volumes"].update({"scratch": {}})),
+                          "service 'seaweedfs': volume 'scratch' is neither kept (Data.volumes) nor explained (Data.not_kept)"),
+    "mounts_foreign_volume": (_compose_with(lambda p: p["services"]["seaweedfs"]["volumes"].append("postgres-data:/x")),
+                              "service 'seaweedfs': container 'seaweedfs' mounts volume 'postgres-data' its compose part does not define"),
+    "declares_missing_volume": (dataclasses.replace(_good(), data=lambda ctx: Data(volumes=("gone",), not_kept={"seaweedfs-data": "x"})),
+                                "service 'seaweedfs': declares volume 'gone' that its compose part does not define"),
+    "data_not_declared": (dataclasses.replace(_good(), data=lambda ctx: None),
+                          "service 'seaweedfs': data(ctx) must return a Data"),
+    "route_without_auth": (dataclasses.replace(_good(), routes=lambda ctx: [Route("s3", "seaweedfs:8333", auth="none")]),
+                           "service 'seaweedfs': route 's3' has no authentication (auth must be 'basic' or 'own')"),
+    "no_main_container": (_compose_with(lambda p: p["services"].update({"weed": p["services"].pop("seaweedfs")})),
+                          "service 'seaweedfs': compose part has no container named 'seaweedfs'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RENDER_CASES))
+def test_rendered_contract_violations(case):
+    service, message = RENDER_CASES[case]
+    with pytest.raises(ContractError) as err:
+        check_compose(service, everything_ctx())
+    assert str(err.value) == message
+
+
+def test_registry_refuses_a_service_registered_twice():
+    from mlox_iac.components.services import registry
+
+    with pytest.raises(ValueError, match="registered twice"):
+        registry._checked([_good(), _good()])
