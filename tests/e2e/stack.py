@@ -170,7 +170,7 @@ class Deployment:
         self.builder.join()
         if "error" in self.built:
             raise self.built["error"]
-        images.load_images(self.host, sorted({module.IMAGE for module in SERVICES.values()}))
+        images.load_images(self.host, sorted({service.image for service in SERVICES.values()}))
         self.replay()
         rows = self.wait_healthy()
         self.fetch_ca()
