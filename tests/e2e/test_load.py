@@ -43,11 +43,16 @@ def deployment(tmp_path_factory):
         yield d
 
 
+def user_env(d) -> dict[str, str]:
+    """This process's environment without MLflow/AWS settings, plus what `mlox-iac env` exports."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+    return {**env, **d.client_env()}
+
+
 def loadgen(d, *args: str, timeout: float = 1200) -> dict:
     """Run tests/e2e/loadgen.py against the stack as user code would; its JSON report."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
     result = subprocess.run([sys.executable, "-m", "tests.e2e.loadgen", *args], cwd=ROOT, capture_output=True,
-                            text=True, timeout=timeout, env={**env, **d.client_env()})
+                            text=True, timeout=timeout, env=user_env(d))
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -90,26 +95,22 @@ def test_1_stack_up(deployment):
     checkpoint(d, "deploy")
 
 
-def test_2_one_gib_object_round_trip_with_boto3_defaults(deployment):
-    d = deployment
-    report = loadgen(d, "roundtrip", "--mib", "1024", "--key", "big/one-gib.bin")
+def transferred(d, report: dict, mib: int, what: str) -> None:
+    """A round trip came back whole and equal; count what it wrote, then check the containers."""
     d.written += report["size"]
-    print(f"[load] 1 GiB object: up {report['up_MBps']:.1f} MiB/s, down {report['down_MBps']:.1f} MiB/s",
-          file=sys.stderr)
-    assert report["got_size"] == 1024 * MiB
+    print(f"[load] {what}: up {report['up_MBps']:.1f} MiB/s, down {report['down_MBps']:.1f} MiB/s", file=sys.stderr)
+    assert report["got_size"] == mib * MiB
     assert report["got_sha256"] == report["sent_sha256"]
-    checkpoint(d, "1 GiB object")
+    checkpoint(d, what)
+
+
+def test_2_one_gib_object_round_trip_with_boto3_defaults(deployment):
+    transferred(deployment, loadgen(deployment, "roundtrip", "--mib", "1024", "--key", "big/one-gib.bin"), 1024,
+                "1 GiB object")
 
 
 def test_3_500_mib_artifact_through_mlflow(deployment):
-    d = deployment
-    report = loadgen(d, "artifact", "--mib", "500")
-    d.written += report["size"]
-    print(f"[load] 500 MiB artifact: up {report['up_MBps']:.1f} MiB/s, down {report['down_MBps']:.1f} MiB/s",
-          file=sys.stderr)
-    assert report["got_size"] == 500 * MiB
-    assert report["got_sha256"] == report["sent_sha256"]
-    checkpoint(d, "500 MiB artifact")
+    transferred(deployment, loadgen(deployment, "artifact", "--mib", "500"), 500, "500 MiB artifact")
 
 
 def test_4_sixteen_concurrent_users_for_a_minute(deployment):
@@ -128,18 +129,14 @@ def test_4_sixteen_concurrent_users_for_a_minute(deployment):
 def test_5_more_data_from_parallel_clients_keeps_memory_flat(deployment):
     d = deployment
     procs = []
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
     for i in range(4):  # 4 clients x 10 transfer threads each, at once
         procs.append(subprocess.Popen([sys.executable, "-m", "tests.e2e.loadgen", "roundtrip", "--mib", "384",
-                                       "--key", f"parallel/{i}.bin"], cwd=ROOT, env={**env, **d.client_env()},
+                                       "--key", f"parallel/{i}.bin"], cwd=ROOT, env=user_env(d),
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for proc in procs:
+    for i, proc in enumerate(procs):
         out, err = proc.communicate(timeout=1200)
         assert proc.returncode == 0, err[-4000:]
-        report = json.loads(out.strip().splitlines()[-1])
-        assert report["got_sha256"] == report["sent_sha256"] and report["got_size"] == 384 * MiB
-        d.written += report["size"]
-    checkpoint(d, "4 x 384 MiB in parallel")
+        transferred(d, json.loads(out.strip().splitlines()[-1]), 384, f"parallel client {i + 1} of 4 (384 MiB)")
     assert d.written >= 3 * (1 << 30), d.written
     first, last = d.memory_log[0], d.memory_log[-1]
     print(f"[load] seaweedfs memory before: {first[2]} MiB; after {last[1] / 1024:.2f} GiB written: {last[2]} MiB",
