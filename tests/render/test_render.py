@@ -21,6 +21,9 @@ SCENARIOS = {
     "domain": settings(domain="ml.example.com", acme_email="ops@example.com"),
     "without_mlflow": settings(services={"mlflow": {"enabled": False}}),
     "extra_buckets": settings(services={"seaweedfs": {"buckets": ["raw", "features"]}}),
+    "full_preset": settings("onprem", services={"preset": "full"}),
+    "full_preset_domain": settings("onprem", domain="ml.example.com", acme_email="ops@example.com",
+                                   services={"preset": "full"}),
 }
 
 
@@ -54,7 +57,7 @@ def test_compose_project_passes_docker_compose_config(scenario, tmp_path):
     secrets.mkdir()
     text = (directory / "compose.yaml").read_text().replace(SECRETS_DIR, str(secrets))
     (directory / "compose.yaml").write_text(text)
-    for name in ("postgres", "seaweedfs", "mlflow", "caddy"):
+    for name in ctx_for(SCENARIOS[scenario]).config.enabled_services():
         (secrets / f"{name}.env").write_text("")
     result = subprocess.run([compose_binary(), "-f", str(directory / "compose.yaml"), "config", "-q"],
                             capture_output=True, text=True)
@@ -68,7 +71,7 @@ def test_compose_config_rejects_a_broken_project(tmp_path):
     assert result.returncode != 0  # the validator can fail, so the test above means something
 
 
-@pytest.mark.parametrize("scenario", ["ip_address", "domain"])
+@pytest.mark.parametrize("scenario", ["ip_address", "domain", "full_preset", "full_preset_domain"])
 def test_caddyfile_passes_caddy_validate(scenario, tmp_path):
     files = render_bundle(ctx_for(SCENARIOS[scenario]))
     path = tmp_path / "Caddyfile"

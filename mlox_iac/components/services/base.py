@@ -40,12 +40,18 @@ DATA_DIR = "/mnt/mlox-data"
 COMPOSE_PROJECT = "mlox"
 
 
+# Presets of ``mlox:services``, smallest first: a service belongs to the smallest preset
+# that includes it (``Service.preset``) and to every larger one.
+PRESETS = ("core", "full")
+
+
 class ServiceSettings(BaseModel):
     """Settings every service has."""
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(True, description="Deploy this service")
+    enabled: bool | None = Field(
+        None, description="Deploy this service (default: whether the chosen mlox:services.preset includes it)")
 
 
 @dataclass(frozen=True)
@@ -234,6 +240,7 @@ class Service:
     files: Callable[[Context], dict[str, str]]
     data: Callable[[Context], Data]
     component: type  # pulumi.ComponentResource(name, ctx, server, deps, opts)
+    preset: str = "full"  # the smallest preset that enables it (PRESETS)
 
     @property
     def summary(self) -> str:
@@ -266,6 +273,8 @@ def check_service(service: Service, known: set[str]) -> None:
             fail(f"requires unknown service {needed!r}")
     if not (isinstance(service.settings, type) and issubclass(service.settings, ServiceSettings)):
         fail("settings must subclass ServiceSettings")
+    if service.preset not in PRESETS:
+        fail(f"preset must be one of {', '.join(PRESETS)}")
     if not service.summary:
         fail("settings class needs a docstring (its first line is the service's summary)")
     if not (isinstance(service.component, type) and issubclass(service.component, pulumi.ComponentResource)):
