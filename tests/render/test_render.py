@@ -78,7 +78,11 @@ def test_caddyfile_passes_caddy_validate(scenario, tmp_path):
     path.write_text(files["caddy/Caddyfile"])
     env = {**os.environ, "MLOX_ADDRESS": "192.0.2.50", "MLOX_UI_USER": "admin", "HOME": str(tmp_path),
            "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path),
-           "MLOX_AUTH_MLFLOW": "$2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG"}
+           }
+    from mlox_iac.components.services import caddy
+
+    for route in caddy.all_routes(ctx_for(SCENARIOS[scenario])):  # every basic-auth route's hash
+        env[caddy.auth_variable(route)] = "$2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG"
     result = subprocess.run([tool("caddy"), "validate", "--config", str(path), "--adapter", "caddyfile"],
                             capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]

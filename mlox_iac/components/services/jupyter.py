@@ -62,7 +62,7 @@ def base_url(ctx: Context) -> str:
 
 def kernel_environment(ctx: Context) -> dict[str, str]:
     """What notebooks get without secrets: where MLflow and S3 are on the Compose network."""
-    from mlox_iac.components.services import mlflow, seaweedfs
+    from mlox_iac.components.services import feast, mlflow, seaweedfs
 
     enabled = ctx.config.enabled_services()
     env = {"HOME": HOME, "MLOX_JUPYTER_BASE_URL": base_url(ctx), "AWS_DEFAULT_REGION": "us-east-1"}
@@ -71,10 +71,23 @@ def kernel_environment(ctx: Context) -> dict[str, str]:
     if "seaweedfs" in enabled:
         s3 = f"http://seaweedfs:{seaweedfs.S3_PORT}"
         env.update({"AWS_ENDPOINT_URL_S3": s3, "MLFLOW_S3_ENDPOINT_URL": s3})
+    if "feast" in enabled:
+        env["FEAST_FS_YAML_FILE_PATH"] = feast.CONFIG  # read by the feast CLI and FeatureStore()
     return env
 
 
+def _feast_on(ctx: Context) -> bool:
+    return "feast" in ctx.config.enabled_services()
+
+
 def compose(ctx: Context) -> dict:
+    from mlox_iac.components.services import feast
+
+    mounts = ["jupyter-work:" + WORK, "./jupyter/jupyter_server_config.py:" + CONFIG + ":ro"]
+    config_hash = digest(SERVER_CONFIG)
+    if _feast_on(ctx):
+        mounts.append(f"./feast/feature_store.yaml:{feast.CONFIG}:ro")
+        config_hash = digest(SERVER_CONFIG, feast.feature_store_yaml(ctx))
     health = f"http://127.0.0.1:{PORT}{base_url(ctx)}api"  # Jupyter's version endpoint needs no login
     return {
         "services": {
@@ -85,8 +98,9 @@ def compose(ctx: Context) -> dict:
                 "env_file": ctx.env_files(NAME),
                 "environment": kernel_environment(ctx),
                 "entrypoint": ["/bin/sh", "-c", _START],
-                "volumes": ["jupyter-work:" + WORK, "./jupyter/jupyter_server_config.py:" + CONFIG + ":ro"],
-                "labels": {"org.mlox.config-hash": digest(SERVER_CONFIG)},
+                "volumes": mounts,
+                # A changed mounted file changes this label, so Compose recreates the container.
+                "labels": {"org.mlox.config-hash": config_hash},
                 "healthcheck": hc(
                     ["CMD", "python", "-c", f"import urllib.request; urllib.request.urlopen('{health}', timeout=4)"],
                     start_period="30s",
@@ -127,6 +141,11 @@ class Jupyter(pulumi.ComponentResource, ServiceComponent):
             values.update({"AWS_ACCESS_KEY_ID": deps["seaweedfs"].access_key,
                            "AWS_SECRET_ACCESS_KEY": deps["seaweedfs"].secret_key})
             after.append(deps["seaweedfs"])
+        if "feast" in deps:  # the passwords the feature_store.yaml reads
+            from mlox_iac.components.services import feast
+
+            values.update(feast.client_env(deps))
+            after += [deps["postgres"], deps["redis"]]
         self.write_env(NAME, values, [NAME], after=after)
         self.register_outputs({"login_password": self.login_password})
 

@@ -6,7 +6,7 @@ then add one line here. Each declaration is checked when the registry loads.
 
 from __future__ import annotations
 
-from mlox_iac.components.services import caddy, jupyter, mlflow, postgres, redis, seaweedfs
+from mlox_iac.components.services import caddy, feast, jupyter, mlflow, postgres, redis, seaweedfs
 from mlox_iac.components.services.base import Service, check_service
 
 _ORDER: list[Service] = [
@@ -14,6 +14,7 @@ _ORDER: list[Service] = [
     seaweedfs.SERVICE,
     mlflow.SERVICE,
     redis.SERVICE,
+    feast.SERVICE,
     jupyter.SERVICE,
     caddy.SERVICE,  # last: it routes to everything above
 ]

@@ -1,0 +1,310 @@
+"""End to end: the full preset (every service of the catalogue) on one real Debian host.
+
+One systemd-nspawn target host (prefix ``mlxsvc``, index 61); the real program for an
+onprem stack with ``mlox:services.preset: full`` is replayed over real SSH as in
+``test_deploy.py`` (whose ``Deployment`` helper this module reuses). The tests run in
+file order and build on each other: stack up, each service used the way a user would
+(from outside, through the proxy, with the generated credentials only), unauthenticated
+requests refused, idle memory measured, an unchanged redeploy, a reboot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from mlox_iac.components.services.registry import SERVICES
+
+try:
+    from . import hosts, images
+    from .test_deploy import COMPOSE, Deployment, timed
+except ImportError:  # pragma: no cover
+    import hosts  # type: ignore[no-redef]
+    import images  # type: ignore[no-redef]
+    from test_deploy import COMPOSE, Deployment, timed  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.e2e
+
+PREFIX, FIRST_INDEX = "mlxsvc", 61
+# The full preset's long-running containers (provisioning steps idle once done).
+LONG_RUNNING = ("postgres", "seaweedfs", "mlflow", "redis", "feast", "jupyter", "caddy")
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.fail("the end-to-end tests need root: they boot Debian hosts with systemd-nspawn")
+    started = time.monotonic()
+    built: dict = {}
+    needed = sorted({s.image for s in SERVICES.values()})
+
+    def build():
+        try:
+            built["tags"] = images.build_standins(names=needed)
+        except BaseException as exc:  # reported by the test that needs the images
+            built["error"] = exc
+
+    builder = threading.Thread(target=build, name="standins")
+    builder.start()  # images build on the CI machine while the target boots
+    with hosts.target_hosts(1, prefix=PREFIX, first_index=FIRST_INDEX) as (host,):
+        d = Deployment(host, tmp_path_factory.mktemp("catalogue"))
+        d.raw["services"] = {"preset": "full"}
+        d.raw["onprem"]["memory_mb"] = 8192  # an 8 GB server (Hetzner cx32/cx33 class)
+        d.builder, d.built, d.images = builder, built, needed
+        timed("catalogue target ready", time.monotonic() - started)
+        yield d
+
+
+def _healthy(d: Deployment, timeout: float = 600) -> dict:
+    rows = d.wait_healthy_services(LONG_RUNNING, timeout)
+    for service in LONG_RUNNING:
+        assert rows.get(service, {}).get("Health") == "healthy", (service, rows.get(service))
+    return rows
+
+
+def test_1_full_preset_comes_up(catalogue):
+    d = catalogue
+    start = time.monotonic()
+    d.replay(only={"main-bootstrap"})
+    d.builder.join()
+    if "error" in d.built:
+        raise d.built["error"]
+    images.load_images(d.host, d.images)
+    timed("catalogue images loaded", time.monotonic() - start)
+    start = time.monotonic()
+    d.replay()
+    rows = _healthy(d)
+    timed("full preset up", time.monotonic() - start)
+    published = {s for s, row in rows.items() if any(p.get("PublishedPort") for p in row.get("Publishers") or [])}
+    assert published == {"caddy"}
+    modes = d.host.ssh("stat -c '%a %U %n' /opt/mlox/secrets/*.env").stdout.split("\n")
+    assert {line.split()[-1].rsplit("/", 1)[1] for line in modes if line} == {f"{s}.env" for s in LONG_RUNNING}
+    assert all(line.startswith("600 root ") for line in modes if line), modes
+    d.fetch_ca()
+
+
+def test_2_redis_is_internal_password_protected_and_persistent(catalogue):
+    d = catalogue
+    assert hosts.client_connect(d.host.address, 6379) == "refused"  # no published port, host firewall
+    anonymous = d.host.ssh(f"{COMPOSE} exec -T redis redis-cli set probe 1", check=False)
+    assert "NOAUTH" in anonymous.stdout + anonymous.stderr
+    marker = uuid.uuid4().hex
+    d.host.ssh(f"{COMPOSE} exec -T redis sh -c 'REDISCLI_AUTH=\"$REDIS_PASSWORD\" redis-cli set mlox-e2e {marker}'")
+    d.redis_marker = marker
+    ps = d.host.ssh(f"{COMPOSE} exec -T redis ps -eo user,args").stdout
+    assert "redis-server /tmp/redis.conf" in ps and "requirepass" not in ps
+    assert any(line.split()[0] == "redis" for line in ps.splitlines() if "redis-server" in line), ps
+
+
+def _jupyter_login(d: Deployment):
+    import requests
+
+    base = d.outputs["urls"]["jupyter"]
+    session = requests.Session()
+    session.verify = str(d.ca_path)
+    session.get(f"{base}/login", timeout=20).raise_for_status()
+    xsrf = session.cookies["_xsrf"]
+    answer = session.post(f"{base}/login", data={"password": d.outputs["login_passwords"]["jupyter"], "_xsrf": xsrf},
+                          allow_redirects=False, timeout=20)
+    assert answer.status_code == 302, answer.text[:500]
+    session.headers["X-XSRFToken"] = xsrf
+    return session
+
+
+def run_in_kernel(d: Deployment, code: str, timeout: float = 180) -> str:
+    """Start a kernel through Jupyter's REST API, run ``code`` over its websocket, return stdout."""
+    import websocket
+
+    session = _jupyter_login(d)
+    base = d.outputs["urls"]["jupyter"]
+    kernel = session.post(f"{base}/api/kernels", json={"name": "python3"}, timeout=60)
+    assert kernel.status_code == 201, kernel.text[:500]
+    kernel_id = kernel.json()["id"]
+    session_id = uuid.uuid4().hex
+    cookies = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
+    ws = websocket.create_connection(
+        base.replace("https://", "wss://") + f"/api/kernels/{kernel_id}/channels?session_id={session_id}",
+        header=[f"Cookie: {cookies}"], sslopt={"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": str(d.ca_path)},
+        timeout=timeout,
+    )
+    try:
+        msg_id = uuid.uuid4().hex
+        ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "username": "e2e", "session": session_id, "msg_type": "execute_request",
+                       "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell",
+            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                        "allow_stdin": False, "stop_on_error": True},
+        }))
+        out, errors, deadline = [], [], time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["msg_type"]
+            if kind == "stream":
+                out.append(msg["content"]["text"])
+            elif kind == "error":
+                errors.append("\n".join(msg["content"]["traceback"]))
+            elif kind == "execute_reply":
+                assert msg["content"]["status"] == "ok", "".join(errors)[-3000:]
+                return "".join(out)
+        raise AssertionError(f"no execute_reply within {timeout}s; output so far: {''.join(out)[-2000:]}")
+    finally:
+        ws.close()
+        session.delete(f"{base}/api/kernels/{kernel_id}", timeout=30)
+
+
+def test_3_jupyter_kernel_logs_to_mlflow_and_reads_the_bucket(catalogue):
+    from mlflow import MlflowClient
+
+    d = catalogue
+    marker = uuid.uuid4().hex[:8]
+    d.s3().put_object(Bucket="data", Key=f"e2e/{marker}.txt", Body=f"object {marker}".encode())
+    code = f"""
+import boto3, mlflow, pathlib
+mlflow.set_experiment("jupyter-{marker}")
+with mlflow.start_run() as run:
+    mlflow.log_param("marker", "{marker}")
+    mlflow.log_metric("accuracy", 0.9)
+print("RUN", run.info.run_id)
+print("OBJECT", boto3.client("s3").get_object(Bucket="data", Key="e2e/{marker}.txt")["Body"].read().decode())
+pathlib.Path("notebook-{marker}.txt").write_text("kept {marker}")
+"""
+    out = run_in_kernel(d, code)
+    lines = dict(line.split(" ", 1) for line in out.splitlines() if line.startswith(("RUN ", "OBJECT ")))
+    assert lines["OBJECT"] == f"object {marker}"
+    # The run is there for a user outside, through the proxy with the generated credentials.
+    os.environ.update(d.mlflow_env())
+    run = MlflowClient().get_run(lines["RUN"])
+    assert run.data.params["marker"] == marker and run.data.metrics["accuracy"] == 0.9
+    d.jupyter_marker = marker
+
+
+FEAST_REPO = """
+import datetime as dt, os
+import psycopg2
+from feast import Entity, FeatureStore, FeatureView, Field
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+from feast.types import Float32, Int64
+
+table = "driver_stats_{marker}"
+now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+db = psycopg2.connect(host="postgres", dbname="feast", user="feast", password=os.environ["FEAST_DB_PASSWORD"])
+with db, db.cursor() as cur:
+    cur.execute(f"CREATE TABLE {{table}} (driver_id bigint, conv_rate real, event_timestamp timestamptz, created timestamptz)")
+    cur.executemany(f"INSERT INTO {{table}} VALUES (%s, %s, %s, %s)",
+                    [(1001, 0.25, now - dt.timedelta(minutes=30), now), (1001, 0.5, now - dt.timedelta(minutes=5), now),
+                     (1002, 0.75, now - dt.timedelta(minutes=5), now)])
+driver = Entity(name="driver", join_keys=["driver_id"])
+view = FeatureView(
+    name=table, entities=[driver], ttl=dt.timedelta(days=1), online=True,
+    schema=[Field(name="driver_id", dtype=Int64), Field(name="conv_rate", dtype=Float32)],
+    source=PostgreSQLSource(name=table, table=table, timestamp_field="event_timestamp", created_timestamp_column="created"),
+)
+store = FeatureStore()  # configured by FEAST_FS_YAML_FILE_PATH, nothing else
+store.apply([driver, view])
+store.materialize(start_date=now - dt.timedelta(hours=1), end_date=now + dt.timedelta(minutes=1))
+print("MATERIALIZED", table)
+"""
+
+
+def test_4_feast_apply_materialize_and_online_lookup_through_the_feature_server(catalogue):
+    import requests
+
+    d = catalogue
+    marker = uuid.uuid4().hex[:8]
+    out = run_in_kernel(d, FEAST_REPO.format(marker=marker), timeout=300)
+    assert f"MATERIALIZED driver_stats_{marker}" in out, out[-2000:]
+    # From outside, with what `mlox-iac env` prints: the feature server's URL and credentials.
+    from mlox_iac import connect
+
+    env = connect.env_exports(d.outputs, d.ca_path)
+    url = env["FEAST_FEATURE_SERVER_URL"] + "/get-online-features"
+    auth = (env["FEAST_FEATURE_SERVER_USERNAME"], env["FEAST_FEATURE_SERVER_PASSWORD"])
+    body = {"features": [f"driver_stats_{marker}:conv_rate"], "entities": {"driver_id": [1001, 1002]}}
+    deadline = time.monotonic() + 60  # the feature server re-reads the registry every 10 s
+    while True:
+        answer = requests.post(url, json=body, auth=auth, verify=str(d.ca_path), timeout=30)
+        if answer.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert answer.status_code == 200, answer.text[:1000]
+    result = answer.json()
+    names = result["metadata"]["feature_names"]
+    values = dict(zip(names, (r["values"] for r in result["results"])))
+    assert values["driver_id"] == [1001, 1002]
+    assert values["conv_rate"] == [0.5, 0.75]  # the latest value of each driver
+    assert requests.post(url, json=body, verify=str(d.ca_path), timeout=30).status_code == 401
+    assert requests.post(url, json=body, auth=(auth[0], "wrong"), verify=str(d.ca_path), timeout=30).status_code == 401
+    d.feast_marker = marker
+
+
+def test_4b_new_routes_refuse_unauthenticated_requests(catalogue):
+    import requests
+
+    d = catalogue
+    for route in ("feast",):  # behind the proxy's basic auth
+        assert requests.get(d.outputs["urls"][route] + "/health", verify=str(d.ca_path), timeout=20).status_code == 401
+    base = d.outputs["urls"]["jupyter"]
+    for path in ("/api/kernels", "/api/contents", "/api/sessions", "/api/terminals"):
+        answer = requests.get(base + path, verify=str(d.ca_path), timeout=20, allow_redirects=False)
+        assert answer.status_code == 403, (path, answer.status_code)
+    lab = requests.get(base + "/lab", verify=str(d.ca_path), timeout=20, allow_redirects=False)
+    assert lab.status_code == 302 and "/login" in lab.headers["Location"], lab.status_code
+    wrong = requests.Session()
+    wrong.verify = str(d.ca_path)
+    wrong.get(f"{base}/login", timeout=20)
+    answer = wrong.post(f"{base}/login", data={"password": "wrong", "_xsrf": wrong.cookies["_xsrf"]},
+                        allow_redirects=False, timeout=20)
+    assert answer.status_code != 302
+    assert wrong.get(base + "/api/kernels", timeout=20).status_code == 403
+
+
+def _memory_mib(d: Deployment) -> dict[str, float]:
+    out = d.host.ssh("docker stats --no-stream --format '{{.Name}} {{.MemUsage}}'").stdout
+    units = {"B": 1 / 2**20, "KiB": 1 / 1024, "MiB": 1, "GiB": 1024}
+    usage = {}
+    for line in out.splitlines():
+        name, used = line.split(" ", 2)[:2]
+        number = used.rstrip("BKMGi")
+        usage[name.removeprefix("mlox-").removesuffix("-1")] = float(number) * units[used[len(number):]]
+    return usage
+
+
+def test_5_idle_memory_of_the_full_preset(catalogue):
+    d = catalogue
+    time.sleep(30)  # let the kernels from the tests above go and the services settle
+    usage = _memory_mib(d)
+    total = sum(usage.values())
+    report = ", ".join(f"{name} {mib:.0f}" for name, mib in sorted(usage.items(), key=lambda kv: -kv[1]))
+    print(f"[e2e] full preset idle memory: {total:.0f} MiB ({report})", file=sys.stderr)
+    for name in LONG_RUNNING:  # each idles under its budget
+        assert usage[name] < SERVICES[name].memory_mb, (name, usage[name])
+
+
+def test_6_unchanged_redeploy_restarts_nothing(catalogue):
+    d = catalogue
+    before = d.started_at()
+    result = d.replay()
+    assert result.changed() == []
+    assert d.started_at() == before
+
+
+def test_7_reboot_brings_everything_back_with_data(catalogue):
+    d = catalogue
+    start = time.monotonic()
+    d.host.reboot()
+    _healthy(d)
+    timed("full preset reboot to healthy", time.monotonic() - start)
+    value = d.host.ssh(f"{COMPOSE} exec -T redis sh -c 'REDISCLI_AUTH=\"$REDIS_PASSWORD\" redis-cli get mlox-e2e'")
+    assert value.stdout.strip() == d.redis_marker
+    out = run_in_kernel(d, f"print(open('notebook-{d.jupyter_marker}.txt').read())")
+    assert out.strip() == f"kept {d.jupyter_marker}"
