@@ -31,7 +31,7 @@ from mlox_iac.errors import ConfigError, MloxError
 
 SECRET = "[secret]"
 # Outputs that are secrets (the stack marks them so; a JSON outputs file has them in clear).
-SECRET_OUTPUTS = frozenset({"ui_passwords", "login_passwords", "s3_access_key", "s3_secret_key"})
+SECRET_OUTPUTS = frozenset({"ui_passwords", "login_passwords", "api_tokens", "s3_access_key", "s3_secret_key"})
 # Where Caddy keeps the root certificate of its internal CA on every server.
 CA_PATH_ON_SERVER = "/mnt/mlox-data/volumes/caddy-data/caddy/pki/authorities/local/root.crt"
 # The compose project on every server (see mlox_iac.render.commands.COMPOSE).

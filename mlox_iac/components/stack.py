@@ -82,4 +82,7 @@ def _stack_outputs(config: StackConfig, ctx: Context, server: Server, services: 
     logins = {n: s.login_password for n, s in services.items() if getattr(s, "login_password", None) is not None}
     if logins:
         out["login_passwords"] = pulumi.Output.secret(logins)
+    tokens = {n: s.api_token for n, s in services.items() if getattr(s, "api_token", None) is not None}
+    if tokens:
+        out["api_tokens"] = pulumi.Output.secret(tokens)
     return out

@@ -45,8 +45,8 @@ def test_databases_and_buckets_come_from_the_services_that_declare_them():
     from mlox_iac.components.services import postgres, seaweedfs
 
     ctx = everything_ctx()
-    assert postgres.databases(ctx) == ["mlflow", "feast"]
-    assert seaweedfs.buckets(ctx) == ["data", "mlflow-artifacts"]
+    assert postgres.databases(ctx) == ["mlflow", "feast", "labelstudio"]
+    assert seaweedfs.buckets(ctx) == ["data", "mlflow-artifacts", "label-studio"]
 
 
 # --- broken services: one change to a good one, and the exact complaint

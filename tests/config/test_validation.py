@@ -72,9 +72,9 @@ CASES = {
     "bad_preset": (settings(services={"preset": "everything"}),
         "mlox:services.preset: 'everything' is not allowed (allowed: core or full)"),
     "full_preset_on_a_small_server": (settings(hetzner={"server_type": "cpx11"}, services={"preset": "full"}),
-        "mlox:hetzner.server_type: server has 2048 MiB but the enabled services need 4352 MiB (postgres 512, "
-        "seaweedfs 512, mlflow 1024, redis 128, feast 512, jupyter 1024, caddy 128, system 512) "
-        "(allowed: a size with at least 4352 MiB, or fewer services)"),
+        "mlox:hetzner.server_type: server has 2048 MiB but the enabled services need 5120 MiB (postgres 512, "
+        "seaweedfs 512, mlflow 1024, redis 128, feast 512, label-studio 768, jupyter 1024, caddy 128, system 512) "
+        "(allowed: a size with at least 5120 MiB, or fewer services)"),
     "feast_without_redis": (settings("onprem", services={"feast": {"enabled": True}}),
         "mlox:services.redis.enabled: must be true because feast needs redis"),
     "full_preset_without_postgres": (settings("onprem", services={"preset": "full", "postgres": {"enabled": False}}),
@@ -139,13 +139,13 @@ def test_valid_stack_keeps_other_namespaces_and_defaults(tmp_path):
 
 
 CORE = ["postgres", "seaweedfs", "mlflow", "caddy"]
-FULL = ["postgres", "seaweedfs", "mlflow", "redis", "feast", "jupyter", "caddy"]
+FULL = ["postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "jupyter", "caddy"]
 PRESET_CASES = {
     "no_preset_is_core": ({}, CORE),
     "core": ({"preset": "core"}, CORE),
     "full": ({"preset": "full"}, FULL),
     "core_plus_one": ({"preset": "core", "jupyter": {"enabled": True}}, ["postgres", "seaweedfs", "mlflow", "jupyter", "caddy"]),
-    "full_minus_one": ({"preset": "full", "jupyter": {"enabled": False}}, ["postgres", "seaweedfs", "mlflow", "redis", "feast", "caddy"]),
+    "full_minus_one": ({"preset": "full", "jupyter": {"enabled": False}}, ["postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "caddy"]),
     "core_minus_mlflow": ({"mlflow": {"enabled": False}}, ["postgres", "seaweedfs", "caddy"]),
     "settings_alone_do_not_enable": ({"preset": "core", "redis": {}}, CORE),
     "explicit_true_in_full": ({"preset": "full", "redis": {"enabled": True}}, FULL),

@@ -74,6 +74,8 @@ STANDINS: dict[str, Standin] = {
         Standin("ghcr.io/mlox-iac/jupyterlab:4.6.6-1", "jupyterlab", ("jupyter", "lab", "--version"), "4.6.6",
                 needs_ca=True),
         Standin("quay.io/feastdev/feature-server:0.67.0", "feast", ("feast", "version"), "0.67.0", needs_ca=True),
+        Standin("heartexlabs/label-studio:1.23.2", "label-studio", ("label-studio", "version"), "1.23.2",
+                needs_ca=True),
     )
 }
 ALL_IMAGES: tuple[str, ...] = tuple(STANDINS)

@@ -6,7 +6,7 @@ then add one line here. Each declaration is checked when the registry loads.
 
 from __future__ import annotations
 
-from mlox_iac.components.services import caddy, feast, jupyter, mlflow, postgres, redis, seaweedfs
+from mlox_iac.components.services import caddy, feast, jupyter, label_studio, mlflow, postgres, redis, seaweedfs
 from mlox_iac.components.services.base import Service, check_service
 
 _ORDER: list[Service] = [
@@ -15,6 +15,7 @@ _ORDER: list[Service] = [
     mlflow.SERVICE,
     redis.SERVICE,
     feast.SERVICE,
+    label_studio.SERVICE,
     jupyter.SERVICE,
     caddy.SERVICE,  # last: it routes to everything above
 ]
