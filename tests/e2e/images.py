@@ -76,6 +76,7 @@ STANDINS: dict[str, Standin] = {
         Standin("quay.io/feastdev/feature-server:0.67.0", "feast", ("feast", "version"), "0.67.0", needs_ca=True),
         Standin("heartexlabs/label-studio:1.23.2", "label-studio", ("label-studio", "version"), "1.23.2",
                 needs_ca=True),
+        Standin("apache/airflow:3.3.2", "airflow", ("airflow", "version"), "3.3.2", needs_ca=True),
     )
 }
 ALL_IMAGES: tuple[str, ...] = tuple(STANDINS)

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.e2e
 
 PREFIX, FIRST_INDEX = "mlxsvc", 61
 # The full preset's long-running containers (provisioning steps idle once done).
-LONG_RUNNING = ("postgres", "seaweedfs", "mlflow", "redis", "feast", "jupyter", "caddy")
+LONG_RUNNING = ("postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "jupyter", "caddy")
 
 
 @pytest.fixture(scope="module")
@@ -245,6 +245,48 @@ def test_4_feast_apply_materialize_and_online_lookup_through_the_feature_server(
     assert requests.post(url, json=body, verify=str(d.ca_path), timeout=30).status_code == 401
     assert requests.post(url, json=body, auth=(auth[0], "wrong"), verify=str(d.ca_path), timeout=30).status_code == 401
     d.feast_marker = marker
+
+
+LABEL_CONFIG = """<View><Image name="image" value="$image"/>
+<Choices name="label" toName="image"><Choice value="cat"/><Choice value="dog"/></Choices></View>"""
+
+
+def test_4a_label_studio_project_and_imported_file_in_the_bucket(catalogue):
+    import requests
+
+    d = catalogue
+    base = d.outputs["urls"]["label-studio"]
+    api = requests.Session()
+    api.verify = str(d.ca_path)
+    api.headers["Authorization"] = "Token " + d.outputs["api_tokens"]["label-studio"]
+    marker = uuid.uuid4().hex[:8]
+    project = api.post(f"{base}/api/projects", json={"title": f"e2e-{marker}", "label_config": LABEL_CONFIG}, timeout=60)
+    assert project.status_code == 201, project.text[:1000]
+    project_id = project.json()["id"]
+    image = b"\x89PNG\r\n\x1a\n" + os.urandom(2048)  # bytes to find again in the bucket
+    imported = api.post(f"{base}/api/projects/{project_id}/import", files={"file": (f"cat-{marker}.png", image)},
+                        timeout=120)
+    assert imported.status_code == 201, imported.text[:1000]
+    assert imported.json()["task_count"] == 1
+    tasks = api.get(f"{base}/api/tasks", params={"project": project_id}, timeout=60).json()["tasks"]
+    file_url = tasks[0]["data"]["image"]
+    assert marker in file_url, file_url
+    keys = [o["Key"] for o in d.s3().list_objects_v2(Bucket="label-studio").get("Contents", [])]
+    stored = [k for k in keys if marker in k]
+    assert len(stored) == 1, keys
+    assert d.s3().get_object(Bucket="label-studio", Key=stored[0])["Body"].read() == image
+    # Streamed back through Label Studio (the bucket itself is not public).
+    from urllib.parse import urlsplit
+
+    prefix = urlsplit(base).path  # "/label-studio" on the bare address; links may carry it already
+    full = f"https://{urlsplit(base).netloc}{file_url}" if prefix and file_url.startswith(prefix + "/") else base + file_url
+    served = api.get(full, timeout=60)
+    assert served.status_code == 200 and served.content == image, (file_url, served.status_code)
+    unauthenticated = requests.get(f"{base}/api/projects", verify=str(d.ca_path), timeout=30)
+    assert unauthenticated.status_code == 401, unauthenticated.status_code
+    wrong = requests.get(f"{base}/api/projects", headers={"Authorization": "Token " + "x" * 40},
+                         verify=str(d.ca_path), timeout=30)
+    assert wrong.status_code == 401
 
 
 def test_4b_new_routes_refuse_unauthenticated_requests(catalogue):
