@@ -125,6 +125,9 @@ FULL = settings("onprem", services={"preset": "full"})
     ("feast", ["FEAST_DB_PASSWORD", "FEAST_REDIS_PASSWORD"]),
     ("label-studio", ["CSRF_TRUSTED_ORIGINS", "LABEL_STUDIO_HOST", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN",
                       "POSTGRE_PASSWORD", "STORAGE_AWS_ACCESS_KEY_ID", "STORAGE_AWS_SECRET_ACCESS_KEY"]),
+    ("airflow", ["AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_CONN_AWS_DEFAULT", "AIRFLOW__API_AUTH__JWT_SECRET",
+                 "AIRFLOW__API__BASE_URL", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__FERNET_KEY",
+                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]),
     ("jupyter", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "FEAST_DB_PASSWORD", "FEAST_REDIS_PASSWORD",
                  "MLOX_JUPYTER_PASSWORD"]),
 ])
@@ -146,7 +149,13 @@ def test_full_preset_shares_credentials_and_exports_logins_as_secrets(record):
     assert env["label-studio"]["CSRF_TRUSTED_ORIGINS"] == "'https://192.0.2.50'"
     for key in ("login_passwords", "api_tokens", "ui_passwords"):
         assert is_secret(outputs[key]), key
-    assert sorted(unwrap(outputs["login_passwords"])) == ["jupyter", "label-studio"]
+    assert sorted(unwrap(outputs["login_passwords"])) == ["airflow", "jupyter", "label-studio"]
+    airflow = {name: dict(line.split("=", 1) for line in unwrap(named(resources)["airflow-env"].inputs["stdin"]).splitlines())
+               for name in ("airflow",)}["airflow"]
+    import base64
+
+    assert len(base64.urlsafe_b64decode(airflow["AIRFLOW__CORE__FERNET_KEY"].strip("'"))) == 32  # a valid Fernet key
+    assert env["postgres"]["MLOX_DB_PASSWORD_AIRFLOW"].strip("'") in airflow["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     assert sorted(unwrap(outputs["api_tokens"])) == ["label-studio"]
     assert sorted(unwrap(outputs["ui_passwords"])) == ["feast", "mlflow"]
     assert unwrap(outputs["urls"])["feast"] == "https://192.0.2.50/feast"

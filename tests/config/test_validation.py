@@ -71,10 +71,13 @@ CASES = {
         "mlox:services.mlflow.enabled: 'sometimes' is not true or false"),
     "bad_preset": (settings(services={"preset": "everything"}),
         "mlox:services.preset: 'everything' is not allowed (allowed: core or full)"),
-    "full_preset_on_a_small_server": (settings(hetzner={"server_type": "cpx11"}, services={"preset": "full"}),
-        "mlox:hetzner.server_type: server has 2048 MiB but the enabled services need 5120 MiB (postgres 512, "
-        "seaweedfs 512, mlflow 1024, redis 128, feast 512, label-studio 768, jupyter 1024, caddy 128, system 512) "
-        "(allowed: a size with at least 5120 MiB, or fewer services)"),
+    "full_preset_on_a_small_server": (settings(hetzner={"server_type": "cx22"}, services={"preset": "full"}),
+        "mlox:hetzner.server_type: server has 4096 MiB but the enabled services need 7424 MiB (postgres 512, "
+        "seaweedfs 512, mlflow 1024, redis 128, feast 512, label-studio 768, airflow 2304, jupyter 1024, caddy 128, "
+        "system 512) (allowed: a size with at least 7424 MiB, or fewer services)"),
+    "bad_dags_repo": (settings("onprem", services={"airflow": {"enabled": True, "dags_repo": "ftp://x/y"}}),
+        "mlox:services.airflow.dags_repo: 'ftp://x/y' is not allowed (allowed: matching "
+        "^(https://|http://|git://|ssh://|file://|git@)\\S+$)"),
     "feast_without_redis": (settings("onprem", services={"feast": {"enabled": True}}),
         "mlox:services.redis.enabled: must be true because feast needs redis"),
     "full_preset_without_postgres": (settings("onprem", services={"preset": "full", "postgres": {"enabled": False}}),
@@ -139,13 +142,13 @@ def test_valid_stack_keeps_other_namespaces_and_defaults(tmp_path):
 
 
 CORE = ["postgres", "seaweedfs", "mlflow", "caddy"]
-FULL = ["postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "jupyter", "caddy"]
+FULL = ["postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "airflow", "jupyter", "caddy"]
 PRESET_CASES = {
     "no_preset_is_core": ({}, CORE),
     "core": ({"preset": "core"}, CORE),
     "full": ({"preset": "full"}, FULL),
     "core_plus_one": ({"preset": "core", "jupyter": {"enabled": True}}, ["postgres", "seaweedfs", "mlflow", "jupyter", "caddy"]),
-    "full_minus_one": ({"preset": "full", "jupyter": {"enabled": False}}, ["postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "caddy"]),
+    "full_minus_one": ({"preset": "full", "jupyter": {"enabled": False}}, ["postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "airflow", "caddy"]),
     "core_minus_mlflow": ({"mlflow": {"enabled": False}}, ["postgres", "seaweedfs", "caddy"]),
     "settings_alone_do_not_enable": ({"preset": "core", "redis": {}}, CORE),
     "explicit_true_in_full": ({"preset": "full", "redis": {"enabled": True}}, FULL),

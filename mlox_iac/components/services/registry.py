@@ -6,7 +6,9 @@ then add one line here. Each declaration is checked when the registry loads.
 
 from __future__ import annotations
 
-from mlox_iac.components.services import caddy, feast, jupyter, label_studio, mlflow, postgres, redis, seaweedfs
+from mlox_iac.components.services import (
+    airflow, caddy, feast, jupyter, label_studio, mlflow, postgres, redis, seaweedfs,
+)
 from mlox_iac.components.services.base import Service, check_service
 
 _ORDER: list[Service] = [
@@ -16,6 +18,7 @@ _ORDER: list[Service] = [
     redis.SERVICE,
     feast.SERVICE,
     label_studio.SERVICE,
+    airflow.SERVICE,
     jupyter.SERVICE,
     caddy.SERVICE,  # last: it routes to everything above
 ]
