@@ -34,7 +34,46 @@ pytestmark = pytest.mark.e2e
 
 PREFIX, FIRST_INDEX = "mlxsvc", 61
 # The full preset's long-running containers (provisioning steps idle once done).
-LONG_RUNNING = ("postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "jupyter", "caddy")
+LONG_RUNNING = ("postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "airflow", "airflow-scheduler",
+                "airflow-dag-processor", "jupyter", "caddy")
+GIT_PORT = 9418
+
+# The DAG the test commits to the repository Airflow syncs: it uses only the connections
+# mlox creates (aws_default for the bucket, mlflow_default for the tracking server).
+DAG = """
+import json, urllib.request
+
+import pendulum
+from airflow.sdk import BaseHook, dag, task
+
+
+@dag(dag_id="mlox_e2e", schedule=None, start_date=pendulum.datetime(2025, 1, 1), catchup=False)
+def mlox_e2e():
+    @task
+    def write_and_track(**context):
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        marker = context["dag_run"].conf["marker"]
+        S3Hook(aws_conn_id="aws_default").load_string(f"written by airflow {marker}", key=f"airflow/{marker}.txt",
+                                                      bucket_name="data", replace=True)
+        mlflow = BaseHook.get_connection("mlflow_default").host
+
+        def call(path, body):
+            request = urllib.request.Request(f"{mlflow}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            return json.load(urllib.request.urlopen(request, timeout=30))
+
+        experiment = call("experiments/create", {"name": f"airflow-{marker}"})["experiment_id"]
+        run = call("runs/create", {"experiment_id": experiment})["run"]["info"]["run_id"]
+        call("runs/log-metric", {"run_id": run, "key": "rows", "value": 42, "timestamp": 0, "step": 0})
+        call("runs/update", {"run_id": run, "status": "FINISHED"})
+        print(f"MLOX-E2E marker={marker} run={run}")
+
+    write_and_track()
+
+
+mlox_e2e()
+"""
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +94,35 @@ def catalogue(tmp_path_factory):
     builder.start()  # images build on the CI machine while the target boots
     with hosts.target_hosts(1, prefix=PREFIX, first_index=FIRST_INDEX) as (host,):
         d = Deployment(host, tmp_path_factory.mktemp("catalogue"))
-        d.raw["services"] = {"preset": "full"}
+        daemon = _serve_dags_repo(d.work / "git", host.gateway)
+        d.raw["services"] = {"preset": "full", "airflow": {"dags_repo": f"git://{host.gateway}:{GIT_PORT}/dags.git"}}
         d.raw["onprem"]["memory_mb"] = 8192  # an 8 GB server (Hetzner cx32/cx33 class)
         d.builder, d.built, d.images = builder, built, needed
         timed("catalogue target ready", time.monotonic() - started)
-        yield d
+        try:
+            yield d
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=10)
+
+
+def _serve_dags_repo(root, address: str):
+    """A bare git repository with the DAG, served read-only by `git daemon` on the target's
+    gateway address (the host side of its veth): the target clones it as from any git server."""
+    import subprocess
+
+    work, bare = root / "work", root / "dags.git"
+    work.mkdir(parents=True)
+    (work / "dags").mkdir()
+    (work / "dags" / "mlox_e2e.py").write_text(DAG)
+    git = ["git", "-c", "user.name=e2e", "-c", "user.email=e2e@mlox", "-C", str(work)]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "dags"], check=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+    return subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={root}",
+                             f"--listen={address}", f"--port={GIT_PORT}", str(root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _healthy(d: Deployment, timeout: float = 600) -> dict:
@@ -289,12 +352,66 @@ def test_4a_label_studio_project_and_imported_file_in_the_bucket(catalogue):
     assert wrong.status_code == 401
 
 
+def _airflow_api(d: Deployment):
+    import requests
+
+    base = d.outputs["urls"]["airflow"]
+    api = requests.Session()
+    api.verify = str(d.ca_path)
+    token = api.post(f"{base}/auth/token", json={"username": "admin", "password": d.outputs["login_passwords"]["airflow"]},
+                     timeout=60)
+    assert token.status_code in (200, 201), token.text[:500]
+    api.headers["Authorization"] = "Bearer " + token.json()["access_token"]
+    return base, api
+
+
+def test_4c_airflow_runs_a_dag_from_the_synced_repository(catalogue):
+    from mlflow import MlflowClient
+
+    d = catalogue
+    base, api = _airflow_api(d)
+    deadline = time.monotonic() + 300  # the DAG processor clones the repository and parses it
+    while api.get(f"{base}/api/v2/dags/mlox_e2e", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline, api.get(f"{base}/api/v2/importErrors", timeout=30).text[:2000]
+        time.sleep(5)
+    assert api.patch(f"{base}/api/v2/dags/mlox_e2e", json={"is_paused": False}, timeout=30).status_code == 200
+    marker = uuid.uuid4().hex[:8]
+    run = api.post(f"{base}/api/v2/dags/mlox_e2e/dagRuns", json={"logical_date": None, "conf": {"marker": marker}},
+                   timeout=30)
+    assert run.status_code == 200, run.text[:1000]
+    run_id = run.json()["dag_run_id"]
+    deadline = time.monotonic() + 300
+    while (state := api.get(f"{base}/api/v2/dags/mlox_e2e/dagRuns/{run_id}", timeout=30).json()["state"]) not in (
+            "success", "failed"):
+        assert time.monotonic() < deadline, state
+        time.sleep(5)
+    log = api.get(f"{base}/api/v2/dags/mlox_e2e/dagRuns/{run_id}/taskInstances/write_and_track/logs/1",
+                  headers={"Accept": "text/plain"}, timeout=60)
+    assert state == "success", log.text[-3000:]
+    assert log.status_code == 200 and f"MLOX-E2E marker={marker}" in log.text, log.text[-3000:]
+    mlflow_run = log.text.split(f"MLOX-E2E marker={marker} run=", 1)[1][:32]
+    assert d.s3().get_object(Bucket="data", Key=f"airflow/{marker}.txt")["Body"].read() == f"written by airflow {marker}".encode()
+    # The task log is in the bucket (remote logging), under Airflow's log path for this run.
+    logs = [o["Key"] for o in d.s3().list_objects_v2(Bucket="airflow-logs").get("Contents", [])]
+    ours = [k for k in logs if f"dag_id=mlox_e2e/run_id={run_id}/task_id=write_and_track/" in k]
+    assert ours, logs
+    assert f"MLOX-E2E marker={marker}" in d.s3().get_object(Bucket="airflow-logs", Key=ours[0])["Body"].read().decode()
+    os.environ.update(d.mlflow_env())
+    assert MlflowClient().get_run(mlflow_run).data.metrics["rows"] == 42
+
+
 def test_4b_new_routes_refuse_unauthenticated_requests(catalogue):
     import requests
 
     d = catalogue
     for route in ("feast",):  # behind the proxy's basic auth
         assert requests.get(d.outputs["urls"][route] + "/health", verify=str(d.ca_path), timeout=20).status_code == 401
+    airflow = d.outputs["urls"]["airflow"]
+    for path in ("/api/v2/dags", "/api/v2/connections", "/api/v2/config"):
+        assert requests.get(airflow + path, verify=str(d.ca_path), timeout=20).status_code in (401, 403), path
+    wrong = requests.post(f"{airflow}/auth/token", json={"username": "admin", "password": "wrong"},
+                          verify=str(d.ca_path), timeout=20)
+    assert wrong.status_code in (401, 403), wrong.status_code
     base = d.outputs["urls"]["jupyter"]
     for path in ("/api/kernels", "/api/contents", "/api/sessions", "/api/terminals"):
         answer = requests.get(base + path, verify=str(d.ca_path), timeout=20, allow_redirects=False)
