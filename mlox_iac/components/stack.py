@@ -80,9 +80,7 @@ def _stack_outputs(config: StackConfig, ctx: Context, server: Server, services: 
         out["mlflow_tracking_uri"] = urls["mlflow"]
     # Services with their own login (auth "own") name its password as `login_password`.
     logins = {n: s.login_password for n, s in services.items() if getattr(s, "login_password", None) is not None}
-    if logins:
-        out["login_passwords"] = pulumi.Output.secret(logins)
+    out["login_passwords"] = pulumi.Output.secret(logins)
     tokens = {n: s.api_token for n, s in services.items() if getattr(s, "api_token", None) is not None}
-    if tokens:
-        out["api_tokens"] = pulumi.Output.secret(tokens)
+    out["api_tokens"] = pulumi.Output.secret(tokens)
     return out
