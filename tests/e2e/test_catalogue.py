@@ -459,8 +459,13 @@ def test_5_idle_memory_of_the_full_preset(catalogue):
     print(f"[e2e] full preset idle memory: {total:.0f} MiB, peak sum {sum(peaks.values()):.0f} MiB; "
           f"per container idle (peak under the tests' workload): {report}", file=sys.stderr)
     assert set(peaks) == set(usage), (peaks, usage)
-    for name in LONG_RUNNING:  # each idles under its budget
-        assert usage[name] < SERVICES[name].memory_mb, (name, usage[name])
+    limits = {}
+    for line in d.host.ssh("docker inspect -f '{{.Name}} {{.HostConfig.Memory}}' $(docker ps -q)").stdout.splitlines():
+        name, limit = line.split()
+        limits[name.strip("/").removeprefix("mlox-").removesuffix("-1")] = int(limit) / 2**20
+    # Each budget has headroom: the peak under the tests' workload stayed below 90 % of it.
+    tight = {n: (round(peaks[n]), limits[n]) for n in LONG_RUNNING if peaks[n] > 0.9 * limits[n]}
+    assert not tight, tight
 
 
 def test_6_unchanged_redeploy_restarts_nothing(catalogue):
