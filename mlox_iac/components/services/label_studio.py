@@ -54,7 +54,7 @@ def compose(ctx: Context) -> dict:
         "STORAGE_AWS_ENDPOINT_URL": f"http://seaweedfs:{seaweedfs.S3_PORT}", "STORAGE_AWS_FOLDER": "media",
         "USE_NGINX_FOR_UPLOADS": "false",  # stream files from the bucket through Label Studio
         "SSRF_PROTECTION_ENABLED": "true", "COLLECT_ANALYTICS": "false",
-        "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
+        "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "", "LATEST_VERSION_CHECK": "false",
     }
     return {
         "services": {
