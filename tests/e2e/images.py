@@ -74,7 +74,9 @@ STANDINS: dict[str, Standin] = {
         Standin("ghcr.io/mlox-iac/jupyterlab:4.6.6-1", "jupyterlab", ("jupyter", "lab", "--version"), "4.6.6",
                 needs_ca=True),
         Standin("quay.io/feastdev/feature-server:0.67.0", "feast", ("feast", "version"), "0.67.0", needs_ca=True),
-        Standin("heartexlabs/label-studio:1.23.2", "label-studio", ("label-studio", "version"), "1.23.2",
+        # (`label-studio version` migrates a SQLite database first: minutes, so the package is asked.)
+        Standin("heartexlabs/label-studio:1.23.2", "label-studio",
+                ("python3", "-c", "import label_studio; print('label-studio', label_studio.__version__)"), "1.23.2",
                 needs_ca=True),
         Standin("apache/airflow:3.3.2", "airflow", ("airflow", "version"), "3.3.2", needs_ca=True),
     )
