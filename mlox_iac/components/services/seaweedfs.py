@@ -144,5 +144,5 @@ class Seaweedfs(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("caddy",), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Seaweedfs,
+    compose=compose, routes=routes, files=files, data=data, component=Seaweedfs, preset="core",
 )
