@@ -93,7 +93,7 @@ CASES = {
         "mlox:services.mlflow.enabled: 'sometimes' is not true or false"),
     "bad_preset": (settings(services={"preset": "everything"}),
         "mlox:services.preset: 'everything' is not allowed (allowed: core or full)"),
-    "full_preset_on_a_small_server": (settings(hetzner={"server_type": "cx22"}, services={"preset": "full"}),
+    "full_preset_on_a_small_server": (settings(hetzner={"server_type": "cx23"}, services={"preset": "full"}),
         "mlox:hetzner.server_type: server has 4096 MiB but the enabled services need 7424 MiB (postgres 512, "
         "seaweedfs 512, mlflow 1024, redis 128, feast 512, label-studio 768, airflow 2304, jupyter 1024, caddy 128, "
         "system 512) (allowed: a size with at least 7424 MiB, or fewer services)"),
