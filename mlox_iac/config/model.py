@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from mlox_iac.components.services.base import PRESETS
 from mlox_iac.components.services.registry import SERVICES
 from mlox_iac.config import ssh_keys
 from mlox_iac.providers import PROVIDERS, get_provider
@@ -70,9 +71,14 @@ def _services_model() -> type[BaseModel]:
     from pydantic import create_model
 
     fields: dict[str, Any] = {
+        "preset": (Literal[PRESETS], Field(  # type: ignore[valid-type]
+            "core", description="Which services are enabled unless a service's own enabled says otherwise: "
+            "core (postgres, seaweedfs, mlflow, caddy) or full (every service)")),
+    }
+    fields.update({
         name: (service.settings, Field(default_factory=service.settings, description=service.summary))
         for name, service in SERVICES.items()
-    }
+    })
     return create_model("ServicesSettings", __config__=ConfigDict(extra="forbid"), **fields)
 
 
@@ -121,11 +127,9 @@ class StackConfig(Strict):
             raise _FieldError(self.provider, f"required when provider is {self.provider} (set mlox:{self.provider})")
         if self.domain and not self.acme_email:
             raise _FieldError("acme_email", "required when a domain is set (Let's Encrypt needs a contact address)")
-        for name, service in SERVICES.items():
-            if not self.service(name).enabled:
-                continue
-            for needed in service.requires:
-                if not self.service(needed).enabled:
+        for name in self.enabled_services():
+            for needed in SERVICES[name].requires:
+                if not self.service_enabled(needed):
                     raise _FieldError(f"services.{needed}.enabled", f"must be true because {name} needs {needed}")
         needed_mb = self.memory_needed_mb()
         have_mb = self.memory_mb()
@@ -142,9 +146,16 @@ class StackConfig(Strict):
     def service(self, name: str) -> Any:
         return getattr(self.services, name)
 
+    def service_enabled(self, name: str) -> bool:
+        """A service's own ``enabled`` if set, else whether the preset includes it."""
+        enabled = self.service(name).enabled
+        if enabled is not None:
+            return enabled
+        return PRESETS.index(SERVICES[name].preset) <= PRESETS.index(self.services.preset)
+
     def enabled_services(self) -> list[str]:
         """Names of enabled services, in registry order (which is dependency order)."""
-        return [name for name in SERVICES if self.service(name).enabled]
+        return [name for name in SERVICES if self.service_enabled(name)]
 
     def provider_settings(self) -> Any:
         return getattr(self, self.provider)
