@@ -35,7 +35,11 @@ def validate(stack: Optional[str] = StackOpt, file: Optional[Path] = FileOpt, as
     summary = {
         "ok": True, "file": str(path), "provider": config.provider, "services": config.enabled_services(),
         "memory_needed_mb": config.memory_needed_mb(), "memory_mb": config.memory_mb(),
+        "warnings": [f"{path}: mlox:{key}: warning: {message}" for key, message in config.warnings()],
     }
+    if not as_json:
+        for line in summary["warnings"]:
+            out.err.print(line)
     out.data(summary, lambda c, s: c.print(
         f"ok: {s['file']} is valid ({s['provider']}; {', '.join(s['services'])}; "
         f"{s['memory_needed_mb']} of {s['memory_mb']} MiB)"
