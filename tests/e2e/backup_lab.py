@@ -161,16 +161,32 @@ def mlflow_client(d: Deployment, *args: str) -> dict | str:
     return json.loads(last) if last.startswith("{") else last
 
 
+def s3_client(d: Deployment):
+    """boto3 through the proxy, patient enough for a busy CI machine (parts of 200 MB uploads)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3", endpoint_url=d.outputs["s3_endpoint"], region_name="us-east-1",
+        aws_access_key_id=d.outputs["s3_access_key"], aws_secret_access_key=d.outputs["s3_secret_key"],
+        verify=str(d.ca_path), config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 6},
+                                             read_timeout=300, connect_timeout=30, max_pool_connections=16),
+    )
+
+
 def seed(d: Deployment) -> dict:
     """Real data in every kind of store; returns what was logged to MLflow."""
+    from boto3.s3.transfer import TransferConfig
+
     start = time.monotonic()
     logged = [mlflow_client(d, "log", uuid.uuid4().hex[:8]) for _ in range(2)]
-    s3 = d.s3()
+    s3 = s3_client(d)
     with tempfile.NamedTemporaryFile() as big:
         for _ in range(BIG_OBJECT_MB):
             big.write(os.urandom(1 << 20))
         big.flush()
-        s3.upload_file(big.name, USER_BUCKET, "big/object-200mb.bin")
+        s3.upload_file(big.name, USER_BUCKET, "big/object-200mb.bin",
+                       Config=TransferConfig(multipart_chunksize=16 << 20, max_concurrency=4))
 
     def small(i: int) -> None:
         s3.put_object(Bucket=USER_BUCKET, Key=f"small/{i:04d}.txt", Body=f"object {i} {uuid.uuid4()}\n".encode() * (1 + i % 7))
@@ -201,7 +217,7 @@ def fingerprint(d: Deployment, buckets: tuple[str, ...] = (USER_BUCKET, "mlflow-
     """Everything a user stored, read from outside: tables, objects, volume files."""
     tables = d.host.ssh(f"{COMPOSE} exec -T postgres psql -U postgres -d mlflow -At -F ' ' -v ON_ERROR_STOP=1",
                         input=_TABLE_SUMS + "\n").stdout.split("\n")
-    s3 = d.s3()
+    s3 = s3_client(d)
 
     def digest(bucket: str, key: str) -> tuple[str, str]:
         h = hashlib.sha256()

@@ -132,7 +132,7 @@ def test_3_disaster_everything_comes_back(stack):
     from tests.e2e.test_deploy import COMPOSE
 
     d.host.ssh(f"{COMPOSE} exec -T postgres psql -U postgres -v ON_ERROR_STOP=1 -c 'DROP DATABASE mlflow WITH (FORCE)'")
-    s3 = d.s3()
+    s3 = lab.s3_client(d)
     for bucket in (lab.USER_BUCKET, "mlflow-artifacts"):
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             for obj in page.get("Contents", []):
@@ -207,6 +207,11 @@ def test_5_the_schedule_backs_up_by_itself(stack):
     d.raw["backup"]["schedule"] = "daily"
     d.replay()
     assert "OnCalendar=daily" in d.host.ssh("systemctl cat mlox-backup.timer").stdout
+    # A run the timer started before the change finishes on its own; wait for it (it locks the repository).
+    deadline = time.monotonic() + 300
+    while d.host.ssh("systemctl is-active mlox-backup.service", check=False).stdout.strip() in ("active", "activating"):
+        assert time.monotonic() < deadline, "the scheduled backup did not finish"
+        time.sleep(3)
 
 
 def test_6_server_lost_a_fresh_host_restores_from_the_repository_alone(stack, tmp_path_factory):
