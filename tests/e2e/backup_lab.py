@@ -226,17 +226,26 @@ def fingerprint(d: Deployment, buckets: tuple[str, ...] = (USER_BUCKET, "mlflow-
     s3 = s3_client(d)
 
     def digest(bucket: str, key: str) -> tuple[str, str]:
-        h = hashlib.sha256()
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
-        for chunk in iter(lambda: body.read(1 << 20), b""):
-            h.update(chunk)
-        return f"{bucket}/{key}", h.hexdigest()
+        from botocore.exceptions import BotoCoreError
+
+        for attempt in range(4):  # a stream cut on a loaded machine is read again, whole
+            h = hashlib.sha256()
+            try:
+                body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+                for chunk in iter(lambda: body.read(1 << 20), b""):
+                    h.update(chunk)
+                return f"{bucket}/{key}", h.hexdigest()
+            except BotoCoreError:
+                if attempt == 3:
+                    raise
+                time.sleep(3)
+        raise AssertionError("unreachable")
 
     keys = []
     for bucket in buckets:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             keys += [(bucket, o["Key"]) for o in page.get("Contents", [])]
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
         objects = dict(pool.map(lambda bk: digest(*bk), keys))
     files = {}
     for volume in kept_volumes(d):
