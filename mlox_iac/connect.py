@@ -31,7 +31,8 @@ from mlox_iac.errors import ConfigError, MloxError
 
 SECRET = "[secret]"
 # Outputs that are secrets (the stack marks them so; a JSON outputs file has them in clear).
-SECRET_OUTPUTS = frozenset({"ui_passwords", "login_passwords", "api_tokens", "s3_access_key", "s3_secret_key"})
+SECRET_OUTPUTS = frozenset({"ui_passwords", "login_passwords", "api_tokens", "s3_access_key", "s3_secret_key",
+                            "backup_password"})
 # Where Caddy keeps the root certificate of its internal CA on every server.
 CA_PATH_ON_SERVER = "/mnt/mlox-data/volumes/caddy-data/caddy/pki/authorities/local/root.crt"
 # The compose project on every server (see mlox_iac.render.commands.COMPOSE).
@@ -460,3 +461,81 @@ def format_duration(seconds: float | None) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
     return f"{int(seconds)}s"
+
+
+# ----- backup -------------------------------------------------------------------------
+
+BACKUP_DIR_ON_SERVER = "/opt/mlox/bundle/backup"
+BACKUP_VERBS = ("backup", "snapshots", "restore", "status")
+
+
+def backup_argv(
+    outputs: Mapping[str, Any],
+    verb: str,
+    args: Sequence[str] = (),
+    *,
+    identity: str | Path | None = None,
+    options: Sequence[str] = (),
+) -> list[str]:
+    """``ssh ... python3 -m mlox_data VERB ARGS`` on the server, as root (the backup tooling
+    the bundle ships; see ``mlox_iac/data``)."""
+    if verb not in BACKUP_VERBS:
+        raise ValueError(verb)
+    if not outputs.get("backup_repository"):
+        raise ConfigError(["mlox:backup: the stack has no backup repository (add an mlox:backup block and run up)"])
+    script = f"cd {BACKUP_DIR_ON_SERVER} && exec python3 -m mlox_data {shlex.join([verb, *args])}"
+    return ssh_argv(outputs, _as_root(outputs, ["sh", "-c", script]), identity=identity, options=options, batch=True)
+
+
+def run_backup_verb(
+    argv: Sequence[str],
+    on_progress: Callable[[dict], None] = lambda event: None,
+    *,
+    popen: Callable[..., subprocess.Popen] | None = None,
+) -> Any:
+    """Run a :func:`backup_argv` command, passing progress events on; return its result.
+
+    The server prints one JSON object per line (``progress``, then ``result`` or ``error``);
+    an ``error`` or a missing result becomes a :class:`MloxError` with the server's one line.
+    """
+    try:
+        proc = (popen or subprocess.Popen)(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True)
+    except FileNotFoundError:
+        raise MloxError("ssh is not installed: install the OpenSSH client") from None
+    result: Any = None
+    error: str | None = None
+    done = False
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        kind = event.get("event") if isinstance(event, dict) else None
+        if kind == "progress":
+            on_progress(event)
+        elif kind == "result":
+            result, done = event.get("result"), True
+        elif kind == "error":
+            error = str(event.get("message"))
+    stderr = proc.stderr.read() if proc.stderr else ""
+    code = proc.wait()
+    if error is not None:
+        raise MloxError(error)
+    if code != 0 or not done:
+        reason = [line for line in (stderr or "").splitlines() if line.strip()][-1:] or [f"exit {code}"]
+        if code == 255:
+            raise MloxError(f"cannot reach the server over ssh ({reason[0]}): pass --identity KEY (or MLOX_SSH_IDENTITY)")
+        raise MloxError(f"the server's backup tooling failed ({reason[0]}): is the stack deployed with mlox:backup?")
+    return result
+
+
+def format_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n}"

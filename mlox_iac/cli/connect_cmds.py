@@ -162,6 +162,7 @@ def status(
     out = Out(as_json)
     values = read_outputs(stack, outputs_file, show_secrets=True)
     results = connect.probe(values, ca_file(values, stack, ca, identity, refresh_ca), timeout=timeout)
+    backup = _backup_status(values, identity) if values.get("backup_repository") else None
 
     def table(console, rows):
         from rich.table import Table
@@ -174,13 +175,32 @@ def status(
             state = Text("up", style="green") if r.up else Text("DOWN", style="red bold")
             t.add_row(Text(r.name), Text(r.url), state, str(r.status or "-"),
                       connect.format_duration(r.cert_expires_in_s), Text(r.detail))
+        if backup is not None:
+            state = Text("ok", style="green") if backup["up"] else Text("FAILED", style="red bold")
+            t.add_row(Text("backup"), Text(backup["url"]), state, "-", "-", Text(backup["detail"]))
         console.print(t)
 
-    out.data([r.to_dict() for r in results], table)
-    down = [r.name for r in results if not r.up]
+    rows = [r.to_dict() for r in results] + ([backup] if backup is not None else [])
+    out.data(rows, table)
+    down = [r.name for r in results if not r.up] + (["backup"] if backup is not None and not backup["up"] else [])
     if down:
         out.err.print(f"down: {', '.join(down)}")
         raise typer.Exit(1)
+
+
+def _backup_status(values: dict, identity: Optional[Path]) -> dict:
+    """The last backup's result and age, from the server (one status row: ``backup``)."""
+    from mlox_iac import connect
+
+    row: dict[str, Any] = {"name": "backup", "url": str(values["backup_repository"]), "up": False, "status": None}
+    try:
+        state = connect.run_backup_verb(connect.backup_argv(values, "status", identity=identity, options=ssh_options()))
+    except MloxError as error:
+        return {**row, "detail": f"unknown: {error}"}
+    age = state.get("age_s")
+    when = f"last good backup {connect.format_duration(age)} ago" if age is not None else "no successful backup yet"
+    return {**row, "up": bool(state.get("ok")), "age_s": age, "interval_s": state.get("interval_s"),
+            "last": state.get("last"), "detail": f"{state.get('detail')} ({when})"}
 
 
 def _compose_services(stack: Optional[str], values: dict) -> list[str]:

@@ -42,8 +42,18 @@ class MloxStack(pulumi.ComponentResource):
         services: dict = {}
         for service in config.enabled_services():
             services[service] = SERVICES[service].component(service, ctx, target, services, opts=child)
-        bundle.apply([s.env_command for s in services.values() if s.env_command is not None])
+        up = bundle.apply([s.env_command for s in services.values() if s.env_command is not None])
+        backup = None
+        if config.backup is not None:
+            from mlox_iac.components.backup import Backup
+
+            backup = Backup(f"{SERVER_NAME}-backup", ctx, target, bundle.bundle_hash, after=[up], opts=child)
         self.outputs = _stack_outputs(config, ctx, server, services, bundle)
+        if backup is not None:
+            # Without this password the backups cannot be read: shown by `outputs --show-secrets`.
+            self.outputs["backup_password"] = pulumi.Output.secret(backup.repository_password)
+            self.outputs["backup_repository"] = config.backup.repository
+            self.outputs["backup_schedule"] = config.backup.schedule
         self.register_outputs({})
 
 

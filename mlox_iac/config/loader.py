@@ -22,7 +22,7 @@ from mlox_iac.errors import ConfigError
 NAMESPACE = "mlox"
 SECRET_PLACEHOLDER = "[secret]"
 # Config values that must be Pulumi secrets: (top-level key, nested key).
-MUST_BE_SECRET = {("onprem", "private_key")}
+MUST_BE_SECRET = {("onprem", "private_key"), ("backup", "access_key_id"), ("backup", "secret_access_key")}
 # The top-level keys of a Pulumi stack file (pulumi/pulumi sdk/go/common/workspace ProjectStack).
 STACK_FILE_KEYS = ("config", "secretsprovider", "encryptedkey", "encryptionsalt", "environment")
 

@@ -66,6 +66,91 @@ class DockerSettings(Strict):
     )
 
 
+_SCHEDULES = {"hourly": ("hourly", 3600), "daily": ("daily", 86400), "weekly": ("weekly", 7 * 86400)}
+_REPOSITORY = re.compile(r"^(s3:https?://[^/\s]+/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?|local:/[^\s]*)$")
+
+
+def parse_schedule(value: str) -> tuple[str, int]:
+    """A backup schedule as (systemd OnCalendar expression, interval in seconds).
+
+    ``hourly``, ``daily``, ``weekly``, ``<N>m`` (N divides 60) or ``<N>h`` (N divides 24).
+    """
+    if value in _SCHEDULES:
+        return _SCHEDULES[value]
+    match = re.fullmatch(r"([1-9][0-9]?)([mh])", value)
+    if match:
+        n, unit = int(match.group(1)), match.group(2)
+        if unit == "m" and 60 % n == 0:
+            return f"*:0/{n}", n * 60
+        if unit == "h" and 24 % n == 0:
+            return f"0/{n}:00", n * 3600
+    raise ValueError(
+        f"{value!r} is not a schedule (allowed: hourly, daily, weekly, <N>m with N dividing 60, <N>h with N dividing 24)"
+    )
+
+
+class BackupKeep(Strict):
+    """How many snapshots the repository keeps (restic forget --keep-daily/weekly/monthly)."""
+
+    daily: int = Field(7, ge=0, le=3650, description="Daily snapshots kept")
+    weekly: int = Field(4, ge=0, le=520, description="Weekly snapshots kept")
+    monthly: int = Field(6, ge=0, le=1200, description="Monthly snapshots kept")
+
+    @model_validator(mode="after")
+    def _some(self) -> "BackupKeep":
+        if self.daily + self.weekly + self.monthly == 0:
+            raise ValueError("keeps no snapshot at all (allowed: at least one of daily, weekly, monthly above 0)")
+        return self
+
+
+class BackupSettings(Strict):
+    """Encrypted, deduplicated off-site backups (restic) of every service's declared data."""
+
+    repository: str = Field(
+        description="restic repository: s3:https://ENDPOINT/BUCKET[/PREFIX] (any S3-compatible store), "
+        "or local:/PATH on the server's own disk (not off-site)",
+    )
+    access_key_id: str | None = Field(None, description="S3 access key of the repository (a Pulumi secret)")
+    secret_access_key: str | None = Field(None, description="S3 secret key of the repository (a Pulumi secret)")
+    schedule: str = Field("daily", description="hourly, daily, weekly, <N>m or <N>h: when the server backs up")
+    keep: BackupKeep = Field(default_factory=BackupKeep)
+    check_read_data: int = Field(5, ge=1, le=100, description="Percent of the data the periodic deep check reads back")
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, value: str) -> str:
+        if not _REPOSITORY.match(value):
+            raise ValueError(
+                f"{value!r} is not a repository (allowed: s3:https://ENDPOINT/BUCKET[/PREFIX] or local:/PATH)"
+            )
+        return value.rstrip("/")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> "BackupSettings":
+        if self.is_s3 and not (self.access_key_id and self.secret_access_key):
+            raise _FieldError("backup.access_key_id", "required with an s3: repository, with secret_access_key "
+                              "(set them with: pulumi config set --secret --path 'mlox:backup.access_key_id' KEY)")
+        return self
+
+    @property
+    def is_s3(self) -> bool:
+        return self.repository.startswith("s3:")
+
+    @property
+    def interval_s(self) -> int:
+        return parse_schedule(self.schedule)[1]
+
+    @property
+    def on_calendar(self) -> str:
+        return parse_schedule(self.schedule)[0]
+
+
 def _services_model() -> type[BaseModel]:
     """The ``mlox:services`` model, assembled from the service registry."""
     from pydantic import create_model
@@ -100,6 +185,7 @@ class StackConfig(Strict):
     docker: DockerSettings = Field(default_factory=DockerSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)  # type: ignore[valid-type]
     keep_data_on_destroy: bool = Field(True, description="Protect data volumes from deletion on destroy")
+    backup: BackupSettings | None = Field(None, description="Scheduled encrypted backups to an S3 repository")
     # Set by the loader from the stack name, never from the file.
     _stack_name: str = PrivateAttr("dev")
 
@@ -141,6 +227,14 @@ class StackConfig(Strict):
                 f"({parts}, system {SYSTEM_RESERVE_MB}) (allowed: a size with at least {needed_mb} MiB, or fewer services)",
             )
         return self
+
+    def warnings(self) -> list[tuple[str, str]]:
+        """(key, message) for settings that are valid but risky."""
+        out = []
+        if self.backup is not None and not self.backup.is_s3:
+            out.append(("backup.repository", "a local: repository is on the server's own disk, not off-site: "
+                        "losing the server loses the backups (use an s3: repository)"))
+        return out
 
     # Typed accessors used by components.
     def service(self, name: str) -> Any:

@@ -108,6 +108,19 @@ CASES = {
         "mlox:services.preset: ['core'] is not allowed (allowed: core or full)"),
     "bad_docker_source": (settings(docker={"source": "snap"}),
         "mlox:docker.source: 'snap' is not allowed (allowed: docker or debian)"),
+    "bad_backup_repository": (settings(backup={"repository": "ftp://backups.example.com/x"}),
+        "mlox:backup.repository: 'ftp://backups.example.com/x' is not a repository "
+        "(allowed: s3:https://ENDPOINT/BUCKET[/PREFIX] or local:/PATH)"),
+    "bad_backup_schedule": (settings(backup={"repository": "local:/srv/backups", "schedule": "7m"}),
+        "mlox:backup.schedule: '7m' is not a schedule "
+        "(allowed: hourly, daily, weekly, <N>m with N dividing 60, <N>h with N dividing 24)"),
+    "backup_without_keys": (settings(backup={"repository": "s3:https://fsn1.your-objectstorage.com/team-backups"}),
+        "mlox:backup.access_key_id: required with an s3: repository, with secret_access_key "
+        "(set them with: pulumi config set --secret --path 'mlox:backup.access_key_id' KEY)"),
+    "backup_keeps_nothing": (settings(backup={"repository": "local:/srv/b", "keep": {"daily": 0, "weekly": 0, "monthly": 0}}),
+        "mlox:backup.keep: keeps no snapshot at all (allowed: at least one of daily, weekly, monthly above 0)"),
+    "backup_unknown_key": (settings(backup={"repository": "local:/srv/b", "shedule": "daily"}),
+        "mlox:backup.shedule: unknown key (did you mean 'schedule'?)"),
 }
 
 
@@ -128,6 +141,43 @@ def test_private_key_must_be_secret(tmp_path):
         f"{path}: mlox:onprem.private_key: must be a secret "
         "(set it with: pulumi config set --secret --path 'mlox:onprem.private_key' < FILE)"
     ]
+
+
+def test_backup_keys_must_be_secrets(tmp_path):
+    raw = settings(backup={"repository": "s3:https://s3.example.com/team-backups/prod", "access_key_id": "AKIA",
+                           "secret_access_key": "plain"})
+    path = write_stack(tmp_path, raw)
+    with pytest.raises(ConfigError) as error:
+        load_file(path)
+    assert error.value.problems == [
+        f"{path}: mlox:backup.access_key_id: must be a secret "
+        "(set it with: pulumi config set --secret --path 'mlox:backup.access_key_id' < FILE)",
+        f"{path}: mlox:backup.secret_access_key: must be a secret "
+        "(set it with: pulumi config set --secret --path 'mlox:backup.secret_access_key' < FILE)",
+    ]
+
+
+def test_backup_defaults_and_local_repository_warning(tmp_path):
+    raw = settings(backup={"repository": "local:/srv/mlox-backups"})
+    config = load_file(write_stack(tmp_path, raw))
+    assert (config.backup.schedule, config.backup.interval_s, config.backup.on_calendar) == ("daily", 86400, "daily")
+    assert config.backup.keep.model_dump() == {"daily": 7, "weekly": 4, "monthly": 6}
+    assert config.warnings() == [("backup.repository", "a local: repository is on the server's own disk, not off-site: "
+                                  "losing the server loses the backups (use an s3: repository)")]
+    path = write_stack(tmp_path, raw)
+    done = subprocess.run([sys.executable, "-m", "mlox_iac.cli.main", "validate", "--file", str(path)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0
+    assert f"warning: {path}: mlox:backup.repository: a local: repository is on the server's own disk" in done.stderr
+
+
+@pytest.mark.parametrize("schedule,expected", [
+    ("hourly", ("hourly", 3600)), ("weekly", ("weekly", 604800)), ("15m", ("*:0/15", 900)), ("6h", ("0/6:00", 21600)),
+])
+def test_backup_schedules(schedule, expected):
+    from mlox_iac.config.model import parse_schedule
+
+    assert parse_schedule(schedule) == expected
 
 
 def test_several_problems_give_one_line_each(tmp_path):

