@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from mlox_iac.cli import backup_cmds, config_cmds, connect_cmds, engine_cmds, init_cmd, plan
+from mlox_iac.cli import backup_cmds, config_cmds, connect_cmds, engine_cmds, init_cmd, migrate_cmd, plan
 
 app = typer.Typer(
     name="mlox-iac",
@@ -25,6 +25,8 @@ for command in (connect_cmds.outputs, connect_cmds.env, connect_cmds.status, con
     app.command()(command)
 for command in (backup_cmds.backup, backup_cmds.backups, backup_cmds.restore):
     app.command()(command)
+
+app.command()(migrate_cmd.migrate)
 
 _state = {"verbose": False}
 

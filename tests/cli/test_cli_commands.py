@@ -26,7 +26,7 @@ def engine(mlox_project, monkeypatch):
 
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "pass")
     double = RecordingPulumiCommand(
-        outputs=outputs_for(443), secret_outputs={"ui_passwords", "s3_access_key", "s3_secret_key"},
+        outputs=outputs_for(443, provider="hetzner"), secret_outputs={"ui_passwords", "s3_access_key", "s3_secret_key"},
         events=step("create", urn("main-server"), "hcloud:index/server:Server"), changes={"create": 14},
     )
     monkeypatch.setattr(automation, "default_pulumi_command", lambda command="": double)
@@ -105,7 +105,7 @@ def test_up_yes_streams_progress_and_ends_with_the_urls(cli, engine):
     assert "Deployed stack dev" in result.stdout and "14 created" in result.stdout
     assert "https://127.0.0.1:443/mlflow" in result.stdout
     assert "ui-pass" not in result.stdout + result.stderr
-    assert engine.verbs()[:3] == ["stack select", "stack init", "up"]
+    assert engine.verbs()[:5] == ["stack select", "stack init", "stack output", "stack output", "up"]
 
 
 def test_up_json(cli, engine):
