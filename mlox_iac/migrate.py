@@ -433,6 +433,9 @@ def run(
         except VerificationFailed:
             raise
         except MloxError as exc:
+            if phase == "preflight":  # nothing changed yet: no record to resume from
+                record_path(project_dir, stack).unlink(missing_ok=True)
+                raise
             record.last_error = str(exc)
             save_record(project_dir, record)
             raise MigrationError(f"{phase} failed: {exc} ({record.next_step()})") from None
