@@ -298,20 +298,21 @@ class Move:
         self.say("copy: restoring on the new server")
         self.servers.verb("new", "move-apply")
 
-    def _send_delta(self, phase: str) -> None:
+    def _send_delta(self, phase: str, src: str = "old", dst: str = "new") -> None:
+        """Stage on ``src``, send to ``dst`` what it lacks (the move's key allowed only from ``src``)."""
         servers, migration = self.servers, self._migration or self.engine.outputs()["migration"]
         self._migration = migration
         if not self.record.key_installed:
-            key = servers.verb("old", "move-keygen")["public_key"]
-            servers.authorize("new", key, _ip_of(str(migration["old"]["server_address"])))
+            key = servers.verb(src, "move-keygen")["public_key"]
+            servers.authorize(dst, key, _ip_of(str(migration[src]["server_address"])))
             self.record.key_installed = True
             self.save()
-        self.say(f"{phase}: staging the data on the old server")
-        staged = servers.verb("old", "move-stage")
-        self.say(f"{phase}: {staged['files']} files, {_size(staged['bytes'])} staged; sending what the new server lacks")
-        new = migration["new"]
-        sent = servers.verb("old", "move-send", ("--to", str(new["server_address"]), "--port", str(new["ssh_port"]),
-                                                 "--user", str(new["ssh_user"])))
+        self.say(f"{phase}: staging the data on the {src} server")
+        staged = servers.verb(src, "move-stage")
+        self.say(f"{phase}: {staged['files']} files, {_size(staged['bytes'])} staged; sending what the {dst} server lacks")
+        target = migration[dst]
+        sent = servers.verb(src, "move-send", ("--to", str(target["server_address"]), "--port", str(target["ssh_port"]),
+                                               "--user", str(target["ssh_user"])))
         self.say(f"{phase}: sent {sent['files']} files, {_size(sent['bytes'])}")
 
     # 4
@@ -358,12 +359,46 @@ class Move:
             self.say(f"DNS: point these records at {address}: " +
                      ", ".join(f"{name}.{self.config.domain}" for name in sorted(after.get("urls") or {})))
 
-    def _drop_key(self) -> None:
+    def _drop_key(self, src: str = "old", dst: str = "new") -> None:
         if self.record.key_installed:
-            self.servers.deauthorize("new")
-            self.servers.verb("old", "move-keydrop")
+            self.servers.deauthorize(dst)
+            self.servers.verb(src, "move-keydrop")
             self.record.key_installed = False
             self.save()
+
+    def copy_back(self) -> None:
+        """After the cutover: bring the new server's data back to the old one, verified, and
+        point the outputs at the old one again (``--abort`` then removes the new server)."""
+        migration = self._migration or self.engine.outputs()["migration"]
+        self._migration = migration
+        self.say("abort: the old server admits the new one over SSH")
+        self.engine.set_config({"mlox:migration.return_address": _ip_of(str(migration["new"]["server_address"]))})
+        self._migration = self.engine.up()["migration"]
+        self._servers = None
+        servers = self.servers
+        self.say("abort: the new server answers 503 (Retry-After) and its writers stop")
+        servers.verb("new", "move-freeze")
+        frozen = time.time()
+        servers.verb("old", "move-start")
+        servers.verb("old", "move-freeze")  # running, not serving until its data is back
+        self._send_delta("copy back", src="new", dst="old")
+        servers.verb("old", "move-apply")
+        problems = list((servers.verb("old", "move-verify") or {}).get("problems") or [])
+        if problems:
+            servers.verb("old", "move-stop")
+            servers.verb("new", "move-unfreeze")
+            self._drop_key(src="new", dst="old")
+            raise VerificationFailed(f"not aborted: the old server's copy differs from the new server's: "
+                                     f"{'; '.join(problems[:5])}; the new server serves again")
+        self.engine.set_config({"mlox:migration.state": "provisioning"})
+        self.say("abort: pointing the stack's outputs at the old server again")
+        self.engine.up()
+        servers.verb("old", "move-unfreeze")
+        self.record.downtime_s = time.time() - frozen
+        self._drop_key(src="new", dst="old")
+        self.record.done.pop("cutover", None)
+        self.record.frozen_at = None
+        self.save()
 
     def _file(self) -> str:
         from mlox_iac.paths import stack_file
@@ -497,10 +532,10 @@ def abort(
     if record is None and config.migration is None:
         raise MigrationError(f"stack {stack}: no move in progress")
     if record is not None and record.cut_over:
-        raise MigrationError(
-            f"stack {stack} already runs on the new server: going back would need its newer data copied back, "
-            "which mlox-iac migrate does not do yet; finish the move (--finish) or move again (--to "
-            f"{record.source})")
+        # The new server has served users since the cutover: its data goes back first.
+        move = Move(project_dir, record, engine, servers_for, say, config)
+        move.copy_back()
+        record.frozen_at = None
     outputs = engine.outputs()
     migration = outputs.get("migration")
     if isinstance(migration, Mapping):

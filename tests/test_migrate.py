@@ -226,15 +226,42 @@ def test_finish_lifts_the_protection_then_hands_the_stack_to_the_new_server(proj
     assert migrate.load_record(project, "dev") is None
 
 
-def test_finish_before_the_cutover_and_abort_after_it_are_refused(project):
+def test_finish_before_the_cutover_is_refused(project):
     engine, servers = FakeEngine(project), FakeServers(fail_at=("move-stage", 1))
     with pytest.raises(migrate.MigrationError):
         run(project, engine, servers)
     with pytest.raises(migrate.MigrationError, match="has not cut over yet .next: copy.; --finish runs only after"):
         migrate.finish("dev", project_dir=project, engine=engine)
+
+
+def test_abort_after_the_cutover_copies_the_new_servers_data_back_first(project):
+    engine, servers = FakeEngine(project), FakeServers()
     run(project, engine, servers)
-    with pytest.raises(migrate.MigrationError, match="already runs on the new server"):
+    servers.calls.clear()
+    migrate.abort("dev", project_dir=project, engine=engine, servers_for=servers)
+    verbs = servers.verbs()
+    # The new server stops taking writes, its data goes to the old one, which is verified, then serves.
+    order = [("new", "move-freeze"), ("old", "move-start"), ("new", "move-stage"), ("new", "move-send"),
+             ("old", "move-apply"), ("old", "move-verify"), ("old", "move-unfreeze")]
+    assert [v for v in verbs if v in order] == order
+    send = next(c for c in servers.calls if c[1] == "move-send")
+    assert send[0] == "new" and send[2][:2] == ("--to", OLD)
+    assert ("old", "authorize") in verbs and servers.authorized == set()
+    states = [json.loads(c[1]) for c in engine.ups()]
+    assert states[-3]["return_address"] == NEW  # the old server admitted the new one for the copy
+    assert states[-2]["state"] == "provisioning" and states[-1] is None  # outputs back on A, then B removed
+    assert engine.deployed["server_address"] == OLD and migrate.load_record(project, "dev") is None
+
+
+def test_abort_after_the_cutover_keeps_the_new_server_when_the_copy_back_differs(project):
+    engine, servers = FakeEngine(project), FakeServers()
+    run(project, engine, servers)
+    servers.problems = ["database mlflow: table public.runs: 11 rows (backup: 12)"]
+    with pytest.raises(migrate.VerificationFailed, match="not aborted: .*public.runs.*the new server serves again"):
         migrate.abort("dev", project_dir=project, engine=engine, servers_for=servers)
+    tail = servers.verbs()[-4:]
+    assert tail[:2] == [("old", "move-stop"), ("new", "move-unfreeze")] and servers.authorized == set()
+    assert engine.deployed["server_address"] == NEW and migrate.load_record(project, "dev").cut_over
 
 
 def test_missing_target_settings_stop_at_preflight_naming_the_key(mlox_project):

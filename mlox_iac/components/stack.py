@@ -51,16 +51,18 @@ def server_plans(config: StackConfig) -> list[ServerPlan]:
     after_cutover = move.state != "provisioning"
     if move.source_address:
         # The old server pushes the data to the new one over SSH: admit it there.
-        cidr = str(ipaddress.ip_network(move.source_address))
-        new = new.model_copy(update={"ssh": new.ssh.model_copy(update={"admin_cidrs": [*new.ssh.admin_cidrs, cidr]})})
+        new = new.model_copy(update={"ssh": _admit(new.ssh, move.source_address)})
     if not after_cutover:
         # Until the cutover the new server holds only a copy: abort may delete its data.
         new = new.model_copy(update={"keep_data_on_destroy": False})
     old = config
+    if move.return_address:
+        # Aborting after the cutover: the new server sends the data back to the old one.
+        old = old.model_copy(update={"ssh": _admit(old.ssh, move.return_address)})
     if move.state == "finishing" and config.provider != "onprem":
         # --finish deletes the old cloud server with its volume (its data is verified on the
         # new one); an on-prem host keeps its data directory (the machine is the user's).
-        old = config.model_copy(update={"keep_data_on_destroy": False})
+        old = old.model_copy(update={"keep_data_on_destroy": False})
     return [
         ServerPlan(config.server, old, serving=not after_cutover, protect=move.state == "cutover"),
         ServerPlan(move.server, new, serving=after_cutover, protect=False),
@@ -156,6 +158,11 @@ def _stack_outputs(config: StackConfig, ctx: Context, name: str, server: Server,
     if "mlflow" in services:
         out["mlflow_tracking_uri"] = urls["mlflow"]
     return out
+
+
+def _admit(ssh, address: str):
+    """SSH settings that also let ``address`` in (the other server of a move)."""
+    return ssh.model_copy(update={"admin_cidrs": [*ssh.admin_cidrs, str(ipaddress.ip_network(address))]})
 
 
 def _ssh_port(config: StackConfig) -> int:

@@ -179,8 +179,9 @@ class MigrationSettings(Strict):
     state: Literal["provisioning", "cutover", "finishing"] = "provisioning"
     # The servers copy data to each other over SSH: each admits the other's address.
     source_address: str | None = Field(None, description="Public IP address of the old server")
+    return_address: str | None = Field(None, description="Public IP address of the new server (abort after the cutover)")
 
-    @field_validator("source_address")
+    @field_validator("source_address", "return_address")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
         if value is not None:
