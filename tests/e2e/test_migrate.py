@@ -13,8 +13,7 @@ straight to B). The tests run in order and build on each other:
    message names the object; a rerun completes; after the cutover the MLflow client and
    boto3, configured only from the outputs (`mlox-iac env`), find everything on B; A's data
    is untouched (its stack stopped);
-3. ``--finish`` hands the stack to B; a move back to A aborted after provisioning removes the
-   new deployment on A and B keeps serving with nothing lost.
+0. (first) a move aborted right after provisioning removes B's stack; A serves, nothing lost.
 """
 
 from __future__ import annotations
@@ -265,11 +264,36 @@ def moving(tmp_path_factory):
         yield d
 
 
-def test_1_a_copy_killed_midway_resumes(moving):
-    d = moving
+def use_b_as_target(d: MoveDeployment) -> None:
     d.raw["target"] = {"onprem": {"host": d.b.address, "user": "root", "port": 22, "private_key": d.b.private_key,
                                   "memory_mb": 8192}}
     d.write_stack_file()
+
+
+def test_0_abort_after_provisioning_removes_b_and_a_keeps_serving(moving):
+    d = moving
+    use_b_as_target(d)
+    hooks = Hooks(d)
+
+    def stop_after_provisioning():
+        raise migrate.MigrationError("stopped by the test after provisioning")
+
+    hooks.before["move-keygen"] = stop_after_provisioning
+    start = time.monotonic()
+    with pytest.raises(migrate.MigrationError, match="copy failed: stopped by the test"):
+        run_move(d, hooks)
+    assert d.b.ssh(f"{COMPOSE} ps -q").stdout.strip() != ""  # B was provisioned
+    migrate.abort(STACK, project_dir=d.project, engine=Engine(d), servers_for=hooks)
+    assert "migration" not in d.raw and "migration" not in d.outputs
+    assert d.b.ssh(f"{COMPOSE} ps -q", check=False).stdout.strip() == ""  # B's stack is gone
+    assert d.outputs["server_address"] == d.a.address
+    assert lab.fingerprint(d) == d.before  # nothing lost on A, which serves
+    timed("migrate: provision + abort", time.monotonic() - start)
+
+
+def test_1_a_copy_killed_midway_resumes(moving):
+    d = moving
+    use_b_as_target(d)
     hooks = Hooks(d)
 
     def kill_receiver():  # once 100 MB have arrived on B, kill the receiving tar
