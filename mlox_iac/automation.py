@@ -328,11 +328,11 @@ def open_stack(
         raise EngineError(f"{command}: pulumi could not open stack {stack}: {_first_error(exc)}") from None
 
 
-def refuse_provider_change(stack: str, deployed: Mapping[str, Any], *, project_dir: Path | None = None) -> None:
-    """Raise :class:`ConfigError` (exit 2) when the stack file's ``mlox:provider`` differs from
-    the provider the deployed stack runs on: a plain update would start an empty server there
-    and take the old one down. Moving is ``mlox-iac migrate``'s job."""
-    from mlox_iac.errors import ConfigError
+def provider_change_problem(stack: str, deployed: Mapping[str, Any], provider: str, source: str) -> str | None:
+    """The one-line refusal when ``provider`` (the stack file's ``mlox:provider``) differs from
+    the provider the deployed stack runs on (its ``provider`` output, or ``migration.from``
+    during a move): a plain update would start an empty server there and take the old one
+    down. Moving is ``mlox-iac migrate``'s job. None when nothing is deployed or it matches."""
 
     def value(key: str) -> Any:
         item = deployed.get(key)
@@ -340,21 +340,29 @@ def refuse_provider_change(stack: str, deployed: Mapping[str, Any], *, project_d
 
     migration = value("migration")
     running = migration.get("from") if isinstance(migration, Mapping) else value("provider")
-    if not running:
-        return  # not deployed yet
+    if not running or running == SECRET:
+        return None  # not deployed yet
     allowed = {running}
     if isinstance(migration, Mapping) and migration.get("state") == "finishing":
         allowed.add(migration.get("to"))  # migrate --finish hands the stack to the new provider
+    if provider in allowed:
+        return None
+    return (f"{source}: mlox:provider: stack {stack} runs on {running}; changing the provider here would start an "
+            f"empty server on {provider} (allowed: {running}; to move the stack and its data run: "
+            f"mlox-iac migrate --stack {stack} --to {provider})")
+
+
+def refuse_provider_change(stack: str, deployed: Mapping[str, Any], *, project_dir: Path | None = None) -> None:
+    """Raise :class:`ConfigError` (exit 2) with :func:`provider_change_problem`'s line."""
+    from mlox_iac.errors import ConfigError
+
     project_dir = (project_dir or find_project_dir()).resolve()
     config = validate_stack(stack, project_dir=project_dir)
-    if config.provider not in allowed:
-        path = stack_file(project_dir, stack)
-        shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
-        raise ConfigError([
-            f"{shown}: mlox:provider: stack {stack} runs on {running}; changing the provider here would start an "
-            f"empty server on {config.provider} (allowed: {running}; to move the stack and its data run: "
-            f"mlox-iac migrate --stack {stack} --to {config.provider})"
-        ])
+    path = stack_file(project_dir, stack)
+    shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+    problem = provider_change_problem(stack, deployed, config.provider, str(shown))
+    if problem:
+        raise ConfigError([problem])
 
 
 def _masked(outputs: "auto.OutputMap", show_secrets: bool) -> tuple[dict[str, Any], list[str]]:

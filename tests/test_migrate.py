@@ -311,3 +311,38 @@ def test_the_move_key_is_restricted_to_the_old_server():
     assert script.startswith(migrate.deauthorize_script())  # never two lines for one move
     with pytest.raises(MloxError, match="unexpected key"):
         migrate.authorize_script("ssh-rsa AAAA", "198.51.100.1")
+
+
+# ----- the program refuses a changed provider by itself (pulumi up run directly) ----------
+
+def test_the_program_asks_the_running_cli_what_is_deployed(tmp_path, monkeypatch):
+    """Under the real engine the program runs `pulumi stack output` and stops with one line."""
+    import pulumi
+
+    from mlox_iac import program
+
+    fake = tmp_path / "bin" / "pulumi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n[ \"$1 $2 $3 $5\" = 'stack output --json dev' ] || exit 3\n"
+                    "echo '{\"provider\": \"onprem\", \"server_address\": \"192.0.2.50\"}'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    monkeypatch.setattr(pulumi.runtime.settings, "get_monitor", lambda: object())  # not the mock monitor
+    with pytest.raises(pulumi.RunError) as caught:
+        program._refuse_provider_change("dev", "hetzner")
+    assert str(caught.value) == (
+        "stacks/Pulumi.dev.yaml: mlox:provider: stack dev runs on onprem; changing the provider here would start an "
+        "empty server on hetzner (allowed: onprem; to move the stack and its data run: "
+        "mlox-iac migrate --stack dev --to hetzner)")
+    program._refuse_provider_change("dev", "onprem")  # unchanged: no objection
+
+
+def test_the_program_skips_the_check_under_mocks_and_for_new_stacks():
+    from mlox_iac.automation import provider_change_problem
+
+    assert provider_change_problem("dev", {}, "hetzner", "f") is None
+    assert provider_change_problem("dev", {"provider": "aws"}, "aws", "f") is None
+    finishing = {"provider": "aws", "migration": {"from": "aws", "to": "onprem", "state": "finishing"}}
+    assert provider_change_problem("dev", finishing, "onprem", "f") is None
+    moving = {"provider": "aws", "migration": {"from": "aws", "to": "onprem", "state": "cutover"}}
+    assert provider_change_problem("dev", moving, "onprem", "f").startswith("f: mlox:provider: stack dev runs on aws")
