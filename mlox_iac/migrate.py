@@ -502,12 +502,15 @@ def finish(stack: str, *, project_dir: Path, engine: Engine, say: Say = lambda l
 
     config = automation.validate_stack(stack, project_dir=project_dir)
     if config.target is not None and getattr(config.target, record.to) is not None:
-        # A move within one provider: the new settings become the provider's block.
+        # A move within one provider: the new settings replace the provider's block.
         settings = getattr(config.target, record.to).model_dump(exclude_none=True)
+        if any(k == "private_key" for k in settings):
+            settings["private_key"] = engine.get_config(f"mlox:target.{record.to}.private_key")
+        engine.set_config({}, remove=(f"mlox:{record.to}",))
         for key, value in settings.items():
             path = f"mlox:{record.to}.{key}"
             if key == "private_key":
-                value, secret = engine.get_config(f"mlox:target.{record.to}.{key}"), (*secret, path)
+                secret = (*secret, path)
             values[path] = value if isinstance(value, str) else json.dumps(value)
         remove.append("mlox:target")
     engine.set_config(values, remove=tuple(remove), secret=secret)

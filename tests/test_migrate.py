@@ -57,7 +57,7 @@ class FakeEngine:
         return dict(self.deployed)
 
     def set_config(self, values, remove=(), secret=()):
-        self.calls.append(("set", dict(values), tuple(remove)))
+        self.calls.append(("set", dict(values), tuple(remove), tuple(secret)))
         document = yaml.safe_load(self.path.read_text())
         config = document["config"]
         for key, value in values.items():
@@ -346,3 +346,22 @@ def test_the_program_skips_the_check_under_mocks_and_for_new_stacks():
     assert provider_change_problem("dev", finishing, "onprem", "f") is None
     moving = {"provider": "aws", "migration": {"from": "aws", "to": "onprem", "state": "cutover"}}
     assert provider_change_problem("dev", moving, "onprem", "f").startswith("f: mlox:provider: stack dev runs on aws")
+
+
+def test_finish_of_a_move_within_onprem_makes_the_target_block_the_providers(mlox_project):
+    path = mlox_project / "stacks" / "Pulumi.dev.yaml"
+    document = yaml.safe_load((mlox_project / "stacks" / "Pulumi.example-onprem.yaml").read_text())
+    document["config"]["mlox:onprem"]["data_device"] = "/dev/sdb"  # only the old host has one
+    document["config"]["mlox:target"] = {"onprem": {"host": "192.0.2.60", "private_key": {"secure": "v1:eA=="},
+                                                    "memory_mb": 8192}}
+    path.write_text(yaml.safe_dump(document))
+    engine, servers = FakeEngine(mlox_project), FakeServers()
+    record, _ = run(mlox_project, engine, servers, to="onprem")
+    assert (record.old_server, record.new_server) == ("main", "b")
+    migrate.finish("dev", project_dir=mlox_project, engine=engine)
+    config = yaml.safe_load(path.read_text())["config"]
+    assert config["mlox:onprem"] == {"host": "192.0.2.60", "private_key": "SECRET", "memory_mb": "8192",
+                                     "user": "root", "port": "22"}
+    assert "mlox:target" not in config and config["mlox:server"] == "b"
+    (moved,) = [c for c in engine.calls if c[0] == "set" and "mlox:onprem.private_key" in c[1]]
+    assert moved[3] == ("mlox:onprem.private_key",)  # stored as a secret
