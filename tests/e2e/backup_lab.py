@@ -161,16 +161,16 @@ def mlflow_client(d: Deployment, *args: str) -> dict | str:
     return json.loads(last) if last.startswith("{") else last
 
 
-def seed(d: Deployment) -> dict:
-    """Real data in every kind of store; returns what was logged to MLflow."""
+def seed(d: Deployment, big_mb: int = BIG_OBJECT_MB) -> dict:
+    """Real data in every kind of store (one object of ``big_mb`` MiB); returns what was logged to MLflow."""
     start = time.monotonic()
     logged = [mlflow_client(d, "log", uuid.uuid4().hex[:8]) for _ in range(2)]
     s3 = d.s3()
     with tempfile.NamedTemporaryFile() as big:
-        for _ in range(BIG_OBJECT_MB):
+        for _ in range(big_mb):
             big.write(os.urandom(1 << 20))
         big.flush()
-        s3.upload_file(big.name, USER_BUCKET, "big/object-200mb.bin")
+        s3.upload_file(big.name, USER_BUCKET, f"big/object-{big_mb}mb.bin")
 
     def small(i: int) -> None:
         s3.put_object(Bucket=USER_BUCKET, Key=f"small/{i:04d}.txt", Body=f"object {i} {uuid.uuid4()}\n".encode() * (1 + i % 7))

@@ -18,18 +18,14 @@ straight to B). The tests run in order and build on each other:
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
 import ssl
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
@@ -57,7 +53,6 @@ pytestmark = pytest.mark.e2e
 PREFIX = "mlxmig"
 FIRST_INDEX = 91  # A = 91, B = 92
 BIG_OBJECT_MB = 1024
-SMALL_OBJECTS = 1000
 STACK = "e2e"
 SECRETS = {"onprem.private_key", "target.onprem.private_key"}
 ALL_IMAGES = sorted({s.image for s in SERVICES.values()} | set(IMAGES))
@@ -182,26 +177,7 @@ class Hooks:
 
 def seed(d: Deployment) -> dict:
     """MLflow runs, artifacts and model versions; a 1 GiB object and 1,000 small ones; volume files."""
-    start = time.monotonic()
-    logged = [lab.mlflow_client(d, "log", uuid.uuid4().hex[:8]) for _ in range(2)]
-    s3 = d.s3()
-    with tempfile.NamedTemporaryFile() as big:
-        for _ in range(BIG_OBJECT_MB):
-            big.write(os.urandom(1 << 20))
-        big.flush()
-        s3.upload_file(big.name, lab.USER_BUCKET, "big/object-1gib.bin")
-
-    def small(i: int) -> None:
-        s3.put_object(Bucket=lab.USER_BUCKET, Key=f"small/{i:04d}.txt",
-                      Body=f"object {i} {uuid.uuid4()}\n".encode() * (1 + i % 7))
-
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        list(pool.map(small, range(SMALL_OBJECTS)))
-    for volume in lab.kept_volumes(d):
-        d.host.ssh(f"mkdir -p /mnt/mlox-data/volumes/{volume}/mlox-e2e && "
-                   f"head -c 3000000 /dev/urandom > /mnt/mlox-data/volumes/{volume}/{lab.VOLUME_MARKER}")
-    timed("migrate: data seeded", time.monotonic() - start)
-    return {"runs": logged}
+    return lab.seed(d, big_mb=BIG_OBJECT_MB)
 
 
 def status_of(url: str, ca: Path) -> tuple[int, str | None]:
