@@ -170,7 +170,12 @@ def seed(d: Deployment, big_mb: int = BIG_OBJECT_MB) -> dict:
         for _ in range(big_mb):
             big.write(os.urandom(1 << 20))
         big.flush()
-        s3.upload_file(big.name, USER_BUCKET, f"big/object-{big_mb}mb.bin")
+        # Beyond a few hundred MB, boto3's default 10 parallel parts met 502s from the proxy on
+        # this (shared, overloaded) machine; two at a time is what a slow uplink would do.
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(max_concurrency=2) if big_mb > BIG_OBJECT_MB else None
+        s3.upload_file(big.name, USER_BUCKET, f"big/object-{big_mb}mb.bin", Config=config)
 
     def small(i: int) -> None:
         s3.put_object(Bucket=USER_BUCKET, Key=f"small/{i:04d}.txt", Body=f"object {i} {uuid.uuid4()}\n".encode() * (1 + i % 7))
