@@ -26,7 +26,9 @@ def _run(verb: str, args: list[str], stack, outputs_file, identity, out: Out):
     argv = connect.backup_argv(values, verb, args, identity=identity, options=ssh_options())
 
     def show(event: dict) -> None:
-        out.progress(f"[{event.get('phase', '')}] {event.get('message', '')}")
+        from rich.markup import escape
+
+        out.progress(escape(f"[{event.get('phase', '')}] {event.get('message', '')}"))
 
     return connect.run_backup_verb(argv, show)
 

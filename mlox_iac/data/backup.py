@@ -29,9 +29,11 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 from . import objects, postgres, volumes
@@ -90,8 +92,31 @@ class Repository:
             return DataError(f"the backup repository is unreachable ({self.location}): {reason}")
         return DataError(f"{what} failed (exit {done.returncode}): {reason or 'no message'}")
 
+    def reachable(self, attempts: int = 3) -> None:
+        """Fail at once when an S3 repository's endpoint does not answer.
+
+        restic itself retries a refused connection for 15 minutes before it gives up; a
+        backup whose repository is gone should say so now.
+        """
+        if not self.location.startswith("s3:"):
+            return
+        parts = urlsplit(self.location[len("s3:"):])
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        reason = ""
+        for attempt in range(attempts):
+            try:
+                socket.create_connection((parts.hostname, port), timeout=5).close()
+                return
+            except OSError as exc:
+                reason = exc.strerror or str(exc) or type(exc).__name__
+                if attempt + 1 < attempts:
+                    time.sleep(2)
+        raise DataError(f"the backup repository is unreachable ({self.location}): "
+                        f"{parts.hostname}:{port}: {reason}")
+
     def ensure(self) -> bool:
         """Open the repository, creating it only when restic says there is none (exit 10)."""
+        self.reachable()
         done = self.host.docker_run(self.host.plan["images"]["restic"], ["cat", "config"], env=self.env,
                                     mounts=self.mounts(), check=False, what="restic cat config")
         if done.returncode == 0:
@@ -275,6 +300,7 @@ def _restic_backup(host: Host, repo: Repository, mounts: list[str], tags: list[s
 
 def snapshots(host: Host) -> list[dict[str, Any]]:
     repo = Repository(host)
+    repo.reachable()
     found = json.loads(repo.run(["snapshots", "--json", "--host", host.plan["stack"], "--tag", "mlox"],
                                 what="listing snapshots").stdout or "[]")
     checks = read_state().get("checks", {})
@@ -297,6 +323,7 @@ def restore(host: Host, snapshot: str = "latest", service: str | None = None) ->
     """Restore a snapshot's data (all of it, or one service's) into the running stack."""
     with Lock():
         repo = Repository(host)
+        repo.reachable()
         host.progress("snapshot", f"reading {snapshot}")
         base = ["--host", host.plan["stack"], "--tag", "mlox"]
         listed = json.loads(repo.run(["snapshots", "--json", *base, snapshot], what=f"finding snapshot {snapshot}").stdout or "[]")

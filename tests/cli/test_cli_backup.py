@@ -98,3 +98,29 @@ def test_cli_restore_passes_snapshot_and_service(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "mlox_data restore --snapshot abc --service mlflow" in calls[0][-1]
     assert "mlflow: database mlflow (tables 3, rows 10)" in result.stdout
+
+
+def test_progress_lines_are_printed_as_given(tmp_path, monkeypatch):
+    result, _ = _cli(tmp_path, monkeypatch, [
+        {"event": "progress", "phase": "dump", "message": "database mlflow (mlflow)"},
+        {"event": "result", "result": {"ok": True, "snapshot": "abcdef0123", "services": ["mlflow"], "check": "ok"}}],
+        "backup")
+    assert result.exit_code == 0, result.output
+    assert "[dump] database mlflow (mlflow)" in result.stderr
+
+
+@pytest.mark.parametrize("state, code, detail", [
+    ({"ok": True, "detail": "ok", "age_s": 3600, "interval_s": 86400}, 0, "ok (last good backup 1h ago)"),
+    ({"ok": False, "detail": "last backup failed: the backup repository is unreachable (x): y", "age_s": 90000,
+      "interval_s": 86400}, 1, "last backup failed: the backup repository is unreachable (x): y (last good backup 1d ago)"),
+])
+def test_status_has_a_backup_row_and_fails_with_it(tmp_path, monkeypatch, state, code, detail):
+    from mlox_iac.cli import connect_cmds
+
+    monkeypatch.setattr(connect, "probe", lambda *a, **k: [])
+    monkeypatch.setattr(connect_cmds, "ca_file", lambda *a, **k: None)
+    result, calls = _cli(tmp_path, monkeypatch, [{"event": "result", "result": state}], "status", "--json")
+    assert result.exit_code == code, result.output
+    row = json.loads(result.stdout)[0]
+    assert (row["name"], row["up"], row["detail"]) == ("backup", code == 0, detail)
+    assert "mlox_data status" in calls[0][-1]

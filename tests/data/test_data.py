@@ -126,3 +126,21 @@ def test_one_run_at_a_time(tmp_path, monkeypatch):
         with pytest.raises(DataError, match="another backup or restore is running"):
             with backup.Lock():
                 pass
+
+
+def test_an_unreachable_repository_fails_at_once(tmp_path):
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens there now
+    host = make_host(tmp_path)
+    env = tmp_path / "backup.env"
+    env.write_text(f"RESTIC_REPOSITORY='s3:http://127.0.0.1:{port}/b/x'\nRESTIC_PASSWORD='pw'\n")
+    repo = backup.Repository(host)
+    started = time.monotonic()
+    with pytest.raises(DataError, match=rf"^the backup repository is unreachable \(s3:http://127.0.0.1:{port}/b/x\): "
+                                        rf"127.0.0.1:{port}: Connection refused$"):
+        repo.reachable(attempts=2)
+    assert time.monotonic() - started < 10
