@@ -56,9 +56,10 @@ def migrate(
     cli = automation.default_pulumi_command("mlox-iac migrate")
     if not yes:
         require_terminal("mlox-iac migrate")
-        what = f"move stack {name} to {to}" if to else ("remove the old server of" if finish else "abort the move of")
-        if not typer.confirm(f"{what.capitalize()} {'' if to else 'stack ' + name}?".replace("  ", " "), default=False,
-                             err=True):
+        question = (f"Move stack {name} and its data to a new {to} server?" if to else
+                    f"Remove the old server of stack {name}?" if finish else
+                    f"Abort the move of stack {name} and go back to its old server?")
+        if not typer.confirm(question, default=False, err=True):
             raise automation.Aborted("aborted: nothing was changed")
     engine = engine_steps.AutomationEngine(name, project, cli, passphrase_prompt())
     servers = engine_steps.default_servers(str(identity) if identity else None, tuple(ssh_options()),
