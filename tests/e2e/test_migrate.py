@@ -114,9 +114,24 @@ class MoveDeployment(Deployment):
             # window while starting. The next update re-runs the failed step, as `pulumi up` would.
             if "is unhealthy" not in str(exc):
                 raise
-            print(f"[e2e] update failed on an unhealthy container; running it again: {str(exc)[-200:]}", file=sys.stderr)
+            print(f"[e2e] update failed on an unhealthy container; waiting, then running it again", file=sys.stderr)
+            for host in self.hosts.values():
+                logs = host.ssh("docker logs --tail 30 mlox-mlflow-1 2>&1; docker inspect --format "
+                                "'{{json .State.Health}}' mlox-mlflow-1", check=False).stdout
+                print(f"[e2e] {host.name} mlflow: {logs[-3000:]}", file=sys.stderr)
+            self.wait_until_healthy(timeout=900)
             self.replay()
         return dict(self.outputs)
+
+    def wait_until_healthy(self, timeout: float) -> None:
+        """Every host's stack healthy (a slow start is not a failure of what is tested here)."""
+        deadline = time.monotonic() + timeout
+        for host in self.hosts.values():
+            while time.monotonic() < deadline:
+                out = host.ssh(f"{COMPOSE} ps --format '{{{{.Health}}}}' 2>/dev/null", check=False).stdout.split()
+                if out and all(h in ("healthy", "") for h in out):
+                    break
+                time.sleep(5)
 
     def set_config(self, values, remove=(), secret=()):
         for key, value in values.items():
