@@ -134,13 +134,12 @@ def send(host: Host, to: str, port: int, user: str) -> dict[str, Any]:
         if not rels:
             continue
         base = _root(host) / "staging" if kind == "staging" else host.data_dir / "volumes"
-        names = "\0".join(r.partition("/")[2] for r in rels) + "\0"
+        # The list goes through a file: on a pipe it could fill while tar's output is not read yet.
+        listing = _root(host) / f"send-{kind}.list"
+        listing.write_bytes(("\0".join(r.partition("/")[2] for r in rels) + "\0").encode())
         dest = f"{_incoming_path(host)}/{kind}"
-        tar = subprocess.Popen(["tar", "-C", str(base), "--null", "-T", "-", "-cf", "-"], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert tar.stdin is not None
-        tar.stdin.write(names.encode())
-        tar.stdin.close()
+        tar = subprocess.Popen(["tar", "-C", str(base), "--null", "-T", str(listing), "-cf", "-"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         receive = host.run(_ssh(host, to, port, user, ["sh", "-c", f"mkdir -p {shlex.quote(dest)} && "
                                                        f"tar -C {shlex.quote(dest)} -xf -"]),
                            stdin=tar.stdout, check=False, text=False, what="receiving")
