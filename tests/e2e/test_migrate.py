@@ -190,8 +190,19 @@ class Hooks:
         return Wrapped()
 
 
+def kept_volumes(d: Deployment) -> list[str]:
+    """The volumes the stack keeps, from the services' declarations (a stack without
+    mlox:backup has no plan.json on the server until a move ships the data tooling)."""
+    from mlox_iac.components.services.base import Context
+    from mlox_iac.config.loader import validate
+
+    config = validate(d.raw, SECRETS, "e2e", STACK)
+    return sorted({v for name in config.enabled_services() for v in SERVICES[name].data(Context(config)).volumes})
+
+
 def seed(d: Deployment) -> dict:
     """MLflow runs, artifacts and model versions; a 1 GiB object and 1,000 small ones; volume files."""
+    lab.kept_volumes = kept_volumes  # seed and fingerprint ask the lab which volumes are kept
     return lab.seed(d, big_mb=BIG_OBJECT_MB)
 
 
