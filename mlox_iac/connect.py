@@ -31,7 +31,8 @@ from mlox_iac.errors import ConfigError, MloxError
 
 SECRET = "[secret]"
 # Outputs that are secrets (the stack marks them so; a JSON outputs file has them in clear).
-SECRET_OUTPUTS = frozenset({"ui_passwords", "s3_access_key", "s3_secret_key", "backup_password"})
+SECRET_OUTPUTS = frozenset({"ui_passwords", "login_passwords", "api_tokens", "s3_access_key", "s3_secret_key",
+                            "backup_password"})
 # Where Caddy keeps the root certificate of its internal CA on every server.
 CA_PATH_ON_SERVER = "/mnt/mlox-data/volumes/caddy-data/caddy/pki/authorities/local/root.crt"
 # The compose project on every server (see mlox_iac.render.commands.COMPOSE).
@@ -41,22 +42,65 @@ COMPOSE_ARGS = ("docker", "compose", "--project-name", "mlox", "--project-direct
 HEALTH_PATHS = {"mlflow": "/health"}
 SHELLS = ("sh", "fish", "powershell")
 # Exports that carry a secret (masked unless asked for).
-SECRET_EXPORTS = frozenset({"MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
+SECRET_EXPORTS = frozenset({"MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                            "FEAST_FEATURE_SERVER_PASSWORD"})
 
 
 # ----- outputs ------------------------------------------------------------------------
 
+# The shape of each output the commands read: (type check, what is allowed).
+_OUTPUT_SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{key: (lambda v: isinstance(v, str), "a string") for key in (
+        "server_address", "ssh_user", "provider", "tls", "ui_user", "bundle_hash", "mlflow_tracking_uri",
+        "s3_endpoint", "s3_access_key", "s3_secret_key")},
+    "ssh_port": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536, "a port number"),
+    **{key: (lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v), "a list of strings")
+       for key in ("services", "s3_buckets")},
+    **{key: (lambda v: isinstance(v, dict) and all(isinstance(i, str) for i in v.values()), "an object of strings")
+       for key in ("urls", "ui_passwords")},
+}
+
+
 def load_outputs_file(path: Path) -> dict[str, Any]:
     """A stack's outputs from a JSON file (``pulumi stack output --json --show-secrets``)."""
+    from mlox_iac.files import read_text
+
+    text = read_text(path, str(path), "JSON outputs file")
     try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read outputs file: {exc.strerror}"]) from None
+        data = json.loads(text)
     except ValueError as exc:
         raise ConfigError([f"{path}: not valid JSON: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: not valid JSON: nested too deeply"]) from None
     if not isinstance(data, dict):
-        raise ConfigError([f"{path}: must be a JSON object of stack outputs"])
+        raise ConfigError([f"{path}: must be a JSON object of stack outputs (from pulumi stack output --json)"])
+    problems = [
+        f"{path}: {key}: must be {allowed} (found {json.dumps(data[key])[:40]})"
+        for key, (fits, allowed) in _OUTPUT_SHAPES.items()
+        if data.get(key) is not None and data[key] != SECRET and not fits(data[key])
+    ]
+    if problems:
+        raise ConfigError(problems)
     return data
+
+
+def check_ca_file(path: Path) -> Path:
+    """``path`` if it holds at least one PEM certificate (the server's internal root), else
+    one error line: a CA file that is empty, a key, or not PEM would only surface later as
+    an SSL error deep inside a probe."""
+    from cryptography import x509
+
+    from mlox_iac.files import read_text
+
+    text = read_text(path, str(path), "PEM certificate file")
+    allowed = f"allowed: the server's root certificate, fetched from {CA_PATH_ON_SERVER}"
+    if not text.strip():
+        raise ConfigError([f"{path}: is empty ({allowed})"])
+    try:
+        x509.load_pem_x509_certificates(text.encode())
+    except ValueError:
+        raise ConfigError([f"{path}: holds no PEM certificate ({allowed})"]) from None
+    return Path(path)
 
 
 def mask_outputs(outputs: Mapping[str, Any], secret_keys: Sequence[str] = ()) -> dict[str, Any]:
@@ -84,18 +128,18 @@ def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None) -
     With the internal CA (no domain) and ``ca_path``: ``MLFLOW_TRACKING_SERVER_CERT_PATH``
     and ``AWS_CA_BUNDLE`` point at it, and ``REQUESTS_CA_BUNDLE`` at :func:`ca_bundle_path`
     (the system's roots plus it: MLflow downloads artifacts from presigned S3 URLs with
-    plain requests, which honours only that variable).
+    plain requests, which honours only that variable). Feast: the feature server's URL and
+    basic-auth credentials (its Postgres and Redis stay internal to the server).
     """
     env: dict[str, str] = {}
     if outputs.get("mlflow_tracking_uri"):
         env["MLFLOW_TRACKING_URI"] = str(outputs["mlflow_tracking_uri"])
-        if outputs.get("ui_user"):
-            env["MLFLOW_TRACKING_USERNAME"] = str(outputs["ui_user"])
-        passwords = outputs.get("ui_passwords")
-        if isinstance(passwords, Mapping) and passwords.get("mlflow"):
-            env["MLFLOW_TRACKING_PASSWORD"] = str(passwords["mlflow"])
-        elif passwords == SECRET:
-            env["MLFLOW_TRACKING_PASSWORD"] = SECRET
+        env.update(_basic_auth(outputs, "mlflow", "MLFLOW_TRACKING"))
+    urls = outputs.get("urls")
+    if isinstance(urls, Mapping) and urls.get("feast"):
+        # Feast's feature server (POST $FEAST_FEATURE_SERVER_URL/get-online-features, basic auth).
+        env["FEAST_FEATURE_SERVER_URL"] = str(urls["feast"])
+        env.update(_basic_auth(outputs, "feast", "FEAST_FEATURE_SERVER"))
     if outputs.get("s3_endpoint"):
         env["AWS_ENDPOINT_URL_S3"] = str(outputs["s3_endpoint"])
         for key, name in (("s3_access_key", "AWS_ACCESS_KEY_ID"), ("s3_secret_key", "AWS_SECRET_ACCESS_KEY")):
@@ -105,6 +149,19 @@ def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None) -
         env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(ca_path)
         env["AWS_CA_BUNDLE"] = str(ca_path)
         env["REQUESTS_CA_BUNDLE"] = str(ca_bundle_path(ca_path))
+    return env
+
+
+def _basic_auth(outputs: Mapping[str, Any], route: str, prefix: str) -> dict[str, str]:
+    """``<prefix>_USERNAME`` / ``_PASSWORD`` of a route behind the proxy's basic auth."""
+    env: dict[str, str] = {}
+    if outputs.get("ui_user"):
+        env[f"{prefix}_USERNAME"] = str(outputs["ui_user"])
+    passwords = outputs.get("ui_passwords")
+    if isinstance(passwords, Mapping) and passwords.get(route):
+        env[f"{prefix}_PASSWORD"] = str(passwords[route])
+    elif passwords == SECRET:
+        env[f"{prefix}_PASSWORD"] = SECRET
     return env
 
 

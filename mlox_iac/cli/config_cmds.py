@@ -32,14 +32,17 @@ def validate(stack: Optional[str] = StackOpt, file: Optional[Path] = FileOpt, as
             out.data({"ok": False, "file": str(path), "problems": error.problems})
             raise typer.Exit(2) from None
         raise
+    from mlox_iac.pricing import smaller_size_warning
+
+    warning = smaller_size_warning(config)
     summary = {
         "ok": True, "file": str(path), "provider": config.provider, "services": config.enabled_services(),
         "memory_needed_mb": config.memory_needed_mb(), "memory_mb": config.memory_mb(),
-        "warnings": [f"{path}: mlox:{key}: warning: {message}" for key, message in config.warnings()],
+        "warnings": [f"{path}: mlox:{key}: warning: {message}" for key, message in config.warnings()]
+        + ([f"warning: {path}: {warning}"] if warning else []),
     }
-    if not as_json:
-        for line in summary["warnings"]:
-            out.err.print(line)
+    for line in summary["warnings"]:
+        typer.echo(line, err=True)
     out.data(summary, lambda c, s: c.print(
         f"ok: {s['file']} is valid ({s['provider']}; {', '.join(s['services'])}; "
         f"{s['memory_needed_mb']} of {s['memory_mb']} MiB)"

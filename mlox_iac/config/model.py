@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from mlox_iac.components.services.base import PRESETS
 from mlox_iac.components.services.registry import SERVICES
+from mlox_iac.config import ssh_keys
 from mlox_iac.providers import PROVIDERS, get_provider
+from mlox_iac.providers import FieldError as _FieldError
 
 _DOMAIN = re.compile(r"^(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
-              "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
 # Memory the OS, Docker and sshd need besides the services' limits.
 SYSTEM_RESERVE_MB = 512
 
@@ -28,19 +29,20 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _public_key(line: str) -> str:
+    problem = ssh_keys.problem(line)
+    if problem:
+        raise ValueError(problem)
+    return line
+
+
 class SshSettings(Strict):
     """Who may log in over SSH, and from where."""
 
-    public_keys: list[str] = Field(min_length=1, description="OpenSSH public keys allowed to log in")
+    public_keys: list[Annotated[str, AfterValidator(_public_key)]] = Field(
+        min_length=1, description="OpenSSH public keys allowed to log in"
+    )
     admin_cidrs: list[str] = Field(min_length=1, description="Source networks allowed to reach port 22")
-
-    @field_validator("public_keys")
-    @classmethod
-    def _keys(cls, keys: list[str]) -> list[str]:
-        for key in keys:
-            if key.split(" ", 1)[0] not in _KEY_TYPES or len(key.split()) < 2:
-                raise ValueError(f"{key[:24]!r}... is not an OpenSSH public key (allowed: {', '.join(_KEY_TYPES[:3])} ...)")
-        return keys
 
     @field_validator("admin_cidrs")
     @classmethod
@@ -197,9 +199,14 @@ def _services_model() -> type[BaseModel]:
     from pydantic import create_model
 
     fields: dict[str, Any] = {
+        "preset": (Literal[PRESETS], Field(  # type: ignore[valid-type]
+            "core", description="Which services are enabled unless a service's own enabled says otherwise: "
+            "core (postgres, seaweedfs, mlflow, caddy) or full (every service)")),
+    }
+    fields.update({
         name: (service.settings, Field(default_factory=service.settings, description=service.summary))
         for name, service in SERVICES.items()
-    }
+    })
     return create_model("ServicesSettings", __config__=ConfigDict(extra="forbid"), **fields)
 
 
@@ -254,11 +261,9 @@ class StackConfig(Strict):
             raise _FieldError(self.provider, f"required when provider is {self.provider} (set mlox:{self.provider})")
         if self.domain and not self.acme_email:
             raise _FieldError("acme_email", "required when a domain is set (Let's Encrypt needs a contact address)")
-        for name, service in SERVICES.items():
-            if not self.service(name).enabled:
-                continue
-            for needed in service.requires:
-                if not self.service(needed).enabled:
+        for name in self.enabled_services():
+            for needed in SERVICES[name].requires:
+                if not self.service_enabled(needed):
                     raise _FieldError(f"services.{needed}.enabled", f"must be true because {name} needs {needed}")
         if self.migration is not None:
             if self.migration.server == self.server:
@@ -313,9 +318,16 @@ class StackConfig(Strict):
     def service(self, name: str) -> Any:
         return getattr(self.services, name)
 
+    def service_enabled(self, name: str) -> bool:
+        """A service's own ``enabled`` if set, else whether the preset includes it."""
+        enabled = self.service(name).enabled
+        if enabled is not None:
+            return enabled
+        return PRESETS.index(SERVICES[name].preset) <= PRESETS.index(self.services.preset)
+
     def enabled_services(self) -> list[str]:
         """Names of enabled services, in registry order (which is dependency order)."""
-        return [name for name in SERVICES if self.service(name).enabled]
+        return [name for name in SERVICES if self.service_enabled(name)]
 
     def provider_settings(self) -> Any:
         return getattr(self, self.provider)
@@ -325,12 +337,3 @@ class StackConfig(Strict):
 
     def memory_needed_mb(self) -> int:
         return SYSTEM_RESERVE_MB + sum(SERVICES[n].memory_mb for n in self.enabled_services())
-
-
-class _FieldError(ValueError):
-    """A cross-field problem attributed to one key (turned into a normal error line)."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
-        self.message = message

@@ -74,6 +74,15 @@ STANDINS: dict[str, Standin] = {
         Standin("restic/restic:0.19.1", "restic", ("restic", "version"), "restic 0.19.1",
                 go_package="github.com/restic/restic/cmd/restic@v0.19.1", context_name="restic"),
         Standin("rclone/rclone:1.60.1", "rclone", ("rclone", "version"), "rclone v1.60.1"),
+        Standin("redis:7.0.15-bookworm", "redis", ("redis-server", "--version"), "v=7.0.15"),
+        Standin("ghcr.io/mlox-iac/jupyterlab:4.6.6-1", "jupyterlab", ("jupyter", "lab", "--version"), "4.6.6",
+                needs_ca=True),
+        Standin("quay.io/feastdev/feature-server:0.67.0", "feast", ("feast", "version"), "0.67.0", needs_ca=True),
+        # (`label-studio version` migrates a SQLite database first: minutes, so the package is asked.)
+        Standin("heartexlabs/label-studio:1.23.2", "label-studio",
+                ("python3", "-c", "import label_studio; print('label-studio', label_studio.__version__)"), "1.23.2",
+                needs_ca=True),
+        Standin("apache/airflow:3.3.2", "airflow", ("airflow", "version"), "3.3.2", needs_ca=True),
     )
 }
 ALL_IMAGES: tuple[str, ...] = tuple(STANDINS)
@@ -291,7 +300,16 @@ def check_version(tag: str) -> str:
 
 
 def build_image(tag: str, force: bool = False) -> str:
-    """Build one stand-in (or take it from the cache); return its version line."""
+    """Build one stand-in (or take it from the cache); return its version line.
+
+    Concurrent test runs share this machine's dockerd: one builds a tag, the others wait
+    for it and then take the cached image instead of building it again.
+    """
+    with hosts.file_lock(f"build-{_slug(tag)}"):
+        return _build_image(tag, force)
+
+
+def _build_image(tag: str, force: bool) -> str:
     s = STANDINS[tag]
     recipe = recipe_hash(s)
     if not force and _ensure_from_cache(tag, recipe):
