@@ -379,6 +379,43 @@ def open_stack(
         raise EngineError(f"{command}: pulumi could not open stack {stack}: {_first_error(exc)}") from None
 
 
+def provider_change_problem(stack: str, deployed: Mapping[str, Any], provider: str, source: str) -> str | None:
+    """The one-line refusal when ``provider`` (the stack file's ``mlox:provider``) differs from
+    the provider the deployed stack runs on (its ``provider`` output, or ``migration.from``
+    during a move): a plain update would start an empty server there and take the old one
+    down. Moving is ``mlox-iac migrate``'s job. None when nothing is deployed or it matches."""
+
+    def value(key: str) -> Any:
+        item = deployed.get(key)
+        return getattr(item, "value", item)
+
+    migration = value("migration")
+    running = migration.get("from") if isinstance(migration, Mapping) else value("provider")
+    if not running or running == SECRET:
+        return None  # not deployed yet
+    allowed = {running}
+    if isinstance(migration, Mapping) and migration.get("state") == "finishing":
+        allowed.add(migration.get("to"))  # migrate --finish hands the stack to the new provider
+    if provider in allowed:
+        return None
+    return (f"{source}: mlox:provider: stack {stack} runs on {running}; changing the provider here would start an "
+            f"empty server on {provider} (allowed: {running}; to move the stack and its data run: "
+            f"mlox-iac migrate --stack {stack} --to {provider})")
+
+
+def refuse_provider_change(stack: str, deployed: Mapping[str, Any], *, project_dir: Path | None = None) -> None:
+    """Raise :class:`ConfigError` (exit 2) with :func:`provider_change_problem`'s line."""
+    from mlox_iac.errors import ConfigError
+
+    project_dir = (project_dir or find_project_dir()).resolve()
+    config = validate_stack(stack, project_dir=project_dir)
+    path = stack_file(project_dir, stack)
+    shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+    problem = provider_change_problem(stack, deployed, config.provider, str(shown))
+    if problem:
+        raise ConfigError([problem])
+
+
 def _masked(outputs: "auto.OutputMap", show_secrets: bool) -> tuple[dict[str, Any], list[str]]:
     secret = sorted(k for k, v in outputs.items() if v.secret)
     values = {k: (v.value if show_secrets or not v.secret else SECRET) for k, v in outputs.items()}
@@ -417,6 +454,7 @@ def up(
     started = time.monotonic()
     s = open_stack(stack, project_dir=project_dir, create=True, pulumi_command=pulumi_command,
                    passphrase_prompt=passphrase_prompt, command="mlox-iac up")
+    refuse_provider_change(stack, _engine_call("stack output", stack, s.outputs), project_dir=project_dir)
     result = _engine_call("up", stack, lambda: s.up(on_event=on_event, color="never", show_secrets=False))
     outputs, secret = _masked(result.outputs, show_secrets)
     return RunResult("update", stack, _changes(result.summary.resource_changes), outputs, secret,
@@ -435,6 +473,7 @@ def preview(
     started = time.monotonic()
     s = open_stack(stack, project_dir=project_dir, create=True, pulumi_command=pulumi_command,
                    passphrase_prompt=passphrase_prompt, command="mlox-iac preview")
+    refuse_provider_change(stack, _engine_call("stack output", stack, s.outputs), project_dir=project_dir)
     result = _engine_call("preview", stack, lambda: s.preview(on_event=on_event, color="never"))
     return RunResult("preview", stack, _changes(result.change_summary), duration_s=time.monotonic() - started)
 
@@ -532,3 +571,43 @@ def set_secrets(
     for key, value in values.items():
         _engine_call("config set", stack,
                      lambda k=key, v=value: s.set_config(k, auto.ConfigValue(value=v, secret=True), path=k in path_keys))
+
+
+def set_config(
+    stack: str,
+    values: Mapping[str, str],
+    *,
+    remove: tuple[str, ...] = (),
+    secret: tuple[str, ...] = (),
+    project_dir: Path | None = None,
+    pulumi_command: Optional["auto.PulumiCommand"] = None,
+    passphrase_prompt: Optional[PassphrasePrompt] = None,
+    command: str = "mlox-iac migrate",
+) -> None:
+    """Set config values by path (``mlox:migration.state``), secret where listed in ``secret``,
+    then remove the keys in ``remove``. The stack must exist; its file is not validated (a
+    migration step changes keys that only make sense together)."""
+    from pulumi import automation as auto
+
+    s = open_stack(stack, project_dir=project_dir, validate=False, pulumi_command=pulumi_command,
+                   passphrase_prompt=passphrase_prompt, command=command)
+    for key, value in values.items():
+        _engine_call("config set", stack,
+                     lambda k=key, v=value: s.set_config(k, auto.ConfigValue(value=v, secret=k in secret), path=True))
+    for key in remove:
+        _engine_call("config rm", stack, lambda k=key: s.remove_config(k, path=True))
+
+
+def get_config(
+    stack: str,
+    key: str,
+    *,
+    project_dir: Path | None = None,
+    pulumi_command: Optional["auto.PulumiCommand"] = None,
+    passphrase_prompt: Optional[PassphrasePrompt] = None,
+    command: str = "mlox-iac migrate",
+) -> str:
+    """One config value by path, decrypted (for moving a secret from one key to another)."""
+    s = open_stack(stack, project_dir=project_dir, validate=False, pulumi_command=pulumi_command,
+                   passphrase_prompt=passphrase_prompt, command=command)
+    return _engine_call("config get", stack, lambda: s.get_config(key, path=True)).value

@@ -483,6 +483,19 @@ def backup_argv(
         raise ValueError(verb)
     if not outputs.get("backup_repository"):
         raise ConfigError(["mlox:backup: the stack has no backup repository (add an mlox:backup block and run up)"])
+    return data_argv(outputs, verb, args, identity=identity, options=options)
+
+
+def data_argv(
+    outputs: Mapping[str, Any],
+    verb: str,
+    args: Sequence[str] = (),
+    *,
+    identity: str | Path | None = None,
+    options: Sequence[str] = (),
+) -> list[str]:
+    """``ssh ... python3 -m mlox_data VERB ARGS`` on a server, as root, unchecked (backup and
+    migrate build on it; ``outputs`` needs ``server_address``, ``ssh_user``, ``ssh_port``)."""
     script = f"cd {BACKUP_DIR_ON_SERVER} && exec python3 -m mlox_data {shlex.join([verb, *args])}"
     return ssh_argv(outputs, _as_root(outputs, ["sh", "-c", script]), identity=identity, options=options, batch=True)
 

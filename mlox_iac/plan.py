@@ -35,6 +35,7 @@ class RecordedResource:
     dependencies: list[str] = field(default_factory=list)
     custom: bool = True
     delete_before_replace: bool = False
+    protect: bool = False
     replace_on_changes: list[str] = field(default_factory=list)
     ignore_changes: list[str] = field(default_factory=list)
 
@@ -149,6 +150,7 @@ def _monitor(mocks, recorded: list[RecordedResource], loops: set):
                     dependencies=sorted(set(request.dependencies)),
                     custom=bool(request.custom),
                     delete_before_replace=bool(request.deleteBeforeReplace),
+                    protect=bool(request.protect),
                     replace_on_changes=list(request.replaceOnChanges),
                     ignore_changes=list(request.ignoreChanges),
                 ))

@@ -39,6 +39,9 @@ def test_up_creates_the_stack_on_the_project_with_the_default_backend_and_passph
     assert [_args(c) for c in cmd.calls] == [
         ["stack", "select", "--stack", "dev"],
         ["stack", "init", "dev", "--secrets-provider", "passphrase"],
+        # the provider-change check reads what is deployed (nothing, for a new stack)
+        ["stack", "output", "--json", "--stack", "dev"],
+        ["stack", "output", "--json", "--show-secrets", "--stack", "dev"],
         ["up", "--yes", "--skip-preview", "--color", "never", "--exec-kind", "auto.local", "--stack", "dev"],
         ["stack", "output", "--json", "--stack", "dev"],
         ["stack", "output", "--json", "--show-secrets", "--stack", "dev"],
@@ -55,7 +58,7 @@ def test_up_creates_the_stack_on_the_project_with_the_default_backend_and_passph
 def test_an_existing_stack_is_selected_not_created(mlox_project, passphrase):
     cmd = RecordingPulumiCommand(stacks={"dev"})
     automation.up("dev", project_dir=mlox_project, pulumi_command=cmd)
-    assert cmd.verbs()[:2] == ["stack select", "up"]
+    assert cmd.verbs()[:4] == ["stack select", "stack output", "stack output", "up"]
 
 
 def test_events_reach_on_event_through_the_event_log(mlox_project, passphrase):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pulumi
 from pulumi_command import remote
 
-from mlox_iac.components.services.base import Context, ServiceComponent
+from mlox_iac.components.services.base import Context, ServiceComponent, per_server
 from mlox_iac.render import commands
 from mlox_iac.render.backup import BACKUP_DIR, ENV_NAME, IMAGES, UNIT
 
@@ -26,7 +26,7 @@ class Backup(pulumi.ComponentResource, ServiceComponent):
     def __init__(self, name: str, ctx: Context, server, bundle_hash: str, after: list,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlox:server:Backup", name, {}, opts)
-        self._setup(name, server)
+        self._setup(name, [server])
         settings = ctx.config.backup
         assert settings is not None
         self.repository_password = self.password("password", length=48).result
@@ -37,10 +37,10 @@ class Backup(pulumi.ComponentResource, ServiceComponent):
         env = self.write_env(ENV_NAME, values, [])
         user = server.user
         self.schedule = remote.Command(
-            f"{name}-schedule",
+            per_server(f"{name}-schedule", server.name),
             connection=server.connection,
             create=commands.as_root(commands.backup_schedule(bundle_hash, list(IMAGES), UNIT, BACKUP_DIR), user),
             delete=commands.as_root(commands.backup_unschedule(UNIT), user),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[env, *after]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[env[server.name], *after]),
         )
         self.register_outputs({"repository_password": self.repository_password})

@@ -21,8 +21,9 @@ from mlox_iac.errors import ConfigError
 
 NAMESPACE = "mlox"
 SECRET_PLACEHOLDER = "[secret]"
-# Config values that must be Pulumi secrets: (top-level key, nested key).
-MUST_BE_SECRET = {("onprem", "private_key"), ("backup", "access_key_id"), ("backup", "secret_access_key")}
+# Config values that must be Pulumi secrets: (top-level key, nested key path).
+MUST_BE_SECRET = {("onprem", "private_key"), ("backup", "access_key_id"), ("backup", "secret_access_key"),
+                  ("target", "onprem.private_key")}
 # The top-level keys of a Pulumi stack file (pulumi/pulumi sdk/go/common/workspace ProjectStack).
 STACK_FILE_KEYS = ("config", "secretsprovider", "encryptedkey", "encryptionsalt", "environment")
 
@@ -124,8 +125,12 @@ def validate(raw: dict[str, Any], secret: set[str], source: str, stack_name: str
         problems = [f"{source}: {key}: {_shorten(message)}" for key, message in _explain(exc)]
         raise ConfigError(problems) from None
     for top, nested in sorted(MUST_BE_SECRET):
-        block = raw.get(top)
-        if isinstance(block, dict) and nested in block and not ({top, f"{top}.{nested}"} & secret):
+        block: Any = raw.get(top)
+        for part in nested.split(".")[:-1]:
+            block = block.get(part) if isinstance(block, dict) else None
+        last = nested.split(".")[-1]
+        covering = {top, *(f"{top}.{'.'.join(nested.split('.')[:i])}" for i in range(1, nested.count('.') + 2))}
+        if isinstance(block, dict) and last in block and not (covering & secret):
             problems.append(
                 f"{source}: {NAMESPACE}:{top}.{nested}: must be a secret "
                 f"(set it with: pulumi config set --secret --path '{NAMESPACE}:{top}.{nested}' < FILE)"

@@ -151,6 +151,49 @@ class BackupSettings(Strict):
         return parse_schedule(self.schedule)[0]
 
 
+_SERVER_NAME = r"^[a-z][a-z0-9]{0,15}$"
+
+
+class TargetSettings(Strict):
+    """Where ``mlox-iac migrate`` moves a stack within the same provider (another host, region or size).
+
+    A move to another provider reads that provider's own block (``mlox:hetzner``, ...).
+    """
+
+    hetzner: get_provider("hetzner").Settings | None = None  # type: ignore[valid-type]
+    digitalocean: get_provider("digitalocean").Settings | None = None  # type: ignore[valid-type]
+    aws: get_provider("aws").Settings | None = None  # type: ignore[valid-type]
+    onprem: get_provider("onprem").Settings | None = None  # type: ignore[valid-type]
+
+
+class MigrationSettings(Strict):
+    """A move in progress, written by ``mlox-iac migrate`` (never edited by hand).
+
+    While it is set the stack has two servers: the current one (``mlox:server``, on
+    ``mlox:provider``) and the new one (``server``, on ``to``), deployed with the same
+    credentials.
+    """
+
+    to: Literal[PROVIDERS] = Field(description="Provider of the new server")  # type: ignore[valid-type]
+    server: str = Field(pattern=_SERVER_NAME, description="Resource name of the new server")
+    # provisioning: outputs point at the old server; cutover: at the new one, the old one is
+    # kept and protected; finishing: the old one is unprotected so the next update removes it.
+    state: Literal["provisioning", "cutover", "finishing"] = "provisioning"
+    # The servers copy data to each other over SSH: each admits the other's address.
+    source_address: str | None = Field(None, description="Public IP address of the old server")
+    return_address: str | None = Field(None, description="Public IP address of the new server (abort after the cutover)")
+
+    @field_validator("source_address", "return_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address") from None
+        return value
+
+
 def _services_model() -> type[BaseModel]:
     """The ``mlox:services`` model, assembled from the service registry."""
     from pydantic import create_model
@@ -186,6 +229,11 @@ class StackConfig(Strict):
     services: ServicesSettings = Field(default_factory=ServicesSettings)  # type: ignore[valid-type]
     keep_data_on_destroy: bool = Field(True, description="Protect data volumes from deletion on destroy")
     backup: BackupSettings | None = Field(None, description="Scheduled encrypted backups to an S3 repository")
+
+
+    server: str = Field("main", pattern=_SERVER_NAME, description="Resource name of the server (changed only by mlox-iac migrate)")
+    target: TargetSettings | None = Field(None, description="Settings of the new server for a move within the same provider")
+    migration: MigrationSettings | None = Field(None, description="A move in progress (written by mlox-iac migrate)")
     # Set by the loader from the stack name, never from the file.
     _stack_name: str = PrivateAttr("dev")
 
@@ -217,6 +265,10 @@ class StackConfig(Strict):
             for needed in SERVICES[name].requires:
                 if not self.service_enabled(needed):
                     raise _FieldError(f"services.{needed}.enabled", f"must be true because {name} needs {needed}")
+        if self.migration is not None:
+            if self.migration.server == self.server:
+                raise _FieldError("migration.server", f"must differ from mlox:server ({self.server})")
+            self.for_target(self.migration.to)
         needed_mb = self.memory_needed_mb()
         have_mb = self.memory_mb()
         if needed_mb > have_mb:
@@ -237,6 +289,32 @@ class StackConfig(Strict):
         return out
 
     # Typed accessors used by components.
+    def target_settings(self, to: str) -> Any:
+        """The settings of the server a move to ``to`` creates, or None when the file has none:
+        ``mlox:target.<to>`` if set, else (for another provider) ``mlox:<to>``."""
+        within = getattr(self.target, to) if self.target is not None else None
+        if within is not None:
+            return within
+        return getattr(self, to) if to != self.provider else None
+
+    def for_target(self, to: str) -> "StackConfig":
+        """This stack as the new server of a move to ``to`` sees it (same services and credentials).
+
+        Raises :class:`_FieldError` naming the key to fill in when the target's settings are
+        missing or its size is too small."""
+        settings = self.target_settings(to)
+        if settings is None:
+            key = f"target.{to}" if to == self.provider else to
+            raise _FieldError(key, f"required to move the stack to {to} (the new server's settings)")
+        moved = self.model_copy(update={"provider": to, to: settings, "target": None})
+        needed, have = moved.memory_needed_mb(), moved.memory_mb()
+        if needed > have:
+            key = ("target." if to == self.provider else "") + f"{to}.{get_provider(to).SIZE_FIELD}"
+            raise _FieldError(key, f"the new server has {have} MiB but the enabled services need {needed} MiB "
+                                   f"(allowed: a size with at least {needed} MiB)")
+        return moved
+
+
     def service(self, name: str) -> Any:
         return getattr(self.services, name)
 

@@ -354,34 +354,43 @@ def restore(host: Host, snapshot: str = "latest", service: str | None = None) ->
         repo.run(["restore", snap["id"], "--target", "/restore", *[a for i in sorted(set(includes)) for a in ("--include", i)]],
                  extra_mounts=[f"{target}:/restore"], what="restic restore")
         src = target / ROOT.lstrip("/")
-        writers = sorted({w for e in chosen.values() for w in e["writers"]})
-        restored: list[dict[str, Any]] = []
-        try:
-            if writers:
-                host.progress("stop", "stopping " + ", ".join(writers))
-                host.compose_stop(writers)
-            if any(e["databases"] for e in chosen.values()):
-                host.progress("databases", "roles")
-                postgres.restore_roles(host, src / "staging" / "postgres" / "roles.sql")
-            for name, e in chosen.items():
-                for db, m in e["databases"].items():
-                    host.progress("databases", f"database {db} ({name})")
-                    restored.append({"service": name, "kind": "database", "name": db,
-                                     **postgres.restore(host, db, src / "staging" / "postgres" / f"{db}.dump", m)})
-                for bucket, m in e["buckets"].items():
-                    host.progress("objects", f"bucket {bucket} ({name})")
-                    restored.append({"service": name, "kind": "bucket", "name": bucket,
-                                     **objects.restore(host, bucket, src / "staging" / "objects" / bucket, m)})
-                for volume, m in e["volumes"].items():
-                    host.progress("volumes", f"volume {volume} ({name})")
-                    restored.append({"service": name, "kind": "volume", "name": volume,
-                                     **volumes.restore(host, volume, src / "volumes" / volume, m)})
-        finally:
-            host.progress("start", "starting the stack")
-            host.compose_up()
+        restored = restore_all(host, chosen, src / "staging", src / "volumes")
         shutil.rmtree(target, ignore_errors=True)
         # The next backup re-syncs its object copies from the restored buckets.
         return {"snapshot": snap["short_id"], "time": snap["time"], "restored": restored, "verified": True}
+
+
+def restore_all(host: Host, chosen: dict[str, Any], staging: Path, volume_copies: Path) -> list[dict[str, Any]]:
+    """Restore the services in ``chosen`` (manifest entries) from a staging directory laid out
+    as :func:`capture_all` writes it and a directory of volume copies; every step verifies
+    against the manifest. Their writers are stopped meanwhile; the stack is started again
+    whatever happens. Used by restore (from a snapshot) and by migration (from the old server)."""
+    writers = sorted({w for e in chosen.values() for w in e["writers"]})
+    restored: list[dict[str, Any]] = []
+    try:
+        if writers:
+            host.progress("stop", "stopping " + ", ".join(writers))
+            host.compose_stop(writers)
+        if any(e["databases"] for e in chosen.values()):
+            host.progress("databases", "roles")
+            postgres.restore_roles(host, staging / "postgres" / "roles.sql")
+        for name, e in chosen.items():
+            for db, m in e["databases"].items():
+                host.progress("databases", f"database {db} ({name})")
+                restored.append({"service": name, "kind": "database", "name": db,
+                                 **postgres.restore(host, db, staging / "postgres" / f"{db}.dump", m)})
+            for bucket, m in e["buckets"].items():
+                host.progress("objects", f"bucket {bucket} ({name})")
+                restored.append({"service": name, "kind": "bucket", "name": bucket,
+                                 **objects.restore(host, bucket, staging / "objects" / bucket, m)})
+            for volume, m in e["volumes"].items():
+                host.progress("volumes", f"volume {volume} ({name})")
+                restored.append({"service": name, "kind": "volume", "name": volume,
+                                 **volumes.restore(host, volume, volume_copies / volume, m)})
+    finally:
+        host.progress("start", "starting the stack")
+        host.compose_up()
+    return restored
 
 
 # --------------------------------------------------------------------------- status

@@ -60,7 +60,6 @@ def backup_plan(ctx: Context, compose: dict) -> dict:
     from mlox_iac.render.commands import COMPOSE
 
     settings = ctx.config.backup
-    assert settings is not None
     who = writers(ctx, compose)
     services = {}
     for name in ctx.config.enabled_services():
@@ -68,7 +67,7 @@ def backup_plan(ctx: Context, compose: dict) -> dict:
         if data.databases or data.buckets or data.volumes:
             services[name] = {"databases": list(data.databases), "buckets": list(data.buckets),
                               "volumes": list(data.volumes), "writers": who[name]}
-    return {
+    plan = {
         "format": 1,
         "stack": ctx.config.stack_name,
         "compose": shlex.split(COMPOSE),
@@ -79,14 +78,17 @@ def backup_plan(ctx: Context, compose: dict) -> dict:
         "s3": {"endpoint": f"http://{seaweedfs.NAME}:{seaweedfs.S3_PORT}", "env_file": ctx.env_file(seaweedfs.NAME),
                "access_key_var": "S3_ACCESS_KEY", "secret_key_var": "S3_SECRET_KEY"},
         "services": services,
-        "backup": {
-            "env_file": ctx.env_file(ENV_NAME),
-            "interval_s": settings.interval_s,
-            "keep": settings.keep.model_dump(),
-            "check_read_data": settings.check_read_data,
-            "check_every_s": DEEP_CHECK_EVERY_S,
-        },
     }
+    if settings is None:  # the data tooling is shipped anyway: mlox-iac migrate uses it
+        return plan
+    plan["backup"] = {
+        "env_file": ctx.env_file(ENV_NAME),
+        "interval_s": settings.interval_s,
+        "keep": settings.keep.model_dump(),
+        "check_read_data": settings.check_read_data,
+        "check_every_s": DEEP_CHECK_EVERY_S,
+    }
+    return plan
 
 
 def systemd_units(ctx: Context) -> dict[str, str]:
@@ -121,11 +123,13 @@ def systemd_units(ctx: Context) -> dict[str, str]:
 
 
 def backup_files(ctx: Context, compose: dict) -> dict[str, str]:
-    """Every backup file of the bundle (none when the stack has no ``mlox:backup``)."""
-    if ctx.config.backup is None:
+    """Every backup file of the bundle: the data tooling when the stack backs up or is being
+    moved (``mlox-iac migrate`` uses the same verbs), the schedule only when it backs up."""
+    if ctx.config.backup is None and ctx.config.migration is None:
         return {}
     files = {"backup/plan.json": json.dumps(backup_plan(ctx, compose), indent=2, sort_keys=True) + "\n"}
     for module in sorted(_DATA_PACKAGE.glob("*.py")):
         files[f"backup/mlox_data/{module.name}"] = module.read_text()
-    files.update(systemd_units(ctx))
+    if ctx.config.backup is not None:
+        files.update(systemd_units(ctx))
     return files

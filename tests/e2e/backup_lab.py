@@ -180,18 +180,18 @@ def s3_client(d: Deployment):
     )
 
 
-def seed(d: Deployment) -> dict:
-    """Real data in every kind of store; returns what was logged to MLflow."""
+def seed(d: Deployment, big_mb: int = BIG_OBJECT_MB) -> dict:
+    """Real data in every kind of store (one object of ``big_mb`` MiB); returns what was logged to MLflow."""
     from boto3.s3.transfer import TransferConfig
 
     start = time.monotonic()
     logged = [mlflow_client(d, "log", uuid.uuid4().hex[:8]) for _ in range(2)]
     s3 = s3_client(d)
     with tempfile.NamedTemporaryFile() as big:
-        for _ in range(BIG_OBJECT_MB):
+        for _ in range(big_mb):
             big.write(os.urandom(1 << 20))
         big.flush()
-        s3.upload_file(big.name, USER_BUCKET, "big/object-200mb.bin",
+        s3.upload_file(big.name, USER_BUCKET, f"big/object-{big_mb}mb.bin",
                        Config=TransferConfig(multipart_chunksize=16 << 20, max_concurrency=4))
 
     def small(i: int) -> None:

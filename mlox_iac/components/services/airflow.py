@@ -181,7 +181,10 @@ class Airflow(pulumi.ComponentResource, ServiceComponent):
         self.login_password = self.password("admin", length=24).result
         route = routes(ctx)[0]
         # With a trailing slash: Airflow mounts its auth routes at the base URL's path + "auth".
-        base_url = server.public_address.apply(lambda address: ctx.public_url(route, address) + "/")
+
+        def base_url(target):  # per server: a migration runs it on two
+            return target.public_address.apply(lambda address: ctx.public_url(route, address) + "/")
+
         db_password = deps["postgres"].database_password(DATABASE)
         aws = pulumi.Output.all(deps["seaweedfs"].access_key, deps["seaweedfs"].secret_key).apply(
             lambda keys: json.dumps({"conn_type": "aws", "login": keys[0], "password": keys[1], "extra": {

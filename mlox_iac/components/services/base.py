@@ -154,20 +154,28 @@ def digest(*parts: str) -> str:
     return h.hexdigest()
 
 
+def per_server(name: str, server: str) -> str:
+    """The name of a per-server resource of a service: ``name`` on the first server (``main``),
+    ``name-on-<server>`` on another (a stack has two while ``mlox-iac migrate`` moves it)."""
+    return name if server == "main" else f"{name}-on-{server}"
+
+
 class ServiceComponent:
     """Mixin for service components: generated passwords and the env-file writer.
 
     Subclasses are ``pulumi.ComponentResource``s; they call :meth:`password` for each
-    credential and :meth:`write_env` once with their env file's content.
+    credential and :meth:`write_env` once with their env file's content. ``servers`` is the
+    list of targets the service runs on (two while a migration runs): the credentials are
+    generated once and the env file is written on every server.
     """
 
-    def _setup(self, name: str, server) -> None:
+    def _setup(self, name: str, servers) -> None:
         import pulumi
 
         self._prefix = name
-        self._server = server
+        self._servers = list(servers)
         self._child = pulumi.ResourceOptions(parent=self)  # type: ignore[arg-type]
-        self.env_command = None
+        self.env_commands: dict = {}
 
     def password(self, key: str, length: int = 32):
         """A generated credential (pulumi-random, alphanumeric so it is safe in URLs and env files)."""
@@ -176,10 +184,11 @@ class ServiceComponent:
         return random.RandomPassword(f"{self._prefix}-{key}", length=length, special=False, opts=self._child)
 
     def write_env(self, service: str, values: dict, compose_services: list[str], after: list = ()):
-        """Write ``/opt/mlox/secrets/<service>.env`` (0600) with content sent as a secret on stdin.
+        """Write ``/opt/mlox/secrets/<service>.env`` (0600) on every server, content sent as a secret on stdin.
 
-        ``after``: the services whose credentials this one uses; their env files (and the
-        containers that check them, such as Postgres roles) change first.
+        A value may be a function of the target (for what differs per server, such as its
+        address). ``after``: the services whose credentials this one uses; their env files
+        (and the containers that check them, such as Postgres roles) change first.
         """
         import pulumi
         from pulumi_command import remote
@@ -187,22 +196,21 @@ class ServiceComponent:
         from mlox_iac.render import commands
 
         keys = sorted(values)
-        content = pulumi.Output.secret(
-            pulumi.Output.all(*[values[k] for k in keys]).apply(lambda vs: render_env(dict(zip(keys, vs))))
-        )
-        user = self._server.user
-        self.env_command = remote.Command(
-            f"{self._prefix}-env",
-            connection=self._server.connection,
-            create=commands.as_root(commands.write_env_file(service, compose_services), user),
-            delete=commands.as_root(commands.remove_env_file(service), user),
-            stdin=content,
-            opts=pulumi.ResourceOptions(
-                parent=self,  # type: ignore[arg-type]
-                depends_on=[self._server.ready, *[d.env_command for d in after if d.env_command is not None]],
-            ),
-        )
-        return self.env_command
+        for target in self._servers:
+            resolved = [values[k](target) if callable(values[k]) else values[k] for k in keys]
+            content = pulumi.Output.secret(
+                pulumi.Output.all(*resolved).apply(lambda vs: render_env(dict(zip(keys, vs))))
+            )
+            before = [d.env_commands[target.name] for d in after if target.name in d.env_commands]
+            self.env_commands[target.name] = remote.Command(
+                per_server(f"{self._prefix}-env", target.name),
+                connection=target.connection,
+                create=commands.as_root(commands.write_env_file(service, compose_services), target.user),
+                delete=commands.as_root(commands.remove_env_file(service), target.user),
+                stdin=content,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[target.ready, *before]),  # type: ignore[arg-type]
+            )
+        return self.env_commands
 
 
 # --------------------------------------------------------------------------- the contract
@@ -242,7 +250,7 @@ class Service:
     routes: Callable[[Context], list[Route]]
     files: Callable[[Context], dict[str, str]]
     data: Callable[[Context], Data]
-    component: type  # pulumi.ComponentResource(name, ctx, server, deps, opts)
+    component: type  # pulumi.ComponentResource(name, ctx, servers, deps, opts)
     preset: str = "full"  # the smallest preset that enables it (PRESETS)
 
     @property

@@ -116,13 +116,13 @@ class Caddy(pulumi.ComponentResource, ServiceComponent):
     ui_user: str
     ui_passwords: dict
 
-    def __init__(self, name: str, ctx: Context, server, deps: dict, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, ctx: Context, servers, deps: dict, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlox:service:Caddy", name, {}, opts)
-        self._setup(name, server)
+        self._setup(name, servers)
         self.ui_user = ctx.config.service(NAME).ui_user
         passwords = {r.name: self.password(f"ui-{r.name}", length=24) for r in all_routes(ctx) if r.auth == "basic"}
         self.ui_passwords = {route: p.result for route, p in passwords.items()}
-        values: dict = {"MLOX_UI_USER": self.ui_user, "MLOX_ADDRESS": server.public_address}
+        values: dict = {"MLOX_UI_USER": self.ui_user, "MLOX_ADDRESS": lambda target: target.public_address}
         values.update({auth_variable(Route(r, "", "basic")): p.bcrypt_hash for r, p in passwords.items()})
         self.write_env(NAME, values, ["caddy"])
         self.register_outputs({"ui_passwords": self.ui_passwords})

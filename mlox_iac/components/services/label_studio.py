@@ -108,7 +108,10 @@ class LabelStudio(pulumi.ComponentResource, ServiceComponent):
         self.login_password = self.password("admin", length=24).result
         self.api_token = self.password("api-token", length=40).result
         route = routes(ctx)[0]
-        host = server.public_address.apply(lambda address: ctx.public_url(route, address))
+
+        def host(target):  # per server: a migration runs it on two
+            return target.public_address.apply(lambda address: ctx.public_url(route, address))
+
         self.write_env(
             NAME,
             {
@@ -118,7 +121,7 @@ class LabelStudio(pulumi.ComponentResource, ServiceComponent):
                 "STORAGE_AWS_ACCESS_KEY_ID": deps["seaweedfs"].access_key,
                 "STORAGE_AWS_SECRET_ACCESS_KEY": deps["seaweedfs"].secret_key,
                 "LABEL_STUDIO_HOST": host,
-                "CSRF_TRUSTED_ORIGINS": host.apply(lambda url: "https://" + urlsplit(url).netloc),
+                "CSRF_TRUSTED_ORIGINS": lambda target: host(target).apply(lambda url: "https://" + urlsplit(url).netloc),
             },
             [NAME],
             after=[deps["postgres"], deps["seaweedfs"]],

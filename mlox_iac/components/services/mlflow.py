@@ -94,14 +94,17 @@ def data(ctx: Context) -> Data:
 class Mlflow(pulumi.ComponentResource, ServiceComponent):
     """The MLflow service: Flask secret, database and S3 credentials in its env file."""
 
-    def __init__(self, name: str, ctx: Context, server, deps: dict, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, ctx: Context, servers, deps: dict, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlox:service:Mlflow", name, {}, opts)
-        self._setup(name, server)
+        self._setup(name, servers)
         from mlox_iac.components.services import seaweedfs
 
         flask_secret = self.password("flask-secret", length=48)
         s3_route = seaweedfs.routes(ctx)[0]
-        s3_url = server.public_address.apply(lambda address: ctx.public_url(s3_route, address))
+
+        def s3_url(target):
+            return target.public_address.apply(lambda address: ctx.public_url(s3_route, address))
+
         self.write_env(
             NAME,
             {

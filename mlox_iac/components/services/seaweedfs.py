@@ -133,9 +133,9 @@ class Seaweedfs(pulumi.ComponentResource, ServiceComponent):
     access_key: pulumi.Output[str]
     secret_key: pulumi.Output[str]
 
-    def __init__(self, name: str, ctx: Context, server, deps: dict, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, ctx: Context, servers, deps: dict, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlox:service:Seaweedfs", name, {}, opts)
-        self._setup(name, server)
+        self._setup(name, servers)
         self.access_key = self.password("access-key", length=20).result
         self.secret_key = self.password("secret-key", length=40).result
         self.write_env(NAME, {"S3_ACCESS_KEY": self.access_key, "S3_SECRET_KEY": self.secret_key}, ["seaweedfs"])
