@@ -136,6 +136,10 @@ def test_preview_of_the_example_with_its_placeholder_key_is_one_line_and_changes
     assert result.stderr.splitlines() == [
         "stacks/Pulumi.example-onprem.yaml: mlox:onprem.private_key: a placeholder, not a secret of this stack "
         "(the file has no encryptionsalt); set yours with: "
-        "pulumi config set --secret --path 'mlox:onprem.private_key' --stack example-onprem"]
+        "pulumi config set --secret --path 'mlox:onprem.private_key' --stack example-onprem"] + [
+            f"stacks/Pulumi.example-onprem.yaml: mlox:backup.{key}: a placeholder, not a secret of this stack "
+            "(the file has no encryptionsalt); set yours with: "
+            f"pulumi config set --secret --path 'mlox:backup.{key}' --stack example-onprem"
+            for key in ("access_key_id", "secret_access_key")]
     assert stack_path.read_text() == before
     assert not (engine / ".mlox" / "state" / ".pulumi" / "stacks").exists()
