@@ -159,7 +159,7 @@ def _project_document(project_dir: Path) -> dict[str, Any]:
         document = yaml.safe_load(path.read_text()) or {}
     except OSError:
         raise MloxError(f"{path}: file not found (is {project_dir} the mlox-iac project?)") from None
-    except yaml.YAMLError as exc:
+    except (ValueError, yaml.YAMLError) as exc:
         raise MloxError(f"{path}: not valid YAML: {exc}") from None
     return document if isinstance(document, dict) else {}
 
@@ -180,7 +180,7 @@ def backend_url(project_dir: Path, env: Mapping[str, str] | None = None) -> str 
 def _stack_document(project_dir: Path, stack: str) -> dict[str, Any]:
     try:
         document = yaml.safe_load(stack_file(project_dir, stack).read_text()) or {}
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):
         return {}
     return document if isinstance(document, dict) else {}
 
@@ -438,6 +438,26 @@ def outputs(
                    passphrase_prompt=passphrase_prompt, command="mlox-iac outputs")
     values, _ = _masked(_engine_call("stack output", stack, s.outputs), show_secrets)
     return values
+
+
+def config_value(
+    stack: str,
+    key: str,
+    *,
+    project_dir: Path | None = None,
+    pulumi_command: Optional["auto.PulumiCommand"] = None,
+    passphrase_prompt: Optional[PassphrasePrompt] = None,
+) -> str | None:
+    """A stack's config value, decrypted when it is a secret (``pulumi config get``); None
+    when the stack does not set it."""
+    from pulumi import automation as auto
+
+    s = open_stack(stack, project_dir=project_dir, validate=False, pulumi_command=pulumi_command,
+                   passphrase_prompt=passphrase_prompt, command="mlox-iac cost")
+    try:
+        return s.get_config(key).value
+    except auto.CommandError:
+        return None
 
 
 def set_secrets(

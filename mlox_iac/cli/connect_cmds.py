@@ -42,8 +42,10 @@ def ca_file(outputs: dict, stack: Optional[str], ca: Optional[Path], identity: O
     (fetched over SSH the first time); with a domain, else None (the system's roots)."""
     from mlox_iac import connect
 
-    if ca is not None or outputs.get("tls") != "internal":
-        return ca
+    if ca is not None:
+        return connect.check_ca_file(ca)
+    if outputs.get("tls") != "internal":
+        return None
     key = stack or re.sub(r"[^A-Za-z0-9._-]", "_", str(outputs.get("server_address") or "server"))
     try:
         base = project_dir() / ".mlox"

@@ -41,7 +41,9 @@ def _default(provider: str, field: str) -> Any:
 def _read_public_key(value: str) -> str:
     path = Path(value).expanduser()
     if path.is_file():
-        text = path.read_text().strip()
+        from mlox_iac.files import read_text
+
+        text = read_text(path, f"--ssh-key: {value}", "public key file (.pub)").strip()
         if "PRIVATE KEY" in text:
             raise ConfigError([f"--ssh-key: {value} is a private key (allowed: the public key, e.g. {value}.pub)"])
         return text
@@ -127,10 +129,15 @@ def render_stack_file(stack: str, raw: dict[str, Any], extra: dict[str, Any], ke
 
 
 def _kept(path: Path) -> dict[str, Any]:
-    """What a rewritten file keeps: Pulumi's encryption settings and secure values."""
-    try:
-        old = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+    """What a rewritten file keeps: Pulumi's encryption settings and secure values.
+
+    A file that cannot be read is an error, never overwritten: it may hold the salt that
+    decrypts the stack's secrets.
+    """
+    from mlox_iac.config import stack_yaml
+
+    old = stack_yaml.load(path, str(path)) or {}
+    if not isinstance(old, dict):
         return {}
     kept = {k: old[k] for k in KEPT_KEYS if k in old}
     secure = {k: v for k, v in (old.get("config") or {}).items() if isinstance(v, dict) and set(v) == {"secure"}}
@@ -182,7 +189,7 @@ def init(
 
     Examples:
       mlox-iac init
-      mlox-iac init --stack prod --provider hetzner --size cx32 \\
+      mlox-iac init --stack prod --provider hetzner --size cx33 \\
         --ssh-key ~/.ssh/id_ed25519.pub --admin-cidr 203.0.113.7 \\
         --domain ml.example.com --acme-email ops@example.com
       mlox-iac init --stack lab --provider onprem --host 192.0.2.50 \\
