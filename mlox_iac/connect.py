@@ -31,7 +31,7 @@ from mlox_iac.errors import ConfigError, MloxError
 
 SECRET = "[secret]"
 # Outputs that are secrets (the stack marks them so; a JSON outputs file has them in clear).
-SECRET_OUTPUTS = frozenset({"ui_passwords", "s3_access_key", "s3_secret_key"})
+SECRET_OUTPUTS = frozenset({"ui_passwords", "login_passwords", "api_tokens", "s3_access_key", "s3_secret_key"})
 # Where Caddy keeps the root certificate of its internal CA on every server.
 CA_PATH_ON_SERVER = "/mnt/mlox-data/volumes/caddy-data/caddy/pki/authorities/local/root.crt"
 # The compose project on every server (see mlox_iac.render.commands.COMPOSE).
@@ -41,7 +41,8 @@ COMPOSE_ARGS = ("docker", "compose", "--project-name", "mlox", "--project-direct
 HEALTH_PATHS = {"mlflow": "/health"}
 SHELLS = ("sh", "fish", "powershell")
 # Exports that carry a secret (masked unless asked for).
-SECRET_EXPORTS = frozenset({"MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
+SECRET_EXPORTS = frozenset({"MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                            "FEAST_FEATURE_SERVER_PASSWORD"})
 
 
 # ----- outputs ------------------------------------------------------------------------
@@ -127,18 +128,18 @@ def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None) -
     without a domain, a custom ACME CA's with one): ``MLFLOW_TRACKING_SERVER_CERT_PATH``
     and ``AWS_CA_BUNDLE`` point at it, and ``REQUESTS_CA_BUNDLE`` at :func:`ca_bundle_path`
     (the system's roots plus it: MLflow downloads artifacts from presigned S3 URLs with
-    plain requests, which honours only that variable).
+    plain requests, which honours only that variable). Feast: the feature server's URL and
+    basic-auth credentials (its Postgres and Redis stay internal to the server).
     """
     env: dict[str, str] = {}
     if outputs.get("mlflow_tracking_uri"):
         env["MLFLOW_TRACKING_URI"] = str(outputs["mlflow_tracking_uri"])
-        if outputs.get("ui_user"):
-            env["MLFLOW_TRACKING_USERNAME"] = str(outputs["ui_user"])
-        passwords = outputs.get("ui_passwords")
-        if isinstance(passwords, Mapping) and passwords.get("mlflow"):
-            env["MLFLOW_TRACKING_PASSWORD"] = str(passwords["mlflow"])
-        elif passwords == SECRET:
-            env["MLFLOW_TRACKING_PASSWORD"] = SECRET
+        env.update(_basic_auth(outputs, "mlflow", "MLFLOW_TRACKING"))
+    urls = outputs.get("urls")
+    if isinstance(urls, Mapping) and urls.get("feast"):
+        # Feast's feature server (POST $FEAST_FEATURE_SERVER_URL/get-online-features, basic auth).
+        env["FEAST_FEATURE_SERVER_URL"] = str(urls["feast"])
+        env.update(_basic_auth(outputs, "feast", "FEAST_FEATURE_SERVER"))
     if outputs.get("s3_endpoint"):
         env["AWS_ENDPOINT_URL_S3"] = str(outputs["s3_endpoint"])
         for key, name in (("s3_access_key", "AWS_ACCESS_KEY_ID"), ("s3_secret_key", "AWS_SECRET_ACCESS_KEY")):
@@ -148,6 +149,19 @@ def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None) -
         env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(ca_path)
         env["AWS_CA_BUNDLE"] = str(ca_path)
         env["REQUESTS_CA_BUNDLE"] = str(ca_bundle_path(ca_path))
+    return env
+
+
+def _basic_auth(outputs: Mapping[str, Any], route: str, prefix: str) -> dict[str, str]:
+    """``<prefix>_USERNAME`` / ``_PASSWORD`` of a route behind the proxy's basic auth."""
+    env: dict[str, str] = {}
+    if outputs.get("ui_user"):
+        env[f"{prefix}_USERNAME"] = str(outputs["ui_user"])
+    passwords = outputs.get("ui_passwords")
+    if isinstance(passwords, Mapping) and passwords.get(route):
+        env[f"{prefix}_PASSWORD"] = str(passwords[route])
+    elif passwords == SECRET:
+        env[f"{prefix}_PASSWORD"] = SECRET
     return env
 
 

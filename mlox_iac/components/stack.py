@@ -78,4 +78,9 @@ def _stack_outputs(config: StackConfig, ctx: Context, server: Server, services: 
         out["s3_buckets"] = buckets(ctx)
     if "mlflow" in services:
         out["mlflow_tracking_uri"] = urls["mlflow"]
+    # Services with their own login (auth "own") name its password as `login_password`.
+    logins = {n: s.login_password for n, s in services.items() if getattr(s, "login_password", None) is not None}
+    out["login_passwords"] = pulumi.Output.secret(logins)
+    tokens = {n: s.api_token for n, s in services.items() if getattr(s, "api_token", None) is not None}
+    out["api_tokens"] = pulumi.Output.secret(tokens)
     return out

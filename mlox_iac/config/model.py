@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from mlox_iac.components.services.base import PRESETS
 from mlox_iac.components.services.registry import SERVICES
 from mlox_iac.config import ssh_keys
 from mlox_iac.providers import PROVIDERS, get_provider
@@ -73,9 +74,14 @@ def _services_model() -> type[BaseModel]:
     from pydantic import create_model
 
     fields: dict[str, Any] = {
+        "preset": (Literal[PRESETS], Field(  # type: ignore[valid-type]
+            "core", description="Which services are enabled unless a service's own enabled says otherwise: "
+            "core (postgres, seaweedfs, mlflow, caddy) or full (every service)")),
+    }
+    fields.update({
         name: (service.settings, Field(default_factory=service.settings, description=service.summary))
         for name, service in SERVICES.items()
-    }
+    })
     return create_model("ServicesSettings", __config__=ConfigDict(extra="forbid"), **fields)
 
 
@@ -149,11 +155,9 @@ class StackConfig(Strict):
             raise _FieldError("acme_ca", "only used with a domain (set mlox:domain, or remove mlox:acme_ca)")
         if self.acme_ca_root and not self.acme_ca:
             raise _FieldError("acme_ca_root", "only used with mlox:acme_ca (the root of a custom ACME CA)")
-        for name, service in SERVICES.items():
-            if not self.service(name).enabled:
-                continue
-            for needed in service.requires:
-                if not self.service(needed).enabled:
+        for name in self.enabled_services():
+            for needed in SERVICES[name].requires:
+                if not self.service_enabled(needed):
                     raise _FieldError(f"services.{needed}.enabled", f"must be true because {name} needs {needed}")
         needed_mb = self.memory_needed_mb()
         have_mb = self.memory_mb()
@@ -170,9 +174,16 @@ class StackConfig(Strict):
     def service(self, name: str) -> Any:
         return getattr(self.services, name)
 
+    def service_enabled(self, name: str) -> bool:
+        """A service's own ``enabled`` if set, else whether the preset includes it."""
+        enabled = self.service(name).enabled
+        if enabled is not None:
+            return enabled
+        return PRESETS.index(SERVICES[name].preset) <= PRESETS.index(self.services.preset)
+
     def enabled_services(self) -> list[str]:
         """Names of enabled services, in registry order (which is dependency order)."""
-        return [name for name in SERVICES if self.service(name).enabled]
+        return [name for name in SERVICES if self.service_enabled(name)]
 
     def provider_settings(self) -> Any:
         return getattr(self, self.provider)

@@ -123,6 +123,21 @@ CASES = {
         "mlox:services.seaweedfs.buckets: 'Bad_Bucket' is not a valid bucket name (allowed: 3-63 of a-z 0-9 . -)"),
     "enabled_not_bool": (settings(services={"mlflow": {"enabled": "sometimes"}}),
         "mlox:services.mlflow.enabled: 'sometimes' is not true or false"),
+    "bad_preset": (settings(services={"preset": "everything"}),
+        "mlox:services.preset: 'everything' is not allowed (allowed: core or full)"),
+    "full_preset_on_a_small_server": (settings(hetzner={"server_type": "cx23"}, services={"preset": "full"}),
+        "mlox:hetzner.server_type: server has 4096 MiB but the enabled services need 7424 MiB (postgres 512, "
+        "seaweedfs 512, mlflow 1024, redis 128, feast 512, label-studio 768, airflow 2304, jupyter 1024, caddy 128, "
+        "system 512) (allowed: a size with at least 7424 MiB, or fewer services)"),
+    "bad_dags_repo": (settings("onprem", services={"airflow": {"enabled": True, "dags_repo": "ftp://x/y"}}),
+        "mlox:services.airflow.dags_repo: 'ftp://x/y' is not allowed (allowed: matching "
+        "^(https://|http://|git://|ssh://|file://|git@)\\S+$)"),
+    "feast_without_redis": (settings("onprem", services={"feast": {"enabled": True}}),
+        "mlox:services.redis.enabled: must be true because feast needs redis"),
+    "full_preset_without_postgres": (settings("onprem", services={"preset": "full", "postgres": {"enabled": False}}),
+        "mlox:services.postgres.enabled: must be true because mlflow needs postgres"),
+    "preset_not_a_string": (settings(services={"preset": ["core"]}),
+        "mlox:services.preset: ['core'] is not allowed (allowed: core or full)"),
     "bad_docker_source": (settings(docker={"source": "snap"}),
         "mlox:docker.source: 'snap' is not allowed (allowed: docker or debian)"),
 }
@@ -255,6 +270,27 @@ def test_valid_stack_keeps_other_namespaces_and_defaults(tmp_path):
     assert config.enabled_services() == ["postgres", "seaweedfs", "mlflow", "caddy"]
     assert config.stack_name == "test"
     assert config.keep_data_on_destroy is True
+
+
+CORE = ["postgres", "seaweedfs", "mlflow", "caddy"]
+FULL = ["postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "airflow", "jupyter", "caddy"]
+PRESET_CASES = {
+    "no_preset_is_core": ({}, CORE),
+    "core": ({"preset": "core"}, CORE),
+    "full": ({"preset": "full"}, FULL),
+    "core_plus_one": ({"preset": "core", "jupyter": {"enabled": True}}, ["postgres", "seaweedfs", "mlflow", "jupyter", "caddy"]),
+    "full_minus_one": ({"preset": "full", "jupyter": {"enabled": False}}, ["postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "airflow", "caddy"]),
+    "core_minus_mlflow": ({"mlflow": {"enabled": False}}, ["postgres", "seaweedfs", "caddy"]),
+    "settings_alone_do_not_enable": ({"preset": "core", "redis": {}}, CORE),
+    "explicit_true_in_full": ({"preset": "full", "redis": {"enabled": True}}, FULL),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PRESET_CASES))
+def test_presets_and_overrides(tmp_path, case):
+    services, expected = PRESET_CASES[case]
+    config = load_file(write_stack(tmp_path, settings("onprem", services=services)))
+    assert config.enabled_services() == expected
 
 
 @pytest.mark.parametrize("stack", ["example-hetzner", "example-digitalocean", "example-aws", "example-onprem"])

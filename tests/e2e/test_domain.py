@@ -5,7 +5,7 @@ One target host (``mlxacme41``). On the CI machine, at the host side of its veth
 ``mlflow.<domain>`` and ``s3.<domain>`` with the target's address. The stack is deployed
 with ``mlox:domain``, ``mlox:acme_ca`` (Pebble's directory) and ``mlox:acme_ca_root``
 (the roots of Pebble's HTTPS and of the certificates it issues) by replaying the real
-program over SSH, as tests/e2e/test_deploy.py does. Caddy then gets its certificates by
+program over SSH (tests/e2e/stack.py), as tests/e2e/test_deploy.py does. Caddy then gets its certificates by
 HTTP-01/TLS-ALPN-01 challenges that Pebble validates against ports 80/443 of the target.
 
 Clients run in the client network namespace, whose resolv.conf points at the test DNS:
@@ -33,12 +33,12 @@ from mlox_iac.components.services.registry import SERVICES
 try:
     from . import hosts, images
     from .acme import AcmeTestCA
-    from .test_deploy import COMPOSE, LONG_RUNNING, Deployment, timed
+    from .stack import COMPOSE, LONG_RUNNING, Deployment, timed
 except ImportError:  # tests/e2e is not a package: pytest put its directory on sys.path
     import hosts  # type: ignore[no-redef]
     import images  # type: ignore[no-redef]
     from acme import AcmeTestCA  # type: ignore[no-redef]
-    from test_deploy import COMPOSE, LONG_RUNNING, Deployment, timed  # type: ignore[no-redef]
+    from stack import COMPOSE, LONG_RUNNING, Deployment, timed  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.e2e
 

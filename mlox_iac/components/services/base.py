@@ -40,12 +40,18 @@ DATA_DIR = "/mnt/mlox-data"
 COMPOSE_PROJECT = "mlox"
 
 
+# Presets of ``mlox:services``, smallest first: a service belongs to the smallest preset
+# that includes it (``Service.preset``) and to every larger one.
+PRESETS = ("core", "full")
+
+
 class ServiceSettings(BaseModel):
     """Settings every service has."""
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(True, description="Deploy this service")
+    enabled: bool | None = Field(
+        None, description="Deploy this service (default: whether the chosen mlox:services.preset includes it)")
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,9 @@ def hc(test: list[str], start_period: str = "20s") -> dict:
     return {"test": test, "interval": "10s", "timeout": "5s", "retries": 12, "start_period": start_period}
 
 
+PROVISIONED_CHECK = ["CMD", "test", "-f", "/tmp/mlox-provisioned"]
+
+
 def provisioner(script: str) -> dict:
     """Compose settings of a provisioning step: run ``script`` once, then stay up, idle and healthy.
 
@@ -116,7 +125,7 @@ def provisioner(script: str) -> dict:
     return {
         "restart": "unless-stopped",
         "entrypoint": ["/bin/sh", "-c", f"{script} || exit 1; {idle}"],
-        "healthcheck": {"test": ["CMD", "test", "-f", "/tmp/mlox-provisioned"], "interval": "3s",
+        "healthcheck": {"test": list(PROVISIONED_CHECK), "interval": "3s",
                         "timeout": "3s", "retries": 100, "start_period": "5s"},
     }
 
@@ -226,7 +235,7 @@ class Service:
 
     name: str
     image: str  # pinned: repository:version, never a floating tag
-    memory_mb: int  # compose memory limit of its main container; counted against the server size
+    memory_mb: int  # sum of its long-running containers' memory limits; counted against the server size
     requires: tuple[str, ...]  # services that must be enabled with it
     settings: type[ServiceSettings]  # its mlox:services.<name> block; the docstring is its summary
     compose: Callable[[Context], dict]
@@ -234,6 +243,7 @@ class Service:
     files: Callable[[Context], dict[str, str]]
     data: Callable[[Context], Data]
     component: type  # pulumi.ComponentResource(name, ctx, server, deps, opts)
+    preset: str = "full"  # the smallest preset that enables it (PRESETS)
 
     @property
     def summary(self) -> str:
@@ -266,6 +276,8 @@ def check_service(service: Service, known: set[str]) -> None:
             fail(f"requires unknown service {needed!r}")
     if not (isinstance(service.settings, type) and issubclass(service.settings, ServiceSettings)):
         fail("settings must subclass ServiceSettings")
+    if service.preset not in PRESETS:
+        fail(f"preset must be one of {', '.join(PRESETS)}")
     if not service.summary:
         fail("settings class needs a docstring (its first line is the service's summary)")
     if not (isinstance(service.component, type) and issubclass(service.component, pulumi.ComponentResource)):
@@ -309,9 +321,15 @@ def check_compose(service: Service, ctx: Context) -> None:
             source = mount.split(":", 1)[0] if isinstance(mount, str) else mount.get("source", "")
             if source and not source.startswith((".", "/")) and source not in part.get("volumes", {}):
                 fail(f"container {cname!r} mounts volume {source!r} its compose part does not define")
-    main_limit = containers[service.name].get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")
-    if main_limit != f"{service.memory_mb}M":
-        fail(f"container {service.name!r} memory limit {main_limit!r} differs from memory_mb {service.memory_mb}")
+    # memory_mb is what the server must have for the service: the limits of its long-running
+    # containers (provisioning steps idle once done and are not counted).
+    running = {c: spec["deploy"]["resources"]["limits"]["memory"] for c, spec in containers.items()
+               if spec["healthcheck"]["test"] != PROVISIONED_CHECK}
+    if len(running) == 1 and running.get(service.name) != f"{service.memory_mb}M":
+        fail(f"container {service.name!r} memory limit {running.get(service.name)!r} differs from memory_mb {service.memory_mb}")
+    total = sum(int(str(m).rstrip("M")) for m in running.values())
+    if total != service.memory_mb:
+        fail(f"long-running containers' memory limits sum to {total}M, not memory_mb {service.memory_mb}")
     for route in service.routes(ctx):
         if route.auth not in ("basic", "own"):
             fail(f"route {route.name!r} has no authentication (auth must be 'basic' or 'own')")

@@ -153,5 +153,5 @@ class Caddy(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=(), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Caddy,
+    compose=compose, routes=routes, files=files, data=data, component=Caddy, preset="core",
 )

@@ -130,5 +130,5 @@ class Mlflow(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("postgres", "seaweedfs", "caddy"), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Mlflow,
+    compose=compose, routes=routes, files=files, data=data, component=Mlflow, preset="core",
 )

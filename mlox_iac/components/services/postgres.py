@@ -117,5 +117,5 @@ class Postgres(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=(), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Postgres,
+    compose=compose, routes=routes, files=files, data=data, component=Postgres, preset="core",
 )
