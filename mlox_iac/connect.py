@@ -125,7 +125,8 @@ def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None) -
     MLflow: tracking URI, basic-auth user and password (artifacts go through the tracking
     server, so no S3 settings are needed for MLflow). S3: ``AWS_ENDPOINT_URL_S3`` (read by
     boto3 >= 1.28 and the AWS CLI; it affects S3 only, not other AWS services) and the keys.
-    With the internal CA (no domain) and ``ca_path``: ``MLFLOW_TRACKING_SERVER_CERT_PATH``
+    With ``ca_path`` (the root that issued the server's certificates: the internal CA's
+    without a domain, a custom ACME CA's with one): ``MLFLOW_TRACKING_SERVER_CERT_PATH``
     and ``AWS_CA_BUNDLE`` point at it, and ``REQUESTS_CA_BUNDLE`` at :func:`ca_bundle_path`
     (the system's roots plus it: MLflow downloads artifacts from presigned S3 URLs with
     plain requests, which honours only that variable). Feast: the feature server's URL and
@@ -145,7 +146,7 @@ def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None) -
         for key, name in (("s3_access_key", "AWS_ACCESS_KEY_ID"), ("s3_secret_key", "AWS_SECRET_ACCESS_KEY")):
             if outputs.get(key):
                 env[name] = str(outputs[key])
-    if outputs.get("tls") == "internal" and ca_path is not None:
+    if ca_path is not None:
         env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(ca_path)
         env["AWS_CA_BUNDLE"] = str(ca_path)
         env["REQUESTS_CA_BUNDLE"] = str(ca_bundle_path(ca_path))
@@ -397,7 +398,8 @@ def _probe_one(
         response.read(65536)
         status = response.status
     except ssl.SSLCertVerificationError as exc:
-        return ProbeResult(name, full, False, None, f"TLS certificate not trusted: {exc.verify_message or exc}",
+        hint = "" if ca_path else " (pass --ca with the root of the CA that issued it)"
+        return ProbeResult(name, full, False, None, f"TLS certificate not trusted: {exc.verify_message or exc}{hint}",
                            elapsed_ms=(time.monotonic() - started) * 1000)
     except (OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

@@ -325,11 +325,13 @@ def test_program_exports_what_env_and_status_read(example):
     expected = connect.SECRET_OUTPUTS - (set() if "mlox:backup:" in stack_file.read_text() else {"backup_password"})
     assert {k for k, v in outputs.items() if is_secret(v)} == expected
     plain = unwrap(outputs)
-    exports = connect.env_exports(plain, ca_path="/tmp/ca.crt")
+    # Without a domain the internal CA's root is needed; with one, the system's roots serve.
+    ca = "/tmp/ca.crt" if plain["tls"] == "internal" else None
+    exports = connect.env_exports(plain, ca_path=ca)
     assert exports["MLFLOW_TRACKING_URI"] == plain["urls"]["mlflow"]
     assert exports["MLFLOW_TRACKING_PASSWORD"] == plain["ui_passwords"]["mlflow"]
     assert exports["AWS_ENDPOINT_URL_S3"] == plain["urls"]["s3"]
-    assert ("AWS_CA_BUNDLE" in exports) == (plain["tls"] == "internal")
+    assert exports.get("AWS_CA_BUNDLE") == ca
     assert set(plain["urls"]) == {"mlflow", "s3"}
 
 

@@ -37,14 +37,15 @@ def read_outputs(stack: Optional[str], outputs_file: Optional[Path], show_secret
 
 
 def ca_file(outputs: dict, stack: Optional[str], ca: Optional[Path], identity: Optional[Path], refresh: bool) -> Optional[Path]:
-    """The internal CA's root certificate for stacks without a domain, else None: ``--ca``,
-    else ``.mlox/<stack>/caddy-root.crt`` (fetched over SSH the first time)."""
+    """The root certificate to trust: ``--ca`` when given (with a domain: a custom ACME CA's
+    root; without: the internal CA's); without a domain, else ``.mlox/<stack>/caddy-root.crt``
+    (fetched over SSH the first time); with a domain, else None (the system's roots)."""
     from mlox_iac import connect
 
-    if outputs.get("tls") != "internal":
-        return None
     if ca is not None:
         return connect.check_ca_file(ca)
+    if outputs.get("tls") != "internal":
+        return None
     key = stack or re.sub(r"[^A-Za-z0-9._-]", "_", str(outputs.get("server_address") or "server"))
     try:
         base = project_dir() / ".mlox"
@@ -116,8 +117,10 @@ def env(
     AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and,
     for stacks without a domain, MLFLOW_TRACKING_SERVER_CERT_PATH and
     AWS_CA_BUNDLE (the server's CA certificate, fetched over SSH once
-    into .mlox/<stack>/caddy-root.crt; or give it with --ca). Passwords
-    and keys are printed only with --show-secrets, else as comments.
+    into .mlox/<stack>/caddy-root.crt; or give it with --ca); with a
+    domain and a custom ACME CA, the same from --ca (that CA's root).
+    Passwords and keys are printed only with --show-secrets, else as
+    comments.
 
     Examples:
       eval "$(mlox-iac env --stack prod --show-secrets)"

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
+import time
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -225,6 +228,14 @@ class StackConfig(Strict):
     ssh: SshSettings
     domain: str | None = Field(None, description="Base domain; each service gets a subdomain with automatic HTTPS")
     acme_email: str | None = Field(None, description="E-mail for Let's Encrypt (required with a domain)")
+    acme_ca: str | None = Field(
+        None, description="ACME directory URL (https) instead of Let's Encrypt: Let's Encrypt staging, ZeroSSL, "
+        "a company ACME CA (with a domain)",
+    )
+    acme_ca_root: str | None = Field(
+        None, description="PEM root certificate(s) of that ACME CA, when not publicly trusted: of its directory's "
+        "HTTPS and of the certificates it issues (with acme_ca)",
+    )
     docker: DockerSettings = Field(default_factory=DockerSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)  # type: ignore[valid-type]
     keep_data_on_destroy: bool = Field(True, description="Protect data volumes from deletion on destroy")
@@ -255,12 +266,29 @@ class StackConfig(Strict):
             raise ValueError(f"{value!r} is not an e-mail address")
         return value
 
+    @field_validator("acme_ca")
+    @classmethod
+    def _acme_ca(cls, value: str | None) -> str | None:
+        if value is not None and not _is_https_url(value):
+            raise ValueError(f"{value!r} is not an https URL (allowed: an ACME directory URL such as "
+                             "https://acme-staging-v02.api.letsencrypt.org/directory)")
+        return value
+
+    @field_validator("acme_ca_root")
+    @classmethod
+    def _acme_ca_root(cls, value: str | None) -> str | None:
+        return None if value is None else check_ca_certificates(value)
+
     @model_validator(mode="after")
     def _cross_field(self) -> "StackConfig":
         if getattr(self, self.provider) is None:
             raise _FieldError(self.provider, f"required when provider is {self.provider} (set mlox:{self.provider})")
         if self.domain and not self.acme_email:
             raise _FieldError("acme_email", "required when a domain is set (Let's Encrypt needs a contact address)")
+        if self.acme_ca and not self.domain:
+            raise _FieldError("acme_ca", "only used with a domain (set mlox:domain, or remove mlox:acme_ca)")
+        if self.acme_ca_root and not self.acme_ca:
+            raise _FieldError("acme_ca_root", "only used with mlox:acme_ca (the root of a custom ACME CA)")
         for name in self.enabled_services():
             for needed in SERVICES[name].requires:
                 if not self.service_enabled(needed):
@@ -337,3 +365,43 @@ class StackConfig(Strict):
 
     def memory_needed_mb(self) -> int:
         return SYSTEM_RESERVE_MB + sum(SERVICES[n].memory_mb for n in self.enabled_services())
+
+
+def _is_https_url(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return False
+    return (parts.scheme == "https" and bool(parts.hostname) and parts.username is None
+            and not any(c.isspace() for c in value))
+
+
+_PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----\s.*?-----END CERTIFICATE-----", re.S)
+
+
+def check_ca_certificates(pem: str) -> str:
+    """``pem`` if it holds only CA certificates (one or more, PEM) that have not expired.
+
+    Parsed by OpenSSL through :mod:`ssl`; a private key is refused, since the text is shipped
+    to the server as a plain file.
+    """
+    if "PRIVATE KEY-----" in pem:
+        raise ValueError("contains a private key (allowed: CA certificates only; never put a key here)")
+    blocks = _PEM_CERTIFICATE.findall(pem)
+    if not blocks or _PEM_CERTIFICATE.sub("", pem).strip():
+        raise ValueError("not PEM certificates only (allowed: one or more -----BEGIN CERTIFICATE----- blocks and nothing else)")
+    for number, block in enumerate(blocks, 1):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            context.load_verify_locations(cadata=block)
+        except ssl.SSLError:
+            raise ValueError(f"certificate {number} is not a valid X.509 certificate") from None
+        loaded = context.get_ca_certs()  # only certificates that may sign others
+        if not loaded:
+            raise ValueError(f"certificate {number} is not a CA certificate (allowed: the CA's root, not a server certificate)")
+        not_after = loaded[0]["notAfter"]
+        if ssl.cert_time_to_seconds(not_after) < time.time():
+            raise ValueError(f"certificate {number} expired on {not_after}")
+    return pem
+

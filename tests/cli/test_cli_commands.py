@@ -332,6 +332,18 @@ def test_status_all_up(cli, mlox_project, https_server, outputs_file):
     assert "ui-pass" not in human.stdout
 
 
+def test_status_with_a_custom_acme_ca_trusts_the_given_root(cli, mlox_project, https_server, outputs_file):
+    port, tls = https_server()
+    path = str(outputs_file(outputs_for(port, tls="acme")))
+    trusted = cli("status", "--outputs-file", path, "--ca", str(tls.ca_path), "--json")
+    assert trusted.exit_code == 0, trusted.stderr
+    assert all(r["up"] and r["cert_expires_in_s"] > 0 for r in json.loads(trusted.stdout))
+    untrusted = cli("status", "--outputs-file", path, "--json")  # the system's roots only
+    assert untrusted.exit_code == 1
+    details = {r["detail"] for r in json.loads(untrusted.stdout)}
+    assert len(details) == 1 and details.pop().endswith("(pass --ca with the root of the CA that issued it)")
+
+
 def test_status_exits_1_when_an_endpoint_is_down(cli, mlox_project, https_server, outputs_file):
     port, tls = https_server()
     path = outputs_file(outputs_for(port, s3_port=closed_port()))

@@ -41,8 +41,14 @@ def test_ca_bundle_keeps_the_system_roots(tmp_path):
 
 
 def test_env_exports_with_a_domain_need_no_ca():
-    exports = connect.env_exports({**OUTPUTS, "tls": "acme"}, ca_path="/p/ca.crt")
+    exports = connect.env_exports({**OUTPUTS, "tls": "acme"})
     assert "AWS_CA_BUNDLE" not in exports and "MLFLOW_TRACKING_SERVER_CERT_PATH" not in exports
+
+
+def test_env_exports_with_a_custom_acme_ca_trust_its_root():
+    exports = connect.env_exports({**OUTPUTS, "tls": "acme"}, ca_path="/p/acme-root.pem")
+    assert exports["AWS_CA_BUNDLE"] == exports["MLFLOW_TRACKING_SERVER_CERT_PATH"] == "/p/acme-root.pem"
+    assert exports["REQUESTS_CA_BUNDLE"] == "/p/acme-root.pem.bundle.pem"
 
 
 def test_env_exports_without_mlflow_or_s3():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import subprocess
 import sys
@@ -11,10 +12,15 @@ from pathlib import Path
 import pytest
 
 from conftest import KEY, ROOT, settings, write_stack
+from testca import root_ca, server_cert
 from mlox_iac.config.loader import load_file
 from mlox_iac.errors import ConfigError
 
 SSH = {"public_keys": [KEY]}
+DOMAIN = {"domain": "ml.example.com", "acme_email": "ops@example.com"}
+ACME_CA = "https://ca.example.com/acme/directory"
+ROOT_CA = root_ca()
+EXPIRED_CA = root_ca(not_after=datetime.datetime(2020, 1, 2, tzinfo=datetime.timezone.utc))
 SSH_CIDR = {"admin_cidrs": ["10.0.0.0/8"]}
 # The test key's wire format with its 32-byte key cut to 31: right type, broken structure.
 TRUNCATED_ED25519 = base64.b64encode(base64.b64decode(KEY.split()[1])[:-1]).decode()
@@ -76,6 +82,32 @@ CASES = {
         "mlox:domain: 'Not A Domain' is not a domain name (allowed: lowercase DNS name such as ml.example.com)"),
     "domain_without_email": (settings(domain="ml.example.com"),
         "mlox:acme_email: required when a domain is set (Let's Encrypt needs a contact address)"),
+    "acme_ca_not_https": (settings(**DOMAIN, acme_ca="http://ca.example.com/acme/directory"),
+        "mlox:acme_ca: 'http://ca.example.com/acme/directory' is not an https URL (allowed: an ACME directory URL "
+        "such as https://acme-staging-v02.api.letsencrypt.org/directory)"),
+    "acme_ca_not_a_url": (settings(**DOMAIN, acme_ca="ca.example.com"),
+        "mlox:acme_ca: 'ca.example.com' is not an https URL (allowed: an ACME directory URL "
+        "such as https://acme-staging-v02.api.letsencrypt.org/directory)"),
+    "acme_ca_without_domain": (settings(acme_ca=ACME_CA),
+        "mlox:acme_ca: only used with a domain (set mlox:domain, or remove mlox:acme_ca)"),
+    "acme_ca_root_without_acme_ca": (settings(**DOMAIN, acme_ca_root=ROOT_CA.cert_pem),
+        "mlox:acme_ca_root: only used with mlox:acme_ca (the root of a custom ACME CA)"),
+    "acme_ca_root_not_pem": (settings(**DOMAIN, acme_ca=ACME_CA, acme_ca_root="/etc/ssl/certs/my-ca.pem"),
+        "mlox:acme_ca_root: not PEM certificates only (allowed: one or more -----BEGIN CERTIFICATE----- "
+        "blocks and nothing else)"),
+    "acme_ca_root_garbage_around_pem": (settings(**DOMAIN, acme_ca=ACME_CA, acme_ca_root="ca:\n" + ROOT_CA.cert_pem),
+        "mlox:acme_ca_root: not PEM certificates only (allowed: one or more -----BEGIN CERTIFICATE----- "
+        "blocks and nothing else)"),
+    "acme_ca_root_bad_base64": (settings(**DOMAIN, acme_ca=ACME_CA,
+                                         acme_ca_root="-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+        "mlox:acme_ca_root: certificate 1 is not a valid X.509 certificate"),
+    "acme_ca_root_server_certificate": (settings(**DOMAIN, acme_ca=ACME_CA,
+                                                 acme_ca_root=ROOT_CA.cert_pem + server_cert(ROOT_CA, "ca.example.com").cert_pem),
+        "mlox:acme_ca_root: certificate 2 is not a CA certificate (allowed: the CA's root, not a server certificate)"),
+    "acme_ca_root_private_key": (settings(**DOMAIN, acme_ca=ACME_CA, acme_ca_root=ROOT_CA.cert_pem + ROOT_CA.key_pem),
+        "mlox:acme_ca_root: contains a private key (allowed: CA certificates only; never put a key here)"),
+    "acme_ca_root_expired": (settings(**DOMAIN, acme_ca=ACME_CA, acme_ca_root=EXPIRED_CA.cert_pem),
+        "mlox:acme_ca_root: certificate 1 expired on Jan  2 00:00:00 2020 GMT"),
     "bad_port": (settings("onprem", onprem={"host": "192.0.2.5", "port": 70000, "private_key": "K"}),
         "mlox:onprem.port: 70000 is too large (allowed: 65535 or less)"),
     "bad_host": (settings("onprem", onprem={"host": "no spaces allowed", "private_key": "K"}),

@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -376,6 +377,31 @@ def build_standins(force: bool = False, names: Iterable[str] | None = None) -> d
         if errors:
             raise RuntimeError("stand-in image build failed:\n" + "\n".join(f"{t}: {e}" for t, e in errors.items()))
     return {t: results[t] for t in tags}
+
+
+class BackgroundBuild:
+    """:func:`build_standins` in a thread, so images build while target hosts boot.
+
+    :meth:`wait` returns {tag: version line}, or raises what the build raised (in the test
+    that needs the images, not in the fixture that started it).
+    """
+
+    def __init__(self, names: Iterable[str] | None = None):
+        self._result: dict = {}
+        self._thread = threading.Thread(target=self._run, args=(names,), name="standins", daemon=True)
+        self._thread.start()
+
+    def _run(self, names) -> None:
+        try:
+            self._result["tags"] = build_standins(names=names)
+        except BaseException as exc:  # handed to wait()
+            self._result["error"] = exc
+
+    def wait(self) -> dict[str, str]:
+        self._thread.join()
+        if "error" in self._result:
+            raise self._result["error"]
+        return self._result["tags"]
 
 
 def load_images(host: hosts.TargetHost, names: Sequence[str] | None = None, force: bool = False) -> list[str]:

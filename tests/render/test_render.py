@@ -19,6 +19,10 @@ GOLDEN = Path(__file__).parent / "golden"
 SCENARIOS = {
     "ip_address": settings("onprem"),
     "domain": settings(domain="ml.example.com", acme_email="ops@example.com"),
+    # A company ACME CA whose roots are not public: Caddy and MLflow trust the stack's roots.
+    "domain_custom_acme_ca": settings(domain="ml.example.com", acme_email="ops@example.com",
+                                      acme_ca="https://ca.example.com/acme/acme/directory",
+                                      acme_ca_root=(Path(__file__).parent / "acme-ca-root.pem").read_text()),
     "without_mlflow": settings(services={"mlflow": {"enabled": False}}),
     "extra_buckets": settings(services={"seaweedfs": {"buckets": ["raw", "features"]}}),
     "full_preset": settings("onprem", services={"preset": "full"}),
@@ -71,11 +75,15 @@ def test_compose_config_rejects_a_broken_project(tmp_path):
     assert result.returncode != 0  # the validator can fail, so the test above means something
 
 
-@pytest.mark.parametrize("scenario", ["ip_address", "domain", "full_preset", "full_preset_domain"])
+@pytest.mark.parametrize("scenario", ["ip_address", "domain", "domain_custom_acme_ca", "full_preset", "full_preset_domain"])
 def test_caddyfile_passes_caddy_validate(scenario, tmp_path):
+    from mlox_iac.components.services.caddy import ACME_CA_ROOT_FILE, ACME_CA_ROOT_PATH
+
     files = render_bundle(ctx_for(SCENARIOS[scenario]))
     path = tmp_path / "Caddyfile"
-    path.write_text(files["caddy/Caddyfile"])
+    # The CA root file as the container sees it: Caddy reads it while validating.
+    text = files["caddy/Caddyfile"].replace(ACME_CA_ROOT_PATH, str(write(files, tmp_path / "bundle") / ACME_CA_ROOT_FILE))
+    path.write_text(text)
     env = {**os.environ, "MLOX_ADDRESS": "192.0.2.50", "MLOX_UI_USER": "admin", "HOME": str(tmp_path),
            "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path),
            }

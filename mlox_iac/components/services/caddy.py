@@ -1,7 +1,11 @@
 """Caddy: the reverse proxy, and the only container that publishes ports (80 and 443).
 
 With ``mlox:domain`` set, every route is its own subdomain (``mlflow.<domain>``,
-``s3.<domain>``) with automatic HTTPS from Let's Encrypt. Without a domain, Caddy
+``s3.<domain>``) with automatic HTTPS from Let's Encrypt, or from the ACME CA at
+``mlox:acme_ca`` (whose roots, ``mlox:acme_ca_root``, ship as a plain file in the bundle:
+Caddy trusts them for the CA's directory). Inside the Compose network those host names
+are aliases of Caddy, so services reach each other's public URLs (MLflow: S3) on the
+server itself, whatever public DNS and the network do with a server's own address. Without a domain, Caddy
 serves the server's address with a certificate from its own internal CA
 (``tls internal``), UIs under a path each (``https://<address>/mlflow/``) and the S3
 API at the root. Every route with ``auth="basic"`` gets basic auth with a generated
@@ -20,6 +24,9 @@ from mlox_iac.components.services.base import (
 NAME = "caddy"
 IMAGE = "caddy:2.11.7"
 MEMORY_MB = 128
+# The ACME CA's roots: in the bundle, and where containers see them.
+ACME_CA_ROOT_FILE = "caddy/acme-ca-root.pem"
+ACME_CA_ROOT_PATH = "/etc/caddy/acme-ca-root.pem"
 
 
 class Settings(ServiceSettings):
@@ -62,7 +69,12 @@ def render_caddyfile(ctx: Context) -> str:
     config = ctx.config
     lines: list[str] = []
     if config.domain:
-        lines += ["{", f"\temail {config.acme_email}", *_QUIET_ADMIN, "}"]
+        lines += ["{", f"\temail {config.acme_email}"]
+        if config.acme_ca:
+            lines += [f"\tacme_ca {config.acme_ca}"]
+        if config.acme_ca_root:
+            lines += [f"\tacme_ca_root {ACME_CA_ROOT_PATH}"]
+        lines += [*_QUIET_ADMIN, "}"]
         for route in routes:
             lines += ["", f"{route.name}.{config.domain} {{"]
             lines += _auth(route, "\t") + _proxy(route, "\t") + ["}"]
@@ -78,21 +90,29 @@ def render_caddyfile(ctx: Context) -> str:
     return "\n".join(lines) + "\n"
 
 
+def acme_ca_root_mount(ctx: Context) -> list[str]:
+    """The compose volume entry that shows a container the ACME CA's roots, if the stack has them."""
+    return [f"./{ACME_CA_ROOT_FILE}:{ACME_CA_ROOT_PATH}:ro"] if ctx.config.acme_ca_root else []
+
+
 def compose(ctx: Context) -> dict:
+    shipped = files(ctx)
+    caddy: dict = {
+        "image": IMAGE,
+        "restart": "unless-stopped",
+        "env_file": ctx.env_files(NAME),
+        "ports": ["80:80", "443:443"],
+        "volumes": ["caddy-data:/data", "caddy-config:/config", "./caddy/Caddyfile:/etc/caddy/Caddyfile:ro",
+                    *acme_ca_root_mount(ctx)],
+        # A changed Caddyfile (or CA root) changes this label, so Compose recreates the container.
+        "labels": {"org.mlox.config-hash": digest(*(shipped[path] for path in sorted(shipped)))},
+        "healthcheck": hc(["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:2019/config/"], start_period="5s"),
+        "deploy": limits(MEMORY_MB),
+    }
+    if ctx.config.domain:
+        caddy["networks"] = {"default": {"aliases": [f"{r.name}.{ctx.config.domain}" for r in all_routes(ctx)]}}
     return {
-        "services": {
-            "caddy": {
-                "image": IMAGE,
-                "restart": "unless-stopped",
-                "env_file": ctx.env_files(NAME),
-                "ports": ["80:80", "443:443"],
-                "volumes": ["caddy-data:/data", "caddy-config:/config", "./caddy/Caddyfile:/etc/caddy/Caddyfile:ro"],
-                # A changed Caddyfile changes this label, so Compose recreates the container.
-                "labels": {"org.mlox.config-hash": digest(render_caddyfile(ctx))},
-                "healthcheck": hc(["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:2019/config/"], start_period="5s"),
-                "deploy": limits(MEMORY_MB),
-            },
-        },
+        "services": {"caddy": caddy},
         "volumes": {"caddy-data": ctx.volume("caddy-data"), "caddy-config": ctx.volume("caddy-config")},
     }
 
@@ -102,7 +122,10 @@ def routes(ctx: Context) -> list[Route]:
 
 
 def files(ctx: Context) -> dict[str, str]:
-    return {"caddy/Caddyfile": render_caddyfile(ctx)}
+    out = {"caddy/Caddyfile": render_caddyfile(ctx)}
+    if ctx.config.acme_ca_root:
+        out[ACME_CA_ROOT_FILE] = ctx.config.acme_ca_root.strip() + "\n"  # public certificates, no secret
+    return out
 
 
 def data(ctx: Context) -> Data:

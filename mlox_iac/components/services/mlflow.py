@@ -3,8 +3,12 @@
 Backend store in Postgres (its own database and role), artifacts in the SeaweedFS
 bucket ``mlflow-artifacts``, served through MLflow's artifact proxy so clients need no
 S3 credentials. MLflow reaches S3 at its public URL (through Caddy): the server hands
-clients presigned S3 URLs for downloads, and those must work from outside. Behind the proxy with basic auth; the MLflow client sends it from
-``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``. The Flask secret is generated.
+clients presigned S3 URLs for large downloads and multipart uploads, and those must work
+from outside. With a domain that URL's host name is an alias of Caddy inside the Compose
+network (see caddy.py), and the certificate is verified: against the image's public roots,
+or against ``mlox:acme_ca_root`` for a custom ACME CA. Behind the proxy with basic auth;
+the MLflow client sends it from ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``.
+The Flask secret is generated.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import pulumi
 from pydantic import Field
 
 from mlox_iac.components.services.base import Context, Data, Route, Service, ServiceComponent, ServiceSettings, hc, limits
+from mlox_iac.components.services import caddy
 
 NAME = "mlflow"
 IMAGE = "ghcr.io/mlflow/mlflow:v3.17.2-full"
@@ -52,10 +57,15 @@ def compose(ctx: Context) -> dict:
         # The background job runner (GenAI scoring) needs ~1.5 GiB more; off on small servers.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
+    volumes = []
     if not ctx.config.domain:
         # S3 is reached at the server's own address through Caddy, whose internal CA the
         # image does not know; the connection never leaves the server.
         environment["MLFLOW_S3_IGNORE_TLS"] = "true"
+    elif ctx.config.acme_ca_root:
+        # A custom ACME CA issued S3's certificate: boto3 verifies against its roots.
+        volumes = caddy.acme_ca_root_mount(ctx)
+        environment["AWS_CA_BUNDLE"] = caddy.ACME_CA_ROOT_PATH
     return {
         "services": {
             "mlflow": {
@@ -63,6 +73,7 @@ def compose(ctx: Context) -> dict:
                 "restart": "unless-stopped",
                 "env_file": ctx.env_files(NAME),
                 "environment": environment,
+                **({"volumes": volumes} if volumes else {}),
                 "command": command,
                 "healthcheck": hc(
                     ["CMD", "python", "-c", f"import urllib.request; urllib.request.urlopen('{health}', timeout=4)"],
