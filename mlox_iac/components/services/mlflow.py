@@ -77,7 +77,9 @@ def compose(ctx: Context) -> dict:
                 "command": command,
                 "healthcheck": hc(
                     ["CMD", "python", "-c", f"import urllib.request; urllib.request.urlopen('{health}', timeout=4)"],
-                    start_period="60s",
+                    # The first start upgrades the database schema; on a busy 2-core server
+                    # that took over 3 minutes, and failures inside the start period do not count.
+                    start_period="180s",
                 ),
                 "depends_on": {
                     "postgres-provision": {"condition": "service_healthy"},
