@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import yaml
 
-from mlox_iac.errors import MloxError, PulumiCliMissing
+from mlox_iac.errors import ConfigError, MloxError, PulumiCliMissing
 from mlox_iac.paths import stack_file
 
 if TYPE_CHECKING:
@@ -53,6 +53,8 @@ STATE_DIR = Path(".mlox") / "state"
 SECRET = "[secret]"
 DEFAULT_SECRETS_PROVIDER = "passphrase"
 PASSPHRASE_VARS = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
+# Stack-file keys in which Pulumi keeps how the stack's secrets are encrypted.
+ENCRYPTION_KEYS = ("secretsprovider", "encryptionsalt", "encryptedkey")
 
 OnEvent = Callable[["auto.EngineEvent"], Any]
 # Asked for the passphrase when no variable provides one; True when the stack is new
@@ -127,6 +129,15 @@ def validate_stack(stack: str, *, project_dir: Path | None = None) -> "StackConf
     return load_file(stack_file(project_dir, stack))
 
 
+def validate_for_engine(stack: str, *, project_dir: Path) -> "StackConfig":
+    """:func:`validate_stack`, and on mlox-iac's own backend also that the stack's secrets
+    can be decrypted (see :func:`_require_decryptable_secrets`)."""
+    config = validate_stack(stack, project_dir=project_dir)
+    if backend_url(project_dir) is not None:
+        _require_decryptable_secrets(project_dir, stack)
+    return config
+
+
 def require_stack_file(project_dir: Path, stack: str) -> Path:
     path = stack_file(project_dir, stack)
     if not path.is_file():
@@ -159,7 +170,7 @@ def _project_document(project_dir: Path) -> dict[str, Any]:
         document = yaml.safe_load(path.read_text()) or {}
     except OSError:
         raise MloxError(f"{path}: file not found (is {project_dir} the mlox-iac project?)") from None
-    except yaml.YAMLError as exc:
+    except (ValueError, yaml.YAMLError) as exc:
         raise MloxError(f"{path}: not valid YAML: {exc}") from None
     return document if isinstance(document, dict) else {}
 
@@ -180,7 +191,7 @@ def backend_url(project_dir: Path, env: Mapping[str, str] | None = None) -> str 
 def _stack_document(project_dir: Path, stack: str) -> dict[str, Any]:
     try:
         document = yaml.safe_load(stack_file(project_dir, stack).read_text()) or {}
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):
         return {}
     return document if isinstance(document, dict) else {}
 
@@ -201,6 +212,46 @@ def needs_passphrase(project_dir: Path, stack: str, secrets_provider: str, *, ow
     if document.get("encryptedkey"):
         return False
     return own_backend and secrets_provider == "passphrase"
+
+
+def _secure_keys(config: Mapping[str, Any]) -> list[str]:
+    """The config keys (``--path`` form) whose values are ``secure:`` ciphertexts."""
+    found: list[str] = []
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict):
+            if set(value) == {"secure"}:
+                found.append(path)
+                return
+            for key, item in value.items():
+                walk(item, f"{path}.{key}")
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, f"{path}[{index}]")
+
+    for key, value in config.items():
+        walk(value, str(key))
+    return found
+
+
+def _require_decryptable_secrets(project_dir: Path, stack: str) -> None:
+    """Stop before the engine when the stack file holds ``secure:`` values but none of the
+    encryption settings that made them (an example's placeholder): on mlox-iac's own backend
+    nothing can decrypt them, and Pulumi would fail with "validating stack config: bad value"
+    after writing a new encryption salt into the file."""
+    document = _stack_document(project_dir, stack)
+    if any(document.get(key) for key in ENCRYPTION_KEYS):
+        return
+    config = document.get("config")
+    keys = _secure_keys(config) if isinstance(config, dict) else []
+    if keys:
+        path = stack_file(project_dir, stack)
+        shown = path.relative_to(project_dir) if path.is_relative_to(project_dir) else path
+        raise ConfigError([
+            f"{shown}: {key}: a placeholder, not a secret of this stack (the file has no encryptionsalt); "
+            f"set yours with: pulumi config set --secret --path '{key}' --stack {stack}"
+            for key in keys
+        ])
 
 
 def workspace_options(
@@ -313,7 +364,7 @@ def open_stack(
 
     project_dir = (project_dir or find_project_dir()).resolve()
     if validate:
-        validate_stack(stack, project_dir=project_dir)
+        validate_for_engine(stack, project_dir=project_dir)
     else:
         require_stack_file(project_dir, stack)
     cli = pulumi_command or default_pulumi_command(command)
@@ -438,6 +489,26 @@ def outputs(
                    passphrase_prompt=passphrase_prompt, command="mlox-iac outputs")
     values, _ = _masked(_engine_call("stack output", stack, s.outputs), show_secrets)
     return values
+
+
+def config_value(
+    stack: str,
+    key: str,
+    *,
+    project_dir: Path | None = None,
+    pulumi_command: Optional["auto.PulumiCommand"] = None,
+    passphrase_prompt: Optional[PassphrasePrompt] = None,
+) -> str | None:
+    """A stack's config value, decrypted when it is a secret (``pulumi config get``); None
+    when the stack does not set it."""
+    from pulumi import automation as auto
+
+    s = open_stack(stack, project_dir=project_dir, validate=False, pulumi_command=pulumi_command,
+                   passphrase_prompt=passphrase_prompt, command="mlox-iac cost")
+    try:
+        return s.get_config(key).value
+    except auto.CommandError:
+        return None
 
 
 def set_secrets(

@@ -47,17 +47,59 @@ SECRET_EXPORTS = frozenset({"MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID", "AW
 
 # ----- outputs ------------------------------------------------------------------------
 
+# The shape of each output the commands read: (type check, what is allowed).
+_OUTPUT_SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{key: (lambda v: isinstance(v, str), "a string") for key in (
+        "server_address", "ssh_user", "provider", "tls", "ui_user", "bundle_hash", "mlflow_tracking_uri",
+        "s3_endpoint", "s3_access_key", "s3_secret_key")},
+    "ssh_port": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536, "a port number"),
+    **{key: (lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v), "a list of strings")
+       for key in ("services", "s3_buckets")},
+    **{key: (lambda v: isinstance(v, dict) and all(isinstance(i, str) for i in v.values()), "an object of strings")
+       for key in ("urls", "ui_passwords")},
+}
+
+
 def load_outputs_file(path: Path) -> dict[str, Any]:
     """A stack's outputs from a JSON file (``pulumi stack output --json --show-secrets``)."""
+    from mlox_iac.files import read_text
+
+    text = read_text(path, str(path), "JSON outputs file")
     try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read outputs file: {exc.strerror}"]) from None
+        data = json.loads(text)
     except ValueError as exc:
         raise ConfigError([f"{path}: not valid JSON: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: not valid JSON: nested too deeply"]) from None
     if not isinstance(data, dict):
-        raise ConfigError([f"{path}: must be a JSON object of stack outputs"])
+        raise ConfigError([f"{path}: must be a JSON object of stack outputs (from pulumi stack output --json)"])
+    problems = [
+        f"{path}: {key}: must be {allowed} (found {json.dumps(data[key])[:40]})"
+        for key, (fits, allowed) in _OUTPUT_SHAPES.items()
+        if data.get(key) is not None and data[key] != SECRET and not fits(data[key])
+    ]
+    if problems:
+        raise ConfigError(problems)
     return data
+
+
+def check_ca_file(path: Path) -> Path:
+    """``path`` if it holds at least one PEM certificate (the server's internal root), else
+    one error line: a CA file that is empty, a key, or not PEM would only surface later as
+    an SSL error deep inside a probe."""
+    from cryptography import x509
+
+    from mlox_iac.files import read_text
+
+    text = read_text(path, str(path), "PEM certificate file")
+    allowed = f"allowed: the server's root certificate, fetched from {CA_PATH_ON_SERVER}"
+    if not text.strip():
+        raise ConfigError([f"{path}: is empty ({allowed})"])
+    try:
+        x509.load_pem_x509_certificates(text.encode())
+    except ValueError:
+        raise ConfigError([f"{path}: holds no PEM certificate ({allowed})"]) from None
+    return Path(path)
 
 
 def mask_outputs(outputs: Mapping[str, Any], secret_keys: Sequence[str] = ()) -> dict[str, Any]:

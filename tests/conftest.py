@@ -13,10 +13,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITestKeyForMloxIacTestsOnly000000000000 test@ci"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZ7eBjBSRNkuS+BTDG+3vvqteolSI3QO1RHW674qdPL test@ci"
 
 BASE = {
-    "hetzner": {"provider": "hetzner", "hetzner": {"location": "fsn1", "server_type": "cx22"}},
+    "hetzner": {"provider": "hetzner", "hetzner": {"location": "fsn1", "server_type": "cx23"}},
     "digitalocean": {"provider": "digitalocean", "digitalocean": {"region": "fra1", "size": "s-2vcpu-4gb"}},
     "aws": {"provider": "aws", "aws": {"instance_type": "t3.medium"}},
     "onprem": {"provider": "onprem", "onprem": {"host": "192.0.2.50", "private_key": "KEY", "memory_mb": 8192}},

@@ -55,6 +55,7 @@ class RecordingPulumiCommand(auto.PulumiCommand):
     events: list[dict] = field(default_factory=list)
     changes: dict[str, int] = field(default_factory=lambda: {"create": 2})
     fail: dict[str, str] = field(default_factory=dict)  # verb -> stderr of a failure
+    config: dict[str, str] = field(default_factory=dict)  # key -> value of `config get` (decrypted)
     calls: list[Call] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -83,6 +84,11 @@ class RecordingPulumiCommand(auto.PulumiCommand):
             shown = {k: (v if "--show-secrets" in args or k not in self.secret_outputs else "[secret]")
                      for k, v in self.outputs.items()}
             return CommandResult(json.dumps(shown), "", 0)
+        elif call.verb == "config get":
+            key = next(a for a in args[2:] if not a.startswith("-") and a != stack)
+            if key not in self.config:
+                raise create_command_error(CommandResult("", f"error: configuration key '{key}' not found for stack '{stack}'", 255))
+            return CommandResult(json.dumps({"value": self.config[key], "secret": True}), "", 0)
         elif call.verb == "stack history":
             return CommandResult(json.dumps([self._history(call)]), "", 0)
         return CommandResult("", "", 0)

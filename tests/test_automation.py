@@ -149,6 +149,36 @@ def test_invalid_stack_file_stops_before_the_engine(mlox_project, passphrase):
     assert cmd.calls == []
 
 
+def test_placeholder_secrets_stop_before_the_engine_and_leave_the_file_alone(mlox_project, passphrase):
+    stack_path = mlox_project / "stacks" / "Pulumi.example-onprem.yaml"
+    before = stack_path.read_text()
+    cmd = RecordingPulumiCommand()
+    for operation in (automation.up, automation.preview, automation.refresh):
+        with pytest.raises(ConfigError) as error:
+            operation("example-onprem", project_dir=mlox_project, pulumi_command=cmd)
+        assert error.value.problems == [
+            "stacks/Pulumi.example-onprem.yaml: mlox:onprem.private_key: a placeholder, not a secret of this stack "
+            "(the file has no encryptionsalt); set yours with: "
+            "pulumi config set --secret --path 'mlox:onprem.private_key' --stack example-onprem"]
+    assert cmd.calls == []
+    assert stack_path.read_text() == before
+
+
+def test_secure_values_with_their_encryption_settings_go_to_the_engine(mlox_project, passphrase):
+    stack_path = mlox_project / "stacks" / "Pulumi.example-onprem.yaml"
+    stack_path.write_text(stack_path.read_text() + "encryptionsalt: v1:c2FsdA==:v1:aXY=:Y2lwaGVy\n")
+    cmd = RecordingPulumiCommand()
+    automation.preview("example-onprem", project_dir=mlox_project, pulumi_command=cmd)
+    assert "preview" in cmd.verbs()
+
+
+def test_secure_values_on_a_backend_the_user_chose_are_left_to_it(mlox_project, passphrase, monkeypatch):
+    monkeypatch.setenv("PULUMI_BACKEND_URL", "https://api.pulumi.com")
+    cmd = RecordingPulumiCommand()
+    automation.preview("example-onprem", project_dir=mlox_project, pulumi_command=cmd)
+    assert "preview" in cmd.verbs()
+
+
 def test_missing_cli_names_the_install_step(mlox_project, passphrase, monkeypatch):
     monkeypatch.setenv("PATH", str(mlox_project / "no-bin"))
     with pytest.raises(PulumiCliMissing) as error:

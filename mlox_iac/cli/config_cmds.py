@@ -32,10 +32,16 @@ def validate(stack: Optional[str] = StackOpt, file: Optional[Path] = FileOpt, as
             out.data({"ok": False, "file": str(path), "problems": error.problems})
             raise typer.Exit(2) from None
         raise
+    from mlox_iac.pricing import smaller_size_warning
+
+    warning = smaller_size_warning(config)
     summary = {
         "ok": True, "file": str(path), "provider": config.provider, "services": config.enabled_services(),
         "memory_needed_mb": config.memory_needed_mb(), "memory_mb": config.memory_mb(),
+        "warnings": [f"{path}: {warning}"] if warning else [],
     }
+    for line in summary["warnings"]:
+        typer.echo(f"warning: {line}", err=True)
     out.data(summary, lambda c, s: c.print(
         f"ok: {s['file']} is valid ({s['provider']}; {', '.join(s['services'])}; "
         f"{s['memory_needed_mb']} of {s['memory_mb']} MiB)"

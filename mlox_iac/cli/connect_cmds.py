@@ -44,7 +44,7 @@ def ca_file(outputs: dict, stack: Optional[str], ca: Optional[Path], identity: O
     if outputs.get("tls") != "internal":
         return None
     if ca is not None:
-        return ca
+        return connect.check_ca_file(ca)
     key = stack or re.sub(r"[^A-Za-z0-9._-]", "_", str(outputs.get("server_address") or "server"))
     try:
         base = project_dir() / ".mlox"

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import typer
 import yaml
 
+from mlox_iac.automation import ENCRYPTION_KEYS
 from mlox_iac.cli.common import Out, StackOpt, interactive, passphrase_prompt, project_dir
 from mlox_iac.errors import ConfigError, MloxError, PulumiCliMissing
 
@@ -19,8 +20,8 @@ AWS_REGION_KEY = "aws:region"
 AWS_DEFAULT_REGION = "eu-central-1"
 TOKEN_KEY = {"hetzner": "hcloud:token", "digitalocean": "digitalocean:token"}
 PRIVATE_KEY_KEY = "mlox:onprem.private_key"
-# Stack-file keys Pulumi owns; kept when --force rewrites a file.
-KEPT_KEYS = ("secretsprovider", "encryptedkey", "encryptionsalt")
+# Stack-file keys Pulumi owns (how secrets are encrypted); kept when --force rewrites a file.
+KEPT_KEYS = ENCRYPTION_KEYS
 DEFAULT_PUBLIC_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
 
 
@@ -41,7 +42,9 @@ def _default(provider: str, field: str) -> Any:
 def _read_public_key(value: str) -> str:
     path = Path(value).expanduser()
     if path.is_file():
-        text = path.read_text().strip()
+        from mlox_iac.files import read_text
+
+        text = read_text(path, f"--ssh-key: {value}", "public key file (.pub)").strip()
         if "PRIVATE KEY" in text:
             raise ConfigError([f"--ssh-key: {value} is a private key (allowed: the public key, e.g. {value}.pub)"])
         return text
@@ -127,10 +130,15 @@ def render_stack_file(stack: str, raw: dict[str, Any], extra: dict[str, Any], ke
 
 
 def _kept(path: Path) -> dict[str, Any]:
-    """What a rewritten file keeps: Pulumi's encryption settings and secure values."""
-    try:
-        old = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+    """What a rewritten file keeps: Pulumi's encryption settings and secure values.
+
+    A file that cannot be read is an error, never overwritten: it may hold the salt that
+    decrypts the stack's secrets.
+    """
+    from mlox_iac.config import stack_yaml
+
+    old = stack_yaml.load(path, str(path)) or {}
+    if not isinstance(old, dict):
         return {}
     kept = {k: old[k] for k in KEPT_KEYS if k in old}
     secure = {k: v for k, v in (old.get("config") or {}).items() if isinstance(v, dict) and set(v) == {"secure"}}
@@ -182,7 +190,7 @@ def init(
 
     Examples:
       mlox-iac init
-      mlox-iac init --stack prod --provider hetzner --size cx32 \\
+      mlox-iac init --stack prod --provider hetzner --size cx33 \\
         --ssh-key ~/.ssh/id_ed25519.pub --admin-cidr 203.0.113.7 \\
         --domain ml.example.com --acme-email ops@example.com
       mlox-iac init --stack lab --provider onprem --host 192.0.2.50 \\

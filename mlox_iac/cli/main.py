@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from mlox_iac.cli import config_cmds, connect_cmds, engine_cmds, init_cmd, plan
+from mlox_iac.cli import config_cmds, connect_cmds, cost_cmd, engine_cmds, init_cmd, plan
 
 app = typer.Typer(
     name="mlox-iac",
@@ -18,6 +18,7 @@ app = typer.Typer(
 app.command()(config_cmds.validate)
 app.command()(config_cmds.schema)
 app.command()(plan.plan)
+app.command()(cost_cmd.cost)
 app.command()(init_cmd.init)
 for command in (engine_cmds.preview, engine_cmds.up, engine_cmds.refresh, engine_cmds.destroy):
     app.command()(command)
@@ -32,15 +33,19 @@ def _options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show t
     _state["verbose"] = verbose
 
 
+try:  # Typer vendors Click since 0.20 (typer._click); its errors derive from TyperException.
+    from typer import TyperException as _UsageProblem
+except ImportError:  # older Typer on Click itself
+    from click import ClickException as _UsageProblem
+
+
 def run(argv: list[str] | None = None) -> None:
     """Run the CLI: one line per error on stderr, exit 2 for bad input, 1 for failures."""
-    import click
-
     from mlox_iac.errors import ConfigError, MloxError
 
     try:
         # Outside standalone mode click returns the code of a typer.Exit instead of exiting.
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="mlox-iac", standalone_mode=False)
     except ConfigError as error:
         for line in error.problems:  # each already names the file and the key
             typer.echo(line, err=True)
@@ -48,12 +53,19 @@ def run(argv: list[str] | None = None) -> None:
     except MloxError as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(error.exit_code)
-    except click.exceptions.Exit as exit_:
+    except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
-    except click.ClickException as error:
-        error.show()
+    except _UsageProblem as error:
+        # Click's usage line, the hint to --help and "Error: ...". Typer's Click lists close
+        # options as "(Possible options: --stack)"; say it the way Click itself does.
+        possible = getattr(error, "possibilities", None)
+        if possible:
+            error.message = f"{error.message}. Did you mean {' or '.join(sorted(possible))}?"
+            error.possibilities = None
+        show = getattr(error, "show", None)
+        show() if show else typer.echo(f"Error: {error.format_message()}", err=True)
         sys.exit(2)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
     except Exception as error:  # the one place an unexpected error is turned into a line

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import types
 import typing
+import unicodedata
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
+from mlox_iac.config import stack_yaml
 from mlox_iac.config.model import StackConfig, _FieldError
 from mlox_iac.errors import ConfigError
 
@@ -21,6 +23,8 @@ NAMESPACE = "mlox"
 SECRET_PLACEHOLDER = "[secret]"
 # Config values that must be Pulumi secrets: (top-level key, nested key).
 MUST_BE_SECRET = {("onprem", "private_key")}
+# The top-level keys of a Pulumi stack file (pulumi/pulumi sdk/go/common/workspace ProjectStack).
+STACK_FILE_KEYS = ("config", "secretsprovider", "encryptedkey", "encryptionsalt", "environment")
 
 
 def stack_name_of(path: Path) -> str:
@@ -34,29 +38,47 @@ def read_stack_file(path: Path) -> tuple[dict[str, Any], set[str]]:
     """The ``mlox:`` settings of a stack file and the set of keys that were ``secure:`` values.
 
     Secure values cannot be decrypted without the Pulumi CLI; they become a placeholder.
+    Anything that is not a readable UTF-8 YAML mapping with a ``config:`` block of
+    ``namespace:key`` entries is a :class:`ConfigError` naming the file (and the key).
     """
     source = str(path)
-    if not path.is_file():
-        raise ConfigError([f"{source}: file not found"])
-    try:
-        document = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError([f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
+    document = stack_yaml.load(path, source)
+    if document is None:
+        raise ConfigError([f"{source}: is empty (allowed: a mapping with a config: key holding mlox: settings)"])
     if not isinstance(document, dict):
-        raise ConfigError([f"{source}: must be a mapping with a config: key"])
+        raise ConfigError([f"{source}: must be a mapping with a config: key (found {stack_yaml.kind(document)})"])
+    problems = [
+        f"{source}: {_visible(str(key))}: unknown key ({_hint(str(key), STACK_FILE_KEYS)})"
+        for key in document if key not in STACK_FILE_KEYS
+    ]
     config = document.get("config") or {}
     if not isinstance(config, dict):
-        raise ConfigError([f"{source}: config: must be a mapping of keys to values"])
+        problems.append(f"{source}: config: must be a mapping of keys to values")
+        raise ConfigError(problems)
     raw: dict[str, Any] = {}
     secret: set[str] = set()
     for key, value in config.items():
         namespace, _, name = str(key).partition(":")
         if namespace != NAMESPACE:
+            if _looks_like_ours(namespace):
+                problems.append(f"{source}: {_visible(str(key))}: unknown namespace (did you mean '{NAMESPACE}:{name}'?)")
             continue
         raw[name] = _replace_secure(value, name, secret)
+    if problems:
+        raise ConfigError(problems)
     return raw, secret
+
+
+def _hint(key: str, allowed: typing.Iterable[str]) -> str:
+    allowed = sorted(allowed)
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else "allowed: " + ", ".join(allowed)
+
+
+def _looks_like_ours(namespace: str) -> bool:
+    """Whether a config namespace is a misspelling of ``mlox`` (case, look-alike letters)."""
+    folded = unicodedata.normalize("NFKC", namespace).casefold()
+    return folded == NAMESPACE or bool(difflib.get_close_matches(folded, [NAMESPACE], n=1, cutoff=0.75))
 
 
 def _replace_secure(value: Any, path: str, secret: set[str]) -> Any:
@@ -99,7 +121,7 @@ def validate(raw: dict[str, Any], secret: set[str], source: str, stack_name: str
     try:
         config = StackConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = [f"{source}: {key}: {message}" for key, message in _explain(exc)]
+        problems = [f"{source}: {key}: {_shorten(message)}" for key, message in _explain(exc)]
         raise ConfigError(problems) from None
     for top, nested in sorted(MUST_BE_SECRET):
         block = raw.get(top)
@@ -125,8 +147,13 @@ def _key(loc: tuple) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("" if i == 0 else ".") + str(part)
+            out += ("" if i == 0 else ".") + _visible(str(part))
     return out
+
+
+def _visible(name: str) -> str:
+    """A key as it must be read: invisible characters (zero-width space, bidi marks) escaped."""
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in name)
 
 
 def _explain(exc: ValidationError) -> list[tuple[str, str]]:
@@ -141,38 +168,50 @@ def _explain(exc: ValidationError) -> list[tuple[str, str]]:
             continue
         value = err.get("input")
         if kind == "extra_forbidden":
-            allowed = _allowed_keys(StackConfig, loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
-            hint = f"did you mean '{close[0]}'?" if close else "allowed: " + ", ".join(allowed)
-            message = f"unknown key ({hint})"
+            message = f"unknown key ({_hint(str(loc[-1]), _allowed_keys(StackConfig, loc[:-1]))})"
         elif kind == "missing":
             message = "required"
         elif kind == "literal_error":
-            message = f"{value!r} is not allowed (allowed: {ctx.get('expected', '').replace(chr(39), '')})"
+            message = f"{_show(value)} is not allowed (allowed: {ctx.get('expected', '').replace(chr(39), '')})"
         elif kind == "value_error":
             message = str(err["msg"]).removeprefix("Value error, ")
         elif kind in ("int_parsing", "int_type", "int_from_float"):
-            message = f"{value!r} is not a whole number"
+            message = f"{_show(value)} is not a whole number"
         elif kind in ("bool_parsing", "bool_type"):
-            message = f"{value!r} is not true or false"
+            message = f"{_show(value)} is not true or false"
         elif kind == "string_type":
-            message = f"{value!r} is not a string"
+            message = f"{_show(value)} is not a string"
         elif kind == "list_type":
             message = "must be a list"
         elif kind in ("model_type", "dict_type", "model_attributes_type"):
             message = "must be a mapping of keys to values"
         elif kind == "greater_than_equal":
-            message = f"{value!r} is too small (allowed: {ctx['ge']} or more)"
+            message = f"{_show(value)} is too small (allowed: {ctx['ge']} or more)"
         elif kind == "less_than_equal":
-            message = f"{value!r} is too large (allowed: {ctx['le']} or less)"
+            message = f"{_show(value)} is too large (allowed: {ctx['le']} or less)"
         elif kind == "too_short":
             message = f"must have at least {ctx.get('min_length', 1)} item(s)"
         elif kind == "string_pattern_mismatch":
-            message = f"{value!r} is not allowed (allowed: matching {ctx['pattern']})"
+            message = f"{_show(value)} is not allowed (allowed: matching {ctx['pattern']})"
         else:
             message = str(err["msg"])
         lines.append((_key(loc), message))
     return lines
+
+
+# A quoted value of more than 60 characters inside a message (validators quote what they got).
+_LONG_QUOTED = re.compile(r"""(['"])([^'"\n]{60})[^'"\n]+\1""")
+
+
+def _shorten(message: str) -> str:
+    """Cut long quoted values short, so a 500 kB value still gives one readable line."""
+    return _LONG_QUOTED.sub(lambda m: f"{m[1]}{m[2]}...{m[1]}", message)
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut short: an error line stays one readable line whatever the input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:

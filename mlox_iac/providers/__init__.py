@@ -70,11 +70,45 @@ def get_provider(name: str) -> ModuleType:
     return importlib.import_module(f"mlox_iac.providers.{name}")
 
 
-def one_of(value: str, sizes: dict, what: str) -> str:
-    """``value`` if it names a known size, else the error every provider gives for it."""
+class FieldError(ValueError):
+    """A problem attributed to one key, written from the top of ``mlox:`` (e.g.
+    ``hetzner.server_type``); the loader turns it into a normal error line."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Size:
+    """One orderable server size: what it has and its list price per month (None: not in the
+    built-in table; ``mlox-iac cost --live`` asks the provider)."""
+
+    memory_mb: int
+    vcpus: int
+    monthly: float | None
+    arch: str = "amd64"
+
+
+def one_of(value: str, sizes: dict, what: str, retired: dict[str, str] | None = None) -> str:
+    """``value`` if it names a known size, else the error every provider gives for it.
+
+    A retired size (one the provider no longer sells) names its current equivalent.
+    """
+    if retired and value in retired:
+        raise ValueError(f"{value!r} is retired and can no longer be ordered (allowed: {retired[value]}, "
+                         f"its current equivalent, or another of {', '.join(sizes)})")
     if value not in sizes:
         raise ValueError(f"unknown {what} {value!r} (allowed: {', '.join(sizes)})")
     return value
+
+
+def smallest_fitting(sizes: dict[str, Size], needed_mb: int, arch: str) -> str | None:
+    """The cheapest size of ``arch`` with at least ``needed_mb`` of RAM (None when unpriced)."""
+    fitting = [(size.monthly, name) for name, size in sizes.items()
+               if size.arch == arch and size.memory_mb >= needed_mb and size.monthly is not None]
+    return min(fitting)[1] if fitting else None
 
 
 def ssh_rules(admin_cidrs: list[str]) -> list[tuple[int, list[str]]]:

@@ -10,19 +10,39 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mlox_iac.providers import DeployKeys, Machine, one_of, ssh_rules
+from mlox_iac.providers import DeployKeys, Machine, Size, one_of, ssh_rules
 
 if TYPE_CHECKING:
     import pulumi
 
     from mlox_iac.config.model import StackConfig
 
-# Instance type -> RAM in MiB.
+# Instance types: RAM, vCPUs, on-demand price per month (730 hours) in USD, Linux, us-east-1;
+# other regions cost more (eu-central-1 about 15 % more). Source:
+# https://aws.amazon.com/ec2/pricing/on-demand/ (hourly: t3.small 0.0208, t3.medium 0.0416,
+# t3.large 0.0832, t3.xlarge 0.1664, t4g.* 0.0168/0.0336/0.0672/0.1344, m6i.large 0.096,
+# m7g.large 0.0816, m7i.large 0.1008). This machine cannot reach aws.amazon.com: the figures
+# are the page's published rates, cross-checked on 2026-11-26 against a 2026 guide that quotes
+# t3.large in us-east-1 at $0.0832/h (https://go-cloud.io/?p=10607).
+# t4g/m7g are arm64 (Graviton): the pinned images are multi-arch (see providers/hetzner.py).
+PRICE_SOURCE = "https://aws.amazon.com/ec2/pricing/on-demand/"
+PRICES_READ_ON = "2026-11-26"
+CURRENCY = "USD"
+_HOURS = 730
 SIZES = {
-    "t3.small": 2048, "t3.medium": 4096, "t3.large": 8192, "t3.xlarge": 16384,
-    "t4g.small": 2048, "t4g.medium": 4096, "t4g.large": 8192, "t4g.xlarge": 16384,
-    "m6i.large": 8192, "m7g.large": 8192,
+    "t3.small": Size(2048, 2, round(0.0208 * _HOURS, 2)), "t3.medium": Size(4096, 2, round(0.0416 * _HOURS, 2)),
+    "t3.large": Size(8192, 2, round(0.0832 * _HOURS, 2)), "t3.xlarge": Size(16384, 4, round(0.1664 * _HOURS, 2)),
+    "t4g.small": Size(2048, 2, round(0.0168 * _HOURS, 2), "arm64"),
+    "t4g.medium": Size(4096, 2, round(0.0336 * _HOURS, 2), "arm64"),
+    "t4g.large": Size(8192, 2, round(0.0672 * _HOURS, 2), "arm64"),
+    "t4g.xlarge": Size(16384, 4, round(0.1344 * _HOURS, 2), "arm64"),
+    "m6i.large": Size(8192, 2, round(0.096 * _HOURS, 2)), "m7i.large": Size(8192, 2, round(0.1008 * _HOURS, 2)),
+    "m7g.large": Size(8192, 2, round(0.0816 * _HOURS, 2), "arm64"),
 }
+# gp3 volumes per GB and month (https://aws.amazon.com/ebs/pricing/); every public IPv4
+# address, the Elastic IP included, $0.005 per hour since 2024-02-01 (https://aws.amazon.com/vpc/pricing/).
+VOLUME_GB_MONTHLY = 0.08
+IPV4_MONTHLY = round(0.005 * _HOURS, 2)
 # Image family -> (owner account, AMI name pattern, login user). Looked up by query, never pinned.
 IMAGES = {
     "debian-12": ("136693071363", "debian-12-{arch}-*", "admin"),
@@ -48,7 +68,12 @@ class Settings(BaseModel):
 
 
 def memory_mb(settings: Settings) -> int:
-    return SIZES[settings.instance_type]
+    return SIZES[settings.instance_type].memory_mb
+
+
+def sizes(settings: Settings) -> dict[str, Size]:
+    """The instance types in the table (prices are us-east-1's)."""
+    return SIZES
 
 
 def create_machine(name: str, config: "StackConfig", keys: DeployKeys, opts: "pulumi.ResourceOptions") -> Machine:
@@ -59,7 +84,7 @@ def create_machine(name: str, config: "StackConfig", keys: DeployKeys, opts: "pu
     settings: Settings = config.aws  # type: ignore[assignment]
     tags = {"managed-by": "mlox-iac", "mlox-stack": config.stack_name}
     owner, pattern, user = IMAGES[settings.image]
-    arch = "arm64" if settings.instance_type.startswith(("t4g", "m7g")) else "amd64"
+    arch = SIZES[settings.instance_type].arch
     ami = aws.ec2.get_ami_output(
         most_recent=True,
         owners=[owner],

@@ -9,18 +9,32 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mlox_iac.providers import DeployKeys, Machine, one_of, ssh_rules
+from mlox_iac.providers import DeployKeys, Machine, Size, one_of, ssh_rules
 
 if TYPE_CHECKING:
     import pulumi
 
     from mlox_iac.config.model import StackConfig
 
-# Droplet size slug -> RAM in MiB (basic droplets).
+# Droplet sizes: RAM, vCPUs, list price per month in USD (the same in every region).
+# Source: https://www.digitalocean.com/pricing/droplets. This machine cannot reach it: the
+# figures are DigitalOcean's 2022-07-01 prices (its repricing table, transcribed in
+# gist.github.com/colinwilson/cd31bde012f6727b24b2fc4ebee749c0: Basic +20 %, General Purpose
+# and Memory-Optimized +5 % over the 2020 API prices $60 and $80), which a transcription of the
+# pricing page read on 2026-09-20 still matches ("Droplets starting at $4/month").
+# Live: `mlox-iac cost --live` reads /v2/sizes.
+PRICE_SOURCE = "https://www.digitalocean.com/pricing/droplets"
+PRICES_READ_ON = "2026-09-20"
+CURRENCY = "USD"
 SIZES = {
-    "s-1vcpu-1gb": 1024, "s-1vcpu-2gb": 2048, "s-2vcpu-2gb": 2048, "s-2vcpu-4gb": 4096,
-    "s-4vcpu-8gb": 8192, "s-8vcpu-16gb": 16384, "g-2vcpu-8gb": 8192, "m-2vcpu-16gb": 16384,
+    "s-1vcpu-1gb": Size(1024, 1, 6.0), "s-1vcpu-2gb": Size(2048, 1, 12.0), "s-2vcpu-2gb": Size(2048, 2, 18.0),
+    "s-2vcpu-4gb": Size(4096, 2, 24.0), "s-4vcpu-8gb": Size(8192, 4, 48.0), "s-8vcpu-16gb": Size(16384, 8, 96.0),
+    "g-2vcpu-8gb": Size(8192, 2, 63.0), "m-2vcpu-16gb": Size(16384, 2, 84.0),
 }
+# Volumes per GiB and month (https://www.digitalocean.com/pricing/volumes); a droplet's public
+# IPv4 address is included in its price.
+VOLUME_GB_MONTHLY = 0.10
+IPV4_MONTHLY = 0.0
 REGIONS = ("nyc1", "nyc3", "sfo2", "sfo3", "ams3", "sgp1", "lon1", "fra1", "tor1", "blr1", "syd1")
 
 SIZE_FIELD = "size"  # the setting that decides the RAM
@@ -42,7 +56,12 @@ class Settings(BaseModel):
 
 
 def memory_mb(settings: Settings) -> int:
-    return SIZES[settings.size]
+    return SIZES[settings.size].memory_mb
+
+
+def sizes(settings: Settings) -> dict[str, Size]:
+    """The droplet sizes (every region sells the same)."""
+    return SIZES
 
 
 def create_machine(name: str, config: "StackConfig", keys: DeployKeys, opts: "pulumi.ResourceOptions") -> Machine:

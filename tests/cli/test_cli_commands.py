@@ -7,8 +7,9 @@ import json
 import pytest
 import yaml
 from cli_helpers import (  # noqa: F401 (fixtures used by name)
-    cli, closed_port, https_server, no_pulumi, outputs_file, outputs_for, terminal,
+    cli, closed_port, https_server, make_tls, no_pulumi, outputs_file, outputs_for, terminal,
 )
+from conftest import KEY
 from pulumi_double import RecordingPulumiCommand, step, urn
 
 from mlox_iac.config.loader import load_file
@@ -214,10 +215,71 @@ def test_outputs_of_a_stack_never_deployed(cli, engine):
     assert result.stderr == "error: stack dev has not been deployed yet: run mlox-iac up --stack dev\n"
 
 
-def test_outputs_file_errors_exit_2(cli, mlox_project, tmp_path):
-    (tmp_path / "bad.json").write_text("[1]")
-    result = cli("outputs", "--outputs-file", str(tmp_path / "bad.json"))
-    assert result.exit_code == 2 and result.stderr.endswith("bad.json: must be a JSON object of stack outputs\n")
+# --outputs-file contents that are not a stack's outputs -> the line after "FILE: ".
+OUTPUTS_FILE_CASES = {
+    "json_list": (b"[1]", "must be a JSON object of stack outputs (from pulumi stack output --json)"),
+    "not_json": (b"{urls:", "not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+    "empty": (b"", "not valid JSON: Expecting value: line 1 column 1 (char 0)"),
+    "not_utf8": (b'{"tls": "\xff"}', "not UTF-8 text (byte 0xff at offset 9; allowed: a JSON outputs file in UTF-8)"),
+    "urls_not_object": (b'{"urls": ["https://x"]}', 'urls: must be an object of strings (found ["https://x"])'),
+    "port_not_number": (b'{"ssh_port": "22"}', 'ssh_port: must be a port number (found "22")'),
+    "services_not_list": (b'{"services": "mlflow"}', 'services: must be a list of strings (found "mlflow")'),
+    "address_not_string": (b'{"server_address": 5}', "server_address: must be a string (found 5)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OUTPUTS_FILE_CASES))
+def test_outputs_file_errors_exit_2(cli, mlox_project, tmp_path, case):
+    content, expected = OUTPUTS_FILE_CASES[case]
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    for command in ("outputs", "env", "status"):
+        result = cli(command, "--outputs-file", str(path))
+        assert (result.exit_code, result.stderr) == (2, f"{path}: {expected}\n"), command
+
+
+def test_outputs_file_that_is_a_directory_or_missing(cli, mlox_project, tmp_path):
+    result = cli("outputs", "--outputs-file", str(tmp_path))
+    assert (result.exit_code, result.stderr) == (2, f"{tmp_path}: is a directory (allowed: a JSON outputs file)\n")
+    result = cli("outputs", "--outputs-file", str(tmp_path / "none.json"))
+    assert (result.exit_code, result.stderr) == (2, f"{tmp_path / 'none.json'}: file not found\n")
+
+
+CA_FILE_CASES = {
+    "empty": (b"", "is empty"),
+    "not_pem": (b"just some text\n", "holds no PEM certificate"),
+    "private_key": (b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n", "holds no PEM certificate"),
+    "broken_certificate": (b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+                           "holds no PEM certificate"),
+    "binary": (b"\x30\x82\x01\xff\x00", "not UTF-8 text (byte 0x82 at offset 1; allowed: a PEM certificate file in UTF-8)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CA_FILE_CASES))
+def test_bad_ca_file_is_one_line_exit_2(cli, mlox_project, tmp_path, outputs_file, case, monkeypatch):
+    content, problem = CA_FILE_CASES[case]
+    ca = tmp_path / "root.crt"
+    ca.write_bytes(content)
+    allowed = ("" if problem.startswith("not UTF-8") else
+               " (allowed: the server's root certificate, fetched from "
+               "/mnt/mlox-data/volumes/caddy-data/caddy/pki/authorities/local/root.crt)")
+    outputs = str(outputs_file(outputs_for(closed_port())))
+    for args in (("env", "--ca", str(ca)), ("status",)):
+        monkeypatch.setenv("MLOX_CA_FILE", str(ca))
+        result = cli(*args, "--outputs-file", outputs)
+        assert (result.exit_code, result.stderr) == (2, f"{ca}: {problem}{allowed}\n"), args
+        assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_mistyped_option_is_a_usage_error_with_a_suggestion(cli):
+    result = cli("validate", "--stak", "x")
+    assert result.exit_code == 2
+    assert result.stderr == ("Usage: mlox-iac validate [OPTIONS]\nTry 'mlox-iac validate --help' for help.\n\n"
+                             "Error: No such option: --stak. Did you mean --stack?\n")
+    unknown = cli("valdate")
+    assert unknown.exit_code == 2 and unknown.stderr.endswith("Error: No such command 'valdate'. Did you mean 'validate'?\n")
+    missing = cli("cost", "--stack")
+    assert missing.exit_code == 2 and missing.stderr.endswith("Error: Option '--stack' requires an argument.\n")
 
 
 def test_env_masks_secrets_unless_asked(cli, mlox_project, outputs_file):
@@ -234,8 +296,7 @@ def test_env_masks_secrets_unless_asked(cli, mlox_project, outputs_file):
 
 
 def test_env_with_the_internal_ca(cli, mlox_project, outputs_file, tmp_path):
-    ca = tmp_path / "root.crt"
-    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    ca = make_tls(tmp_path / "tls").ca_path
     result = cli("env", "--outputs-file", str(outputs_file(outputs_for(443))), "--ca", str(ca), "--shell", "fish")
     assert f"set -gx AWS_CA_BUNDLE '{ca}'\n" in result.stdout
 
@@ -321,8 +382,8 @@ def test_ssh_execs_the_system_ssh(cli, mlox_project, outputs_file, monkeypatch):
 
 # ----- init ---------------------------------------------------------------------------
 
-HETZNER_FLAGS = ("--stack", "prod", "--provider", "hetzner", "--location", "nbg1", "--size", "cx32",
-                 "--ssh-key", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMloxTestKey you@laptop",
+HETZNER_FLAGS = ("--stack", "prod", "--provider", "hetzner", "--location", "nbg1", "--size", "cx33",
+                 "--ssh-key", KEY,
                  "--admin-cidr", "203.0.113.7")
 
 
@@ -331,7 +392,7 @@ def test_init_non_interactive_writes_a_valid_file(cli, mlox_project, no_pulumi):
     assert result.exit_code == 0, result.stderr
     path = mlox_project / "stacks" / "Pulumi.prod.yaml"
     config = load_file(path)
-    assert (config.provider, config.hetzner.location, config.hetzner.server_type) == ("hetzner", "nbg1", "cx32")
+    assert (config.provider, config.hetzner.location, config.hetzner.server_type) == ("hetzner", "nbg1", "cx33")
     assert config.ssh.admin_cidrs == ["203.0.113.7/32"]
     assert config.enabled_services() == ["postgres", "seaweedfs", "caddy"]
     assert config.domain is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -14,11 +15,14 @@ from mlox_iac.config.loader import load_file
 from mlox_iac.errors import ConfigError
 
 SSH = {"public_keys": [KEY]}
+SSH_CIDR = {"admin_cidrs": ["10.0.0.0/8"]}
+# The test key's wire format with its 32-byte key cut to 31: right type, broken structure.
+TRUNCATED_ED25519 = base64.b64encode(base64.b64decode(KEY.split()[1])[:-1]).decode()
 
 CASES = {
     "unknown_top_level_key": (settings(domian="x.example.com"),
         "mlox:domian: unknown key (did you mean 'domain'?)"),
-    "unknown_nested_key": (settings(hetzner={"location": "fsn1", "server_typ": "cx22"}),
+    "unknown_nested_key": (settings(hetzner={"location": "fsn1", "server_typ": "cx23"}),
         "mlox:hetzner.server_typ: unknown key (did you mean 'server_type'?)"),
     "unknown_service": (settings(services={"mlfow": {"enabled": True}}),
         "mlox:services.mlfow: unknown key (did you mean 'mlflow'?)"),
@@ -27,8 +31,18 @@ CASES = {
     "missing_provider_block": ({**settings(), "provider": "aws"},
         "mlox:aws: required when provider is aws (set mlox:aws)"),
     "bad_server_type": (settings(hetzner={"server_type": "cx99"}),
-        "mlox:hetzner.server_type: unknown server type 'cx99' (allowed: cx22, cx32, cx42, cx52, cpx11, cpx21, "
-        "cpx31, cpx41, cpx51, cax11, cax21, cax31, cax41)"),
+        "mlox:hetzner.server_type: unknown server type 'cx99' (allowed: cx23, cx33, cx43, cx53, cpx12, cpx22, "
+        "cpx32, cpx42, cpx52, cpx62, cax11, cax21, cax31, cax41)"),
+    "retired_server_type": (settings(hetzner={"server_type": "cx22"}),
+        "mlox:hetzner.server_type: 'cx22' is retired and can no longer be ordered (allowed: cx23, its current "
+        "equivalent, or another of cx23, cx33, cx43, cx53, cpx12, cpx22, cpx32, cpx42, cpx52, cpx62, cax11, cax21, "
+        "cax31, cax41)"),
+    "retired_cpx_names_successor": (settings(hetzner={"server_type": "cpx51"}),
+        "mlox:hetzner.server_type: 'cpx51' is retired and can no longer be ordered (allowed: cpx62, its current "
+        "equivalent, or another of cx23, cx33, cx43, cx53, cpx12, cpx22, cpx32, cpx42, cpx52, cpx62, cax11, cax21, "
+        "cax31, cax41)"),
+    "size_not_sold_at_location": (settings(hetzner={"location": "ash", "server_type": "cx23"}),
+        "mlox:hetzner.server_type: 'cx23' is not sold in ash (allowed there: cpx11, cpx21, cpx31, cpx41, cpx51)"),
     "bad_location": (settings(hetzner={"location": "mars1"}),
         "mlox:hetzner.location: 'mars1' is not allowed (allowed: fsn1, nbg1, hel1, ash, hil or sin)"),
     "bad_droplet_size": (settings("digitalocean", digitalocean={"size": "huge"}),
@@ -43,7 +57,15 @@ CASES = {
     "no_admin_cidrs": (settings(ssh={**SSH, "admin_cidrs": []}),
         "mlox:ssh.admin_cidrs: must have at least 1 item(s)"),
     "bad_public_key": (settings(ssh={"public_keys": ["AAAA nope"], "admin_cidrs": ["10.0.0.0/8"]}),
-        "mlox:ssh.public_keys: 'AAAA nope'... is not an OpenSSH public key (allowed: ssh-ed25519, ssh-rsa, ecdsa-sha2-nistp256 ...)"),
+        "mlox:ssh.public_keys[0]: 'AAAA nope' is not an OpenSSH public key (allowed: ssh-ed25519, ssh-rsa, ecdsa-sha2-nistp256 ...)"),
+    "public_key_body_not_base64": (settings(ssh={**SSH_CIDR, "public_keys": [KEY, "ssh-ed25519 AAAA%not+base64 x@y"]}),
+        "mlox:ssh.public_keys[1]: the ssh-ed25519 key's body is not base64 (allowed: the line of a .pub file, e.g. from ssh-keygen)"),
+    "public_key_body_not_a_key": (settings(ssh={**SSH_CIDR, "public_keys": ["ssh-ed25519 bm90IGEga2V5IGF0IGFsbA== x@y"]}),
+        "mlox:ssh.public_keys[0]: the ssh-ed25519 key's body is not an SSH key (allowed: the line of a .pub file, e.g. from ssh-keygen)"),
+    "public_key_type_mismatch": (settings(ssh={**SSH_CIDR, "public_keys": ["ssh-rsa " + KEY.split()[1]]}),
+        "mlox:ssh.public_keys[0]: the line says ssh-rsa but its body holds a 'ssh-ed25519' key (allowed: the line of a .pub file, e.g. from ssh-keygen)"),
+    "public_key_truncated": (settings(ssh={**SSH_CIDR, "public_keys": [KEY.split()[0] + " " + TRUNCATED_ED25519]}),
+        "mlox:ssh.public_keys[0]: the ssh-ed25519 key's body is not a valid ssh-ed25519 key (allowed: the line of a .pub file, e.g. from ssh-keygen)"),
     "missing_ssh": ({k: v for k, v in settings().items() if k != "ssh"},
         "mlox:ssh: required"),
     "volume_too_small": (settings(volume_size_gb=5),
@@ -60,7 +82,7 @@ CASES = {
         "mlox:onprem.host: 'no spaces allowed' is not an IP address or host name"),
     "missing_host": (settings("onprem", onprem={"private_key": "K"}),
         "mlox:onprem.host: required"),
-    "too_little_memory": (settings(hetzner={"server_type": "cpx11"}),
+    "too_little_memory": (settings(hetzner={"server_type": "cpx12"}),
         "mlox:hetzner.server_type: server has 2048 MiB but the enabled services need 2688 MiB (postgres 512, "
         "seaweedfs 512, mlflow 1024, caddy 128, system 512) (allowed: a size with at least 2688 MiB, or fewer services)"),
     "mlflow_without_postgres": (settings(services={"postgres": {"enabled": False}}),
@@ -71,7 +93,7 @@ CASES = {
         "mlox:services.mlflow.enabled: 'sometimes' is not true or false"),
     "bad_preset": (settings(services={"preset": "everything"}),
         "mlox:services.preset: 'everything' is not allowed (allowed: core or full)"),
-    "full_preset_on_a_small_server": (settings(hetzner={"server_type": "cx22"}, services={"preset": "full"}),
+    "full_preset_on_a_small_server": (settings(hetzner={"server_type": "cx23"}, services={"preset": "full"}),
         "mlox:hetzner.server_type: server has 4096 MiB but the enabled services need 7424 MiB (postgres 512, "
         "seaweedfs 512, mlflow 1024, redis 128, feast 512, label-studio 768, airflow 2304, jupyter 1024, caddy 128, "
         "system 512) (allowed: a size with at least 7424 MiB, or fewer services)"),
@@ -116,17 +138,94 @@ def test_several_problems_give_one_line_each(tmp_path):
     assert all(line.startswith(f"{path}: mlox:") for line in error.value.problems)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("config: [1, 2", "not valid YAML (line 1): expected ',' or ']', but got '<stream end>'"),
-    ("- just a list", "must be a mapping with a config: key"),
-    ("config: 3", "config: must be a mapping of keys to values"),
-])
-def test_unreadable_files(tmp_path, text, expected):
+# Whole files that are not a usable stack file: content -> the one line after "FILE: ".
+_VALID = f"""config:
+  mlox:provider: hetzner
+  mlox:hetzner: {{location: fsn1, server_type: cx23}}
+  mlox:ssh: {{public_keys: ["{KEY}"], admin_cidrs: [203.0.113.7/32]}}
+"""
+FILE_CASES = {
+    "truncated_flow": (b"config: [1, 2", "not valid YAML (line 1): expected ',' or ']', but got '<stream end>'"),
+    "list_document": (b"- just a list", "must be a mapping with a config: key (found a list)"),
+    "scalar_document": (b"hello", "must be a mapping with a config: key (found a string)"),
+    "config_not_mapping": (b"config: 3", "config: must be a mapping of keys to values"),
+    "empty_file": (b"", "is empty (allowed: a mapping with a config: key holding mlox: settings)"),
+    "only_comments": (b"# nothing here\n\n", "is empty (allowed: a mapping with a config: key holding mlox: settings)"),
+    "not_utf8": (b"config:\n  mlox:provider: hetzn\xe9r\n",
+                 "not UTF-8 text (byte 0xe9 at offset 30; allowed: a stack file in UTF-8)"),
+    "utf16": (_VALID.encode("utf-16"), "not UTF-8 text (byte 0xff at offset 0; allowed: a stack file in UTF-8)"),
+    "binary_nul": (b"config:\x00\x01", "not valid YAML: character #x0000 at offset 7 is not allowed (allowed: printable text)"),
+    "duplicate_top_level_config_key": (_VALID.replace("mlox:provider: hetzner", "mlox:provider: hetzner\n  mlox:provider: aws").encode(),
+        "mlox:provider: duplicate key on lines 2 and 3 (allowed: each key once, as Pulumi requires)"),
+    "duplicate_nested_key": (b"config:\n  mlox:hetzner:\n    server_type: cx23\n    server_type: cx53\n",
+        "mlox:hetzner.server_type: duplicate key on lines 3 and 4 (allowed: each key once, as Pulumi requires)"),
+    "duplicate_config_block": (b"config: {}\nconfig: {}\n",
+        "config: duplicate key on lines 1 and 2 (allowed: each key once, as Pulumi requires)"),
+    "unknown_top_level_key": (_VALID.replace("config:", "confg:").encode(), "confg: unknown key (did you mean 'config'?)"),
+    "namespace_typo": (_VALID.replace("mlox:provider", "mlx:provider").encode(),
+        "mlx:provider: unknown namespace (did you mean 'mlox:provider'?)"),
+    "namespace_confusable": (_VALID.replace("mlox:hetzner", "ml\u043ex:hetzner").encode(),
+        "ml\u043ex:hetzner: unknown namespace (did you mean 'mlox:hetzner'?)"),
+    "alias_bomb": (b"config:\n  mlox:x: &a [1,1,1,1,1,1,1,1,1,1]\n" + b"".join(
+        f"  mlox:x{i}: &a{i} [*{'a' if i == 1 else f'a{i - 1}'},*{'a' if i == 1 else f'a{i - 1}'},*{'a' if i == 1 else f'a{i - 1}'},*{'a' if i == 1 else f'a{i - 1}'},*{'a' if i == 1 else f'a{i - 1}'},*{'a' if i == 1 else f'a{i - 1}'},*{'a' if i == 1 else f'a{i - 1}'},*{'a' if i == 1 else f'a{i - 1}'},*{'a' if i == 1 else f'a{i - 1}'},*{'a' if i == 1 else f'a{i - 1}'}]\n".encode()
+        for i in range(1, 10)),
+        "mlox:x3: expands to more than 10000 values through aliases (allowed: at most 10000)"),
+    "self_referring_alias": (b"config:\n  mlox:services: &s [*s]\n",
+        "mlox:services[0]: refers to itself through an alias (allowed: aliases to finished values)"),
+    "huge_integer": (b"config:\n  mlox:volume_size_gb: " + b"9" * 5000 + b"\n",
+        "mlox:volume_size_gb: number with 5000 digits (allowed: at most 30)"),
+    "deep_nesting": (b"config:\n  mlox:services: " + b"[" * 70 + b"]" * 70 + b"\n",
+        "mlox:services[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]"
+        "[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]: "
+        "nested too deeply (allowed: at most 64 levels)"),
+    "tab_indentation": (b"config:\n\tmlox:provider: hetzner\n",
+        "not valid YAML (line 2): found character '\\t' that cannot start any token"),
+    "python_tag": (b"config: !!python/object:os.system {}\n",
+        "not valid YAML (line 1): could not determine a constructor for the tag 'tag:yaml.org,2002:python/object:os.system'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FILE_CASES))
+def test_unusable_files(tmp_path, case):
+    content, expected = FILE_CASES[case]
     path = tmp_path / "Pulumi.bad.yaml"
-    path.write_text(text)
+    path.write_bytes(content)
     with pytest.raises(ConfigError) as error:
         load_file(path)
     assert error.value.problems == [f"{path}: {expected}"]
+
+
+def test_directory_missing_and_unreadable_files(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError) as error:
+        load_file(tmp_path)
+    assert error.value.problems == [f"{tmp_path}: is a directory (allowed: a stack file)"]
+    with pytest.raises(ConfigError) as error:
+        load_file(tmp_path / "Pulumi.none.yaml")
+    assert error.value.problems == [f"{tmp_path / 'Pulumi.none.yaml'}: file not found"]
+    locked = write_stack(tmp_path, settings())
+
+    def denied(self, *args, **kwargs):  # the tests run as root, for whom mode 000 is no obstacle
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(ConfigError) as error:
+        load_file(locked)
+    assert error.value.problems == [f"{locked}: cannot be read: Permission denied"]
+
+
+def test_large_file_is_refused_without_reading_it_all(tmp_path):
+    path = tmp_path / "Pulumi.big.yaml"
+    path.write_bytes(b"# " + b"x" * (2 << 20))
+    with pytest.raises(ConfigError) as error:
+        load_file(path)
+    assert error.value.problems == [f"{path}: larger than 1024 KiB (allowed: a stack file of a few KiB)"]
+
+
+def test_anchors_and_merge_keys_still_work(tmp_path):
+    path = tmp_path / "Pulumi.anchors.yaml"
+    path.write_text(_VALID + "  mlox:services:\n    seaweedfs: &store {buckets: [data]}\n"
+                    "    mlflow: {enabled: true}\n  other:copy:\n    <<: *store\n")
+    assert load_file(path).service("seaweedfs").buckets == ["data"]
 
 
 def test_valid_stack_keeps_other_namespaces_and_defaults(tmp_path):

@@ -268,7 +268,16 @@ def check_version(tag: str) -> str:
 
 
 def build_image(tag: str, force: bool = False) -> str:
-    """Build one stand-in (or take it from the cache); return its version line."""
+    """Build one stand-in (or take it from the cache); return its version line.
+
+    Concurrent test runs share this machine's dockerd: one builds a tag, the others wait
+    for it and then take the cached image instead of building it again.
+    """
+    with hosts.file_lock(f"build-{_slug(tag)}"):
+        return _build_image(tag, force)
+
+
+def _build_image(tag: str, force: bool) -> str:
     s = STANDINS[tag]
     recipe = recipe_hash(s)
     if not force and _ensure_from_cache(tag, recipe):
