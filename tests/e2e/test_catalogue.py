@@ -2,7 +2,7 @@
 
 One systemd-nspawn target host (prefix ``mlxsvc``, index 61); the real program for an
 onprem stack with ``mlox:services.preset: full`` is replayed over real SSH as in
-``test_deploy.py`` (whose ``Deployment`` helper this module reuses). The tests run in
+``test_deploy.py`` (with the ``Deployment`` helper of ``tests/e2e/stack.py``). The tests run in
 file order and build on each other: stack up, each service used the way a user would
 (from outside, through the proxy, with the generated credentials only), unauthenticated
 requests refused, idle memory measured, an unchanged redeploy, a reboot.
@@ -24,11 +24,11 @@ from mlox_iac.components.services.registry import SERVICES
 
 try:
     from . import hosts, images
-    from .test_deploy import COMPOSE, Deployment, timed
+    from .stack import COMPOSE, Deployment, timed
 except ImportError:  # pragma: no cover
     import hosts  # type: ignore[no-redef]
     import images  # type: ignore[no-redef]
-    from test_deploy import COMPOSE, Deployment, timed  # type: ignore[no-redef]
+    from stack import COMPOSE, Deployment, timed  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.e2e
 
