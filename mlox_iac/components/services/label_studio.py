@@ -69,7 +69,8 @@ def compose(ctx: Context) -> dict:
                 "healthcheck": hc(
                     ["CMD", "python3", "-c",
                      f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{PORT}/health', timeout=4)"],
-                    start_period="120s",  # the first start runs the database migrations
+                    # The first start runs the database migrations: over 6 minutes on a busy 2-core server.
+                    start_period="900s",
                 ),
                 "depends_on": {
                     "postgres-provision": {"condition": "service_healthy"},
