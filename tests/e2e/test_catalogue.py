@@ -167,9 +167,14 @@ def test_2_redis_is_internal_password_protected_and_persistent(catalogue):
     marker = uuid.uuid4().hex
     d.host.ssh(f"{COMPOSE} exec -T redis sh -c 'REDISCLI_AUTH=\"$REDIS_PASSWORD\" redis-cli set mlox-e2e {marker}'")
     d.redis_marker = marker
-    ps = d.host.ssh(f"{COMPOSE} exec -T redis ps -eo user,args").stdout
-    assert "redis-server /tmp/redis.conf" in ps and "requirepass" not in ps
-    assert any(line.split()[0] == "redis" for line in ps.splitlines() if "redis-server" in line), ps
+    # (no ps in the image) PID 1 is redis-server with its config file, run as the user redis.
+    argv = d.host.ssh(f"{COMPOSE} exec -T redis cat /proc/1/cmdline").stdout.split("\0")
+    assert argv[:2] == ["redis-server", "/tmp/redis.conf"] and d.host.ssh(
+        f"{COMPOSE} exec -T redis cat /proc/1/status").stdout.count(f"Uid:\t{_redis_uid(d)}\t") == 1
+
+
+def _redis_uid(d: Deployment) -> str:
+    return d.host.ssh(f"{COMPOSE} exec -T redis id -u redis").stdout.strip()
 
 
 def _jupyter_login(d: Deployment):
