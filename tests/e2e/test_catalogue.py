@@ -183,6 +183,7 @@ def _jupyter_login(d: Deployment):
     base = d.outputs["urls"]["jupyter"]
     session = requests.Session()
     session.verify = str(d.ca_path)
+    session.trust_env = False  # else REQUESTS_CA_BUNDLE overrides verify (psf/requests#3829)
     session.get(f"{base}/login", timeout=20).raise_for_status()
     xsrf = session.cookies["_xsrf"]
     answer = session.post(f"{base}/login", data={"password": d.outputs["login_passwords"]["jupyter"], "_xsrf": xsrf},
@@ -332,6 +333,7 @@ def test_4a_label_studio_project_and_imported_file_in_the_bucket(catalogue):
     base = d.outputs["urls"]["label-studio"]
     api = requests.Session()
     api.verify = str(d.ca_path)
+    api.trust_env = False  # else REQUESTS_CA_BUNDLE overrides verify (psf/requests#3829)
     api.headers["Authorization"] = "Token " + d.outputs["api_tokens"]["label-studio"]
     marker = uuid.uuid4().hex[:8]
     project = api.post(f"{base}/api/projects", json={"title": f"e2e-{marker}", "label_config": LABEL_CONFIG}, timeout=60)
@@ -369,6 +371,7 @@ def _airflow_api(d: Deployment):
     base = d.outputs["urls"]["airflow"]
     api = requests.Session()
     api.verify = str(d.ca_path)
+    api.trust_env = False  # else REQUESTS_CA_BUNDLE overrides verify (psf/requests#3829)
     token = api.post(f"{base}/auth/token", json={"username": "admin", "password": d.outputs["login_passwords"]["airflow"]},
                      timeout=60)
     assert token.status_code in (200, 201), token.text[:500]
@@ -431,6 +434,7 @@ def test_4b_new_routes_refuse_unauthenticated_requests(catalogue):
     assert lab.status_code == 302 and "/login" in lab.headers["Location"], lab.status_code
     wrong = requests.Session()
     wrong.verify = str(d.ca_path)
+    wrong.trust_env = False
     wrong.get(f"{base}/login", timeout=20)
     answer = wrong.post(f"{base}/login", data={"password": "wrong", "_xsrf": wrong.cookies["_xsrf"]},
                         allow_redirects=False, timeout=20)
