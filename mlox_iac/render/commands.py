@@ -40,12 +40,15 @@ def remove_env_file(service: str) -> str:
 
 
 def compose_up(bundle_hash: str, volumes: list[str]) -> str:
-    """Create the volume directories and bring the project to the bundle's state."""
+    """Create the volume directories and bring the project to the bundle's state.
+
+    The wait allows for first-start database migrations of the full preset on a 2-core server.
+    """
     dirs = " ".join(shlex.quote(f"{DATA_DIR}/volumes/{v}") for v in sorted(volumes))
     mkdir = f"mkdir -p {dirs}; " if dirs else ""
     return (
         f"set -eu; : bundle {bundle_hash}; {mkdir}"
-        f"{COMPOSE} up -d --wait --wait-timeout 600 --remove-orphans"
+        f"{COMPOSE} up -d --wait --wait-timeout 1200 --remove-orphans"
     )
 
 

@@ -25,7 +25,7 @@ MEMORY_MB = 768
 PORT = 8080
 DATABASE = "labelstudio"
 BUCKET = "label-studio"  # uploaded media and exports
-DATA = "/label-studio/data"  # its generated Django secret key and local caches
+DATA = "/label-studio/data"  # local caches and exports in progress
 UID = 1001  # the upstream image's user
 
 # As root: own the data volume (created by root on the host), then drop to the image's user.
@@ -69,7 +69,8 @@ def compose(ctx: Context) -> dict:
                 "healthcheck": hc(
                     ["CMD", "python3", "-c",
                      f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{PORT}/health', timeout=4)"],
-                    start_period="120s",  # the first start runs the database migrations
+                    # The first start runs the database migrations: over 6 minutes on a busy 2-core server.
+                    start_period="900s",
                 ),
                 "depends_on": {
                     "postgres-provision": {"condition": "service_healthy"},
@@ -116,6 +117,7 @@ class LabelStudio(pulumi.ComponentResource, ServiceComponent):
             NAME,
             {
                 "LABEL_STUDIO_PASSWORD": self.login_password,
+                "SECRET_KEY": self.password("django-secret-key", length=50).result,
                 "LABEL_STUDIO_USER_TOKEN": self.api_token,
                 "POSTGRE_PASSWORD": deps["postgres"].database_password(DATABASE),
                 "STORAGE_AWS_ACCESS_KEY_ID": deps["seaweedfs"].access_key,

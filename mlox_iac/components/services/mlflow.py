@@ -48,6 +48,10 @@ def compose(ctx: Context) -> dict:
         "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}",
         # Requests arrive through Caddy, which sets the Host header to the upstream.
         "--allowed-hosts", f"{NAME}:{PORT},localhost:{PORT},127.0.0.1:{PORT}",
+        # Uvicorn kills a worker that does not answer its supervisor within 5 s; on a busy
+        # 2-core server (a full preset starting) a worker's imports take longer, and it is
+        # killed and restarted in a loop.
+        "--uvicorn-opts", "--timeout-worker-healthcheck 60",
     ]
     if prefix(ctx):
         command += ["--static-prefix", prefix(ctx)]
