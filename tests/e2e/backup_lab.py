@@ -26,7 +26,6 @@ import time
 import uuid
 from pathlib import Path
 
-from mlox_iac.components.services.registry import SERVICES
 from mlox_iac.plan import record_program, unwrap
 from mlox_iac.render.backup import IMAGES
 
@@ -136,7 +135,7 @@ class BackupDeployment(Deployment):
         self.replay(only={"main-bootstrap"})
         timed("backup lab: bootstrap", time.monotonic() - start)
         start = time.monotonic()
-        images.load_images(self.host, sorted({s.image for s in SERVICES.values()} | set(IMAGES)))
+        images.load_images(self.host, sorted(set(images.preset_images("core")) | set(IMAGES)))
         timed("backup lab: images loaded", time.monotonic() - start)
         start = time.monotonic()
         try:
@@ -155,7 +154,7 @@ class BackupDeployment(Deployment):
 
 
 def build_images() -> None:
-    images.build_standins(names=sorted({s.image for s in SERVICES.values()} | set(IMAGES)))
+    images.build_standins(names=sorted(set(images.preset_images("core")) | set(IMAGES)))
 
 
 def mlflow_client(d: Deployment, *args: str) -> dict | str:

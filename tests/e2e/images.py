@@ -89,6 +89,19 @@ STANDINS: dict[str, Standin] = {
 ALL_IMAGES: tuple[str, ...] = tuple(STANDINS)
 
 
+def preset_images(preset: str = "core") -> list[str]:
+    """The images of the services a preset enables (``core``: the four of the default stack).
+
+    Tests that deploy the core stack build and load only these: the full catalogue's images
+    (Airflow, Label Studio, ...) take many minutes to build cold and gigabytes to load.
+    """
+    from mlox_iac.components.services.base import PRESETS
+    from mlox_iac.components.services.registry import SERVICES
+
+    rank = {name: i for i, name in enumerate(PRESETS)}
+    return sorted({s.image for s in SERVICES.values() if rank[s.preset] <= rank[preset]})
+
+
 # --------------------------------------------------------------------------- docker
 
 

@@ -17,7 +17,6 @@ import uuid
 
 import pytest
 
-from mlox_iac.components.services.registry import SERVICES
 from mlox_iac.plan import unwrap
 
 try:
@@ -74,7 +73,7 @@ def test_1_bootstrap_hardens_a_bare_host(deployment):
     if "error" in d.built:
         raise d.built["error"]
     start = time.monotonic()
-    names = sorted({service.image for service in SERVICES.values()})
+    names = images.preset_images("core")
     images.load_images(host, names)
     timed("images loaded onto target", time.monotonic() - start)
     assert "v2.11.7" in host.ssh("docker run --rm caddy:2.11.7 caddy version").stdout
