@@ -31,11 +31,11 @@ from mlox_iac.render.backup import IMAGES
 
 try:
     from . import hosts, images
-    from .test_deploy import COMPOSE, ROOT, Deployment, timed
+    from .stack import COMPOSE, ROOT, Deployment, timed
 except ImportError:  # pragma: no cover
     import hosts  # type: ignore[no-redef]
     import images  # type: ignore[no-redef]
-    from test_deploy import COMPOSE, ROOT, Deployment, timed  # type: ignore[no-redef]
+    from stack import COMPOSE, ROOT, Deployment, timed  # type: ignore[no-redef]
 
 PREFIX = "mlxbak"
 FIRST_INDEX = 51  # this group's hosts: 51 (stack), 52 (object store), 53 (a fresh server)

@@ -20,11 +20,11 @@ import pytest
 try:
     from . import backup_lab as lab
     from . import hosts
-    from .test_deploy import timed
+    from .stack import timed
 except ImportError:  # pragma: no cover
     import backup_lab as lab  # type: ignore[no-redef]
     import hosts  # type: ignore[no-redef]
-    from test_deploy import timed  # type: ignore[no-redef]
+    from stack import timed  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.e2e
 

@@ -40,13 +40,13 @@ try:
     from . import backup_lab as lab
     from . import hosts, images
     from .replay import ReplayError
-    from .test_deploy import COMPOSE, Deployment, timed
+    from .stack import COMPOSE, Deployment, timed
 except ImportError:  # pragma: no cover
     import backup_lab as lab  # type: ignore[no-redef]
     import hosts  # type: ignore[no-redef]
     import images  # type: ignore[no-redef]
     from replay import ReplayError  # type: ignore[no-redef]
-    from test_deploy import COMPOSE, Deployment, timed  # type: ignore[no-redef]
+    from stack import COMPOSE, Deployment, timed  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.e2e
 
