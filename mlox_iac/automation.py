@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import yaml
 
-from mlox_iac.errors import MloxError, PulumiCliMissing
+from mlox_iac.errors import ConfigError, MloxError, PulumiCliMissing
 from mlox_iac.paths import stack_file
 
 if TYPE_CHECKING:
@@ -53,6 +53,8 @@ STATE_DIR = Path(".mlox") / "state"
 SECRET = "[secret]"
 DEFAULT_SECRETS_PROVIDER = "passphrase"
 PASSPHRASE_VARS = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
+# Stack-file keys in which Pulumi keeps how the stack's secrets are encrypted.
+ENCRYPTION_KEYS = ("secretsprovider", "encryptionsalt", "encryptedkey")
 
 OnEvent = Callable[["auto.EngineEvent"], Any]
 # Asked for the passphrase when no variable provides one; True when the stack is new
@@ -125,6 +127,15 @@ def validate_stack(stack: str, *, project_dir: Path | None = None) -> "StackConf
 
     project_dir = project_dir or find_project_dir()
     return load_file(stack_file(project_dir, stack))
+
+
+def validate_for_engine(stack: str, *, project_dir: Path) -> "StackConfig":
+    """:func:`validate_stack`, and on mlox-iac's own backend also that the stack's secrets
+    can be decrypted (see :func:`_require_decryptable_secrets`)."""
+    config = validate_stack(stack, project_dir=project_dir)
+    if backend_url(project_dir) is not None:
+        _require_decryptable_secrets(project_dir, stack)
+    return config
 
 
 def require_stack_file(project_dir: Path, stack: str) -> Path:
@@ -201,6 +212,46 @@ def needs_passphrase(project_dir: Path, stack: str, secrets_provider: str, *, ow
     if document.get("encryptedkey"):
         return False
     return own_backend and secrets_provider == "passphrase"
+
+
+def _secure_keys(config: Mapping[str, Any]) -> list[str]:
+    """The config keys (``--path`` form) whose values are ``secure:`` ciphertexts."""
+    found: list[str] = []
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict):
+            if set(value) == {"secure"}:
+                found.append(path)
+                return
+            for key, item in value.items():
+                walk(item, f"{path}.{key}")
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, f"{path}[{index}]")
+
+    for key, value in config.items():
+        walk(value, str(key))
+    return found
+
+
+def _require_decryptable_secrets(project_dir: Path, stack: str) -> None:
+    """Stop before the engine when the stack file holds ``secure:`` values but none of the
+    encryption settings that made them (an example's placeholder): on mlox-iac's own backend
+    nothing can decrypt them, and Pulumi would fail with "validating stack config: bad value"
+    after writing a new encryption salt into the file."""
+    document = _stack_document(project_dir, stack)
+    if any(document.get(key) for key in ENCRYPTION_KEYS):
+        return
+    config = document.get("config")
+    keys = _secure_keys(config) if isinstance(config, dict) else []
+    if keys:
+        path = stack_file(project_dir, stack)
+        shown = path.relative_to(project_dir) if path.is_relative_to(project_dir) else path
+        raise ConfigError([
+            f"{shown}: {key}: a placeholder, not a secret of this stack (the file has no encryptionsalt); "
+            f"set yours with: pulumi config set --secret --path '{key}' --stack {stack}"
+            for key in keys
+        ])
 
 
 def workspace_options(
@@ -313,7 +364,7 @@ def open_stack(
 
     project_dir = (project_dir or find_project_dir()).resolve()
     if validate:
-        validate_stack(stack, project_dir=project_dir)
+        validate_for_engine(stack, project_dir=project_dir)
     else:
         require_stack_file(project_dir, stack)
     cli = pulumi_command or default_pulumi_command(command)
@@ -326,6 +377,43 @@ def open_stack(
         raise MloxError(f"stack {stack} has not been deployed yet: run mlox-iac up --stack {stack}") from None
     except auto.CommandError as exc:
         raise EngineError(f"{command}: pulumi could not open stack {stack}: {_first_error(exc)}") from None
+
+
+def provider_change_problem(stack: str, deployed: Mapping[str, Any], provider: str, source: str) -> str | None:
+    """The one-line refusal when ``provider`` (the stack file's ``mlox:provider``) differs from
+    the provider the deployed stack runs on (its ``provider`` output, or ``migration.from``
+    during a move): a plain update would start an empty server there and take the old one
+    down. Moving is ``mlox-iac migrate``'s job. None when nothing is deployed or it matches."""
+
+    def value(key: str) -> Any:
+        item = deployed.get(key)
+        return getattr(item, "value", item)
+
+    migration = value("migration")
+    running = migration.get("from") if isinstance(migration, Mapping) else value("provider")
+    if not running or running == SECRET:
+        return None  # not deployed yet
+    allowed = {running}
+    if isinstance(migration, Mapping) and migration.get("state") == "finishing":
+        allowed.add(migration.get("to"))  # migrate --finish hands the stack to the new provider
+    if provider in allowed:
+        return None
+    return (f"{source}: mlox:provider: stack {stack} runs on {running}; changing the provider here would start an "
+            f"empty server on {provider} (allowed: {running}; to move the stack and its data run: "
+            f"mlox-iac migrate --stack {stack} --to {provider})")
+
+
+def refuse_provider_change(stack: str, deployed: Mapping[str, Any], *, project_dir: Path | None = None) -> None:
+    """Raise :class:`ConfigError` (exit 2) with :func:`provider_change_problem`'s line."""
+    from mlox_iac.errors import ConfigError
+
+    project_dir = (project_dir or find_project_dir()).resolve()
+    config = validate_stack(stack, project_dir=project_dir)
+    path = stack_file(project_dir, stack)
+    shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+    problem = provider_change_problem(stack, deployed, config.provider, str(shown))
+    if problem:
+        raise ConfigError([problem])
 
 
 def _masked(outputs: "auto.OutputMap", show_secrets: bool) -> tuple[dict[str, Any], list[str]]:
@@ -366,6 +454,7 @@ def up(
     started = time.monotonic()
     s = open_stack(stack, project_dir=project_dir, create=True, pulumi_command=pulumi_command,
                    passphrase_prompt=passphrase_prompt, command="mlox-iac up")
+    refuse_provider_change(stack, _engine_call("stack output", stack, s.outputs), project_dir=project_dir)
     result = _engine_call("up", stack, lambda: s.up(on_event=on_event, color="never", show_secrets=False))
     outputs, secret = _masked(result.outputs, show_secrets)
     return RunResult("update", stack, _changes(result.summary.resource_changes), outputs, secret,
@@ -384,6 +473,7 @@ def preview(
     started = time.monotonic()
     s = open_stack(stack, project_dir=project_dir, create=True, pulumi_command=pulumi_command,
                    passphrase_prompt=passphrase_prompt, command="mlox-iac preview")
+    refuse_provider_change(stack, _engine_call("stack output", stack, s.outputs), project_dir=project_dir)
     result = _engine_call("preview", stack, lambda: s.preview(on_event=on_event, color="never"))
     return RunResult("preview", stack, _changes(result.change_summary), duration_s=time.monotonic() - started)
 
@@ -481,3 +571,43 @@ def set_secrets(
     for key, value in values.items():
         _engine_call("config set", stack,
                      lambda k=key, v=value: s.set_config(k, auto.ConfigValue(value=v, secret=True), path=k in path_keys))
+
+
+def set_config(
+    stack: str,
+    values: Mapping[str, str],
+    *,
+    remove: tuple[str, ...] = (),
+    secret: tuple[str, ...] = (),
+    project_dir: Path | None = None,
+    pulumi_command: Optional["auto.PulumiCommand"] = None,
+    passphrase_prompt: Optional[PassphrasePrompt] = None,
+    command: str = "mlox-iac migrate",
+) -> None:
+    """Set config values by path (``mlox:migration.state``), secret where listed in ``secret``,
+    then remove the keys in ``remove``. The stack must exist; its file is not validated (a
+    migration step changes keys that only make sense together)."""
+    from pulumi import automation as auto
+
+    s = open_stack(stack, project_dir=project_dir, validate=False, pulumi_command=pulumi_command,
+                   passphrase_prompt=passphrase_prompt, command=command)
+    for key, value in values.items():
+        _engine_call("config set", stack,
+                     lambda k=key, v=value: s.set_config(k, auto.ConfigValue(value=v, secret=k in secret), path=True))
+    for key in remove:
+        _engine_call("config rm", stack, lambda k=key: s.remove_config(k, path=True))
+
+
+def get_config(
+    stack: str,
+    key: str,
+    *,
+    project_dir: Path | None = None,
+    pulumi_command: Optional["auto.PulumiCommand"] = None,
+    passphrase_prompt: Optional[PassphrasePrompt] = None,
+    command: str = "mlox-iac migrate",
+) -> str:
+    """One config value by path, decrypted (for moving a secret from one key to another)."""
+    s = open_stack(stack, project_dir=project_dir, validate=False, pulumi_command=pulumi_command,
+                   passphrase_prompt=passphrase_prompt, command=command)
+    return _engine_call("config get", stack, lambda: s.get_config(key, path=True)).value

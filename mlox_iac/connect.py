@@ -31,7 +31,8 @@ from mlox_iac.errors import ConfigError, MloxError
 
 SECRET = "[secret]"
 # Outputs that are secrets (the stack marks them so; a JSON outputs file has them in clear).
-SECRET_OUTPUTS = frozenset({"ui_passwords", "s3_access_key", "s3_secret_key"})
+SECRET_OUTPUTS = frozenset({"ui_passwords", "login_passwords", "api_tokens", "s3_access_key", "s3_secret_key",
+                            "backup_password"})
 # Where Caddy keeps the root certificate of its internal CA on every server.
 CA_PATH_ON_SERVER = "/mnt/mlox-data/volumes/caddy-data/caddy/pki/authorities/local/root.crt"
 # The compose project on every server (see mlox_iac.render.commands.COMPOSE).
@@ -42,7 +43,8 @@ HEALTH_PATHS = {"mlflow": "/health", "prometheus": "/-/healthy", "alertmanager":
 MODEL_HEALTH_PATH = "/ping"  # every served model's route (503 until a version is served)
 SHELLS = ("sh", "fish", "powershell")
 # Exports that carry a secret (masked unless asked for).
-SECRET_EXPORTS = frozenset({"MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
+SECRET_EXPORTS = frozenset({"MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                            "FEAST_FEATURE_SERVER_PASSWORD"})
 
 
 def is_secret_export(key: str) -> bool:
@@ -129,43 +131,50 @@ def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None) -
     MLflow: tracking URI, basic-auth user and password (artifacts go through the tracking
     server, so no S3 settings are needed for MLflow). S3: ``AWS_ENDPOINT_URL_S3`` (read by
     boto3 >= 1.28 and the AWS CLI; it affects S3 only, not other AWS services) and the keys.
-    With the internal CA (no domain) and ``ca_path``: ``MLFLOW_TRACKING_SERVER_CERT_PATH``
+    With ``ca_path`` (the root that issued the server's certificates: the internal CA's
+    without a domain, a custom ACME CA's with one): ``MLFLOW_TRACKING_SERVER_CERT_PATH``
     and ``AWS_CA_BUNDLE`` point at it, and ``REQUESTS_CA_BUNDLE`` at :func:`ca_bundle_path`
     (the system's roots plus it: MLflow downloads artifacts from presigned S3 URLs with
-    plain requests, which honours only that variable). Each served model:
+    plain requests, which honours only that variable). Feast: the feature server's URL and
+    basic-auth credentials (its Postgres and Redis stay internal to the server). Each served model:
     ``MLOX_MODEL_<NAME>_URL``, ``_USER`` and ``_PASSWORD``.
     """
     env: dict[str, str] = {}
     if outputs.get("mlflow_tracking_uri"):
         env["MLFLOW_TRACKING_URI"] = str(outputs["mlflow_tracking_uri"])
-        if outputs.get("ui_user"):
-            env["MLFLOW_TRACKING_USERNAME"] = str(outputs["ui_user"])
-        passwords = outputs.get("ui_passwords")
-        if isinstance(passwords, Mapping) and passwords.get("mlflow"):
-            env["MLFLOW_TRACKING_PASSWORD"] = str(passwords["mlflow"])
-        elif passwords == SECRET:
-            env["MLFLOW_TRACKING_PASSWORD"] = SECRET
-    urls = outputs.get("urls") if isinstance(outputs.get("urls"), Mapping) else {}
-    passwords = outputs.get("ui_passwords")
-    for route, url in sorted(urls.items()):
+        env.update(_basic_auth(outputs, "mlflow", "MLFLOW_TRACKING"))
+    urls = outputs.get("urls")
+    if isinstance(urls, Mapping) and urls.get("feast"):
+        # Feast's feature server (POST $FEAST_FEATURE_SERVER_URL/get-online-features, basic auth).
+        env["FEAST_FEATURE_SERVER_URL"] = str(urls["feast"])
+        env.update(_basic_auth(outputs, "feast", "FEAST_FEATURE_SERVER"))
+    for route, url in sorted((urls if isinstance(urls, Mapping) else {}).items()):
         if route.startswith("model-"):  # served models: URL, user and generated password each
             prefix = "MLOX_" + route.upper().replace("-", "_")
             env[f"{prefix}_URL"] = str(url)
-            if outputs.get("ui_user"):
-                env[f"{prefix}_USER"] = str(outputs["ui_user"])
-            if isinstance(passwords, Mapping) and passwords.get(route):
-                env[f"{prefix}_PASSWORD"] = str(passwords[route])
-            elif passwords == SECRET:
-                env[f"{prefix}_PASSWORD"] = SECRET
+            env.update(_basic_auth(outputs, route, prefix, user_suffix="_USER"))
     if outputs.get("s3_endpoint"):
         env["AWS_ENDPOINT_URL_S3"] = str(outputs["s3_endpoint"])
         for key, name in (("s3_access_key", "AWS_ACCESS_KEY_ID"), ("s3_secret_key", "AWS_SECRET_ACCESS_KEY")):
             if outputs.get(key):
                 env[name] = str(outputs[key])
-    if outputs.get("tls") == "internal" and ca_path is not None:
+    if ca_path is not None:
         env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(ca_path)
         env["AWS_CA_BUNDLE"] = str(ca_path)
         env["REQUESTS_CA_BUNDLE"] = str(ca_bundle_path(ca_path))
+    return env
+
+
+def _basic_auth(outputs: Mapping[str, Any], route: str, prefix: str, user_suffix: str = "_USERNAME") -> dict[str, str]:
+    """``<prefix>_USERNAME`` (or ``user_suffix``) / ``_PASSWORD`` of a route behind the proxy's basic auth."""
+    env: dict[str, str] = {}
+    if outputs.get("ui_user"):
+        env[f"{prefix}{user_suffix}"] = str(outputs["ui_user"])
+    passwords = outputs.get("ui_passwords")
+    if isinstance(passwords, Mapping) and passwords.get(route):
+        env[f"{prefix}_PASSWORD"] = str(passwords[route])
+    elif passwords == SECRET:
+        env[f"{prefix}_PASSWORD"] = SECRET
     return env
 
 
@@ -401,7 +410,8 @@ def _probe_one(
         response.read(65536)
         status = response.status
     except ssl.SSLCertVerificationError as exc:
-        return ProbeResult(name, full, False, None, f"TLS certificate not trusted: {exc.verify_message or exc}",
+        hint = "" if ca_path else " (pass --ca with the root of the CA that issued it)"
+        return ProbeResult(name, full, False, None, f"TLS certificate not trusted: {exc.verify_message or exc}{hint}",
                            elapsed_ms=(time.monotonic() - started) * 1000)
     except (OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
@@ -465,3 +475,94 @@ def format_duration(seconds: float | None) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
     return f"{int(seconds)}s"
+
+
+# ----- backup -------------------------------------------------------------------------
+
+BACKUP_DIR_ON_SERVER = "/opt/mlox/bundle/backup"
+BACKUP_VERBS = ("backup", "snapshots", "restore", "status")
+
+
+def backup_argv(
+    outputs: Mapping[str, Any],
+    verb: str,
+    args: Sequence[str] = (),
+    *,
+    identity: str | Path | None = None,
+    options: Sequence[str] = (),
+) -> list[str]:
+    """``ssh ... python3 -m mlox_data VERB ARGS`` on the server, as root (the backup tooling
+    the bundle ships; see ``mlox_iac/data``)."""
+    if verb not in BACKUP_VERBS:
+        raise ValueError(verb)
+    if not outputs.get("backup_repository"):
+        raise ConfigError(["mlox:backup: the stack has no backup repository (add an mlox:backup block and run up)"])
+    return data_argv(outputs, verb, args, identity=identity, options=options)
+
+
+def data_argv(
+    outputs: Mapping[str, Any],
+    verb: str,
+    args: Sequence[str] = (),
+    *,
+    identity: str | Path | None = None,
+    options: Sequence[str] = (),
+) -> list[str]:
+    """``ssh ... python3 -m mlox_data VERB ARGS`` on a server, as root, unchecked (backup and
+    migrate build on it; ``outputs`` needs ``server_address``, ``ssh_user``, ``ssh_port``)."""
+    script = f"cd {BACKUP_DIR_ON_SERVER} && exec python3 -m mlox_data {shlex.join([verb, *args])}"
+    return ssh_argv(outputs, _as_root(outputs, ["sh", "-c", script]), identity=identity, options=options, batch=True)
+
+
+def run_backup_verb(
+    argv: Sequence[str],
+    on_progress: Callable[[dict], None] = lambda event: None,
+    *,
+    popen: Callable[..., subprocess.Popen] | None = None,
+) -> Any:
+    """Run a :func:`backup_argv` command, passing progress events on; return its result.
+
+    The server prints one JSON object per line (``progress``, then ``result`` or ``error``);
+    an ``error`` or a missing result becomes a :class:`MloxError` with the server's one line.
+    """
+    try:
+        proc = (popen or subprocess.Popen)(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True)
+    except FileNotFoundError:
+        raise MloxError("ssh is not installed: install the OpenSSH client") from None
+    result: Any = None
+    error: str | None = None
+    done = False
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        kind = event.get("event") if isinstance(event, dict) else None
+        if kind == "progress":
+            on_progress(event)
+        elif kind == "result":
+            result, done = event.get("result"), True
+        elif kind == "error":
+            error = str(event.get("message"))
+    stderr = proc.stderr.read() if proc.stderr else ""
+    code = proc.wait()
+    if error is not None:
+        raise MloxError(error)
+    if code != 0 or not done:
+        reason = [line for line in (stderr or "").splitlines() if line.strip()][-1:] or [f"exit {code}"]
+        if code == 255:
+            raise MloxError(f"cannot reach the server over ssh ({reason[0]}): pass --identity KEY (or MLOX_SSH_IDENTITY)")
+        raise MloxError(f"the server's backup tooling failed ({reason[0]}): is the stack deployed with mlox:backup?")
+    return result
+
+
+def format_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n}"

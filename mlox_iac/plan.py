@@ -35,6 +35,7 @@ class RecordedResource:
     dependencies: list[str] = field(default_factory=list)
     custom: bool = True
     delete_before_replace: bool = False
+    protect: bool = False
     replace_on_changes: list[str] = field(default_factory=list)
     ignore_changes: list[str] = field(default_factory=list)
 
@@ -91,6 +92,12 @@ def _mocks(secret_source: Callable[[str, int], str], bcrypt: Callable[[str], str
                 password = secret_source(args.name, int(args.inputs.get("length", 32)))
                 outputs["result"] = pulumi.Output.secret(password)
                 outputs["bcryptHash"] = pulumi.Output.secret(bcrypt(password))
+            elif args.typ == "random:index/randomBytes:RandomBytes":
+                import base64
+
+                raw = secret_source(args.name, int(args.inputs.get("length", 32))).encode()
+                outputs["base64"] = pulumi.Output.secret(base64.b64encode(raw).decode())
+                outputs["hex"] = pulumi.Output.secret(raw.hex())
             elif args.typ == "tls:index/privateKey:PrivateKey":
                 outputs["privateKeyOpenssh"] = pulumi.Output.secret("-----BEGIN OPENSSH PRIVATE KEY-----\nplan\n-----END OPENSSH PRIVATE KEY-----\n")
                 outputs["publicKeyOpenssh"] = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAplan{number} mlox-deploy"
@@ -143,6 +150,7 @@ def _monitor(mocks, recorded: list[RecordedResource], loops: set):
                     dependencies=sorted(set(request.dependencies)),
                     custom=bool(request.custom),
                     delete_before_replace=bool(request.deleteBeforeReplace),
+                    protect=bool(request.protect),
                     replace_on_changes=list(request.replaceOnChanges),
                     ignore_changes=list(request.ignoreChanges),
                 ))

@@ -29,6 +29,34 @@ def program() -> None:
     stack = pulumi.get_stack()
     raw, secret = read_runtime_config()
     config = validate(raw, secret, str(stack_file(PROJECT_DIR, stack).relative_to(PROJECT_DIR)), stack)
+    _refuse_provider_change(stack, config.provider)
     mlox = MloxStack("mlox", config, build_dir(stack))
     for key, value in mlox.outputs.items():
         pulumi.export(key, value)
+
+
+def _refuse_provider_change(stack: str, provider: str) -> None:
+    """Stop ``pulumi up``/``preview`` run directly (not through mlox-iac) when ``mlox:provider``
+    differs from what the deployed stack runs on. The program cannot read the state itself,
+    so it asks the Pulumi CLI running it (``pulumi stack output``); under mocks, or when the
+    CLI does not answer, there is nothing to compare with and the check is skipped."""
+    import json
+    import shutil
+    import subprocess
+
+    from pulumi.runtime.mocks import MockMonitor
+
+    from mlox_iac.automation import provider_change_problem
+
+    if isinstance(pulumi.runtime.settings.get_monitor(), MockMonitor) or shutil.which("pulumi") is None:
+        return
+    try:
+        done = subprocess.run(["pulumi", "stack", "output", "--json", "--stack", stack], cwd=PROJECT_DIR,
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        deployed = json.loads(done.stdout) if done.returncode == 0 else {}
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        deployed = {}
+    source = str(stack_file(PROJECT_DIR, stack).relative_to(PROJECT_DIR))
+    problem = provider_change_problem(stack, deployed if isinstance(deployed, dict) else {}, provider, source)
+    if problem:
+        raise pulumi.RunError(problem)  # printed as one line, without a traceback

@@ -45,7 +45,11 @@ def write_stack(tmp_path: Path, raw: dict, name: str = "test", secure: tuple[str
 
 
 def secret_keys(raw: dict) -> set[str]:
-    return {"onprem.private_key"} if raw.get("provider") == "onprem" or "onprem" in raw else set()
+    keys = {"onprem.private_key"} if raw.get("provider") == "onprem" or "onprem" in raw else set()
+    backup = raw.get("backup") or {}
+    if "onprem" in (raw.get("target") or {}):
+        keys.add("target.onprem.private_key")
+    return keys | {f"backup.{k}" for k in ("access_key_id", "secret_access_key") if k in backup}
 
 
 @pytest.fixture

@@ -39,6 +39,9 @@ def test_up_creates_the_stack_on_the_project_with_the_default_backend_and_passph
     assert [_args(c) for c in cmd.calls] == [
         ["stack", "select", "--stack", "dev"],
         ["stack", "init", "dev", "--secrets-provider", "passphrase"],
+        # the provider-change check reads what is deployed (nothing, for a new stack)
+        ["stack", "output", "--json", "--stack", "dev"],
+        ["stack", "output", "--json", "--show-secrets", "--stack", "dev"],
         ["up", "--yes", "--skip-preview", "--color", "never", "--exec-kind", "auto.local", "--stack", "dev"],
         ["stack", "output", "--json", "--stack", "dev"],
         ["stack", "output", "--json", "--show-secrets", "--stack", "dev"],
@@ -55,7 +58,7 @@ def test_up_creates_the_stack_on_the_project_with_the_default_backend_and_passph
 def test_an_existing_stack_is_selected_not_created(mlox_project, passphrase):
     cmd = RecordingPulumiCommand(stacks={"dev"})
     automation.up("dev", project_dir=mlox_project, pulumi_command=cmd)
-    assert cmd.verbs()[:2] == ["stack select", "up"]
+    assert cmd.verbs()[:4] == ["stack select", "stack output", "stack output", "up"]
 
 
 def test_events_reach_on_event_through_the_event_log(mlox_project, passphrase):
@@ -147,6 +150,40 @@ def test_invalid_stack_file_stops_before_the_engine(mlox_project, passphrase):
         automation.up("dev", project_dir=mlox_project, pulumi_command=cmd)
     assert any("mlox:provider" in line for line in error.value.problems)
     assert cmd.calls == []
+
+
+def test_placeholder_secrets_stop_before_the_engine_and_leave_the_file_alone(mlox_project, passphrase):
+    stack_path = mlox_project / "stacks" / "Pulumi.example-onprem.yaml"
+    before = stack_path.read_text()
+    cmd = RecordingPulumiCommand()
+    for operation in (automation.up, automation.preview, automation.refresh):
+        with pytest.raises(ConfigError) as error:
+            operation("example-onprem", project_dir=mlox_project, pulumi_command=cmd)
+        assert error.value.problems == [
+            "stacks/Pulumi.example-onprem.yaml: mlox:onprem.private_key: a placeholder, not a secret of this stack "
+            "(the file has no encryptionsalt); set yours with: "
+            "pulumi config set --secret --path 'mlox:onprem.private_key' --stack example-onprem"] + [
+            f"stacks/Pulumi.example-onprem.yaml: mlox:backup.{key}: a placeholder, not a secret of this stack "
+            "(the file has no encryptionsalt); set yours with: "
+            f"pulumi config set --secret --path 'mlox:backup.{key}' --stack example-onprem"
+            for key in ("access_key_id", "secret_access_key")]
+    assert cmd.calls == []
+    assert stack_path.read_text() == before
+
+
+def test_secure_values_with_their_encryption_settings_go_to_the_engine(mlox_project, passphrase):
+    stack_path = mlox_project / "stacks" / "Pulumi.example-onprem.yaml"
+    stack_path.write_text(stack_path.read_text() + "encryptionsalt: v1:c2FsdA==:v1:aXY=:Y2lwaGVy\n")
+    cmd = RecordingPulumiCommand()
+    automation.preview("example-onprem", project_dir=mlox_project, pulumi_command=cmd)
+    assert "preview" in cmd.verbs()
+
+
+def test_secure_values_on_a_backend_the_user_chose_are_left_to_it(mlox_project, passphrase, monkeypatch):
+    monkeypatch.setenv("PULUMI_BACKEND_URL", "https://api.pulumi.com")
+    cmd = RecordingPulumiCommand()
+    automation.preview("example-onprem", project_dir=mlox_project, pulumi_command=cmd)
+    assert "preview" in cmd.verbs()
 
 
 def test_missing_cli_names_the_install_step(mlox_project, passphrase, monkeypatch):
@@ -282,14 +319,19 @@ def test_program_exports_what_env_and_status_read(example):
     connect.py relies on, with exactly connect.SECRET_OUTPUTS marked secret."""
     from mlox_iac.plan import is_secret, plan_stack_file, unwrap
 
-    _, outputs = plan_stack_file(Path(__file__).resolve().parent.parent / "stacks" / f"Pulumi.{example}.yaml")
-    assert {k for k, v in outputs.items() if is_secret(v)} == connect.SECRET_OUTPUTS
+    stack_file = Path(__file__).resolve().parent.parent / "stacks" / f"Pulumi.{example}.yaml"
+    _, outputs = plan_stack_file(stack_file)
+    # The backup password exists only where the stack has an mlox:backup block.
+    expected = connect.SECRET_OUTPUTS - (set() if "mlox:backup:" in stack_file.read_text() else {"backup_password"})
+    assert {k for k, v in outputs.items() if is_secret(v)} == expected
     plain = unwrap(outputs)
-    exports = connect.env_exports(plain, ca_path="/tmp/ca.crt")
+    # Without a domain the internal CA's root is needed; with one, the system's roots serve.
+    ca = "/tmp/ca.crt" if plain["tls"] == "internal" else None
+    exports = connect.env_exports(plain, ca_path=ca)
     assert exports["MLFLOW_TRACKING_URI"] == plain["urls"]["mlflow"]
     assert exports["MLFLOW_TRACKING_PASSWORD"] == plain["ui_passwords"]["mlflow"]
     assert exports["AWS_ENDPOINT_URL_S3"] == plain["urls"]["s3"]
-    assert ("AWS_CA_BUNDLE" in exports) == (plain["tls"] == "internal")
+    assert exports.get("AWS_CA_BUNDLE") == ca
     assert set(plain["urls"]) == {"mlflow", "s3"}
 
 

@@ -27,7 +27,8 @@ OutputsFileOpt = typer.Option(
 IdentityOpt = typer.Option(None, "--identity", "-i", envvar="MLOX_SSH_IDENTITY", help="SSH private key for the server")
 CaOpt = typer.Option(
     None, "--ca", envvar="MLOX_CA_FILE",
-    help="Root certificate of the server's internal CA (stacks without a domain); default: fetched over SSH once",
+    help="Root certificate to trust: the server's internal CA (stacks without a domain; default: fetched over "
+    "SSH once), or a custom ACME CA's (stacks with mlox:acme_ca; default: the system's roots)",
 )
 
 

@@ -38,7 +38,8 @@ def validate(stack: Optional[str] = StackOpt, file: Optional[Path] = FileOpt, as
     summary = {
         "ok": True, "file": str(path), "provider": config.provider, "services": config.enabled_services(),
         "memory_needed_mb": config.memory_needed_mb(), "memory_mb": config.memory_mb(),
-        "warnings": [f"{path}: {warning}"] if warning else [],
+        "warnings": ([f"{path}: {warning}"] if warning else [])
+        + [f"{path}: mlox:{key}: {message}" for key, message in config.warnings()],
     }
     for line in summary["warnings"]:
         typer.echo(f"warning: {line}", err=True)

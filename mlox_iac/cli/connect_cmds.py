@@ -37,14 +37,15 @@ def read_outputs(stack: Optional[str], outputs_file: Optional[Path], show_secret
 
 
 def ca_file(outputs: dict, stack: Optional[str], ca: Optional[Path], identity: Optional[Path], refresh: bool) -> Optional[Path]:
-    """The internal CA's root certificate for stacks without a domain, else None: ``--ca``,
-    else ``.mlox/<stack>/caddy-root.crt`` (fetched over SSH the first time)."""
+    """The root certificate to trust: ``--ca`` when given (with a domain: a custom ACME CA's
+    root; without: the internal CA's); without a domain, else ``.mlox/<stack>/caddy-root.crt``
+    (fetched over SSH the first time); with a domain, else None (the system's roots)."""
     from mlox_iac import connect
 
-    if outputs.get("tls") != "internal":
-        return None
     if ca is not None:
         return connect.check_ca_file(ca)
+    if outputs.get("tls") != "internal":
+        return None
     key = stack or re.sub(r"[^A-Za-z0-9._-]", "_", str(outputs.get("server_address") or "server"))
     try:
         base = project_dir() / ".mlox"
@@ -116,8 +117,10 @@ def env(
     AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and,
     for stacks without a domain, MLFLOW_TRACKING_SERVER_CERT_PATH and
     AWS_CA_BUNDLE (the server's CA certificate, fetched over SSH once
-    into .mlox/<stack>/caddy-root.crt; or give it with --ca). Passwords
-    and keys are printed only with --show-secrets, else as comments.
+    into .mlox/<stack>/caddy-root.crt; or give it with --ca); with a
+    domain and a custom ACME CA, the same from --ca (that CA's root).
+    Passwords and keys are printed only with --show-secrets, else as
+    comments.
 
     Examples:
       eval "$(mlox-iac env --stack prod --show-secrets)"
@@ -162,6 +165,7 @@ def status(
     out = Out(as_json)
     values = read_outputs(stack, outputs_file, show_secrets=True)
     results = connect.probe(values, ca_file(values, stack, ca, identity, refresh_ca), timeout=timeout)
+    backup = _backup_status(values, identity) if values.get("backup_repository") else None
 
     def table(console, rows):
         from rich.table import Table
@@ -174,13 +178,32 @@ def status(
             state = Text("up", style="green") if r.up else Text("DOWN", style="red bold")
             t.add_row(Text(r.name), Text(r.url), state, str(r.status or "-"),
                       connect.format_duration(r.cert_expires_in_s), Text(r.detail))
+        if backup is not None:
+            state = Text("ok", style="green") if backup["up"] else Text("FAILED", style="red bold")
+            t.add_row(Text("backup"), Text(backup["url"]), state, "-", "-", Text(backup["detail"]))
         console.print(t)
 
-    out.data([r.to_dict() for r in results], table)
-    down = [r.name for r in results if not r.up]
+    rows = [r.to_dict() for r in results] + ([backup] if backup is not None else [])
+    out.data(rows, table)
+    down = [r.name for r in results if not r.up] + (["backup"] if backup is not None and not backup["up"] else [])
     if down:
         out.err.print(f"down: {', '.join(down)}")
         raise typer.Exit(1)
+
+
+def _backup_status(values: dict, identity: Optional[Path]) -> dict:
+    """The last backup's result and age, from the server (one status row: ``backup``)."""
+    from mlox_iac import connect
+
+    row: dict[str, Any] = {"name": "backup", "url": str(values["backup_repository"]), "up": False, "status": None}
+    try:
+        state = connect.run_backup_verb(connect.backup_argv(values, "status", identity=identity, options=ssh_options()))
+    except MloxError as error:
+        return {**row, "detail": f"unknown: {error}"}
+    age = state.get("age_s")
+    when = f"last good backup {connect.format_duration(age)} ago" if age is not None else "no successful backup yet"
+    return {**row, "up": bool(state.get("ok")), "age_s": age, "interval_s": state.get("interval_s"),
+            "last": state.get("last"), "detail": f"{state.get('detail')} ({when})"}
 
 
 def _compose_services(stack: Optional[str], values: dict) -> list[str]:

@@ -69,7 +69,7 @@ def _prepare(stack: Optional[str], command: str, validate: bool = True, confirm:
     name = require_stack(stack)
     project = project_dir()
     if validate:
-        automation.validate_stack(name, project_dir=project)
+        automation.validate_for_engine(name, project_dir=project)
     else:
         automation.require_stack_file(project, name)
     cli = automation.default_pulumi_command(command)

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import typer
 import yaml
 
+from mlox_iac.automation import ENCRYPTION_KEYS
 from mlox_iac.cli.common import Out, StackOpt, interactive, passphrase_prompt, project_dir
 from mlox_iac.errors import ConfigError, MloxError, PulumiCliMissing
 
@@ -19,8 +20,8 @@ AWS_REGION_KEY = "aws:region"
 AWS_DEFAULT_REGION = "eu-central-1"
 TOKEN_KEY = {"hetzner": "hcloud:token", "digitalocean": "digitalocean:token"}
 PRIVATE_KEY_KEY = "mlox:onprem.private_key"
-# Stack-file keys Pulumi owns; kept when --force rewrites a file.
-KEPT_KEYS = ("secretsprovider", "encryptedkey", "encryptionsalt")
+# Stack-file keys Pulumi owns (how secrets are encrypted); kept when --force rewrites a file.
+KEPT_KEYS = ENCRYPTION_KEYS
 DEFAULT_PUBLIC_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
 
 

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from mlox_iac.cli import config_cmds, connect_cmds, cost_cmd, engine_cmds, init_cmd, plan
+from mlox_iac.cli import backup_cmds, config_cmds, connect_cmds, cost_cmd, engine_cmds, init_cmd, migrate_cmd, plan
 
 app = typer.Typer(
     name="mlox-iac",
@@ -24,6 +24,10 @@ for command in (engine_cmds.preview, engine_cmds.up, engine_cmds.refresh, engine
     app.command()(command)
 for command in (connect_cmds.outputs, connect_cmds.env, connect_cmds.status, connect_cmds.logs, connect_cmds.ssh):
     app.command()(command)
+for command in (backup_cmds.backup, backup_cmds.backups, backup_cmds.restore):
+    app.command()(command)
+
+app.command()(migrate_cmd.migrate)
 
 _state = {"verbose": False}
 

@@ -22,7 +22,8 @@ from mlox_iac.errors import ConfigError
 NAMESPACE = "mlox"
 SECRET_PLACEHOLDER = "[secret]"
 # Config values that must be Pulumi secrets: dotted paths under mlox:.
-MUST_BE_SECRET = {"onprem.private_key", "services.monitoring.alerts.email.password"}
+MUST_BE_SECRET = {"onprem.private_key", "services.monitoring.alerts.email.password", "backup.access_key_id",
+                  "backup.secret_access_key", "target.onprem.private_key"}
 # The top-level keys of a Pulumi stack file (pulumi/pulumi sdk/go/common/workspace ProjectStack).
 STACK_FILE_KEYS = ("config", "secretsprovider", "encryptedkey", "encryptionsalt", "environment")
 

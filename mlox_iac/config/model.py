@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
+import time
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from mlox_iac.components.services.base import PRESETS
 from mlox_iac.components.services.registry import SERVICES
 from mlox_iac.config import ssh_keys
 from mlox_iac.providers import PROVIDERS, get_provider
@@ -65,14 +69,147 @@ class DockerSettings(Strict):
     )
 
 
+_SCHEDULES = {"hourly": ("hourly", 3600), "daily": ("daily", 86400), "weekly": ("weekly", 7 * 86400)}
+_REPOSITORY = re.compile(r"^(s3:https?://[^/\s]+/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?|local:/[^\s]*)$")
+
+
+def parse_schedule(value: str) -> tuple[str, int]:
+    """A backup schedule as (systemd OnCalendar expression, interval in seconds).
+
+    ``hourly``, ``daily``, ``weekly``, ``<N>m`` (N divides 60) or ``<N>h`` (N divides 24).
+    """
+    if value in _SCHEDULES:
+        return _SCHEDULES[value]
+    match = re.fullmatch(r"([1-9][0-9]?)([mh])", value)
+    if match:
+        n, unit = int(match.group(1)), match.group(2)
+        if unit == "m" and 60 % n == 0:
+            return f"*:0/{n}", n * 60
+        if unit == "h" and 24 % n == 0:
+            return f"0/{n}:00", n * 3600
+    raise ValueError(
+        f"{value!r} is not a schedule (allowed: hourly, daily, weekly, <N>m with N dividing 60, <N>h with N dividing 24)"
+    )
+
+
+class BackupKeep(Strict):
+    """How many snapshots the repository keeps (restic forget --keep-daily/weekly/monthly)."""
+
+    daily: int = Field(7, ge=0, le=3650, description="Daily snapshots kept")
+    weekly: int = Field(4, ge=0, le=520, description="Weekly snapshots kept")
+    monthly: int = Field(6, ge=0, le=1200, description="Monthly snapshots kept")
+
+    @model_validator(mode="after")
+    def _some(self) -> "BackupKeep":
+        if self.daily + self.weekly + self.monthly == 0:
+            raise ValueError("keeps no snapshot at all (allowed: at least one of daily, weekly, monthly above 0)")
+        return self
+
+
+class BackupSettings(Strict):
+    """Encrypted, deduplicated off-site backups (restic) of every service's declared data."""
+
+    repository: str = Field(
+        description="restic repository: s3:https://ENDPOINT/BUCKET[/PREFIX] (any S3-compatible store), "
+        "or local:/PATH on the server's own disk (not off-site)",
+    )
+    access_key_id: str | None = Field(None, description="S3 access key of the repository (a Pulumi secret)")
+    secret_access_key: str | None = Field(None, description="S3 secret key of the repository (a Pulumi secret)")
+    schedule: str = Field("daily", description="hourly, daily, weekly, <N>m or <N>h: when the server backs up")
+    keep: BackupKeep = Field(default_factory=BackupKeep)
+    check_read_data: int = Field(5, ge=1, le=100, description="Percent of the data the periodic deep check reads back")
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, value: str) -> str:
+        if not _REPOSITORY.match(value):
+            raise ValueError(
+                f"{value!r} is not a repository (allowed: s3:https://ENDPOINT/BUCKET[/PREFIX] or local:/PATH)"
+            )
+        return value.rstrip("/")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> "BackupSettings":
+        if self.is_s3 and not (self.access_key_id and self.secret_access_key):
+            raise _FieldError("backup.access_key_id", "required with an s3: repository, with secret_access_key "
+                              "(set them with: pulumi config set --secret --path 'mlox:backup.access_key_id' KEY)")
+        return self
+
+    @property
+    def is_s3(self) -> bool:
+        return self.repository.startswith("s3:")
+
+    @property
+    def interval_s(self) -> int:
+        return parse_schedule(self.schedule)[1]
+
+    @property
+    def on_calendar(self) -> str:
+        return parse_schedule(self.schedule)[0]
+
+
+_SERVER_NAME = r"^[a-z][a-z0-9]{0,15}$"
+
+
+class TargetSettings(Strict):
+    """Where ``mlox-iac migrate`` moves a stack within the same provider (another host, region or size).
+
+    A move to another provider reads that provider's own block (``mlox:hetzner``, ...).
+    """
+
+    hetzner: get_provider("hetzner").Settings | None = None  # type: ignore[valid-type]
+    digitalocean: get_provider("digitalocean").Settings | None = None  # type: ignore[valid-type]
+    aws: get_provider("aws").Settings | None = None  # type: ignore[valid-type]
+    onprem: get_provider("onprem").Settings | None = None  # type: ignore[valid-type]
+
+
+class MigrationSettings(Strict):
+    """A move in progress, written by ``mlox-iac migrate`` (never edited by hand).
+
+    While it is set the stack has two servers: the current one (``mlox:server``, on
+    ``mlox:provider``) and the new one (``server``, on ``to``), deployed with the same
+    credentials.
+    """
+
+    to: Literal[PROVIDERS] = Field(description="Provider of the new server")  # type: ignore[valid-type]
+    server: str = Field(pattern=_SERVER_NAME, description="Resource name of the new server")
+    # provisioning: outputs point at the old server; cutover: at the new one, the old one is
+    # kept and protected; finishing: the old one is unprotected so the next update removes it.
+    state: Literal["provisioning", "cutover", "finishing"] = "provisioning"
+    # The servers copy data to each other over SSH: each admits the other's address.
+    source_address: str | None = Field(None, description="Public IP address of the old server")
+    return_address: str | None = Field(None, description="Public IP address of the new server (abort after the cutover)")
+
+    @field_validator("source_address", "return_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address") from None
+        return value
+
+
 def _services_model() -> type[BaseModel]:
     """The ``mlox:services`` model, assembled from the service registry."""
     from pydantic import create_model
 
     fields: dict[str, Any] = {
+        "preset": (Literal[PRESETS], Field(  # type: ignore[valid-type]
+            "core", description="Which services are enabled unless a service's own enabled says otherwise: "
+            "core (postgres, seaweedfs, mlflow, caddy) or full (every service)")),
+    }
+    fields.update({
         name: (service.settings, Field(default_factory=service.settings, description=service.summary))
         for name, service in SERVICES.items()
-    }
+    })
     return create_model("ServicesSettings", __config__=ConfigDict(extra="forbid"), **fields)
 
 
@@ -91,9 +228,23 @@ class StackConfig(Strict):
     ssh: SshSettings
     domain: str | None = Field(None, description="Base domain; each service gets a subdomain with automatic HTTPS")
     acme_email: str | None = Field(None, description="E-mail for Let's Encrypt (required with a domain)")
+    acme_ca: str | None = Field(
+        None, description="ACME directory URL (https) instead of Let's Encrypt: Let's Encrypt staging, ZeroSSL, "
+        "a company ACME CA (with a domain)",
+    )
+    acme_ca_root: str | None = Field(
+        None, description="PEM root certificate(s) of that ACME CA, when not publicly trusted: of its directory's "
+        "HTTPS and of the certificates it issues (with acme_ca)",
+    )
     docker: DockerSettings = Field(default_factory=DockerSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)  # type: ignore[valid-type]
     keep_data_on_destroy: bool = Field(True, description="Protect data volumes from deletion on destroy")
+    backup: BackupSettings | None = Field(None, description="Scheduled encrypted backups to an S3 repository")
+
+
+    server: str = Field("main", pattern=_SERVER_NAME, description="Resource name of the server (changed only by mlox-iac migrate)")
+    target: TargetSettings | None = Field(None, description="Settings of the new server for a move within the same provider")
+    migration: MigrationSettings | None = Field(None, description="A move in progress (written by mlox-iac migrate)")
     # Set by the loader from the stack name, never from the file.
     _stack_name: str = PrivateAttr("dev")
 
@@ -115,18 +266,37 @@ class StackConfig(Strict):
             raise ValueError(f"{value!r} is not an e-mail address")
         return value
 
+    @field_validator("acme_ca")
+    @classmethod
+    def _acme_ca(cls, value: str | None) -> str | None:
+        if value is not None and not _is_https_url(value):
+            raise ValueError(f"{value!r} is not an https URL (allowed: an ACME directory URL such as "
+                             "https://acme-staging-v02.api.letsencrypt.org/directory)")
+        return value
+
+    @field_validator("acme_ca_root")
+    @classmethod
+    def _acme_ca_root(cls, value: str | None) -> str | None:
+        return None if value is None else check_ca_certificates(value)
+
     @model_validator(mode="after")
     def _cross_field(self) -> "StackConfig":
         if getattr(self, self.provider) is None:
             raise _FieldError(self.provider, f"required when provider is {self.provider} (set mlox:{self.provider})")
         if self.domain and not self.acme_email:
             raise _FieldError("acme_email", "required when a domain is set (Let's Encrypt needs a contact address)")
-        for name, service in SERVICES.items():
-            if not self.service(name).enabled:
-                continue
-            for needed in service.requires:
-                if not self.service(needed).enabled:
+        if self.acme_ca and not self.domain:
+            raise _FieldError("acme_ca", "only used with a domain (set mlox:domain, or remove mlox:acme_ca)")
+        if self.acme_ca_root and not self.acme_ca:
+            raise _FieldError("acme_ca_root", "only used with mlox:acme_ca (the root of a custom ACME CA)")
+        for name in self.enabled_services():
+            for needed in SERVICES[name].requires:
+                if not self.service_enabled(needed):
                     raise _FieldError(f"services.{needed}.enabled", f"must be true because {name} needs {needed}")
+        if self.migration is not None:
+            if self.migration.server == self.server:
+                raise _FieldError("migration.server", f"must differ from mlox:server ({self.server})")
+            self.for_target(self.migration.to)
         needed_mb = self.memory_needed_mb()
         have_mb = self.memory_mb()
         if needed_mb > have_mb:
@@ -138,13 +308,54 @@ class StackConfig(Strict):
             )
         return self
 
+    def warnings(self) -> list[tuple[str, str]]:
+        """(key, message) for settings that are valid but risky."""
+        out = []
+        if self.backup is not None and not self.backup.is_s3:
+            out.append(("backup.repository", "a local: repository is on the server's own disk, not off-site: "
+                        "losing the server loses the backups (use an s3: repository)"))
+        return out
+
     # Typed accessors used by components.
+    def target_settings(self, to: str) -> Any:
+        """The settings of the server a move to ``to`` creates, or None when the file has none:
+        ``mlox:target.<to>`` if set, else (for another provider) ``mlox:<to>``."""
+        within = getattr(self.target, to) if self.target is not None else None
+        if within is not None:
+            return within
+        return getattr(self, to) if to != self.provider else None
+
+    def for_target(self, to: str) -> "StackConfig":
+        """This stack as the new server of a move to ``to`` sees it (same services and credentials).
+
+        Raises :class:`_FieldError` naming the key to fill in when the target's settings are
+        missing or its size is too small."""
+        settings = self.target_settings(to)
+        if settings is None:
+            key = f"target.{to}" if to == self.provider else to
+            raise _FieldError(key, f"required to move the stack to {to} (the new server's settings)")
+        moved = self.model_copy(update={"provider": to, to: settings, "target": None})
+        needed, have = moved.memory_needed_mb(), moved.memory_mb()
+        if needed > have:
+            key = ("target." if to == self.provider else "") + f"{to}.{get_provider(to).SIZE_FIELD}"
+            raise _FieldError(key, f"the new server has {have} MiB but the enabled services need {needed} MiB "
+                                   f"(allowed: a size with at least {needed} MiB)")
+        return moved
+
+
     def service(self, name: str) -> Any:
         return getattr(self.services, name)
 
+    def service_enabled(self, name: str) -> bool:
+        """A service's own ``enabled`` if set, else whether the preset includes it."""
+        enabled = self.service(name).enabled
+        if enabled is not None:
+            return enabled
+        return PRESETS.index(SERVICES[name].preset) <= PRESETS.index(self.services.preset)
+
     def enabled_services(self) -> list[str]:
         """Names of enabled services, in registry order (which is dependency order)."""
-        return [name for name in SERVICES if self.service(name).enabled]
+        return [name for name in SERVICES if self.service_enabled(name)]
 
     def provider_settings(self) -> Any:
         return getattr(self, self.provider)
@@ -159,3 +370,43 @@ class StackConfig(Strict):
 
     def memory_needed_mb(self) -> int:
         return SYSTEM_RESERVE_MB + sum(self.service_memory_mb(n) for n in self.enabled_services())
+
+
+def _is_https_url(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return False
+    return (parts.scheme == "https" and bool(parts.hostname) and parts.username is None
+            and not any(c.isspace() for c in value))
+
+
+_PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----\s.*?-----END CERTIFICATE-----", re.S)
+
+
+def check_ca_certificates(pem: str) -> str:
+    """``pem`` if it holds only CA certificates (one or more, PEM) that have not expired.
+
+    Parsed by OpenSSL through :mod:`ssl`; a private key is refused, since the text is shipped
+    to the server as a plain file.
+    """
+    if "PRIVATE KEY-----" in pem:
+        raise ValueError("contains a private key (allowed: CA certificates only; never put a key here)")
+    blocks = _PEM_CERTIFICATE.findall(pem)
+    if not blocks or _PEM_CERTIFICATE.sub("", pem).strip():
+        raise ValueError("not PEM certificates only (allowed: one or more -----BEGIN CERTIFICATE----- blocks and nothing else)")
+    for number, block in enumerate(blocks, 1):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            context.load_verify_locations(cadata=block)
+        except ssl.SSLError:
+            raise ValueError(f"certificate {number} is not a valid X.509 certificate") from None
+        loaded = context.get_ca_certs()  # only certificates that may sign others
+        if not loaded:
+            raise ValueError(f"certificate {number} is not a CA certificate (allowed: the CA's root, not a server certificate)")
+        not_after = loaded[0]["notAfter"]
+        if ssl.cert_time_to_seconds(not_after) < time.time():
+            raise ValueError(f"certificate {number} expired on {not_after}")
+    return pem
+

@@ -7,8 +7,9 @@ loads pulumi_aws or pulumi_digitalocean. Each module defines:
 - ``memory_mb(settings)``: the RAM of the chosen size (for the memory budget check),
 - ``create_machine(name, config, keys, opts) -> Machine``: the cloud resources of one server.
 
-Migration between providers is a config change: switch ``mlox:provider`` and fill in
-the target provider's block; everything above the provider is identical.
+Everything above the provider is identical, so a stack moves between providers with
+``mlox-iac migrate`` (``mlox_iac/migrate.py``): a second server from the target's block,
+the data copied and verified, then the outputs switched over.
 """
 
 from __future__ import annotations

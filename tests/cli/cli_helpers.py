@@ -132,12 +132,12 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def outputs_for(port: int, *, s3_port: int | None = None, tls: str = "internal") -> dict:
+def outputs_for(port: int, *, s3_port: int | None = None, tls: str = "internal", provider: str = "onprem") -> dict:
     """Stack outputs of a deployment without a domain, served at 127.0.0.1:port."""
     base = f"https://127.0.0.1:{port}"
     s3 = f"https://127.0.0.1:{s3_port or port}"
     return {
-        "provider": "onprem", "server_address": "127.0.0.1", "ssh_user": "root", "ssh_port": 22,
+        "provider": provider, "server_address": "127.0.0.1", "ssh_user": "root", "ssh_port": 22,
         "services": ["postgres", "seaweedfs", "mlflow", "caddy"], "urls": {"mlflow": f"{base}/mlflow", "s3": s3},
         "bundle_hash": "abc", "tls": tls, "ui_user": "admin", "ui_passwords": {"mlflow": "ui-pass"},
         "s3_endpoint": s3, "s3_access_key": "AKTEST", "s3_secret_key": "SKTEST", "s3_buckets": ["mlflow", "data"],

@@ -20,7 +20,7 @@ def engine(mlox_project, monkeypatch):
     import mlox_iac.automation as automation
 
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "pass")
-    double = RecordingPulumiCommand(outputs=outputs_for(443), secret_outputs={"ui_passwords", "s3_secret_key"},
+    double = RecordingPulumiCommand(outputs=outputs_for(443, provider="hetzner"), secret_outputs={"ui_passwords", "s3_secret_key"},
                                     changes={"create": 14})
     monkeypatch.setattr(automation, "default_pulumi_command", lambda command="": double)
     return double

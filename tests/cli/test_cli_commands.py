@@ -17,7 +17,7 @@ from mlox_iac.config.loader import load_file
 MISSING_CLI = ("needs the Pulumi CLI, which is not on PATH: install it with `curl -fsSL https://get.pulumi.com | sh` "
                "(see https://www.pulumi.com/docs/install/); `mlox-iac validate`, `plan` and `schema` work without it")
 COMMANDS = ("validate", "schema", "plan", "init", "preview", "up", "refresh", "destroy", "outputs", "env", "status",
-            "logs", "ssh")
+            "logs", "ssh", "migrate")
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def engine(mlox_project, monkeypatch):
 
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "pass")
     double = RecordingPulumiCommand(
-        outputs=outputs_for(443), secret_outputs={"ui_passwords", "s3_access_key", "s3_secret_key"},
+        outputs=outputs_for(443, provider="hetzner"), secret_outputs={"ui_passwords", "s3_access_key", "s3_secret_key"},
         events=step("create", urn("main-server"), "hcloud:index/server:Server"), changes={"create": 14},
     )
     monkeypatch.setattr(automation, "default_pulumi_command", lambda command="": double)
@@ -106,7 +106,7 @@ def test_up_yes_streams_progress_and_ends_with_the_urls(cli, engine):
     assert "Deployed stack dev" in result.stdout and "14 created" in result.stdout
     assert "https://127.0.0.1:443/mlflow" in result.stdout
     assert "ui-pass" not in result.stdout + result.stderr
-    assert engine.verbs()[:3] == ["stack select", "stack init", "up"]
+    assert engine.verbs()[:5] == ["stack select", "stack init", "stack output", "stack output", "up"]
 
 
 def test_up_json(cli, engine):
@@ -332,6 +332,18 @@ def test_status_all_up(cli, mlox_project, https_server, outputs_file):
     assert "ui-pass" not in human.stdout
 
 
+def test_status_with_a_custom_acme_ca_trusts_the_given_root(cli, mlox_project, https_server, outputs_file):
+    port, tls = https_server()
+    path = str(outputs_file(outputs_for(port, tls="acme")))
+    trusted = cli("status", "--outputs-file", path, "--ca", str(tls.ca_path), "--json")
+    assert trusted.exit_code == 0, trusted.stderr
+    assert all(r["up"] and r["cert_expires_in_s"] > 0 for r in json.loads(trusted.stdout))
+    untrusted = cli("status", "--outputs-file", path, "--json")  # the system's roots only
+    assert untrusted.exit_code == 1
+    details = {r["detail"] for r in json.loads(untrusted.stdout)}
+    assert len(details) == 1 and details.pop().endswith("(pass --ca with the root of the CA that issued it)")
+
+
 def test_status_exits_1_when_an_endpoint_is_down(cli, mlox_project, https_server, outputs_file):
     port, tls = https_server()
     path = outputs_file(outputs_for(port, s3_port=closed_port()))
@@ -489,3 +501,30 @@ def test_init_force_keeps_the_encryption_settings_and_secure_values(cli, mlox_pr
     assert document["encryptionsalt"] == "v1:salt"
     assert document["config"]["hcloud:token"] == {"secure": "v1:cipher"}
     assert document["config"]["mlox:provider"] == "hetzner"
+
+
+# ----- migrate and the provider-change refusal ---------------------------------------------
+
+def test_up_refuses_a_changed_provider_on_a_deployed_stack(cli, engine):
+    double = engine
+    double.outputs["provider"] = "digitalocean"
+    for command in ("up", "preview"):
+        result = cli(command, "--stack", "dev", *(["--yes"] if command == "up" else []))
+        assert result.exit_code == 2, result.stderr
+        lines = [line for line in result.stderr.splitlines() if "mlox:provider" in line]
+        assert lines == [
+            "stacks/Pulumi.dev.yaml: mlox:provider: stack dev runs on digitalocean; changing the provider here would "
+            "start an empty server on hetzner (allowed: digitalocean; to move the stack and its data run: "
+            "mlox-iac migrate --stack dev --to hetzner)"]
+    assert "up" not in double.verbs() and "preview" not in double.verbs()
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "--to/--finish/--abort: give exactly one"),
+    (["--to", "linode"], "--to: 'linode' is not a provider (allowed: hetzner, digitalocean, aws, onprem)"),
+    (["--finish", "--abort"], "--to/--finish/--abort: give exactly one"),
+])
+def test_migrate_bad_arguments_are_one_line_and_exit_2(cli, engine, args, message):
+    result = cli("migrate", "--stack", "dev", "--yes", *args)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(message)

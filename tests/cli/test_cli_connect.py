@@ -41,8 +41,14 @@ def test_ca_bundle_keeps_the_system_roots(tmp_path):
 
 
 def test_env_exports_with_a_domain_need_no_ca():
-    exports = connect.env_exports({**OUTPUTS, "tls": "acme"}, ca_path="/p/ca.crt")
+    exports = connect.env_exports({**OUTPUTS, "tls": "acme"})
     assert "AWS_CA_BUNDLE" not in exports and "MLFLOW_TRACKING_SERVER_CERT_PATH" not in exports
+
+
+def test_env_exports_with_a_custom_acme_ca_trust_its_root():
+    exports = connect.env_exports({**OUTPUTS, "tls": "acme"}, ca_path="/p/acme-root.pem")
+    assert exports["AWS_CA_BUNDLE"] == exports["MLFLOW_TRACKING_SERVER_CERT_PATH"] == "/p/acme-root.pem"
+    assert exports["REQUESTS_CA_BUNDLE"] == "/p/acme-root.pem.bundle.pem"
 
 
 def test_env_exports_without_mlflow_or_s3():
@@ -237,3 +243,18 @@ def test_ca_is_current_tells_a_stale_root_from_the_right_one(https_server, tmp_p
     assert not connect.ca_is_current(outputs, stale)
     # An unreachable server is no evidence against the cached root.
     assert connect.ca_is_current({**outputs, "urls": {"s3": f"https://127.0.0.1:{closed_port()}"}}, stale)
+
+
+def test_env_exports_the_feature_server_when_feast_is_on():
+    outputs = {**OUTPUTS, "urls": {**OUTPUTS["urls"], "feast": "https://192.0.2.50/feast"},
+               "ui_passwords": {**OUTPUTS["ui_passwords"], "feast": "fpw"}}
+    exports = connect.env_exports(outputs, ca_path="/p/ca.crt")
+    assert {k: v for k, v in exports.items() if k.startswith("FEAST_")} == {
+        "FEAST_FEATURE_SERVER_URL": "https://192.0.2.50/feast",
+        "FEAST_FEATURE_SERVER_USERNAME": outputs["ui_user"],
+        "FEAST_FEATURE_SERVER_PASSWORD": "fpw",
+    }
+    masked = connect.env_exports(connect.mask_outputs(outputs), ca_path="/p/ca.crt")
+    assert masked["FEAST_FEATURE_SERVER_PASSWORD"] == "[secret]"
+    assert "FEAST_FEATURE_SERVER_PASSWORD" in connect.SECRET_EXPORTS
+    assert not any(k.startswith("FEAST_") for k in connect.env_exports(OUTPUTS))

@@ -45,8 +45,8 @@ def test_databases_and_buckets_come_from_the_services_that_declare_them():
     from mlox_iac.components.services import postgres, seaweedfs
 
     ctx = everything_ctx()
-    assert postgres.databases(ctx) == ["mlflow"]
-    assert seaweedfs.buckets(ctx) == ["data", "mlflow-artifacts", "model-logs"]
+    assert postgres.databases(ctx) == ["mlflow", "feast", "labelstudio", "airflow"]
+    assert seaweedfs.buckets(ctx) == ["data", "mlflow-artifacts", "label-studio", "airflow-logs", "model-logs"]
 
 
 # --- broken services: one change to a good one, and the exact complaint
@@ -118,6 +118,9 @@ RENDER_CASES = {
                           "service 'seaweedfs': data(ctx) must return a Data"),
     "route_without_auth": (dataclasses.replace(_good(), routes=lambda ctx: [Route("s3", "seaweedfs:8333", auth="none")]),
                            "service 'seaweedfs': route 's3' has no authentication (auth must be 'basic' or 'own')"),
+    "sidecar_limits_exceed_budget": (_compose_with(lambda p: p["services"].update(
+        {"weed-extra": {**p["services"]["seaweedfs"], "volumes": []}})),
+                                     "service 'seaweedfs': long-running containers' memory limits sum to 1024M, not memory_mb 512"),
     "no_main_container": (_compose_with(lambda p: p["services"].update({"weed": p["services"].pop("seaweedfs")})),
                           "service 'seaweedfs': compose part has no container named 'seaweedfs'"),
 }

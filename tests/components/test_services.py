@@ -115,3 +115,51 @@ def test_outputs_name_every_service_url(record):
     assert outputs["urls"] == {"s3": "https://192.0.2.50", "mlflow": "https://192.0.2.50/mlflow"}
     assert outputs["tls"] == "internal" and outputs["ui_user"] == "admin"
     assert outputs["s3_buckets"] == ["data", "mlflow-artifacts"]
+
+
+FULL = settings("onprem", services={"preset": "full"})
+
+
+@pytest.mark.parametrize("service, keys", [
+    ("redis", ["REDIS_PASSWORD"]),
+    ("feast", ["FEAST_DB_PASSWORD", "FEAST_REDIS_PASSWORD"]),
+    ("label-studio", ["CSRF_TRUSTED_ORIGINS", "LABEL_STUDIO_HOST", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN",
+                      "POSTGRE_PASSWORD", "SECRET_KEY", "STORAGE_AWS_ACCESS_KEY_ID", "STORAGE_AWS_SECRET_ACCESS_KEY"]),
+    ("airflow", ["AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_CONN_AWS_DEFAULT", "AIRFLOW__API_AUTH__JWT_SECRET",
+                 "AIRFLOW__API__BASE_URL", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__FERNET_KEY",
+                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]),
+    ("jupyter", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "FEAST_DB_PASSWORD", "FEAST_REDIS_PASSWORD",
+                 "MLOX_JUPYTER_PASSWORD"]),
+])
+def test_full_preset_env_files_hold_the_service_credentials(record, service, keys):
+    resources, _ = record(FULL)
+    env = named(resources)[f"{service}-env"]
+    assert is_secret(env.inputs["stdin"])
+    assert sorted(line.split("=", 1)[0] for line in unwrap(env.inputs["stdin"]).splitlines()) == keys
+
+
+def test_full_preset_shares_credentials_and_exports_logins_as_secrets(record):
+    resources, outputs = record(FULL)
+    env = {name: dict(line.split("=", 1) for line in unwrap(named(resources)[f"{name}-env"].inputs["stdin"]).splitlines())
+           for name in ("postgres", "redis", "feast", "jupyter", "label-studio")}
+    assert env["feast"]["FEAST_DB_PASSWORD"] == env["postgres"]["MLOX_DB_PASSWORD_FEAST"] == env["jupyter"]["FEAST_DB_PASSWORD"]
+    assert env["feast"]["FEAST_REDIS_PASSWORD"] == env["redis"]["REDIS_PASSWORD"] == env["jupyter"]["FEAST_REDIS_PASSWORD"]
+    assert env["label-studio"]["POSTGRE_PASSWORD"] == env["postgres"]["MLOX_DB_PASSWORD_LABELSTUDIO"]
+    assert env["label-studio"]["LABEL_STUDIO_HOST"] == "'https://192.0.2.50/label-studio'"
+    assert env["label-studio"]["CSRF_TRUSTED_ORIGINS"] == "'https://192.0.2.50'"
+    for key in ("login_passwords", "api_tokens", "ui_passwords"):
+        assert is_secret(outputs[key]), key
+    assert sorted(unwrap(outputs["login_passwords"])) == ["airflow", "jupyter", "label-studio"]
+    airflow = {name: dict(line.split("=", 1) for line in unwrap(named(resources)["airflow-env"].inputs["stdin"]).splitlines())
+               for name in ("airflow",)}["airflow"]
+    import base64
+
+    assert len(base64.urlsafe_b64decode(airflow["AIRFLOW__CORE__FERNET_KEY"].strip("'"))) == 32  # a valid Fernet key
+    assert env["postgres"]["MLOX_DB_PASSWORD_AIRFLOW"].strip("'") in airflow["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert sorted(unwrap(outputs["api_tokens"])) == ["label-studio"]
+    assert sorted(unwrap(outputs["ui_passwords"])) == ["feast", "mlflow"]
+    assert unwrap(outputs["urls"])["feast"] == "https://192.0.2.50/feast"
+    # A change to Redis' password re-applies Feast and JupyterLab after Redis.
+    feast_env = named(resources)["feast-env"]
+    assert named(resources)["redis-env"].urn in feast_env.dependencies
+    assert named(resources)["redis-env"].urn in named(resources)["jupyter-env"].dependencies

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import subprocess
 import sys
@@ -11,10 +12,15 @@ from pathlib import Path
 import pytest
 
 from conftest import KEY, ROOT, settings, write_stack
+from testca import root_ca, server_cert
 from mlox_iac.config.loader import load_file
 from mlox_iac.errors import ConfigError
 
 SSH = {"public_keys": [KEY]}
+DOMAIN = {"domain": "ml.example.com", "acme_email": "ops@example.com"}
+ACME_CA = "https://ca.example.com/acme/directory"
+ROOT_CA = root_ca()
+EXPIRED_CA = root_ca(not_after=datetime.datetime(2020, 1, 2, tzinfo=datetime.timezone.utc))
 SSH_CIDR = {"admin_cidrs": ["10.0.0.0/8"]}
 # The test key's wire format with its 32-byte key cut to 31: right type, broken structure.
 TRUNCATED_ED25519 = base64.b64encode(base64.b64decode(KEY.split()[1])[:-1]).decode()
@@ -76,6 +82,32 @@ CASES = {
         "mlox:domain: 'Not A Domain' is not a domain name (allowed: lowercase DNS name such as ml.example.com)"),
     "domain_without_email": (settings(domain="ml.example.com"),
         "mlox:acme_email: required when a domain is set (Let's Encrypt needs a contact address)"),
+    "acme_ca_not_https": (settings(**DOMAIN, acme_ca="http://ca.example.com/acme/directory"),
+        "mlox:acme_ca: 'http://ca.example.com/acme/directory' is not an https URL (allowed: an ACME directory URL "
+        "such as https://acme-staging-v02.api.letsencrypt.org/directory)"),
+    "acme_ca_not_a_url": (settings(**DOMAIN, acme_ca="ca.example.com"),
+        "mlox:acme_ca: 'ca.example.com' is not an https URL (allowed: an ACME directory URL "
+        "such as https://acme-staging-v02.api.letsencrypt.org/directory)"),
+    "acme_ca_without_domain": (settings(acme_ca=ACME_CA),
+        "mlox:acme_ca: only used with a domain (set mlox:domain, or remove mlox:acme_ca)"),
+    "acme_ca_root_without_acme_ca": (settings(**DOMAIN, acme_ca_root=ROOT_CA.cert_pem),
+        "mlox:acme_ca_root: only used with mlox:acme_ca (the root of a custom ACME CA)"),
+    "acme_ca_root_not_pem": (settings(**DOMAIN, acme_ca=ACME_CA, acme_ca_root="/etc/ssl/certs/my-ca.pem"),
+        "mlox:acme_ca_root: not PEM certificates only (allowed: one or more -----BEGIN CERTIFICATE----- "
+        "blocks and nothing else)"),
+    "acme_ca_root_garbage_around_pem": (settings(**DOMAIN, acme_ca=ACME_CA, acme_ca_root="ca:\n" + ROOT_CA.cert_pem),
+        "mlox:acme_ca_root: not PEM certificates only (allowed: one or more -----BEGIN CERTIFICATE----- "
+        "blocks and nothing else)"),
+    "acme_ca_root_bad_base64": (settings(**DOMAIN, acme_ca=ACME_CA,
+                                         acme_ca_root="-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+        "mlox:acme_ca_root: certificate 1 is not a valid X.509 certificate"),
+    "acme_ca_root_server_certificate": (settings(**DOMAIN, acme_ca=ACME_CA,
+                                                 acme_ca_root=ROOT_CA.cert_pem + server_cert(ROOT_CA, "ca.example.com").cert_pem),
+        "mlox:acme_ca_root: certificate 2 is not a CA certificate (allowed: the CA's root, not a server certificate)"),
+    "acme_ca_root_private_key": (settings(**DOMAIN, acme_ca=ACME_CA, acme_ca_root=ROOT_CA.cert_pem + ROOT_CA.key_pem),
+        "mlox:acme_ca_root: contains a private key (allowed: CA certificates only; never put a key here)"),
+    "acme_ca_root_expired": (settings(**DOMAIN, acme_ca=ACME_CA, acme_ca_root=EXPIRED_CA.cert_pem),
+        "mlox:acme_ca_root: certificate 1 expired on Jan  2 00:00:00 2020 GMT"),
     "bad_port": (settings("onprem", onprem={"host": "192.0.2.5", "port": 70000, "private_key": "K"}),
         "mlox:onprem.port: 70000 is too large (allowed: 65535 or less)"),
     "bad_host": (settings("onprem", onprem={"host": "no spaces allowed", "private_key": "K"}),
@@ -91,6 +123,21 @@ CASES = {
         "mlox:services.seaweedfs.buckets: 'Bad_Bucket' is not a valid bucket name (allowed: 3-63 of a-z 0-9 . -)"),
     "enabled_not_bool": (settings(services={"mlflow": {"enabled": "sometimes"}}),
         "mlox:services.mlflow.enabled: 'sometimes' is not true or false"),
+    "bad_preset": (settings(services={"preset": "everything"}),
+        "mlox:services.preset: 'everything' is not allowed (allowed: core or full)"),
+    "full_preset_on_a_small_server": (settings(hetzner={"server_type": "cx23"}, services={"preset": "full"}),
+        "mlox:hetzner.server_type: server has 4096 MiB but the enabled services need 7424 MiB (postgres 512, "
+        "seaweedfs 512, mlflow 1024, redis 128, feast 512, label-studio 768, airflow 2304, jupyter 1024, caddy 128, "
+        "system 512) (allowed: a size with at least 7424 MiB, or fewer services)"),
+    "bad_dags_repo": (settings("onprem", services={"airflow": {"enabled": True, "dags_repo": "ftp://x/y"}}),
+        "mlox:services.airflow.dags_repo: 'ftp://x/y' is not allowed (allowed: matching "
+        "^(https://|http://|git://|ssh://|file://|git@)\\S+$)"),
+    "feast_without_redis": (settings("onprem", services={"feast": {"enabled": True}}),
+        "mlox:services.redis.enabled: must be true because feast needs redis"),
+    "full_preset_without_postgres": (settings("onprem", services={"preset": "full", "postgres": {"enabled": False}}),
+        "mlox:services.postgres.enabled: must be true because mlflow needs postgres"),
+    "preset_not_a_string": (settings(services={"preset": ["core"]}),
+        "mlox:services.preset: ['core'] is not allowed (allowed: core or full)"),
     "bad_docker_source": (settings(docker={"source": "snap"}),
         "mlox:docker.source: 'snap' is not allowed (allowed: docker or debian)"),
     # Model serving and monitoring.
@@ -123,6 +170,19 @@ CASES = {
         "mlox:services.monitoring.alerts.email.to: 'ops' is not an e-mail address"),
     "retention_unknown_key": (settings(services={"monitoring": {"enabled": True, "retention": 30}}),
         "mlox:services.monitoring.retention: unknown key (did you mean 'retention_gb'?)"),
+    "bad_backup_repository": (settings(backup={"repository": "ftp://backups.example.com/x"}),
+        "mlox:backup.repository: 'ftp://backups.example.com/x' is not a repository "
+        "(allowed: s3:https://ENDPOINT/BUCKET[/PREFIX] or local:/PATH)"),
+    "bad_backup_schedule": (settings(backup={"repository": "local:/srv/backups", "schedule": "7m"}),
+        "mlox:backup.schedule: '7m' is not a schedule "
+        "(allowed: hourly, daily, weekly, <N>m with N dividing 60, <N>h with N dividing 24)"),
+    "backup_without_keys": (settings(backup={"repository": "s3:https://fsn1.your-objectstorage.com/team-backups"}),
+        "mlox:backup.access_key_id: required with an s3: repository, with secret_access_key "
+        "(set them with: pulumi config set --secret --path 'mlox:backup.access_key_id' KEY)"),
+    "backup_keeps_nothing": (settings(backup={"repository": "local:/srv/b", "keep": {"daily": 0, "weekly": 0, "monthly": 0}}),
+        "mlox:backup.keep: keeps no snapshot at all (allowed: at least one of daily, weekly, monthly above 0)"),
+    "backup_unknown_key": (settings(backup={"repository": "local:/srv/b", "shedule": "daily"}),
+        "mlox:backup.shedule: unknown key (did you mean 'schedule'?)"),
 }
 
 
@@ -158,6 +218,43 @@ def test_smtp_password_must_be_secret(tmp_path):
     email["password"] = {"secure": "v1:dGVzdA=="}  # as `pulumi config set --secret --path` writes it
     config = load_file(write_stack(tmp_path, settings(services={"monitoring": {"enabled": True, "alerts": {"email": email}}})))
     assert "hunter2" not in repr(config) and config.service("monitoring").alerts.email.password is not None
+
+
+def test_backup_keys_must_be_secrets(tmp_path):
+    raw = settings(backup={"repository": "s3:https://s3.example.com/team-backups/prod", "access_key_id": "AKIA",
+                           "secret_access_key": "plain"})
+    path = write_stack(tmp_path, raw)
+    with pytest.raises(ConfigError) as error:
+        load_file(path)
+    assert error.value.problems == [
+        f"{path}: mlox:backup.access_key_id: must be a secret "
+        "(set it with: pulumi config set --secret --path 'mlox:backup.access_key_id' < FILE)",
+        f"{path}: mlox:backup.secret_access_key: must be a secret "
+        "(set it with: pulumi config set --secret --path 'mlox:backup.secret_access_key' < FILE)",
+    ]
+
+
+def test_backup_defaults_and_local_repository_warning(tmp_path):
+    raw = settings(backup={"repository": "local:/srv/mlox-backups"})
+    config = load_file(write_stack(tmp_path, raw))
+    assert (config.backup.schedule, config.backup.interval_s, config.backup.on_calendar) == ("daily", 86400, "daily")
+    assert config.backup.keep.model_dump() == {"daily": 7, "weekly": 4, "monthly": 6}
+    assert config.warnings() == [("backup.repository", "a local: repository is on the server's own disk, not off-site: "
+                                  "losing the server loses the backups (use an s3: repository)")]
+    path = write_stack(tmp_path, raw)
+    done = subprocess.run([sys.executable, "-m", "mlox_iac.cli.main", "validate", "--file", str(path)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0
+    assert f"warning: {path}: mlox:backup.repository: a local: repository is on the server's own disk" in done.stderr
+
+
+@pytest.mark.parametrize("schedule,expected", [
+    ("hourly", ("hourly", 3600)), ("weekly", ("weekly", 604800)), ("15m", ("*:0/15", 900)), ("6h", ("0/6:00", 21600)),
+])
+def test_backup_schedules(schedule, expected):
+    from mlox_iac.config.model import parse_schedule
+
+    assert parse_schedule(schedule) == expected
 
 
 def test_several_problems_give_one_line_each(tmp_path):
@@ -268,6 +365,27 @@ def test_valid_stack_keeps_other_namespaces_and_defaults(tmp_path):
     assert config.enabled_services() == ["postgres", "seaweedfs", "mlflow", "caddy"]
     assert config.stack_name == "test"
     assert config.keep_data_on_destroy is True
+
+
+CORE = ["postgres", "seaweedfs", "mlflow", "caddy"]
+FULL = ["postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "airflow", "jupyter", "caddy"]
+PRESET_CASES = {
+    "no_preset_is_core": ({}, CORE),
+    "core": ({"preset": "core"}, CORE),
+    "full": ({"preset": "full"}, FULL),
+    "core_plus_one": ({"preset": "core", "jupyter": {"enabled": True}}, ["postgres", "seaweedfs", "mlflow", "jupyter", "caddy"]),
+    "full_minus_one": ({"preset": "full", "jupyter": {"enabled": False}}, ["postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "airflow", "caddy"]),
+    "core_minus_mlflow": ({"mlflow": {"enabled": False}}, ["postgres", "seaweedfs", "caddy"]),
+    "settings_alone_do_not_enable": ({"preset": "core", "redis": {}}, CORE),
+    "explicit_true_in_full": ({"preset": "full", "redis": {"enabled": True}}, FULL),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PRESET_CASES))
+def test_presets_and_overrides(tmp_path, case):
+    services, expected = PRESET_CASES[case]
+    config = load_file(write_stack(tmp_path, settings("onprem", services=services)))
+    assert config.enabled_services() == expected
 
 
 @pytest.mark.parametrize("stack", ["example-hetzner", "example-digitalocean", "example-aws", "example-onprem"])

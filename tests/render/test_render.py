@@ -19,6 +19,10 @@ GOLDEN = Path(__file__).parent / "golden"
 SCENARIOS = {
     "ip_address": settings("onprem"),
     "domain": settings(domain="ml.example.com", acme_email="ops@example.com"),
+    # A company ACME CA whose roots are not public: Caddy and MLflow trust the stack's roots.
+    "domain_custom_acme_ca": settings(domain="ml.example.com", acme_email="ops@example.com",
+                                      acme_ca="https://ca.example.com/acme/acme/directory",
+                                      acme_ca_root=(Path(__file__).parent / "acme-ca-root.pem").read_text()),
     "without_mlflow": settings(services={"mlflow": {"enabled": False}}),
     "extra_buckets": settings(services={"seaweedfs": {"buckets": ["raw", "features"]}}),
     "monitoring_and_serving": settings(
@@ -32,6 +36,9 @@ SCENARIOS = {
                 "to": "ops@example.com", "sender": "mlox@example.com", "smarthost": "smtp.example.com:587",
                 "username": "mlox"}}},
             "serving": {"enabled": True, "models": [{"name": "iris"}]}}),
+    "full_preset": settings("onprem", services={"preset": "full"}),
+    "full_preset_domain": settings("onprem", domain="ml.example.com", acme_email="ops@example.com",
+                                   services={"preset": "full"}),
 }
 
 
@@ -73,7 +80,7 @@ def test_compose_project_passes_docker_compose_config(scenario, tmp_path):
     secrets.mkdir()
     text = (directory / "compose.yaml").read_text().replace(SECRETS_DIR, str(secrets))
     (directory / "compose.yaml").write_text(text)
-    for name in ("postgres", "seaweedfs", "mlflow", "caddy"):
+    for name in ctx_for(SCENARIOS[scenario]).config.enabled_services():
         (secrets / f"{name}.env").write_text("")
     result = subprocess.run([compose_binary(), "-f", str(directory / "compose.yaml"), "config", "-q"],
                             capture_output=True, text=True)
@@ -87,17 +94,22 @@ def test_compose_config_rejects_a_broken_project(tmp_path):
     assert result.returncode != 0  # the validator can fail, so the test above means something
 
 
-@pytest.mark.parametrize("scenario", ["ip_address", "domain", "monitoring_and_serving", "monitoring_domain_email"])
+@pytest.mark.parametrize("scenario", ["ip_address", "domain", "domain_custom_acme_ca", "full_preset", "full_preset_domain",
+                                      "monitoring_and_serving", "monitoring_domain_email"])
 def test_caddyfile_passes_caddy_validate(scenario, tmp_path):
+    from mlox_iac.components.services.caddy import ACME_CA_ROOT_FILE, ACME_CA_ROOT_PATH
+
+    files = render_bundle(ctx_for(SCENARIOS[scenario]))
+    path = tmp_path / "Caddyfile"
+    # The CA root file as the container sees it: Caddy reads it while validating.
+    text = files["caddy/Caddyfile"].replace(ACME_CA_ROOT_PATH, str(write(files, tmp_path / "bundle") / ACME_CA_ROOT_FILE))
+    path.write_text(text)
+    env = {**os.environ, "MLOX_ADDRESS": "192.0.2.50", "MLOX_UI_USER": "admin", "HOME": str(tmp_path),
+           "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path),
+           }
     from mlox_iac.components.services import caddy
 
-    ctx = ctx_for(SCENARIOS[scenario])
-    files = render_bundle(ctx)
-    path = tmp_path / "Caddyfile"
-    path.write_text(files["caddy/Caddyfile"])
-    env = {**os.environ, "MLOX_ADDRESS": "192.0.2.50", "MLOX_UI_USER": "admin", "HOME": str(tmp_path),
-           "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
-    for route in caddy.all_routes(ctx):
+    for route in caddy.all_routes(ctx_for(SCENARIOS[scenario])):  # every basic-auth route's hash
         env[caddy.auth_variable(route)] = "$2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG"
     result = subprocess.run([tool("caddy"), "validate", "--config", str(path), "--adapter", "caddyfile"],
                             capture_output=True, text=True, env=env)

@@ -40,12 +40,18 @@ DATA_DIR = "/mnt/mlox-data"
 COMPOSE_PROJECT = "mlox"
 
 
+# Presets of ``mlox:services``, smallest first: a service belongs to the smallest preset
+# that includes it (``Service.preset``) and to every larger one.
+PRESETS = ("core", "full")
+
+
 class ServiceSettings(BaseModel):
     """Settings every service has."""
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(True, description="Deploy this service")
+    enabled: bool | None = Field(
+        None, description="Deploy this service (default: whether the chosen mlox:services.preset includes it)")
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,9 @@ def hc(test: list[str], start_period: str = "20s") -> dict:
     return {"test": test, "interval": "10s", "timeout": "5s", "retries": 12, "start_period": start_period}
 
 
+PROVISIONED_CHECK = ["CMD", "test", "-f", "/tmp/mlox-provisioned"]
+
+
 def provisioner(script: str) -> dict:
     """Compose settings of a provisioning step: run ``script`` once, then stay up, idle and healthy.
 
@@ -116,7 +125,7 @@ def provisioner(script: str) -> dict:
     return {
         "restart": "unless-stopped",
         "entrypoint": ["/bin/sh", "-c", f"{script} || exit 1; {idle}"],
-        "healthcheck": {"test": ["CMD", "test", "-f", "/tmp/mlox-provisioned"], "interval": "3s",
+        "healthcheck": {"test": list(PROVISIONED_CHECK), "interval": "3s",
                         "timeout": "3s", "retries": 100, "start_period": "5s"},
     }
 
@@ -145,20 +154,28 @@ def digest(*parts: str) -> str:
     return h.hexdigest()
 
 
+def per_server(name: str, server: str) -> str:
+    """The name of a per-server resource of a service: ``name`` on the first server (``main``),
+    ``name-on-<server>`` on another (a stack has two while ``mlox-iac migrate`` moves it)."""
+    return name if server == "main" else f"{name}-on-{server}"
+
+
 class ServiceComponent:
     """Mixin for service components: generated passwords and the env-file writer.
 
     Subclasses are ``pulumi.ComponentResource``s; they call :meth:`password` for each
-    credential and :meth:`write_env` once with their env file's content.
+    credential and :meth:`write_env` once with their env file's content. ``servers`` is the
+    list of targets the service runs on (two while a migration runs): the credentials are
+    generated once and the env file is written on every server.
     """
 
-    def _setup(self, name: str, server) -> None:
+    def _setup(self, name: str, servers) -> None:
         import pulumi
 
         self._prefix = name
-        self._server = server
+        self._servers = list(servers)
         self._child = pulumi.ResourceOptions(parent=self)  # type: ignore[arg-type]
-        self.env_command = None
+        self.env_commands: dict = {}
 
     def password(self, key: str, length: int = 32):
         """A generated credential (pulumi-random, alphanumeric so it is safe in URLs and env files)."""
@@ -167,10 +184,11 @@ class ServiceComponent:
         return random.RandomPassword(f"{self._prefix}-{key}", length=length, special=False, opts=self._child)
 
     def write_env(self, service: str, values: dict, compose_services: list[str], after: list = ()):
-        """Write ``/opt/mlox/secrets/<service>.env`` (0600) with content sent as a secret on stdin.
+        """Write ``/opt/mlox/secrets/<service>.env`` (0600) on every server, content sent as a secret on stdin.
 
-        ``after``: the services whose credentials this one uses; their env files (and the
-        containers that check them, such as Postgres roles) change first.
+        A value may be a function of the target (for what differs per server, such as its
+        address). ``after``: the services whose credentials this one uses; their env files
+        (and the containers that check them, such as Postgres roles) change first.
         """
         import pulumi
         from pulumi_command import remote
@@ -178,22 +196,21 @@ class ServiceComponent:
         from mlox_iac.render import commands
 
         keys = sorted(values)
-        content = pulumi.Output.secret(
-            pulumi.Output.all(*[values[k] for k in keys]).apply(lambda vs: render_env(dict(zip(keys, vs))))
-        )
-        user = self._server.user
-        self.env_command = remote.Command(
-            f"{self._prefix}-env",
-            connection=self._server.connection,
-            create=commands.as_root(commands.write_env_file(service, compose_services), user),
-            delete=commands.as_root(commands.remove_env_file(service), user),
-            stdin=content,
-            opts=pulumi.ResourceOptions(
-                parent=self,  # type: ignore[arg-type]
-                depends_on=[self._server.ready, *[d.env_command for d in after if d.env_command is not None]],
-            ),
-        )
-        return self.env_command
+        for target in self._servers:
+            resolved = [values[k](target) if callable(values[k]) else values[k] for k in keys]
+            content = pulumi.Output.secret(
+                pulumi.Output.all(*resolved).apply(lambda vs: render_env(dict(zip(keys, vs))))
+            )
+            before = [d.env_commands[target.name] for d in after if target.name in d.env_commands]
+            self.env_commands[target.name] = remote.Command(
+                per_server(f"{self._prefix}-env", target.name),
+                connection=target.connection,
+                create=commands.as_root(commands.write_env_file(service, compose_services), target.user),
+                delete=commands.as_root(commands.remove_env_file(service), target.user),
+                stdin=content,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[target.ready, *before]),  # type: ignore[arg-type]
+            )
+        return self.env_commands
 
 
 # --------------------------------------------------------------------------- the contract
@@ -226,14 +243,15 @@ class Service:
 
     name: str
     image: str  # pinned: repository:version, never a floating tag
-    memory_mb: int  # compose memory limit of its main container; counted against the server size
+    memory_mb: int  # sum of its long-running containers' memory limits; counted against the server size
     requires: tuple[str, ...]  # services that must be enabled with it
     settings: type[ServiceSettings]  # its mlox:services.<name> block; the docstring is its summary
     compose: Callable[[Context], dict]
     routes: Callable[[Context], list[Route]]
     files: Callable[[Context], dict[str, str]]
     data: Callable[[Context], Data]
-    component: type  # pulumi.ComponentResource(name, ctx, server, deps, opts)
+    component: type  # pulumi.ComponentResource(name, ctx, servers, deps, opts)
+    preset: str = "full"  # the smallest preset that enables it (PRESETS)
     # A budget that grows with the settings (one per served model); memory_mb is then its floor.
     memory: Callable[[Context], int] | None = None
 
@@ -272,6 +290,8 @@ def check_service(service: Service, known: set[str]) -> None:
             fail(f"requires unknown service {needed!r}")
     if not (isinstance(service.settings, type) and issubclass(service.settings, ServiceSettings)):
         fail("settings must subclass ServiceSettings")
+    if service.preset not in PRESETS:
+        fail(f"preset must be one of {', '.join(PRESETS)}")
     if not service.summary:
         fail("settings class needs a docstring (its first line is the service's summary)")
     if not (isinstance(service.component, type) and issubclass(service.component, pulumi.ComponentResource)):
@@ -315,9 +335,16 @@ def check_compose(service: Service, ctx: Context) -> None:
             source = mount.split(":", 1)[0] if isinstance(mount, str) else mount.get("source", "")
             if source and not source.startswith((".", "/")) and source not in part.get("volumes", {}):
                 fail(f"container {cname!r} mounts volume {source!r} its compose part does not define")
-    main_limit = containers[service.name].get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")
-    if main_limit != f"{service.memory_for(ctx)}M":
-        fail(f"container {service.name!r} memory limit {main_limit!r} differs from memory_mb {service.memory_for(ctx)}")
+    # memory_mb is what the server must have for the service: the limits of its long-running
+    # containers (provisioning steps idle once done and are not counted).
+    running = {c: spec["deploy"]["resources"]["limits"]["memory"] for c, spec in containers.items()
+               if spec["healthcheck"]["test"] != PROVISIONED_CHECK}
+    budget = service.memory_for(ctx)
+    if len(running) == 1 and running.get(service.name) != f"{budget}M":
+        fail(f"container {service.name!r} memory limit {running.get(service.name)!r} differs from memory_mb {budget}")
+    total = sum(int(str(m).rstrip("M")) for m in running.values())
+    if total != budget:
+        fail(f"long-running containers' memory limits sum to {total}M, not memory_mb {budget}")
     for route in service.routes(ctx):
         if route.auth not in ("basic", "own"):
             fail(f"route {route.name!r} has no authentication (auth must be 'basic' or 'own')")

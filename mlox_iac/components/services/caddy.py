@@ -1,7 +1,11 @@
 """Caddy: the reverse proxy, and the only container that publishes ports (80 and 443).
 
 With ``mlox:domain`` set, every route is its own subdomain (``mlflow.<domain>``,
-``s3.<domain>``) with automatic HTTPS from Let's Encrypt. Without a domain, Caddy
+``s3.<domain>``) with automatic HTTPS from Let's Encrypt, or from the ACME CA at
+``mlox:acme_ca`` (whose roots, ``mlox:acme_ca_root``, ship as a plain file in the bundle:
+Caddy trusts them for the CA's directory). Inside the Compose network those host names
+are aliases of Caddy, so services reach each other's public URLs (MLflow: S3) on the
+server itself, whatever public DNS and the network do with a server's own address. Without a domain, Caddy
 serves the server's address with a certificate from its own internal CA
 (``tls internal``), UIs under a path each (``https://<address>/mlflow/``) and the S3
 API at the root. Every route with ``auth="basic"`` gets basic auth with a generated
@@ -20,6 +24,9 @@ from mlox_iac.components.services.base import (
 NAME = "caddy"
 IMAGE = "caddy:2.11.7"
 MEMORY_MB = 128
+# The ACME CA's roots: in the bundle, and where containers see them.
+ACME_CA_ROOT_FILE = "caddy/acme-ca-root.pem"
+ACME_CA_ROOT_PATH = "/etc/caddy/acme-ca-root.pem"
 
 
 class Settings(ServiceSettings):
@@ -73,7 +80,12 @@ def render_caddyfile(ctx: Context) -> str:
     metrics_option, metrics_site = _metrics(ctx)
     lines: list[str] = []
     if config.domain:
-        lines += ["{", f"\temail {config.acme_email}", *_QUIET_ADMIN, *metrics_option, "}"]
+        lines += ["{", f"\temail {config.acme_email}"]
+        if config.acme_ca:
+            lines += [f"\tacme_ca {config.acme_ca}"]
+        if config.acme_ca_root:
+            lines += [f"\tacme_ca_root {ACME_CA_ROOT_PATH}"]
+        lines += [*_QUIET_ADMIN, *metrics_option, "}"]
         for route in routes:
             lines += ["", f"{route.name}.{config.domain} {{"]
             lines += _auth(route, "\t") + _proxy(route, "\t") + ["}"]
@@ -91,21 +103,29 @@ def render_caddyfile(ctx: Context) -> str:
     return "\n".join(lines) + "\n"
 
 
+def acme_ca_root_mount(ctx: Context) -> list[str]:
+    """The compose volume entry that shows a container the ACME CA's roots, if the stack has them."""
+    return [f"./{ACME_CA_ROOT_FILE}:{ACME_CA_ROOT_PATH}:ro"] if ctx.config.acme_ca_root else []
+
+
 def compose(ctx: Context) -> dict:
+    shipped = files(ctx)
+    caddy: dict = {
+        "image": IMAGE,
+        "restart": "unless-stopped",
+        "env_file": ctx.env_files(NAME),
+        "ports": ["80:80", "443:443"],
+        "volumes": ["caddy-data:/data", "caddy-config:/config", "./caddy/Caddyfile:/etc/caddy/Caddyfile:ro",
+                    *acme_ca_root_mount(ctx)],
+        # A changed Caddyfile (or CA root) changes this label, so Compose recreates the container.
+        "labels": {"org.mlox.config-hash": digest(*(shipped[path] for path in sorted(shipped)))},
+        "healthcheck": hc(["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:2019/config/"], start_period="5s"),
+        "deploy": limits(MEMORY_MB),
+    }
+    if ctx.config.domain:
+        caddy["networks"] = {"default": {"aliases": [f"{r.name}.{ctx.config.domain}" for r in all_routes(ctx)]}}
     return {
-        "services": {
-            "caddy": {
-                "image": IMAGE,
-                "restart": "unless-stopped",
-                "env_file": ctx.env_files(NAME),
-                "ports": ["80:80", "443:443"],
-                "volumes": ["caddy-data:/data", "caddy-config:/config", "./caddy/Caddyfile:/etc/caddy/Caddyfile:ro"],
-                # A changed Caddyfile changes this label, so Compose recreates the container.
-                "labels": {"org.mlox.config-hash": digest(render_caddyfile(ctx))},
-                "healthcheck": hc(["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:2019/config/"], start_period="5s"),
-                "deploy": limits(MEMORY_MB),
-            },
-        },
+        "services": {"caddy": caddy},
         "volumes": {"caddy-data": ctx.volume("caddy-data"), "caddy-config": ctx.volume("caddy-config")},
     }
 
@@ -115,7 +135,10 @@ def routes(ctx: Context) -> list[Route]:
 
 
 def files(ctx: Context) -> dict[str, str]:
-    return {"caddy/Caddyfile": render_caddyfile(ctx)}
+    out = {"caddy/Caddyfile": render_caddyfile(ctx)}
+    if ctx.config.acme_ca_root:
+        out[ACME_CA_ROOT_FILE] = ctx.config.acme_ca_root.strip() + "\n"  # public certificates, no secret
+    return out
 
 
 def data(ctx: Context) -> Data:
@@ -129,13 +152,13 @@ class Caddy(pulumi.ComponentResource, ServiceComponent):
     ui_user: str
     ui_passwords: dict
 
-    def __init__(self, name: str, ctx: Context, server, deps: dict, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, ctx: Context, servers, deps: dict, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlox:service:Caddy", name, {}, opts)
-        self._setup(name, server)
+        self._setup(name, servers)
         self.ui_user = ctx.config.service(NAME).ui_user
         passwords = {r.name: self.password(f"ui-{r.name}", length=24) for r in all_routes(ctx) if r.auth == "basic"}
         self.ui_passwords = {route: p.result for route, p in passwords.items()}
-        values: dict = {"MLOX_UI_USER": self.ui_user, "MLOX_ADDRESS": server.public_address}
+        values: dict = {"MLOX_UI_USER": self.ui_user, "MLOX_ADDRESS": lambda target: target.public_address}
         values.update({auth_variable(Route(r, "", "basic")): p.bcrypt_hash for r, p in passwords.items()})
         self.write_env(NAME, values, ["caddy"])
         self.register_outputs({"ui_passwords": self.ui_passwords})
@@ -143,5 +166,5 @@ class Caddy(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=(), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Caddy,
+    compose=compose, routes=routes, files=files, data=data, component=Caddy, preset="core",
 )

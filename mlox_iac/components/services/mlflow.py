@@ -3,8 +3,12 @@
 Backend store in Postgres (its own database and role), artifacts in the SeaweedFS
 bucket ``mlflow-artifacts``, served through MLflow's artifact proxy so clients need no
 S3 credentials. MLflow reaches S3 at its public URL (through Caddy): the server hands
-clients presigned S3 URLs for downloads, and those must work from outside. Behind the proxy with basic auth; the MLflow client sends it from
-``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``. The Flask secret is generated.
+clients presigned S3 URLs for large downloads and multipart uploads, and those must work
+from outside. With a domain that URL's host name is an alias of Caddy inside the Compose
+network (see caddy.py), and the certificate is verified: against the image's public roots,
+or against ``mlox:acme_ca_root`` for a custom ACME CA. Behind the proxy with basic auth;
+the MLflow client sends it from ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``.
+The Flask secret is generated.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import pulumi
 from pydantic import Field
 
 from mlox_iac.components.services.base import Context, Data, Route, Service, ServiceComponent, ServiceSettings, hc, limits
+from mlox_iac.components.services import caddy
 
 NAME = "mlflow"
 IMAGE = "ghcr.io/mlflow/mlflow:v3.17.2-full"
@@ -43,6 +48,10 @@ def compose(ctx: Context) -> dict:
         "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}",
         # Requests arrive through Caddy, which sets the Host header to the upstream.
         "--allowed-hosts", f"{NAME}:{PORT},localhost:{PORT},127.0.0.1:{PORT}",
+        # Uvicorn kills a worker that does not answer its supervisor within 5 s; on a busy
+        # 2-core server (a full preset starting) a worker's imports take longer, and it is
+        # killed and restarted in a loop.
+        "--uvicorn-opts", "--timeout-worker-healthcheck 60",
     ]
     if prefix(ctx):
         command += ["--static-prefix", prefix(ctx)]
@@ -52,10 +61,15 @@ def compose(ctx: Context) -> dict:
         # The background job runner (GenAI scoring) needs ~1.5 GiB more; off on small servers.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
+    volumes = []
     if not ctx.config.domain:
         # S3 is reached at the server's own address through Caddy, whose internal CA the
         # image does not know; the connection never leaves the server.
         environment["MLFLOW_S3_IGNORE_TLS"] = "true"
+    elif ctx.config.acme_ca_root:
+        # A custom ACME CA issued S3's certificate: boto3 verifies against its roots.
+        volumes = caddy.acme_ca_root_mount(ctx)
+        environment["AWS_CA_BUNDLE"] = caddy.ACME_CA_ROOT_PATH
     return {
         "services": {
             "mlflow": {
@@ -63,10 +77,13 @@ def compose(ctx: Context) -> dict:
                 "restart": "unless-stopped",
                 "env_file": ctx.env_files(NAME),
                 "environment": environment,
+                **({"volumes": volumes} if volumes else {}),
                 "command": command,
                 "healthcheck": hc(
                     ["CMD", "python", "-c", f"import urllib.request; urllib.request.urlopen('{health}', timeout=4)"],
-                    start_period="60s",
+                    # The first start upgrades the database schema; on a busy 2-core server
+                    # that took over 3 minutes, and failures inside the start period do not count.
+                    start_period="180s",
                 ),
                 "depends_on": {
                     "postgres-provision": {"condition": "service_healthy"},
@@ -94,14 +111,17 @@ def data(ctx: Context) -> Data:
 class Mlflow(pulumi.ComponentResource, ServiceComponent):
     """The MLflow service: Flask secret, database and S3 credentials in its env file."""
 
-    def __init__(self, name: str, ctx: Context, server, deps: dict, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, ctx: Context, servers, deps: dict, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlox:service:Mlflow", name, {}, opts)
-        self._setup(name, server)
+        self._setup(name, servers)
         from mlox_iac.components.services import seaweedfs
 
         flask_secret = self.password("flask-secret", length=48)
         s3_route = seaweedfs.routes(ctx)[0]
-        s3_url = server.public_address.apply(lambda address: ctx.public_url(s3_route, address))
+
+        def s3_url(target):
+            return target.public_address.apply(lambda address: ctx.public_url(s3_route, address))
+
         self.write_env(
             NAME,
             {
@@ -119,5 +139,5 @@ class Mlflow(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("postgres", "seaweedfs", "caddy"), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Mlflow,
+    compose=compose, routes=routes, files=files, data=data, component=Mlflow, preset="core",
 )

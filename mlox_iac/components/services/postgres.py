@@ -100,9 +100,9 @@ class Postgres(pulumi.ComponentResource, ServiceComponent):
 
     superuser_password: pulumi.Output[str]
 
-    def __init__(self, name: str, ctx: Context, server, deps: dict, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, ctx: Context, servers, deps: dict, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlox:service:Postgres", name, {}, opts)
-        self._setup(name, server)
+        self._setup(name, servers)
         superuser = self.password("superuser")
         self.database_passwords = {db: self.password(f"db-{db}") for db in databases(ctx)}
         self.superuser_password = superuser.result
@@ -117,5 +117,5 @@ class Postgres(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=(), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Postgres,
+    compose=compose, routes=routes, files=files, data=data, component=Postgres, preset="core",
 )

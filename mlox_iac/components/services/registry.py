@@ -6,13 +6,20 @@ then add one line here. Each declaration is checked when the registry loads.
 
 from __future__ import annotations
 
-from mlox_iac.components.services import caddy, mlflow, monitoring, postgres, seaweedfs, serving
+from mlox_iac.components.services import (
+    airflow, caddy, feast, jupyter, label_studio, mlflow, monitoring, postgres, redis, seaweedfs, serving,
+)
 from mlox_iac.components.services.base import Service, check_service
 
 _ORDER: list[Service] = [
     postgres.SERVICE,
     seaweedfs.SERVICE,
     mlflow.SERVICE,
+    redis.SERVICE,
+    feast.SERVICE,
+    label_studio.SERVICE,
+    airflow.SERVICE,
+    jupyter.SERVICE,
     serving.SERVICE,
     monitoring.SERVICE,
     caddy.SERVICE,  # last: it routes to everything above

@@ -1,0 +1,77 @@
+"""``migrate``: move a live stack to another server or provider, losing nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mlox_iac.cli.common import IdentityOpt, JsonOpt, Out, StackOpt, YesOpt, require_terminal, ssh_options
+from mlox_iac.providers import PROVIDERS
+
+ToOpt = typer.Option(None, "--to", help=f"Provider of the new server ({', '.join(PROVIDERS)})")
+FinishOpt = typer.Option(False, "--finish", help="After the cutover: remove the old server")
+AbortOpt = typer.Option(False, "--abort", help="Go back to the old server (any time before --finish)")
+
+
+def migrate(
+    stack: Optional[str] = StackOpt,
+    to: Optional[str] = ToOpt,
+    finish: bool = FinishOpt,
+    abort: bool = AbortOpt,
+    yes: bool = YesOpt,
+    identity: Optional[Path] = IdentityOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Move a deployed stack, with its data, to a new server (another provider, host or size).
+
+    Phases: preflight, provision (the new server, same credentials), copy
+    (server to server, while the old one serves), freeze (503 with
+    Retry-After), verify (final delta; every table, object and volume file
+    compared), cutover (outputs point at the new server). Interrupted, a
+    rerun resumes at the first unfinished phase. The old server stays,
+    stopped and protected, until --finish; --abort goes back to it.
+
+    The new server's settings: the provider's block (mlox:hetzner, ...),
+    or mlox:target.<provider> for a move within the same provider.
+
+    Examples:
+      mlox-iac migrate --stack prod --to digitalocean
+      mlox-iac migrate --stack prod --finish
+      mlox-iac migrate --stack prod --abort
+    """
+    from mlox_iac import automation, migrate as engine_steps
+    from mlox_iac.cli.common import passphrase_prompt, project_dir, require_stack
+    from mlox_iac.errors import ConfigError
+
+    out = Out(as_json)
+    name = require_stack(stack)
+    if sum([finish, abort, to is not None]) != 1:
+        raise ConfigError(["--to/--finish/--abort: give exactly one (allowed: --to PROVIDER, --finish, --abort)"])
+    if to is not None and to not in PROVIDERS:
+        raise ConfigError([f"--to: {to!r} is not a provider (allowed: {', '.join(PROVIDERS)})"])
+    project = project_dir()
+    automation.validate_stack(name, project_dir=project)
+    cli = automation.default_pulumi_command("mlox-iac migrate")
+    if not yes:
+        require_terminal("mlox-iac migrate")
+        question = (f"Move stack {name} and its data to a new {to} server?" if to else
+                    f"Remove the old server of stack {name}?" if finish else
+                    f"Abort the move of stack {name} and go back to its old server?")
+        if not typer.confirm(question, default=False, err=True):
+            raise automation.Aborted("aborted: nothing was changed")
+    engine = engine_steps.AutomationEngine(name, project, cli, passphrase_prompt())
+    servers = engine_steps.default_servers(str(identity) if identity else None, tuple(ssh_options()),
+                                           lambda event: out.progress(f"  {event.get('message', '')}"))
+    if finish:
+        engine_steps.finish(name, project_dir=project, engine=engine, say=out.progress)
+        out.data({"stack": name, "finished": True}, lambda console, d: console.print(f"Stack {name}: move finished"))
+    elif abort:
+        engine_steps.abort(name, project_dir=project, engine=engine, servers_for=servers, say=out.progress)
+        out.data({"stack": name, "aborted": True}, lambda console, d: console.print(f"Stack {name}: move aborted"))
+    else:
+        record = engine_steps.run(name, to, project_dir=project, engine=engine, servers_for=servers, say=out.progress)
+        out.data(engine_steps.project_record_summary(project, name),
+                 lambda console, d: console.print(f"Stack {name} runs on its new server ({record.to}); "
+                                                  f"downtime {record.downtime_s or 0:.0f}s"))

@@ -1,0 +1,213 @@
+"""Apache Airflow 3: pipelines for data collection, processing and training.
+
+LocalExecutor; metadata in its own Postgres database; three long-running containers from
+one image: the API server and UI (``airflow``, Airflow's own login through the FAB auth
+manager, behind the proxy at ``airflow.<domain>`` or ``https://<address>/airflow/``),
+the scheduler (which runs the tasks) and the DAG processor. No triggerer: deferrable
+operators wait until one is added.
+
+- DAGs come from the git repository ``mlox:services.airflow.dags_repo`` names (a
+  ``GitDagBundle``, refreshed every 30 s at ``dags_ref``); without one, from the kept
+  volume ``airflow-dags``.
+- Task logs go to the bucket ``airflow-logs`` (remote logging), so the UI and API show
+  them after the task's container-local copy is gone.
+- Generated: the Fernet key (connections' passwords encrypted in the database), the API
+  secret key, the JWT secret, and the password of the user ``admin``, created (or its
+  password reset to the generated one) by the one-shot step ``airflow-init``.
+- Connections for the user, from the environment: ``aws_default`` (the stack's S3, also
+  used for the logs) and ``mlflow_default`` (the tracking server on the Compose network).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pulumi
+from pydantic import Field
+
+from mlox_iac.components.services.base import (
+    Context, Data, Route, Service, ServiceComponent, ServiceSettings, hc, limits, provisioner,
+)
+
+NAME = "airflow"
+IMAGE = "apache/airflow:3.3.2"
+API_MB, SCHEDULER_MB, DAG_PROCESSOR_MB = 768, 1024, 512
+MEMORY_MB = API_MB + SCHEDULER_MB + DAG_PROCESSOR_MB
+PORT = 8080
+DATABASE = NAME
+BUCKET = "airflow-logs"
+ADMIN = "admin"
+DAGS = "/opt/airflow/dags"
+SCHEDULER_HEALTH_PORT = 8974
+
+# Migrate the database, then create the admin user or set its password to the generated
+# one. The password reaches Airflow's prompt on stdin (printf is a shell builtin), never
+# a command line.
+INIT = (
+    "set -eu; airflow db migrate; "
+    "pw() { printf '%s\\n%s\\n' \"$$AIRFLOW_ADMIN_PASSWORD\" \"$$AIRFLOW_ADMIN_PASSWORD\"; }; "
+    f"pw | airflow users create --username {ADMIN} --role Admin --firstname Admin --lastname User "
+    f"--email {ADMIN}@airflow.mlox; "
+    f"pw | airflow users reset-password --username {ADMIN}"
+)
+
+
+class Settings(ServiceSettings):
+    """Apache Airflow pipelines (LocalExecutor, DAGs from git, task logs in the bucket)."""
+
+    dags_repo: str | None = Field(
+        None, pattern=r"^(https://|http://|git://|ssh://|file://|git@)\S+$",
+        description="Git repository the DAGs are synced from (https://, ssh://, git@host:path, git://, file://)",
+    )
+    dags_ref: str = Field("main", pattern=r"^[A-Za-z0-9._/-]{1,100}$", description="Branch, tag or commit of dags_repo")
+    dags_subdir: str | None = Field(None, pattern=r"^[A-Za-z0-9._/-]{1,200}$", description="Folder of the DAGs in dags_repo")
+
+
+def prefix(ctx: Context) -> str:
+    return "" if ctx.config.domain else f"/{NAME}"
+
+
+def bundles(ctx: Context) -> list[dict]:
+    """Airflow's DAG bundles: the configured git repository, else the kept dags volume."""
+    settings = ctx.config.service(NAME)
+    if settings.dags_repo:
+        kwargs = {"repo_url": settings.dags_repo, "tracking_ref": settings.dags_ref, "refresh_interval": 30}
+        if settings.dags_subdir:
+            kwargs["subdir"] = settings.dags_subdir
+        return [{"name": "dags", "classpath": "airflow.providers.git.bundles.git.GitDagBundle", "kwargs": kwargs}]
+    return [{"name": "dags", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+             "kwargs": {"path": DAGS, "refresh_interval": 30}}]
+
+
+def environment(ctx: Context) -> dict[str, str]:
+    """Airflow's non-secret settings, the same in every Airflow container."""
+    from mlox_iac.components.services import mlflow
+
+    env = {
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager",
+        # Tasks report to the API server over the Compose network.
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{NAME}:{PORT}{prefix(ctx)}/execution/",
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles(ctx), sort_keys=True),
+        "AIRFLOW__LOGGING__REMOTE_LOGGING": "True",
+        "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": f"s3://{BUCKET}/logs",
+        "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": "aws_default",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(SCHEDULER_HEALTH_PORT),
+        "AIRFLOW__API__WORKERS": "1",
+    }
+    if "mlflow" in ctx.config.enabled_services():
+        env["AIRFLOW_CONN_MLFLOW_DEFAULT"] = json.dumps(
+            {"conn_type": "http", "host": f"http://mlflow:{mlflow.PORT}{mlflow.prefix(ctx)}"}, sort_keys=True)
+    return env
+
+
+def _container(ctx: Context, command: list[str], health: list[str], memory_mb: int, every: str = "10s", **extra) -> dict:
+    return {
+        "image": IMAGE,
+        "restart": "unless-stopped",
+        "env_file": ctx.env_files(NAME),
+        "environment": environment(ctx),
+        "command": command,
+        "healthcheck": {**hc(health, start_period="90s"), "interval": every},
+        "depends_on": {"airflow-init": {"condition": "service_healthy"}},
+        "deploy": limits(memory_mb),
+        **extra,
+    }
+
+
+def _python_get(url: str) -> list[str]:
+    return ["CMD", "python", "-c", f"import urllib.request; urllib.request.urlopen('{url}', timeout=4)"]
+
+
+def compose(ctx: Context) -> dict:
+    dags = {} if ctx.config.service(NAME).dags_repo else {"volumes": [f"airflow-dags:{DAGS}"]}
+    part = {
+        "services": {
+            "airflow-init": {
+                "image": IMAGE,
+                **provisioner(INIT),
+                "env_file": ctx.env_files(NAME),
+                "environment": environment(ctx),
+                "depends_on": {"postgres-provision": {"condition": "service_healthy"},
+                               "seaweedfs-buckets": {"condition": "service_healthy"}},
+                "deploy": limits(512),
+            },
+            "airflow": _container(ctx, ["airflow", "api-server", "--port", str(PORT)],
+                                  _python_get(f"http://127.0.0.1:{PORT}{prefix(ctx)}/api/v2/monitor/health"), API_MB),
+            "airflow-scheduler": _container(ctx, ["airflow", "scheduler"],
+                                            _python_get(f"http://127.0.0.1:{SCHEDULER_HEALTH_PORT}/health"),
+                                            SCHEDULER_MB, **dags),
+            "airflow-dag-processor": _container(
+                ctx, ["airflow", "dag-processor"],
+                # `airflow jobs check` starts a Python process that imports Airflow: not every 10 s.
+                ["CMD", "airflow", "jobs", "check", "--job-type", "DagProcessorJob", "--local"], DAG_PROCESSOR_MB,
+                every="60s", **dags),
+        },
+    }
+    if dags:
+        part["volumes"] = {"airflow-dags": ctx.volume("airflow-dags")}
+    return part
+
+
+def routes(ctx: Context) -> list[Route]:
+    # Airflow's own login; it serves everything under the base URL's path, so the prefix is kept.
+    return [Route(NAME, f"{NAME}:{PORT}", auth="own", strip_prefix=False)]
+
+
+def files(ctx: Context) -> dict[str, str]:
+    return {}
+
+
+def data(ctx: Context) -> Data:
+    kept = () if ctx.config.service(NAME).dags_repo else ("airflow-dags",)
+    return Data(databases=(DATABASE,), buckets=(BUCKET,), volumes=kept)
+
+
+class Airflow(pulumi.ComponentResource, ServiceComponent):
+    """The Airflow service: Fernet key, API and JWT secrets, admin password, connections."""
+
+    login_password: pulumi.Output[str]
+
+    def __init__(self, name: str, ctx: Context, server, deps: dict, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlox:service:Airflow", name, {}, opts)
+        self._setup(name, server)
+        import pulumi_random as random
+
+        # A Fernet key is 32 random bytes in URL-safe base64.
+        fernet = random.RandomBytes(f"{name}-fernet-key", length=32, opts=self._child)
+        self.login_password = self.password("admin", length=24).result
+        route = routes(ctx)[0]
+        # With a trailing slash: Airflow mounts its auth routes at the base URL's path + "auth".
+
+        def base_url(target):  # per server: a migration runs it on two
+            return target.public_address.apply(lambda address: ctx.public_url(route, address) + "/")
+
+        db_password = deps["postgres"].database_password(DATABASE)
+        aws = pulumi.Output.all(deps["seaweedfs"].access_key, deps["seaweedfs"].secret_key).apply(
+            lambda keys: json.dumps({"conn_type": "aws", "login": keys[0], "password": keys[1], "extra": {
+                "endpoint_url": "http://seaweedfs:8333", "region_name": "us-east-1"}}, sort_keys=True))
+        self.write_env(
+            NAME,
+            {
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_password.apply(
+                    lambda p: f"postgresql+psycopg2://{DATABASE}:{p}@postgres:5432/{DATABASE}"),
+                "AIRFLOW__CORE__FERNET_KEY": fernet.base64.apply(lambda b: b.replace("+", "-").replace("/", "_")),
+                "AIRFLOW__API__SECRET_KEY": self.password("api-secret-key", length=48).result,
+                "AIRFLOW__API_AUTH__JWT_SECRET": self.password("jwt-secret", length=48).result,
+                "AIRFLOW__API__BASE_URL": base_url,
+                "AIRFLOW_ADMIN_PASSWORD": self.login_password,
+                "AIRFLOW_CONN_AWS_DEFAULT": aws,
+            },
+            ["airflow-init", "airflow", "airflow-scheduler", "airflow-dag-processor"],
+            after=[deps["postgres"], deps["seaweedfs"]],
+        )
+        self.register_outputs({"login_password": self.login_password})
+
+
+SERVICE = Service(
+    name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("postgres", "seaweedfs", "caddy"), settings=Settings,
+    compose=compose, routes=routes, files=files, data=data, component=Airflow,
+)

@@ -1,0 +1,137 @@
+"""Label Studio: data labeling, with its own login.
+
+Metadata (projects, tasks, annotations, users) in its own Postgres database; uploaded
+media and exports in the bucket ``label-studio`` (django-storages S3 backend, reached on
+the Compose network; files are streamed to browsers through Label Studio itself, so no
+bucket URL needs to be public). An admin user (``admin@<stack>.mlox``) with a generated
+password and a generated API token (``Authorization: Token ...``) is created at start.
+Behind the proxy at ``label-studio.<domain>`` or ``https://<address>/label-studio/``
+with Label Studio's own login. Error reports to Sentry and usage analytics are off.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import pulumi
+
+from mlox_iac.components.services.base import (
+    Context, Data, Route, Service, ServiceComponent, ServiceSettings, hc, limits,
+)
+
+NAME = "label-studio"
+IMAGE = "heartexlabs/label-studio:1.23.2"
+MEMORY_MB = 768
+PORT = 8080
+DATABASE = "labelstudio"
+BUCKET = "label-studio"  # uploaded media and exports
+DATA = "/label-studio/data"  # local caches and exports in progress
+UID = 1001  # the upstream image's user
+
+# As root: own the data volume (created by root on the host), then drop to the image's user.
+_START = (
+    f"chown {UID} {DATA} && exec setpriv --reuid={UID} --regid=0 --clear-groups "
+    "label-studio start --no-browser --internal-host 0.0.0.0 --port 8080 --enable-legacy-api-token"
+)
+
+
+class Settings(ServiceSettings):
+    """Label Studio data labeling (Postgres metadata, media and exports in the bucket)."""
+
+
+def admin_user(ctx: Context) -> str:
+    return f"admin@{ctx.config.stack_name}.mlox"
+
+
+def compose(ctx: Context) -> dict:
+    from mlox_iac.components.services import seaweedfs
+
+    environment = {
+        "DJANGO_DB": "default", "POSTGRE_HOST": "postgres", "POSTGRE_PORT": "5432",
+        "POSTGRE_NAME": DATABASE, "POSTGRE_USER": DATABASE,
+        "LABEL_STUDIO_BASE_DATA_DIR": DATA, "LABEL_STUDIO_USERNAME": admin_user(ctx),
+        "STORAGE_TYPE": "s3", "STORAGE_AWS_BUCKET_NAME": BUCKET, "STORAGE_AWS_REGION_NAME": "us-east-1",
+        "STORAGE_AWS_ENDPOINT_URL": f"http://seaweedfs:{seaweedfs.S3_PORT}", "STORAGE_AWS_FOLDER": "media",
+        "USE_NGINX_FOR_UPLOADS": "false",  # stream files from the bucket through Label Studio
+        "SSRF_PROTECTION_ENABLED": "true", "COLLECT_ANALYTICS": "false",
+        "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "", "LATEST_VERSION_CHECK": "false",
+    }
+    return {
+        "services": {
+            "label-studio": {
+                "image": IMAGE,
+                "restart": "unless-stopped",
+                "user": "0",
+                "env_file": ctx.env_files(NAME),
+                "environment": environment,
+                "entrypoint": ["/bin/sh", "-c", _START],
+                "volumes": [f"label-studio-data:{DATA}"],
+                "healthcheck": hc(
+                    ["CMD", "python3", "-c",
+                     f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{PORT}/health', timeout=4)"],
+                    # The first start runs the database migrations: over 6 minutes on a busy 2-core server.
+                    start_period="900s",
+                ),
+                "depends_on": {
+                    "postgres-provision": {"condition": "service_healthy"},
+                    "seaweedfs-buckets": {"condition": "service_healthy"},
+                },
+                "deploy": limits(MEMORY_MB),
+            },
+        },
+        "volumes": {"label-studio-data": ctx.volume("label-studio-data")},
+    }
+
+
+def routes(ctx: Context) -> list[Route]:
+    # Label Studio's own login; it builds its links from LABEL_STUDIO_HOST and expects the
+    # proxy to strip the path prefix.
+    return [Route(NAME, f"{NAME}:{PORT}", auth="own")]
+
+
+def files(ctx: Context) -> dict[str, str]:
+    return {}
+
+
+def data(ctx: Context) -> Data:
+    return Data(databases=(DATABASE,), buckets=(BUCKET,), volumes=("label-studio-data",))
+
+
+class LabelStudio(pulumi.ComponentResource, ServiceComponent):
+    """The Label Studio service: admin password and API token, database and S3 credentials."""
+
+    login_password: pulumi.Output[str]
+    api_token: pulumi.Output[str]
+
+    def __init__(self, name: str, ctx: Context, server, deps: dict, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlox:service:LabelStudio", name, {}, opts)
+        self._setup(name, server)
+        self.login_password = self.password("admin", length=24).result
+        self.api_token = self.password("api-token", length=40).result
+        route = routes(ctx)[0]
+
+        def host(target):  # per server: a migration runs it on two
+            return target.public_address.apply(lambda address: ctx.public_url(route, address))
+
+        self.write_env(
+            NAME,
+            {
+                "LABEL_STUDIO_PASSWORD": self.login_password,
+                "SECRET_KEY": self.password("django-secret-key", length=50).result,
+                "LABEL_STUDIO_USER_TOKEN": self.api_token,
+                "POSTGRE_PASSWORD": deps["postgres"].database_password(DATABASE),
+                "STORAGE_AWS_ACCESS_KEY_ID": deps["seaweedfs"].access_key,
+                "STORAGE_AWS_SECRET_ACCESS_KEY": deps["seaweedfs"].secret_key,
+                "LABEL_STUDIO_HOST": host,
+                "CSRF_TRUSTED_ORIGINS": lambda target: host(target).apply(lambda url: "https://" + urlsplit(url).netloc),
+            },
+            [NAME],
+            after=[deps["postgres"], deps["seaweedfs"]],
+        )
+        self.register_outputs({"login_password": self.login_password, "api_token": self.api_token})
+
+
+SERVICE = Service(
+    name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("postgres", "seaweedfs", "caddy"), settings=Settings,
+    compose=compose, routes=routes, files=files, data=data, component=LabelStudio,
+)

@@ -1,0 +1,94 @@
+"""Redis: the key-value store behind Feast's online store (and any service that needs a cache).
+
+Internal only: no published port and no proxy route; services reach it as ``redis:6379``
+on the Compose network with a generated password. The password reaches Redis through
+a config file written inside the container at start from the env file (mode 0600 in
+``/tmp``), so it is never in a command line or in the bundle. Persistent: an
+append-only file plus snapshots on the data volume, so the online store survives a
+restart or reboot without a new ``feast materialize``.
+"""
+
+from __future__ import annotations
+
+import pulumi
+
+from mlox_iac.components.services.base import (
+    Context, Data, Service, ServiceComponent, ServiceSettings, hc, limits,
+)
+
+NAME = "redis"
+IMAGE = "redis:7.0.15-bookworm"
+MEMORY_MB = 128
+PORT = 6379
+# Redis evicts nothing: a full online store is an error the user sees, not silent data loss.
+MAXMEMORY_MB = MEMORY_MB - 32
+
+# The config file, built from the env file when the container starts (as root, like the
+# upstream image's entrypoint, to own the data directory); then Redis runs as user redis.
+_START = (
+    "umask 077; "
+    "printf 'requirepass %s\\nappendonly yes\\ndir /data\\nport "
+    f"{PORT}\\nbind 0.0.0.0\\nprotected-mode no\\nmaxmemory {MAXMEMORY_MB}mb\\nmaxmemory-policy noeviction\\n' "
+    "\"$$REDIS_PASSWORD\" > /tmp/redis.conf && chown redis:redis /tmp/redis.conf /data && "
+    "exec setpriv --reuid=redis --regid=redis --clear-groups redis-server /tmp/redis.conf"
+)
+
+
+class Settings(ServiceSettings):
+    """Redis key-value store (Feast's online store); internal only."""
+
+
+def url(ctx: Context) -> str:
+    """Address of Redis on the Compose network (the password comes from the env file)."""
+    return f"{NAME}:{PORT}"
+
+
+def compose(ctx: Context) -> dict:
+    return {
+        "services": {
+            "redis": {
+                "image": IMAGE,
+                "restart": "unless-stopped",
+                "env_file": ctx.env_files(NAME),
+                "entrypoint": ["/bin/sh", "-c", _START],
+                "volumes": ["redis-data:/data"],
+                # redis-cli reads the password from REDISCLI_AUTH, never from its arguments.
+                "healthcheck": hc(["CMD", "sh", "-c", "REDISCLI_AUTH=\"$$REDIS_PASSWORD\" redis-cli ping | grep -q PONG"],
+                                  start_period="5s"),
+                "deploy": limits(MEMORY_MB),
+            },
+        },
+        "volumes": {"redis-data": ctx.volume("redis-data")},
+    }
+
+
+def routes(ctx: Context) -> list:
+    return []  # internal only
+
+
+def files(ctx: Context) -> dict[str, str]:
+    return {}
+
+
+def data(ctx: Context) -> Data:
+    # The online store can be rebuilt by `feast materialize`, but a restore should not need that.
+    return Data(volumes=("redis-data",))
+
+
+class Redis(pulumi.ComponentResource, ServiceComponent):
+    """The Redis service: its generated password and env file."""
+
+    password_value: pulumi.Output[str]
+
+    def __init__(self, name: str, ctx: Context, server, deps: dict, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlox:service:Redis", name, {}, opts)
+        self._setup(name, server)
+        self.password_value = self.password("password").result
+        self.write_env(NAME, {"REDIS_PASSWORD": self.password_value}, [NAME])
+        self.register_outputs({})
+
+
+SERVICE = Service(
+    name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=(), settings=Settings,
+    compose=compose, routes=routes, files=files, data=data, component=Redis,
+)

@@ -1,0 +1,427 @@
+"""Backup, snapshot list, restore and status on the server: the data verbs composed with restic.
+
+A backup is one restic snapshot (``--host <stack> --tag mlox --tag service:<name>...``) of::
+
+    /mlox/staging/manifest.json            what every service keeps, with its manifests
+    /mlox/staging/postgres/<db>.dump       pg_dump -Fc -Z0 of each declared database
+    /mlox/staging/postgres/roles.sql       pg_dumpall --roles-only
+    /mlox/staging/objects/<bucket>/...     every object of each declared bucket
+    /mlox/volumes/<volume>/...             the files of each kept volume
+
+Order, and what it guarantees across services: databases are dumped first (each in one
+snapshot of its own), then objects are copied, then volume files. So everything a database
+references that was completely written before its dump started is in the backup (an MLflow
+run's artifacts uploaded before the backup began, a model version's files); an object
+written during the backup may be in it without a database row pointing to it (harmless,
+never the reverse). An artifact still being uploaded when the dump started belongs to a run
+the restored MLflow shows as it was at that moment.
+
+After every backup ``restic check`` verifies the repository's structure; every
+``check_every_s`` ``restic check --read-data-subset=N%`` also reads a sample of the data
+back. Old snapshots are removed by ``restic forget --prune`` with the ``keep`` policy.
+The result goes to ``/var/lib/mlox-backup/status.json`` (read by ``mlox-iac status``); a
+failure makes the run exit 1 (the systemd unit fails, its journal says why).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+from typing import Any
+
+from . import objects, postgres, volumes
+from .host import DataError, Host, last_line, read_env_file
+
+STATE_DIR = Path(os.environ.get("MLOX_BACKUP_STATE", "/var/lib/mlox-backup"))
+LOCK_FILE = "/run/mlox-backup.lock"
+ROOT = "/mlox"
+REPO_ENV = ("RESTIC_REPOSITORY", "RESTIC_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+# --------------------------------------------------------------------------- restic
+
+
+class Repository:
+    """restic, as the pinned image, against the stack's repository."""
+
+    def __init__(self, host: Host):
+        self.host = host
+        backup = host.plan["backup"]
+        values = read_env_file(backup["env_file"])
+        self.env = {k: values[k] for k in REPO_ENV if values.get(k)}
+        if "RESTIC_REPOSITORY" not in self.env or "RESTIC_PASSWORD" not in self.env:
+            raise DataError(f"{backup['env_file']} lacks the repository or its password (run mlox-iac up)")
+        self.location = self.env["RESTIC_REPOSITORY"]
+        self.cache = host.data_dir / "backup" / "cache"
+
+    def mounts(self, extra: list[str] = ()) -> list[str]:
+        self.cache.mkdir(parents=True, exist_ok=True)
+        mounts = [f"{self.cache}/restic:/root/.cache/restic", *extra]
+        if self.location.startswith("local:"):
+            path = self.location[len("local:"):]
+            Path(path).mkdir(parents=True, exist_ok=True)
+            mounts.append(f"{path}:{path}")
+        return mounts
+
+    def run(self, args: list[str], extra_mounts: list[str] = (), stdout=None, what: str = "") -> subprocess.CompletedProcess:
+        done = self.host.docker_run(self.host.plan["images"]["restic"], args, env=self.env,
+                                    mounts=self.mounts(list(extra_mounts)), check=False, stdout=stdout,
+                                    what=what or f"restic {args[0]}")
+        if done.returncode != 0:
+            raise self.error(done, what or f"restic {args[0]}")
+        return done
+
+    def error(self, done: subprocess.CompletedProcess, what: str) -> DataError:
+        text = done.stderr if isinstance(done.stderr, str) else (done.stderr or b"").decode(errors="replace")
+        reason = last_line(text).removeprefix("Fatal: ")
+        if done.returncode == 12 or "wrong password" in text:
+            return DataError(f"the backup repository's password is wrong ({self.location}): restic says "
+                             f"'{reason}'; the password is the stack's backup_password output")
+        if done.returncode == 10:
+            return DataError(f"there is no backup repository at {self.location}")
+        if done.returncode == 11:
+            return DataError(f"the backup repository is locked by another run: {reason}")
+        if any(s in text for s in ("connection refused", "no such host", "i/o timeout", "dial tcp", "no route to host")):
+            return DataError(f"the backup repository is unreachable ({self.location}): {reason}")
+        return DataError(f"{what} failed (exit {done.returncode}): {reason or 'no message'}")
+
+    def reachable(self, attempts: int = 3) -> None:
+        """Fail at once when an S3 repository's endpoint does not answer.
+
+        restic itself retries a refused connection for 15 minutes before it gives up; a
+        backup whose repository is gone should say so now.
+        """
+        if not self.location.startswith("s3:"):
+            return
+        parts = urlsplit(self.location[len("s3:"):])
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        reason = ""
+        for attempt in range(attempts):
+            try:
+                socket.create_connection((parts.hostname, port), timeout=5).close()
+                return
+            except OSError as exc:
+                reason = exc.strerror or str(exc) or type(exc).__name__
+                if attempt + 1 < attempts:
+                    time.sleep(2)
+        raise DataError(f"the backup repository is unreachable ({self.location}): "
+                        f"{parts.hostname}:{port}: {reason}")
+
+    def ensure(self) -> bool:
+        """Open the repository, creating it only when restic says there is none (exit 10)."""
+        self.reachable()
+        done = self.host.docker_run(self.host.plan["images"]["restic"], ["cat", "config"], env=self.env,
+                                    mounts=self.mounts(), check=False, what="restic cat config")
+        if done.returncode == 0:
+            return False
+        if done.returncode != 10:
+            raise self.error(done, "opening the backup repository")
+        self.run(["init"], what="creating the backup repository")
+        return True
+
+
+# --------------------------------------------------------------------------- state
+
+
+def _state_path() -> Path:
+    return STATE_DIR / "status.json"
+
+
+def read_state() -> dict[str, Any]:
+    try:
+        return json.loads(_state_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_state(state: dict[str, Any]) -> None:
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = _state_path().with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    tmp.replace(_state_path())
+
+
+class Lock:
+    """One backup or restore at a time on a server."""
+
+    def __enter__(self):
+        self.fd = os.open(LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise DataError("another backup or restore is running on this server") from None
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+# --------------------------------------------------------------------------- backup
+
+
+def _services(host: Host) -> dict[str, dict]:
+    return host.plan["services"]
+
+
+def _staging(host: Host) -> Path:
+    return host.data_dir / "backup" / "staging"
+
+
+def capture_all(host: Host, staging: Path, cache: Path) -> dict[str, Any]:
+    """Run every capture verb into ``staging``; return the manifest of everything."""
+    services = _services(host)
+    manifest: dict[str, Any] = {"format": 1, "stack": host.plan["stack"], "created_at": time.time(), "services": {}}
+    entries = manifest["services"]
+    for name, data in services.items():
+        entries[name] = {"databases": {}, "buckets": {}, "volumes": {}, "writers": data["writers"]}
+    # Databases first: see the module docstring for what this order guarantees.
+    dbs = [(n, db) for n, d in services.items() for db in d["databases"]]
+    if dbs:
+        host.progress("dump", "roles")
+        postgres.capture_roles(host, staging / "postgres" / "roles.sql")
+    for name, db in dbs:
+        host.progress("dump", f"database {db} ({name})")
+        entries[name]["databases"][db] = postgres.capture(host, db, staging / "postgres" / f"{db}.dump")
+    wanted_buckets = set()
+    for name, data in services.items():
+        for bucket in data["buckets"]:
+            host.progress("objects", f"bucket {bucket} ({name})")
+            wanted_buckets.add(bucket)
+            entries[name]["buckets"][bucket] = objects.capture(host, bucket, staging / "objects" / bucket,
+                                                               cache / f"hashes-bucket-{bucket}.json")
+    for stale in (staging / "objects").glob("*") if (staging / "objects").is_dir() else []:
+        if stale.name not in wanted_buckets:  # a bucket no longer declared
+            shutil.rmtree(stale)
+    for name, data in services.items():
+        for volume in data["volumes"]:
+            host.progress("volumes", f"volume {volume} ({name})")
+            entries[name]["volumes"][volume] = volumes.capture(host, volume, cache / f"hashes-volume-{volume}.json")
+    (staging / "manifest.json").write_text(json.dumps(manifest, sort_keys=True))
+    return manifest
+
+
+def _kept_volumes(host: Host) -> list[str]:
+    return sorted(v for d in _services(host).values() for v in d["volumes"])
+
+
+def backup(host: Host) -> dict[str, Any]:
+    """One backup: capture, restic backup, check, forget; the result is recorded either way."""
+    state = read_state()
+    started = time.time()
+    record: dict[str, Any] = {"started_at": started, "ok": False}
+    try:
+        with Lock():
+            repo = Repository(host)
+            host.progress("repository", f"opening {repo.location}")
+            if repo.ensure():
+                host.progress("repository", "created a new repository")
+            staging = _staging(host)
+            cache = repo.cache
+            manifest = capture_all(host, staging, cache)
+            services = sorted(n for n, e in manifest["services"].items() if any(e[k] for k in ("databases", "buckets", "volumes")))
+            mounts = [f"{staging}:{ROOT}/staging:ro"]
+            mounts += [f"{host.data_dir}/volumes/{v}:{ROOT}/volumes/{v}:ro" for v in _kept_volumes(host)]
+            tags = ["--tag", "mlox", *[a for s in services for a in ("--tag", f"service:{s}")]]
+            host.progress("upload", "restic backup")
+            summary = _restic_backup(host, repo, mounts, tags)
+            record.update(snapshot=summary.get("snapshot_id"), data_added=summary.get("data_added", 0),
+                          total_bytes=summary.get("total_bytes_processed", 0), services=services)
+            host.progress("check", "restic check")
+            repo.run(["check"], what="restic check")
+            record["check"] = "ok"
+            deep = host.plan["backup"]
+            if started - state.get("deep_check_at", 0) >= deep["check_every_s"]:
+                host.progress("check", f"restic check --read-data-subset={deep['check_read_data']}%")
+                repo.run(["check", f"--read-data-subset={deep['check_read_data']}%"], what="restic deep check")
+                state["deep_check_at"] = time.time()
+                record["check"] = f"ok (read back {deep['check_read_data']}% of the data)"
+            keep = host.plan["backup"]["keep"]
+            host.progress("forget", "restic forget --prune")
+            repo.run(["forget", "--host", host.plan["stack"], "--tag", "mlox", "--prune",
+                      "--keep-daily", str(keep["daily"]), "--keep-weekly", str(keep["weekly"]),
+                      "--keep-monthly", str(keep["monthly"])], what="restic forget")
+            record["ok"] = True
+    except DataError as exc:
+        record["error"] = str(exc)
+        raise
+    except Exception as exc:  # recorded as a failure too, then reported by the caller
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        record["finished_at"] = time.time()
+        state["last"] = record
+        if record.get("ok"):
+            state["last_ok"] = record
+            checks = state.setdefault("checks", {})
+            checks[record["snapshot"]] = record["check"]
+            while len(checks) > 100:
+                checks.pop(next(iter(checks)))
+        write_state(state)
+    return record
+
+
+def _restic_backup(host: Host, repo: Repository, mounts: list[str], tags: list[str]) -> dict[str, Any]:
+    """``restic backup --json``, turning its status lines into progress events."""
+    argv = ["backup", ROOT, "--json", "--host", host.plan["stack"], *tags]
+    cmd = ["docker", "run", "--rm", *[a for k in sorted(repo.env) for a in ("-e", k)],
+           *[a for m in repo.mounts(mounts) for a in ("-v", m)], host.plan["images"]["restic"], *argv]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **repo.env})
+    summary: dict[str, Any] = {}
+    last = 0.0
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("message_type") == "summary":
+            summary = event
+        elif event.get("message_type") == "status" and time.monotonic() - last > 2:
+            last = time.monotonic()
+            host.progress("upload", f"{event.get('percent_done', 0) * 100:.0f}% of "
+                          f"{event.get('total_bytes', 0) / 1e6:.0f} MB", percent=event.get("percent_done", 0))
+    stderr = proc.stderr.read() if proc.stderr else ""
+    if proc.wait() != 0 or not summary:
+        raise repo.error(subprocess.CompletedProcess(cmd, proc.returncode or 1, "", stderr), "restic backup")
+    return summary
+
+
+# --------------------------------------------------------------------------- list
+
+
+def snapshots(host: Host) -> list[dict[str, Any]]:
+    repo = Repository(host)
+    repo.reachable()
+    found = json.loads(repo.run(["snapshots", "--json", "--host", host.plan["stack"], "--tag", "mlox"],
+                                what="listing snapshots").stdout or "[]")
+    checks = read_state().get("checks", {})
+    out = []
+    for snap in found:
+        summary = snap.get("summary") or {}
+        out.append({
+            "id": snap["short_id"], "full_id": snap["id"], "time": snap["time"],
+            "services": sorted(t.split(":", 1)[1] for t in snap.get("tags", []) if t.startswith("service:")),
+            "size": summary.get("total_bytes_processed"), "added": summary.get("data_added"),
+            "check": checks.get(snap["id"], "-"),
+        })
+    return sorted(out, key=lambda s: s["time"])
+
+
+# --------------------------------------------------------------------------- restore
+
+
+def restore(host: Host, snapshot: str = "latest", service: str | None = None) -> dict[str, Any]:
+    """Restore a snapshot's data (all of it, or one service's) into the running stack."""
+    with Lock():
+        repo = Repository(host)
+        repo.reachable()
+        host.progress("snapshot", f"reading {snapshot}")
+        base = ["--host", host.plan["stack"], "--tag", "mlox"]
+        listed = json.loads(repo.run(["snapshots", "--json", *base, snapshot], what=f"finding snapshot {snapshot}").stdout or "[]")
+        if not listed:
+            raise DataError(f"no snapshot {snapshot!r} of stack {host.plan['stack']} in {repo.location} "
+                            "(mlox-iac backups lists them)")
+        snap = listed[-1]
+        manifest = json.loads(repo.run(["dump", snap["id"], f"{ROOT}/staging/manifest.json"],
+                                       what="reading the snapshot's manifest").stdout)
+        entries = manifest["services"]
+        chosen = {n: e for n, e in entries.items() if any(e[k] for k in ("databases", "buckets", "volumes"))}
+        if service is not None:
+            if service not in chosen:
+                raise DataError(f"service {service!r} has no data in snapshot {snap['short_id']} "
+                                f"(it has: {', '.join(sorted(chosen)) or 'nothing'})")
+            chosen = {service: chosen[service]}
+        target = host.data_dir / "backup" / "restore"
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        includes = [f"{ROOT}/staging/manifest.json"]
+        for e in chosen.values():
+            if e["databases"]:
+                includes.append(f"{ROOT}/staging/postgres")
+            includes += [f"{ROOT}/staging/objects/{b}" for b in e["buckets"]]
+            includes += [f"{ROOT}/volumes/{v}" for v in e["volumes"]]
+        host.progress("download", f"restic restore {snap['short_id']}")
+        repo.run(["restore", snap["id"], "--target", "/restore", *[a for i in sorted(set(includes)) for a in ("--include", i)]],
+                 extra_mounts=[f"{target}:/restore"], what="restic restore")
+        src = target / ROOT.lstrip("/")
+        restored = restore_all(host, chosen, src / "staging", src / "volumes")
+        shutil.rmtree(target, ignore_errors=True)
+        # The next backup re-syncs its object copies from the restored buckets.
+        return {"snapshot": snap["short_id"], "time": snap["time"], "restored": restored, "verified": True}
+
+
+def restore_all(host: Host, chosen: dict[str, Any], staging: Path, volume_copies: Path) -> list[dict[str, Any]]:
+    """Restore the services in ``chosen`` (manifest entries) from a staging directory laid out
+    as :func:`capture_all` writes it and a directory of volume copies; every step verifies
+    against the manifest. Their writers are stopped meanwhile; the stack is started again
+    whatever happens. Used by restore (from a snapshot) and by migration (from the old server)."""
+    writers = sorted({w for e in chosen.values() for w in e["writers"]})
+    restored: list[dict[str, Any]] = []
+    try:
+        if writers:
+            host.progress("stop", "stopping " + ", ".join(writers))
+            host.compose_stop(writers)
+        if any(e["databases"] for e in chosen.values()):
+            host.progress("databases", "roles")
+            postgres.restore_roles(host, staging / "postgres" / "roles.sql")
+        for name, e in chosen.items():
+            for db, m in e["databases"].items():
+                host.progress("databases", f"database {db} ({name})")
+                restored.append({"service": name, "kind": "database", "name": db,
+                                 **postgres.restore(host, db, staging / "postgres" / f"{db}.dump", m)})
+            for bucket, m in e["buckets"].items():
+                host.progress("objects", f"bucket {bucket} ({name})")
+                restored.append({"service": name, "kind": "bucket", "name": bucket,
+                                 **objects.restore(host, bucket, staging / "objects" / bucket, m)})
+            for volume, m in e["volumes"].items():
+                host.progress("volumes", f"volume {volume} ({name})")
+                restored.append({"service": name, "kind": "volume", "name": volume,
+                                 **volumes.restore(host, volume, volume_copies / volume, m)})
+    finally:
+        host.progress("start", "starting the stack")
+        host.compose_up()
+    return restored
+
+
+# --------------------------------------------------------------------------- status
+
+
+def status(host: Host) -> dict[str, Any]:
+    """The last backup's age and result, judged against the schedule."""
+    state = read_state()
+    interval = host.plan["backup"]["interval_s"]
+    now = time.time()
+    last, last_ok = state.get("last"), state.get("last_ok")
+    installed = state.get("installed_at") or _installed_at()
+    out: dict[str, Any] = {"interval_s": interval, "now": now, "last": last, "last_ok_at": (last_ok or {}).get("finished_at")}
+    if last is None:
+        waited = now - installed if installed else 0
+        out["ok"] = waited <= 2 * interval
+        out["detail"] = "no backup yet" + ("" if out["ok"] else f" although the schedule was installed {waited / 3600:.1f}h ago")
+        return out
+    age = now - (last_ok or {}).get("finished_at", 0) if last_ok else None
+    out["age_s"] = age
+    if not last.get("ok"):
+        out["ok"], out["detail"] = False, f"last backup failed: {last.get('error', 'unknown error')}"
+    elif age is not None and age > 2 * interval:
+        out["ok"], out["detail"] = False, f"last successful backup is {age / 3600:.1f}h old (schedule: every {interval / 3600:.1f}h)"
+    else:
+        out["ok"], out["detail"] = True, "ok"
+    return out
+
+
+def _installed_at() -> float | None:
+    try:
+        return float((STATE_DIR / "installed_at").read_text().strip())
+    except (OSError, ValueError):
+        return None

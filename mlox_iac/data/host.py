@@ -1,0 +1,115 @@
+"""The server as the data modules see it: commands, compose, env files, progress events.
+
+Runs on the server (as root). ``plan`` is the bundle's ``backup/plan.json``, rendered from
+the services' ``Data`` declarations by ``mlox_iac/render/backup.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+
+class DataError(Exception):
+    """A failed data step, with a one-line reason a user can act on."""
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """``KEY='value'`` lines as written by the stack's env files (see base.env_line)."""
+    values: dict[str, str] = {}
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror} (is the stack deployed?)") from None
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep or key.startswith("#"):
+            continue
+        if len(value) >= 2 and value[0] == value[-1] == "'":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def diff_manifests(expected: Mapping[str, Any], actual: Mapping[str, Any], *, changed: Callable[[Any, Any], str],
+                   name: Callable[[str], str] = str, limit: int = 5) -> list[str]:
+    """One line per entry that is missing, extra or changed (at most ``limit``, then a count)."""
+    problems = []
+    for key in sorted(set(expected) | set(actual)):
+        if key not in actual:
+            problems.append(f"{name(key)}: missing")
+        elif key not in expected:
+            problems.append(f"{name(key)}: not in the backup")
+        elif expected[key] != actual[key]:
+            problems.append(f"{name(key)}: {changed(expected[key], actual[key])}")
+    if len(problems) > limit:
+        return problems[:limit] + [f"... and {len(problems) - limit} more"]
+    return problems
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+class Host:
+    """Runs commands on this server; every data module goes through it."""
+
+    def __init__(self, plan: Mapping[str, Any], emit: Callable[[dict], None] | None = None):
+        self.plan = plan
+        self.compose = list(plan["compose"])
+        self.data_dir = Path(plan["data_dir"])
+        self._emit = emit or (lambda event: None)
+
+    # ---- progress
+    def progress(self, phase: str, message: str, **extra: Any) -> None:
+        self._emit({"event": "progress", "phase": phase, "message": message, "time": time.time(), **extra})
+
+    # ---- commands
+    def run(self, argv: Sequence[str], *, input: str | bytes | None = None, env: Mapping[str, str] | None = None,
+            stdin=None, stdout=None, check: bool = True, text: bool = True, what: str = "") -> subprocess.CompletedProcess:
+        full_env = {**os.environ, **(env or {})}
+        if stdin is None and input is None:
+            stdin = subprocess.DEVNULL  # never read the caller's terminal or ssh channel
+        done = subprocess.run(list(argv), input=input, stdin=stdin, stdout=stdout if stdout is not None else subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=full_env, text=text)
+        if check and done.returncode != 0:
+            err = done.stderr if isinstance(done.stderr, str) else (done.stderr or b"").decode(errors="replace")
+            raise DataError(f"{what or argv[0]} failed (exit {done.returncode}): {last_line(err) or 'no message'}")
+        return done
+
+    def compose_run(self, *args: str, what: str = "") -> subprocess.CompletedProcess:
+        return self.run([*self.compose, *args], what=what or f"docker compose {args[0]}")
+
+    def compose_exec(self, service: str, argv: Sequence[str], **kw) -> subprocess.CompletedProcess:
+        return self.run([*self.compose, "exec", "-T", service, *argv], **kw)
+
+    def docker_run(self, image: str, argv: Sequence[str], *, env: Mapping[str, str], mounts: Sequence[str] = (),
+                   network: str | None = None, what: str = "", **kw) -> subprocess.CompletedProcess:
+        """``docker run --rm`` with ``env`` passed by name only (values never on a command line)."""
+        cmd = ["docker", "run", "--rm", "-i"]
+        if network:
+            cmd += ["--network", network]
+        for key in sorted(env):
+            cmd += ["-e", key]
+        for mount in mounts:
+            cmd += ["-v", mount]
+        return self.run([*cmd, image, *argv], env=env, what=what or image, **kw)
+
+    def compose_stop(self, services: Sequence[str]) -> None:
+        if services:
+            self.compose_run("stop", *services, what="stopping " + ", ".join(services))
+
+    def compose_up(self) -> None:
+        self.compose_run("up", "-d", "--wait", "--wait-timeout", "600", what="starting the stack")
+
+
+def emit_json(event: dict) -> None:
+    """Progress for ``mlox-iac``: one JSON object per line on stdout, flushed at once."""
+    sys.stdout.write(json.dumps(event, sort_keys=True) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,175 @@
+"""Postgres databases: transactionally consistent dumps plus roles, verified by per-table checksums.
+
+- capture: one psql session opens a REPEATABLE READ, READ ONLY transaction and exports its
+  snapshot; ``pg_dump -Fc -Z0 --snapshot=...`` dumps exactly that snapshot (uncompressed:
+  restic compresses and deduplicates, and an unchanged database gives an almost identical
+  dump), and the manifest (per table: row count and an MD5 over the sorted MD5s of its rows)
+  is computed in the same session, so dump and manifest describe the same instant.
+  ``pg_dumpall --roles-only`` keeps the login roles.
+- restore: roles first (the superuser is left alone; the provisioning step then sets every
+  service's password from its env file again), then each database into a scratch database,
+  verified against the manifest, and swapped in by rename; the replaced database is kept as
+  ``<db>__mlox_before_restore`` until the next restore.
+- verify: the manifest of a live database against an expected one.
+
+Everything runs inside the stack's postgres container (``docker compose exec``), so the
+client tools always match the server's version.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from .host import DataError, Host, diff_manifests, last_line
+
+Manifest = dict[str, dict[str, Any]]
+SCRATCH = "{}__mlox_restore"
+BEFORE = "{}__mlox_before_restore"
+
+# One row per user table: name, row count, MD5 over the sorted MD5s of the rows' text forms.
+_CHECKSUMS = (
+    "SELECT format('SELECT %L, count(*), coalesce(md5(string_agg(md5(t::text), '','' ORDER BY md5(t::text))), '''') "
+    "FROM %I.%I t', schemaname || '.' || tablename, schemaname, tablename) "
+    "FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1 \\gexec\n"
+)
+
+
+def _settings(host: Host) -> tuple[str, str]:
+    pg = host.plan["postgres"]
+    return pg["service"], pg["superuser"]
+
+
+def _psql(host: Host, database: str, sql: str, what: str) -> str:
+    service, superuser = _settings(host)
+    done = host.compose_exec(service, ["psql", "-U", superuser, "-d", database, "-At", "-q", "-F", "\t",
+                                       "-v", "ON_ERROR_STOP=1"], input=sql, what=what)
+    return done.stdout
+
+
+def _parse(out: str) -> Manifest:
+    manifest: Manifest = {}
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3:
+            manifest[parts[0]] = {"rows": int(parts[1]), "md5": parts[2]}
+    return manifest
+
+
+def manifest_of(host: Host, database: str) -> Manifest:
+    return _parse(_psql(host, database, _CHECKSUMS, f"checksums of database {database}"))
+
+
+def diff(expected: Manifest, actual: Manifest) -> list[str]:
+    def changed(e: dict, a: dict) -> str:
+        return f"{a['rows']} rows (backup: {e['rows']})" if e["rows"] != a["rows"] else "content differs"
+
+    return diff_manifests(expected, actual, changed=changed, name=lambda table: f"table {table}")
+
+
+def capture(host: Host, database: str, dest: Path) -> Manifest:
+    """Dump ``database`` to ``dest`` and return its manifest, both from one snapshot."""
+    service, superuser = _settings(host)
+    marker = f"/tmp/mlox-snapshot-{database}"
+    session = subprocess.Popen(
+        [*host.compose, "exec", "-T", service, "psql", "-U", superuser, "-d", database, "-At", "-q", "-F", "\t",
+         "-v", "ON_ERROR_STOP=1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert session.stdin is not None
+    try:
+        # The snapshot id reaches us through a file in the container: psql's stdout is
+        # block-buffered on a pipe, and the session must stay open while pg_dump runs.
+        session.stdin.write(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\n"
+            "SELECT pg_export_snapshot() AS mlox_snapshot \\gset\n"
+            "\\setenv MLOX_SNAPSHOT :mlox_snapshot\n"
+            f"\\! echo \"$MLOX_SNAPSHOT\" > {marker}.tmp && mv {marker}.tmp {marker}\n"
+        )
+        session.stdin.flush()
+        snapshot = ""
+        deadline = time.monotonic() + 60
+        while not snapshot:
+            if session.poll() is not None or time.monotonic() > deadline:
+                raise DataError(f"database {database}: could not open a snapshot: {last_line(session.stderr.read())}")
+            done = host.compose_exec(service, ["cat", marker], check=False)
+            snapshot = done.stdout.strip() if done.returncode == 0 else ""
+            if not snapshot:
+                time.sleep(0.2)
+        host.compose_exec(service, ["rm", "-f", marker], check=False)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_suffix(".partial")
+        with open(partial, "wb") as out:
+            host.run([*host.compose, "exec", "-T", service, "pg_dump", "-U", superuser, "-Fc", "-Z0",
+                      f"--snapshot={snapshot}", database], stdout=out, text=False, what=f"pg_dump of {database}")
+        partial.replace(dest)
+        stdout, stderr = session.communicate(_CHECKSUMS + "COMMIT;\n", timeout=3600)
+        if session.returncode != 0:
+            raise DataError(f"database {database}: checksums failed: {last_line(stderr)}")
+    finally:
+        if session.poll() is None:
+            session.kill()
+            session.wait()
+    return _parse(stdout)
+
+
+def capture_roles(host: Host, dest: Path) -> None:
+    service, superuser = _settings(host)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb") as out:
+        host.run([*host.compose, "exec", "-T", service, "pg_dumpall", "-U", superuser, "--roles-only"],
+                 stdout=out, text=False, what="pg_dumpall --roles-only")
+
+
+def restore_roles(host: Host, src: Path) -> None:
+    """Create the roles of the backup (not the superuser), then let provisioning set passwords."""
+    _, superuser = _settings(host)
+    lines = [line for line in src.read_text().splitlines()
+             if f"ROLE {superuser};" not in line and f"ROLE {superuser} " not in line]
+    # "CREATE ROLE x" fails where the role exists; the ALTER ROLE after it still applies.
+    service, _ = _settings(host)
+    host.compose_exec(service, ["psql", "-U", superuser, "-d", "postgres", "-q", "-v", "ON_ERROR_STOP=0"],
+                      input="\n".join(lines) + "\n", what="restoring roles")
+    provision = host.plan["postgres"].get("provision")
+    if provision:
+        host.compose_run("up", "-d", "--no-deps", "--force-recreate", "--wait", provision,
+                         what="re-provisioning the database roles")
+
+
+def _exists(host: Host, database: str) -> bool:
+    out = _psql(host, "postgres", f"SELECT 1 FROM pg_database WHERE datname = '{database}';\n", "listing databases")
+    return out.strip() == "1"
+
+
+def restore(host: Host, database: str, dump: Path, manifest: Manifest) -> dict[str, Any]:
+    """Restore into a scratch database, verify, then swap it in by rename."""
+    service, superuser = _settings(host)
+    scratch, before = SCRATCH.format(database), BEFORE.format(database)
+    owner = database if _psql(host, "postgres", f"SELECT 1 FROM pg_roles WHERE rolname = '{database}';\n",
+                              "listing roles").strip() == "1" else superuser
+    _psql(host, "postgres", f'DROP DATABASE IF EXISTS "{scratch}";\n', f"dropping {scratch}")
+    _psql(host, "postgres", f'CREATE DATABASE "{scratch}" OWNER "{owner}";\n', f"creating {scratch}")
+    with open(dump, "rb") as src:
+        host.run([*host.compose, "exec", "-T", service, "pg_restore", "-U", superuser, "-d", scratch, "--exit-on-error"],
+                 stdin=src, text=False, what=f"pg_restore of {database}")
+    problems = diff(manifest, manifest_of(host, scratch))
+    if problems:
+        raise DataError(f"database {database}: the restored copy does not match the backup: {problems[0]} "
+                        f"(the live database is untouched; the copy is {scratch})")
+    swap = (f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname IN ('{database}', '{scratch}') "
+            "AND pid <> pg_backend_pid();\n"
+            f'DROP DATABASE IF EXISTS "{before}";\n')
+    if _exists(host, database):
+        swap += f'ALTER DATABASE "{database}" RENAME TO "{before}";\n'
+    swap += f'ALTER DATABASE "{scratch}" RENAME TO "{database}";\n'
+    _psql(host, "postgres", swap, f"swapping in the restored {database}")
+    problems = verify(host, database, manifest)
+    if problems:
+        raise DataError(f"database {database}: differs after the swap: {problems[0]}")
+    return {"tables": len(manifest), "rows": sum(t["rows"] for t in manifest.values())}
+
+
+def verify(host: Host, database: str, manifest: Manifest) -> list[str]:
+    return diff(manifest, manifest_of(host, database))

@@ -1,0 +1,573 @@
+"""Moving a live stack to another server or provider, in named phases that can be resumed.
+
+``mlox-iac migrate`` and scripts call :func:`run`, :func:`finish` and :func:`abort`. Each
+phase records in ``<project>/.mlox/migrate/<stack>.json`` that it finished; a rerun starts
+at the first unfinished phase. The engine steps go through :mod:`mlox_iac.automation`
+(an :class:`Engine`); the data steps run on the servers themselves (``mlox_data move-*``,
+see ``mlox_iac/data/move.py``), reached over SSH (a :class:`Servers`).
+
+=============  ==============================================================================
+phase          what it does
+=============  ==============================================================================
+preflight      the stack is deployed and not already moving; the new server's settings are
+               valid and big enough; the old server answers over SSH
+provision      ``mlox:migration`` is set and ``up`` creates the new server beside the old one,
+               bootstrapped, with every service and the same credentials (not serving users)
+copy           bulk copy while the old server serves: staged there, sent straight to the new
+               server with a key made for this move, restored there and verified
+freeze         the old proxy answers 503 with ``Retry-After``; the writers stop
+verify         final delta (stage, send, restore) and a full comparison of every database
+               table, object and volume file; any difference unfreezes the old server and
+               names what differed
+cutover        ``up`` points the outputs at the new server; the old one is stopped and protected
+=============  ==============================================================================
+
+``finish`` removes the old server; ``abort`` (any time before ``finish``) goes back to it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Protocol
+
+from mlox_iac.errors import ConfigError, MloxError
+
+PHASES = ("preflight", "provision", "copy", "freeze", "verify", "cutover")
+RECORD_DIR = Path(".mlox") / "migrate"
+Say = Callable[[str], None]
+
+
+class MigrationError(MloxError):
+    """A phase failed; the record says where a rerun starts."""
+
+
+class VerificationFailed(MigrationError):
+    """The new server's data differs from the old server's: no cutover happened."""
+
+
+# --------------------------------------------------------------------------- the record
+
+
+@dataclass
+class Record:
+    """The persistent state of one move (no secrets: names, addresses, times)."""
+
+    stack: str
+    source: str  # provider of the old server
+    to: str
+    old_server: str
+    new_server: str
+    done: dict[str, float] = field(default_factory=dict)  # phase -> when it finished
+    frozen_at: float | None = None
+    downtime_s: float | None = None
+    key_installed: bool = False
+    last_error: str | None = None
+
+    @property
+    def next_phase(self) -> str | None:
+        return next((p for p in PHASES if p not in self.done), None)
+
+    @property
+    def cut_over(self) -> bool:
+        return "cutover" in self.done
+
+    def finish_phase(self, phase: str) -> None:
+        self.done[phase] = time.time()
+
+    def next_step(self) -> str:
+        """What to run next, in words."""
+        if self.cut_over:
+            return (f"the stack runs on the new server; when you are satisfied run `mlox-iac migrate --stack "
+                    f"{self.stack} --finish` to remove the old one (or --abort to go back to it)")
+        return (f"rerun `mlox-iac migrate --stack {self.stack} --to {self.to}` to resume at {self.next_phase}, "
+                f"or `mlox-iac migrate --stack {self.stack} --abort` to go back to the old server")
+
+
+def record_path(project_dir: Path, stack: str) -> Path:
+    return Path(project_dir) / RECORD_DIR / f"{stack}.json"
+
+
+def load_record(project_dir: Path, stack: str) -> Record | None:
+    path = record_path(project_dir, stack)
+    if not path.is_file():
+        return None
+    try:
+        return Record(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise MloxError(f"{path}: not a migration record ({exc}); move it away to start over") from None
+
+
+def save_record(project_dir: Path, record: Record) -> None:
+    path = record_path(project_dir, record.stack)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(record), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def next_server_name(current: str) -> str:
+    """Two names take turns: a stack has at most two servers at a time."""
+    return "b" if current != "b" else "main"
+
+
+# --------------------------------------------------------------------------- the seams
+
+
+class Engine(Protocol):
+    """The Automation API steps a move needs (see :class:`AutomationEngine`)."""
+
+    def outputs(self) -> dict[str, Any]: ...
+
+    def up(self) -> dict[str, Any]: ...
+
+    def set_config(self, values: Mapping[str, str], remove: tuple[str, ...] = (), secret: tuple[str, ...] = ()) -> None: ...
+
+    def get_config(self, key: str) -> str: ...
+
+
+class Servers(Protocol):
+    """The data steps on the two servers (see :class:`SshServers`)."""
+
+    def verb(self, role: str, verb: str, args: tuple[str, ...] = ()) -> Any: ...
+
+    def authorize(self, role: str, public_key: str, source: str) -> None: ...
+
+    def deauthorize(self, role: str) -> None: ...
+
+    def ping(self, role: str) -> None: ...
+
+
+@dataclass
+class AutomationEngine:
+    """:class:`Engine` over :mod:`mlox_iac.automation` for one stack."""
+
+    stack: str
+    project_dir: Path
+    pulumi_command: Any = None
+    passphrase_prompt: Any = None
+    on_event: Any = None
+
+    def _kw(self) -> dict[str, Any]:
+        return {"project_dir": self.project_dir, "pulumi_command": self.pulumi_command,
+                "passphrase_prompt": self.passphrase_prompt}
+
+    def outputs(self) -> dict[str, Any]:
+        from mlox_iac import automation
+
+        return automation.outputs(self.stack, **self._kw())
+
+    def up(self) -> dict[str, Any]:
+        from mlox_iac import automation
+
+        return automation.up(self.stack, on_event=self.on_event, **self._kw()).outputs
+
+    def set_config(self, values: Mapping[str, str], remove: tuple[str, ...] = (), secret: tuple[str, ...] = ()) -> None:
+        from mlox_iac import automation
+
+        automation.set_config(self.stack, values, remove=remove, secret=secret, **self._kw())
+
+    def get_config(self, key: str) -> str:
+        from mlox_iac import automation
+
+        return automation.get_config(self.stack, key, **self._kw())
+
+
+MOVE_KEY_COMMENT = "mlox-move"
+
+
+@dataclass
+class SshServers:
+    """:class:`Servers` over the system ssh, with the user's own key (``identity``)."""
+
+    migration: Mapping[str, Any]  # the stack's ``migration`` output: ``old`` and ``new`` ssh targets
+    identity: str | None = None
+    options: tuple[str, ...] = ()
+    on_progress: Callable[[dict], None] = lambda event: None
+
+    def verb(self, role: str, verb: str, args: tuple[str, ...] = ()) -> Any:
+        from mlox_iac import connect
+
+        argv = connect.data_argv(self.migration[role], verb, args, identity=self.identity, options=self.options)
+        try:
+            return connect.run_backup_verb(argv, self.on_progress)
+        except MloxError as exc:
+            raise MigrationError(f"{role} server: {exc}") from None
+
+    def _run(self, role: str, script: str) -> None:
+        import subprocess
+
+        from mlox_iac import connect
+
+        argv = connect.ssh_argv(self.migration[role], ["sh", "-c", script], identity=self.identity,
+                                options=self.options, batch=True)
+        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            reason = (done.stderr or "").strip().splitlines()[-1:] or ["no message"]
+            raise MigrationError(f"{role} server: {reason[0]}")
+
+    def authorize(self, role: str, public_key: str, source: str) -> None:
+        self._run(role, authorize_script(public_key, source))
+
+    def deauthorize(self, role: str) -> None:
+        self._run(role, deauthorize_script())
+
+    def ping(self, role: str) -> None:
+        self._run(role, "true")
+
+
+def authorize_script(public_key: str, source: str) -> str:
+    """Append the move's key to the SSH user's authorized_keys, usable only from ``source``."""
+    import shlex
+
+    parts = public_key.split()
+    if len(parts) < 2 or parts[0] != "ssh-ed25519":
+        raise MigrationError(f"the old server handed out an unexpected key ({parts[0] if parts else 'empty'})")
+    line = f'restrict,from="{source}" {parts[0]} {parts[1]} {MOVE_KEY_COMMENT}'
+    return (f"{deauthorize_script()}; umask 077; mkdir -p ~/.ssh; "
+            f"printf '%s\\n' {shlex.quote(line)} >> ~/.ssh/authorized_keys")
+
+
+def deauthorize_script() -> str:
+    return f"if [ -f ~/.ssh/authorized_keys ]; then sed -i '/ {MOVE_KEY_COMMENT}$/d' ~/.ssh/authorized_keys; fi"
+
+
+# --------------------------------------------------------------------------- the phases
+
+
+@dataclass
+class Move:
+    """One move of one stack: the record, the engine, the servers and where to report."""
+
+    project_dir: Path
+    record: Record
+    engine: Engine
+    servers_for: Callable[[Mapping[str, Any]], Servers]
+    say: Say = lambda line: None
+    config: Any = None  # the validated StackConfig
+    _servers: Servers | None = None
+    _migration: Mapping[str, Any] | None = None
+
+    def save(self) -> None:
+        save_record(self.project_dir, self.record)
+
+    @property
+    def servers(self) -> Servers:
+        if self._servers is None:
+            migration = self._migration or self.engine.outputs().get("migration")
+            if not isinstance(migration, Mapping):
+                raise MigrationError("the stack has no second server yet (the provision phase has not finished)")
+            self._servers = self.servers_for(migration)
+        return self._servers
+
+    # 1
+    def preflight(self) -> None:
+        config, record = self.config, self.record
+        try:
+            config.for_target(record.to)
+        except ValueError as exc:  # _FieldError: a key of the stack file
+            key = getattr(exc, "key", record.to)
+            raise ConfigError([f"{self._file()}: mlox:{key}: {getattr(exc, 'message', exc)}"]) from None
+        outputs = self.engine.outputs()
+        if not outputs.get("server_address"):
+            raise MigrationError(f"stack {record.stack} is not deployed: there is nothing to move (run mlox-iac up)")
+        if outputs.get("provider") != config.provider:
+            raise MigrationError(f"stack {record.stack} runs on {outputs.get('provider')} but its file says "
+                                 f"mlox:provider {config.provider}: put mlox:provider back to {outputs.get('provider')}")
+        old = {k: outputs.get(k) for k in ("server_address", "ssh_user", "ssh_port")}
+        self.servers_for({"old": old}).ping("old")
+
+    # 2
+    def provision(self) -> None:
+        record = self.record
+        outputs = self.engine.outputs()
+        values = {"mlox:migration.to": record.to, "mlox:migration.server": record.new_server,
+                  "mlox:migration.state": "provisioning",
+                  "mlox:migration.source_address": _ip_of(str(outputs["server_address"]))}
+        self.engine.set_config(values)
+        self.say(f"provision: creating the {record.to} server and deploying the services on it")
+        after = self.engine.up()
+        self._migration = after.get("migration")
+
+    # 3
+    def copy(self) -> None:
+        self._send_delta("copy")
+        self.say("copy: restoring on the new server")
+        self.servers.verb("new", "move-apply")
+
+    def _send_delta(self, phase: str, src: str = "old", dst: str = "new") -> None:
+        """Stage on ``src``, send to ``dst`` what it lacks (the move's key allowed only from ``src``)."""
+        servers, migration = self.servers, self._migration or self.engine.outputs()["migration"]
+        self._migration = migration
+        if not self.record.key_installed:
+            key = servers.verb(src, "move-keygen")["public_key"]
+            servers.authorize(dst, key, _ip_of(str(migration[src]["server_address"])))
+            self.record.key_installed = True
+            self.save()
+        self.say(f"{phase}: staging the data on the {src} server")
+        staged = servers.verb(src, "move-stage")
+        self.say(f"{phase}: {staged['files']} files, {_size(staged['bytes'])} staged; sending what the {dst} server lacks")
+        target = migration[dst]
+        sent = servers.verb(src, "move-send", ("--to", str(target["server_address"]), "--port", str(target["ssh_port"]),
+                                               "--user", str(target["ssh_user"])))
+        self.say(f"{phase}: sent {sent['files']} files, {_size(sent['bytes'])}")
+
+    # 4
+    def freeze(self) -> None:
+        self.say("freeze: the old server answers 503 (Retry-After) and its writers stop")
+        self.servers.verb("old", "move-freeze")
+        self.record.frozen_at = time.time()
+        self.save()
+
+    # 5
+    def verify(self) -> None:
+        self._send_delta("final delta")
+        self.say("verify: restoring the final delta on the new server")
+        try:
+            self.servers.verb("new", "move-apply")
+            result = self.servers.verb("new", "move-verify")
+            problems = list(result.get("problems") or [])
+        except MigrationError as exc:
+            problems = [str(exc)]
+        if problems:
+            self.say("verify: the new server differs; unfreezing the old server")
+            self.servers.verb("old", "move-unfreeze")
+            self.record.frozen_at = None
+            for phase in ("freeze", "verify"):
+                self.record.done.pop(phase, None)
+            self.record.last_error = "; ".join(problems[:5])
+            self.save()
+            raise VerificationFailed(
+                f"no cutover: the new server's data differs from the old server's: {'; '.join(problems[:5])}"
+                f"{f' (and {len(problems) - 5} more)' if len(problems) > 5 else ''}; the old server serves again")
+
+    # 6
+    def cutover(self) -> None:
+        record = self.record
+        self.engine.set_config({"mlox:migration.state": "cutover"})
+        self.say("cutover: pointing the stack's outputs at the new server")
+        after = self.engine.up()
+        record.downtime_s = time.time() - record.frozen_at if record.frozen_at else None
+        self.say("cutover: stopping the old server (kept, protected, until --finish)")
+        self.servers.verb("old", "move-stop")
+        self._drop_key()
+        if self.config.domain:
+            address = after.get("server_address")
+            self.say(f"DNS: point these records at {address}: " +
+                     ", ".join(f"{name}.{self.config.domain}" for name in sorted(after.get("urls") or {})))
+
+    def _drop_key(self, src: str = "old", dst: str = "new") -> None:
+        if self.record.key_installed:
+            self.servers.deauthorize(dst)
+            self.servers.verb(src, "move-keydrop")
+            self.record.key_installed = False
+            self.save()
+
+    def copy_back(self) -> None:
+        """After the cutover: bring the new server's data back to the old one, verified, and
+        point the outputs at the old one again (``--abort`` then removes the new server)."""
+        migration = self._migration or self.engine.outputs()["migration"]
+        self._migration = migration
+        self.say("abort: the old server admits the new one over SSH")
+        self.engine.set_config({"mlox:migration.return_address": _ip_of(str(migration["new"]["server_address"]))})
+        self._migration = self.engine.up()["migration"]
+        self._servers = None
+        servers = self.servers
+        self.say("abort: the new server answers 503 (Retry-After) and its writers stop")
+        servers.verb("new", "move-freeze")
+        frozen = time.time()
+        servers.verb("old", "move-start")
+        servers.verb("old", "move-freeze")  # running, not serving until its data is back
+        self._send_delta("copy back", src="new", dst="old")
+        servers.verb("old", "move-apply")
+        problems = list((servers.verb("old", "move-verify") or {}).get("problems") or [])
+        if problems:
+            servers.verb("old", "move-stop")
+            servers.verb("new", "move-unfreeze")
+            self._drop_key(src="new", dst="old")
+            raise VerificationFailed(f"not aborted: the old server's copy differs from the new server's: "
+                                     f"{'; '.join(problems[:5])}; the new server serves again")
+        self.engine.set_config({"mlox:migration.state": "provisioning"})
+        self.say("abort: pointing the stack's outputs at the old server again")
+        self.engine.up()
+        servers.verb("old", "move-unfreeze")
+        self.record.downtime_s = time.time() - frozen
+        self._drop_key(src="new", dst="old")
+        self.record.done.pop("cutover", None)
+        self.record.frozen_at = None
+        self.save()
+
+    def _file(self) -> str:
+        from mlox_iac.paths import stack_file
+
+        return str(stack_file(self.project_dir, self.record.stack))
+
+
+def _ip_of(address: str) -> str:
+    """An IP address for ``address`` (a host name is resolved: firewalls take addresses)."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        try:
+            return socket.gethostbyname(address)
+        except OSError as exc:
+            raise MigrationError(f"cannot resolve the old server's address {address}: {exc}") from None
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+# --------------------------------------------------------------------------- the commands
+
+
+def run(
+    stack: str,
+    to: str,
+    *,
+    project_dir: Path,
+    engine: Engine,
+    servers_for: Callable[[Mapping[str, Any]], Servers],
+    say: Say = lambda line: None,
+) -> Record:
+    """Start or resume the move of ``stack`` to provider ``to``; returns the finished record."""
+    from mlox_iac import automation
+
+    config = automation.validate_stack(stack, project_dir=project_dir)
+    record = load_record(project_dir, stack)
+    if record is None:
+        if config.migration is not None:
+            raise MigrationError(f"stack {stack} has mlox:migration set but no record in "
+                                 f"{record_path(project_dir, stack)}: run mlox-iac migrate --stack {stack} --abort")
+        record = Record(stack, config.provider, to, config.server, next_server_name(config.server))
+    elif record.to != to:
+        raise ConfigError([f"--to: {to!r}: stack {stack} is already moving to {record.to} "
+                           f"(resume with --to {record.to}, or --abort first)"])
+    if record.cut_over:
+        say(record.next_step())
+        return record
+    move = Move(project_dir, record, engine, servers_for, say, config)
+    save_record(project_dir, record)
+    started = record.next_phase
+    if started != "preflight":
+        say(f"resuming at {started} (phases done: {', '.join(p for p in PHASES if p in record.done)})")
+    while record.next_phase is not None:
+        phase = record.next_phase
+        say(f"[{PHASES.index(phase) + 1}/{len(PHASES)}] {phase}")
+        try:
+            getattr(move, phase)()
+        except VerificationFailed:
+            raise
+        except MloxError as exc:
+            if phase == "preflight":  # nothing changed yet: no record to resume from
+                record_path(project_dir, stack).unlink(missing_ok=True)
+                raise
+            record.last_error = str(exc)
+            save_record(project_dir, record)
+            raise MigrationError(f"{phase} failed: {exc} ({record.next_step()})") from None
+        record.finish_phase(phase)
+        record.last_error = None
+        save_record(project_dir, record)
+        if phase == "provision":  # later phases need the new server's outputs
+            move._migration = None
+    if record.downtime_s is not None:
+        say(f"downtime (freeze until the new server served): {record.downtime_s:.0f}s")
+    say(record.next_step())
+    return record
+
+
+def finish(stack: str, *, project_dir: Path, engine: Engine, say: Say = lambda line: None) -> None:
+    """After the cutover: remove the old server; the stack file then names only the new one."""
+    record = load_record(project_dir, stack)
+    if record is None or not record.cut_over:
+        where = "no move in progress" if record is None else f"the move has not cut over yet (next: {record.next_phase})"
+        raise MigrationError(f"stack {stack}: {where}; --finish runs only after the cutover")
+    config_values = {"mlox:migration.state": "finishing"}
+    engine.set_config(config_values)
+    say("finish: lifting the old server's protection")
+    engine.up()
+    values = {"mlox:provider": record.to, "mlox:server": record.new_server}
+    secret: tuple[str, ...] = ()
+    remove = ["mlox:migration"]
+    from mlox_iac import automation
+
+    config = automation.validate_stack(stack, project_dir=project_dir)
+    if config.target is not None and getattr(config.target, record.to) is not None:
+        # A move within one provider: the new settings replace the provider's block.
+        settings = getattr(config.target, record.to).model_dump(exclude_none=True)
+        if any(k == "private_key" for k in settings):
+            settings["private_key"] = engine.get_config(f"mlox:target.{record.to}.private_key")
+        engine.set_config({}, remove=(f"mlox:{record.to}",))
+        for key, value in settings.items():
+            path = f"mlox:{record.to}.{key}"
+            if key == "private_key":
+                secret = (*secret, path)
+            values[path] = value if isinstance(value, str) else json.dumps(value)
+        remove.append("mlox:target")
+    engine.set_config(values, remove=tuple(remove), secret=secret)
+    say("finish: removing the old server")
+    engine.up()
+    record_path(project_dir, stack).unlink(missing_ok=True)
+
+
+def abort(
+    stack: str,
+    *,
+    project_dir: Path,
+    engine: Engine,
+    servers_for: Callable[[Mapping[str, Any]], Servers],
+    say: Say = lambda line: None,
+) -> None:
+    """Go back to the old server with nothing lost, from any phase before ``finish``."""
+    from mlox_iac import automation
+
+    record = load_record(project_dir, stack)
+    config = automation.validate_stack(stack, project_dir=project_dir)
+    if record is None and config.migration is None:
+        raise MigrationError(f"stack {stack}: no move in progress")
+    if record is not None and record.cut_over:
+        # The new server has served users since the cutover: its data goes back first.
+        move = Move(project_dir, record, engine, servers_for, say, config)
+        move.copy_back()
+        record.frozen_at = None
+    outputs = engine.outputs()
+    migration = outputs.get("migration")
+    if isinstance(migration, Mapping):
+        servers = servers_for(migration)
+        if record is not None and record.frozen_at is not None:
+            say("abort: the old server serves again")
+            servers.verb("old", "move-unfreeze")
+            record.frozen_at = None
+            save_record(project_dir, record)
+        if record is not None and record.key_installed:
+            servers.deauthorize("new")
+        servers.verb("old", "move-clean")
+    if config.migration is not None:
+        say("abort: removing the new server")
+        engine.set_config({}, remove=("mlox:migration",))
+        engine.up()
+    record_path(project_dir, stack).unlink(missing_ok=True)
+    say(f"abort: stack {stack} runs on its old server only")
+
+
+def default_servers(identity: str | None, options: tuple[str, ...], on_progress: Callable[[dict], None]):
+    """The :class:`SshServers` factory the CLI uses."""
+    return lambda migration: SshServers(migration, identity=identity, options=options, on_progress=on_progress)
+
+
+def project_record_summary(project_dir: Path, stack: str) -> Optional[dict[str, Any]]:
+    record = load_record(project_dir, stack)
+    return None if record is None else {**asdict(record), "next_phase": record.next_phase, "next_step": record.next_step()}
+
+
+__all__ = ["PHASES", "Record", "Move", "run", "finish", "abort", "AutomationEngine", "SshServers",
+           "MigrationError", "VerificationFailed", "record_path", "load_record"]

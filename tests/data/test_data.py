@@ -1,0 +1,146 @@
+"""The data modules' pure parts, on this machine: manifests, diffs, swaps, errors, status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from mlox_iac.data import backup, postgres, volumes
+from mlox_iac.data.host import DataError, Host, read_env_file
+
+
+def make_host(tmp_path, **plan):
+    env = tmp_path / "backup.env"
+    env.write_text("RESTIC_REPOSITORY='s3:http://10.0.0.9:8333/b/x'\nRESTIC_PASSWORD='pw'\n")
+    base = {"compose": ["docker", "compose"], "data_dir": str(tmp_path / "data"), "stack": "prod",
+            "images": {"restic": "restic/restic:0.19.1", "rclone": "rclone/rclone:1.60.1"},
+            "backup": {"env_file": str(env), "interval_s": 3600, "keep": {"daily": 7, "weekly": 4, "monthly": 6},
+                       "check_read_data": 5, "check_every_s": 604800},
+            "services": {}}
+    base.update(plan)
+    return Host(base)
+
+
+def test_tree_manifest_hashes_files_and_caches_by_mtime(tmp_path):
+    root = tmp_path / "vol"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.bin").write_bytes(b"hello")
+    (root / "link").symlink_to("a/x.bin")
+    cache = tmp_path / "cache.json"
+    manifest = volumes.tree_manifest(root, cache)
+    assert manifest == {"a/x.bin": {"size": 5, "sha256": "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"},
+                        "link": {"link": "a/x.bin"}}
+    # A cached hash is reused only while size, mtime and inode are unchanged.
+    entry = json.loads(cache.read_text())["a/x.bin"]
+    entry[3] = "0" * 64
+    cache.write_text(json.dumps({"a/x.bin": entry}))
+    assert volumes.tree_manifest(root, cache)["a/x.bin"]["sha256"] == "0" * 64
+    (root / "a" / "x.bin").write_bytes(b"hellO")
+    assert volumes.tree_manifest(root, cache)["a/x.bin"]["sha256"] != "0" * 64
+
+
+def test_diff_names_missing_extra_and_changed():
+    expected = {"a": {"size": 1, "sha256": "x"}, "b": {"size": 1, "sha256": "y"}}
+    actual = {"a": {"size": 1, "sha256": "z"}, "c": {"size": 1, "sha256": "y"}}
+    assert volumes.diff(expected, actual) == [
+        "a: differs ({'size': 1, 'sha256': 'x'} != {'size': 1, 'sha256': 'z'})", "b: missing", "c: not in the backup"]
+    assert volumes.diff(expected, expected) == []
+
+
+def test_volume_restore_verifies_before_it_swaps_and_keeps_the_old_files(tmp_path):
+    host = make_host(tmp_path)
+    live = host.data_dir / "volumes" / "caddy-data"
+    live.mkdir(parents=True)
+    (live / "old.txt").write_text("old")
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    (restored / "cert.pem").write_text("cert")
+    manifest = volumes.tree_manifest(restored)
+    bad = {"cert.pem": {"size": 4, "sha256": "0" * 64}}
+    with pytest.raises(DataError, match="does not match the backup's manifest"):
+        volumes.restore(host, "caddy-data", restored, bad)
+    assert (live / "old.txt").read_text() == "old"  # untouched
+    assert volumes.restore(host, "caddy-data", restored, manifest) == {"files": 1, "bytes": 4}
+    assert (live / "cert.pem").read_text() == "cert"
+    assert (host.data_dir / "volumes" / ".caddy-data.before-restore" / "old.txt").read_text() == "old"
+
+
+def test_postgres_manifest_parsing_and_diff():
+    out = "public.runs\t3\tabc\npublic.metrics\t10\tdef\n"
+    manifest = postgres._parse(out)
+    assert manifest == {"public.runs": {"rows": 3, "md5": "abc"}, "public.metrics": {"rows": 10, "md5": "def"}}
+    changed = {**manifest, "public.runs": {"rows": 2, "md5": "abd"}}
+    assert postgres.diff(manifest, changed) == ["table public.runs: 2 rows (backup: 3)"]
+    assert postgres.diff(manifest, {"public.runs": manifest["public.runs"]}) == ["table public.metrics: missing"]
+
+
+def test_env_files_are_read_as_written(tmp_path):
+    path = tmp_path / "x.env"
+    path.write_text("A='1'\nB='$2b$10$x'\n")
+    assert read_env_file(path) == {"A": "1", "B": "$2b$10$x"}
+    with pytest.raises(DataError, match="cannot read"):
+        read_env_file(tmp_path / "missing.env")
+
+
+@pytest.mark.parametrize("code, stderr, expected", [
+    (12, "Fatal: wrong password or no key found\n", "the backup repository's password is wrong (s3:http://10.0.0.9:8333/b/x): "
+     "restic says 'wrong password or no key found'; the password is the stack's backup_password output"),
+    (10, "Fatal: repository does not exist\n", "there is no backup repository at s3:http://10.0.0.9:8333/b/x"),
+    (1, "Fatal: unable to open config file: Stat: Get \"http://10.0.0.9:8333/b/\": dial tcp 10.0.0.9:8333: connect: connection refused\n",
+     "the backup repository is unreachable (s3:http://10.0.0.9:8333/b/x): unable to open config file: Stat: Get "
+     "\"http://10.0.0.9:8333/b/\": dial tcp 10.0.0.9:8333: connect: connection refused"),
+    (1, "Fatal: something else\n", "restic check failed (exit 1): something else"),
+])
+def test_restic_errors_become_one_clear_line(tmp_path, code, stderr, expected):
+    repo = backup.Repository(make_host(tmp_path))
+    error = repo.error(subprocess.CompletedProcess([], code, "", stderr), "restic check")
+    assert str(error) == expected
+
+
+def test_status_judges_age_and_result_against_the_schedule(tmp_path, monkeypatch):
+    monkeypatch.setattr(backup, "STATE_DIR", tmp_path / "state")
+    host = make_host(tmp_path)
+    now = time.time()
+    backup.write_state({"installed_at": now - 100})
+    assert backup.status(host)["ok"] is True  # freshly installed, nothing due yet
+    backup.write_state({"installed_at": now - 3 * 3600})
+    assert backup.status(host)["ok"] is False  # two intervals passed without a backup
+    good = {"ok": True, "finished_at": now - 600, "started_at": now - 700}
+    backup.write_state({"last": good, "last_ok": good})
+    assert backup.status(host)["ok"] is True
+    old = {**good, "finished_at": now - 3 * 3600}
+    backup.write_state({"last": old, "last_ok": old})
+    status = backup.status(host)
+    assert status["ok"] is False and "3.0h old" in status["detail"]
+    backup.write_state({"last": {"ok": False, "error": "the backup repository is unreachable (x): y"}, "last_ok": good})
+    status = backup.status(host)
+    assert status["ok"] is False and status["detail"] == "last backup failed: the backup repository is unreachable (x): y"
+
+
+def test_one_run_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(backup, "LOCK_FILE", str(tmp_path / "lock"))
+    with backup.Lock():
+        with pytest.raises(DataError, match="another backup or restore is running"):
+            with backup.Lock():
+                pass
+
+
+def test_an_unreachable_repository_fails_at_once(tmp_path):
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens there now
+    host = make_host(tmp_path)
+    env = tmp_path / "backup.env"
+    env.write_text(f"RESTIC_REPOSITORY='s3:http://127.0.0.1:{port}/b/x'\nRESTIC_PASSWORD='pw'\n")
+    repo = backup.Repository(host)
+    started = time.monotonic()
+    with pytest.raises(DataError, match=rf"^the backup repository is unreachable \(s3:http://127.0.0.1:{port}/b/x\): "
+                                        rf"127.0.0.1:{port}: Connection refused$"):
+        repo.reachable(attempts=2)
+    assert time.monotonic() - started < 10

@@ -1,0 +1,107 @@
+"""``mlox_data move-*`` pieces that need no server: the maintenance config of the proxy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from conftest import tool
+from mlox_iac.data import move
+
+ADAPTED = {
+    "apps": {"http": {"servers": {"srv0": {
+        "listen": [":443"],
+        "routes": [
+            {"match": [{"host": ["203.0.113.10"]}],
+             "handle": [{"handler": "subroute", "routes": [{"handle": [{"handler": "reverse_proxy"}]}]}],
+             "terminal": True},
+        ],
+    }}}, "tls": {"automation": {"policies": [{"subjects": ["203.0.113.10"], "issuers": [{"module": "internal"}]}]}}},
+}
+
+
+def test_maintenance_answers_503_with_retry_after_on_the_same_sites_and_tls():
+    config = move.maintenance_config(json.loads(json.dumps(ADAPTED)))
+    route = config["apps"]["http"]["servers"]["srv0"]["routes"][0]
+    assert route["match"] == [{"host": ["203.0.113.10"]}]  # same sites: automatic HTTPS keeps its certificates
+    (handler,) = route["handle"]
+    assert handler["handler"] == "static_response" and handler["status_code"] == 503
+    assert handler["headers"]["Retry-After"] == [str(move.RETRY_AFTER_S)]
+    assert config["apps"]["tls"] == ADAPTED["apps"]["tls"]
+
+
+def test_maintenance_config_is_valid_for_caddy(tmp_path):
+    caddy = tool("caddy")
+    path = tmp_path / "maintenance.json"
+    path.write_text(json.dumps(move.maintenance_config(json.loads(json.dumps(ADAPTED)))))
+    done = subprocess.run([caddy, "validate", "--config", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]
+
+
+class LocalPair:
+    """Host A's ``Host`` whose ssh to B runs B's side locally (B's data dir is another directory)."""
+
+    def __init__(self, tmp_path):
+        import argparse
+        import io
+        import shlex
+        import sys
+
+        from mlox_iac.data.host import Host
+
+        self.a = Host({"compose": ["false"], "data_dir": str(tmp_path / "a"), "services": {}})
+        self.b = Host({"compose": ["false"], "data_dir": str(tmp_path / "b"), "services": {}})
+        real_run = self.a.run
+        pair = self
+
+        def run(argv, **kw):
+            if argv[0] != "ssh":
+                return real_run(argv, **kw)
+            remote = shlex.split(argv[-1])
+            script = remote[-1]
+            if "python3 -m mlox_data" in script:  # a verb on B, in-process
+                verb = script.rsplit(" ", 1)[-1]
+                old_stdin = sys.stdin
+                sys.stdin = io.StringIO(kw.get("input") or "")
+                try:
+                    result = move.run_verb(pair.b, verb, argparse.Namespace())
+                finally:
+                    sys.stdin = old_stdin
+                pair.calls.append(verb)
+                return subprocess.CompletedProcess(argv, 0, json.dumps({"event": "result", "result": result}) + "\n", "")
+            # tar on B: the same command with B's paths
+            local = script.replace(str(move._incoming(pair.a)), str(move._incoming(pair.b)))
+            pair.calls.append("tar")
+            return real_run(["sh", "-c", local], **kw)
+
+        self.a.run = run
+        self.calls: list[str] = []
+
+
+def test_send_moves_only_what_b_lacks_prunes_the_rest_and_ends_with_the_manifest(tmp_path):
+    pair = LocalPair(tmp_path)
+    staging = move._root(pair.a) / "staging"
+    (staging / "objects" / "data").mkdir(parents=True)
+    for i in range(3000):  # a file list longer than a pipe's buffer
+        (staging / "objects" / "data" / f"object-with-a-long-name-{i:05d}.txt").write_text(f"object {i}\n")
+    volume = pair.a.data_dir / "volumes" / "caddy-data"
+    volume.mkdir(parents=True)
+    (volume / "ca.crt").write_text("certificate\n")
+    manifest = {"services": {"caddy": {"databases": {}, "buckets": {}, "volumes": {
+        "caddy-data": move.volumes.tree_manifest(volume)}, "writers": ["caddy"]}}}
+    (staging / "manifest.json").write_text(json.dumps(manifest))
+
+    first = move.send(pair.a, "b.example", 22, "root")
+    assert first["files"] == 3001 and first["pruned"] == 0
+    incoming = move._incoming(pair.b)
+    assert (incoming / "staging" / "objects" / "data" / "object-with-a-long-name-02999.txt").read_text() == "object 2999\n"
+    assert (incoming / "volumes" / "caddy-data" / "ca.crt").read_text() == "certificate\n"
+    assert pair.calls[-1] == "move-manifest" and (incoming / "staging" / "manifest.json").is_file()
+
+    # A second send after one change and one deletion: one file goes, one is pruned on B.
+    (staging / "objects" / "data" / "object-with-a-long-name-00001.txt").write_text("changed\n")
+    (staging / "objects" / "data" / "object-with-a-long-name-00002.txt").unlink()
+    second = move.send(pair.a, "b.example", 22, "root")
+    assert (second["files"], second["pruned"]) == (1, 1)
+    assert (incoming / "staging" / "objects" / "data" / "object-with-a-long-name-00001.txt").read_text() == "changed\n"
+    assert not (incoming / "staging" / "objects" / "data" / "object-with-a-long-name-00002.txt").exists()
