@@ -31,7 +31,7 @@ SCENARIOS = {
             "serving": {"enabled": True, "models": [{"name": "iris", "alias": "champion", "log_sample": 0.1},
                                                    {"name": "Churn.v2", "memory_mb": 1024, "workers": 2}]}}),
     "monitoring_domain_email": settings(
-        domain="ml.example.com", acme_email="ops@example.com", volume_size_gb=200, services={
+        hetzner={"location": "fsn1", "server_type": "cx33"}, domain="ml.example.com", acme_email="ops@example.com", volume_size_gb=200, services={
             "monitoring": {"enabled": True, "retention_days": 90, "alerts": {"email": {
                 "to": "ops@example.com", "sender": "mlox@example.com", "smarthost": "smtp.example.com:587",
                 "username": "mlox"}}},

@@ -46,7 +46,10 @@ from mlox_iac.components.services.base import (
 
 NAME = "monitoring"
 IMAGE = "prom/prometheus:v2.42.0"
-MEMORY_MB = 256  # Prometheus: a few thousand series at a 15 s interval
+PROMETHEUS_MB = 256  # a few thousand series at a 15 s interval
+# The server must hold Prometheus and every long-running helper below (Alertmanager and the
+# exporters, 64 + 64 + 48 + 64 + 64); the contract test checks the sum against their limits.
+MEMORY_MB = PROMETHEUS_MB + 64 + 64 + 48 + 64 + 64
 ALERTMANAGER_IMAGE = "prom/alertmanager:v0.25.0"
 NODE_EXPORTER_IMAGE = "prom/node-exporter:v1.5.0"
 POSTGRES_EXPORTER_IMAGE = "quay.io/prometheuscommunity/postgres-exporter:v0.11.1"
@@ -341,7 +344,7 @@ def compose(ctx: Context) -> dict:
             "labels": {"org.mlox.config-hash": digest(*(files[k] for k in sorted(files) if not k.endswith("alertmanager.yml")))},
             "healthcheck": hc([*wget, f"http://127.0.0.1:9090{prom_prefix}/-/ready"], start_period="30s"),
             "depends_on": {"monitoring-init": {"condition": "service_healthy"}},
-            "deploy": limits(MEMORY_MB),
+            "deploy": limits(PROMETHEUS_MB),
         },
         "alertmanager": {
             "image": ALERTMANAGER_IMAGE,
