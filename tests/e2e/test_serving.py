@@ -21,20 +21,25 @@ from pathlib import Path
 
 import pytest
 
-from mlox_iac.components.services.registry import SERVICES
+from mlox_iac.components.services import monitoring, serving
 
 try:
     from . import hosts, images
-    from .test_deploy import COMPOSE, Deployment, timed
+    from .stack import COMPOSE, Deployment, timed
 except ImportError:  # pragma: no cover
     import hosts  # type: ignore[no-redef]
     import images  # type: ignore[no-redef]
-    from test_deploy import COMPOSE, Deployment, timed  # type: ignore[no-redef]
+    from stack import COMPOSE, Deployment, timed  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "tests" / "e2e" / "serving_client.py"
+# The core stack's images, and monitoring's and serving's (serving runs MLflow's image).
+NEEDED_IMAGES = sorted(set(images.preset_images("core")) | {
+    monitoring.IMAGE, monitoring.ALERTMANAGER_IMAGE, monitoring.NODE_EXPORTER_IMAGE,
+    monitoring.POSTGRES_EXPORTER_IMAGE, monitoring.BLACKBOX_IMAGE, serving.IMAGE})
+
 MODEL = "e2e-model"
 ROUTE = "model-e2e-model"
 WEBHOOK_PORT = 9871
@@ -76,7 +81,7 @@ def stack(tmp_path_factory):
 
     def build():
         try:
-            built["tags"] = images.build_standins()
+            built["tags"] = images.build_standins(names=NEEDED_IMAGES)
         except BaseException as exc:  # reported by the test that needs the images
             built["error"] = exc
 
@@ -130,8 +135,7 @@ def test_1_stack_with_monitoring_and_serving_comes_up(stack):
     d.builder.join()
     if "error" in d.built:
         raise d.built["error"]
-    names = sorted({service.image for service in SERVICES.values()} | set(images.ALL_IMAGES))
-    images.load_images(d.host, [n for n in names if n in images.STANDINS])
+    images.load_images(d.host, NEEDED_IMAGES)
     d.replay()
     rows = d.wait_healthy_services(LONG_RUNNING, timeout=420)
     timed("stack with monitoring and serving up", time.monotonic() - start)
