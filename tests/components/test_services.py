@@ -163,3 +163,14 @@ def test_full_preset_shares_credentials_and_exports_logins_as_secrets(record):
     feast_env = named(resources)["feast-env"]
     assert named(resources)["redis-env"].urn in feast_env.dependencies
     assert named(resources)["redis-env"].urn in named(resources)["jupyter-env"].dependencies
+
+
+def test_the_whole_catalogue_records_with_every_service_enabled(record):
+    """Every service's component builds under mocks with everything on (monitoring and a served model too)."""
+    raw = settings("onprem", services={"preset": "full", "monitoring": {"enabled": True},
+                                       "serving": {"enabled": True, "models": [{"name": "iris"}]}})
+    raw["onprem"]["memory_mb"] = 65536
+    resources, outputs = record(raw)
+    envs = {r.name for r in resources if r.name.endswith("-env")}
+    assert {"monitoring-env", "serving-env", "airflow-env", "mlflow-env"} <= envs, sorted(envs)
+    assert "model-iris" in outputs["urls"]

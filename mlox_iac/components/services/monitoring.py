@@ -436,16 +436,16 @@ def data(ctx: Context) -> Data:
 class Monitoring(pulumi.ComponentResource, ServiceComponent):
     """Monitoring: the server's address (for links and probes) and the Postgres login of the exporter."""
 
-    def __init__(self, name: str, ctx: Context, server, deps: dict, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, ctx: Context, servers, deps: dict, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlox:service:Monitoring", name, {}, opts)
-        self._setup(name, server)
+        self._setup(name, servers)
         from mlox_iac.components.services import caddy
 
         am_route = next(r for r in routes(ctx) if r.name == "alertmanager")
         values: dict = {
-            "MLOX_ADDRESS": server.public_address,
-            # Alertmanager's links in notifications: the host part of its public URL.
-            "MLOX_ALERTMANAGER_HOST": server.public_address.apply(
+            "MLOX_ADDRESS": lambda target: target.public_address,
+            # Alertmanager's links in notifications: the host part of its public URL (per server).
+            "MLOX_ALERTMANAGER_HOST": lambda target: target.public_address.apply(
                 lambda a: ctx.public_url(am_route, a).removeprefix("https://").split("/")[0]),
         }
         email = ctx.config.service(NAME).alerts.email

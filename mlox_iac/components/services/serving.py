@@ -167,9 +167,9 @@ def data(ctx: Context) -> Data:
 class Serving(pulumi.ComponentResource, ServiceComponent):
     """Model serving: S3 keys for the request log in its env file (route passwords are Caddy's)."""
 
-    def __init__(self, name: str, ctx: Context, server, deps: dict, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, ctx: Context, servers, deps: dict, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlox:service:Serving", name, {}, opts)
-        self._setup(name, server)
+        self._setup(name, servers)
         self.write_env(
             NAME,
             {"AWS_ACCESS_KEY_ID": deps["seaweedfs"].access_key, "AWS_SECRET_ACCESS_KEY": deps["seaweedfs"].secret_key},
