@@ -19,7 +19,7 @@ Debian host on this machine, the program replayed over SSH; needs root), then:
 
     sudo .venv/bin/python benchmarks/load.py [--clients 16] [--seconds 60] [--mib 256] [--repeat 3]
 
-It uses the e2e host group prefix mlxbench (index 41) unless MLOX_BENCH_PREFIX / _INDEX say otherwise.
+It uses the e2e host group prefix mlxbench (index 101: no e2e module uses it) unless MLOX_BENCH_PREFIX / _INDEX say otherwise.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     prefix = os.environ.get("MLOX_BENCH_PREFIX", "mlxbench")
-    index = int(os.environ.get("MLOX_BENCH_INDEX", "41"))
+    index = int(os.environ.get("MLOX_BENCH_INDEX", "101"))
     with tempfile.TemporaryDirectory(prefix="mlox-bench-") as work, \
             deployment_on_host(Path(work), prefix=prefix, first_index=index) as d:
         d.bring_up()
