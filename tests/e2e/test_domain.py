@@ -111,7 +111,7 @@ def domain(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests need root: they boot Debian hosts with systemd-nspawn")
     started = time.monotonic()
-    build = images.BackgroundBuild()  # images build on the CI machine while the target boots
+    build = images.BackgroundBuild(images.preset_images("core"))  # images build on the CI machine while the target boots
     work = tmp_path_factory.mktemp("domain")
     with hosts.target_hosts(1, prefix=PREFIX, first_index=INDEX) as (host,):
         client = hosts.client_namespace()
