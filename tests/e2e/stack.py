@@ -15,7 +15,6 @@ import secrets
 import string
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,9 +165,7 @@ class Deployment:
         """Bootstrap the bare host, load the images, deploy the whole stack; wait healthy."""
         start = time.monotonic()
         self.replay(only={"main-bootstrap"})
-        self.builder.join()
-        if "error" in self.built:
-            raise self.built["error"]
+        self.build.wait()
         images.load_images(self.host, images.preset_images("core"))
         self.replay()
         rows = self.wait_healthy()
@@ -195,18 +192,9 @@ def deployment_on_host(work: Path, prefix: str, first_index: int) -> Iterator[De
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests need root: they boot Debian hosts with systemd-nspawn")
     started = time.monotonic()
-    built: dict = {}
-
-    def build():
-        try:
-            built["tags"] = images.build_standins(names=images.preset_images("core"))
-        except BaseException as exc:  # reported by the test that needs the images
-            built["error"] = exc
-
-    builder = threading.Thread(target=build, name="standins")
-    builder.start()  # images build on the CI machine while the target boots
+    build = images.BackgroundBuild(images.preset_images("core"))  # images build while the target boots
     with hosts.target_hosts(1, prefix=prefix, first_index=first_index) as (host,):
         d = Deployment(host, work)
-        d.builder, d.built = builder, built
+        d.build = build
         timed("target ready", time.monotonic() - started)
         yield d

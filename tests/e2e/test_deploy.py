@@ -69,9 +69,7 @@ def test_1_bootstrap_hardens_a_bare_host(deployment):
     assert host.ssh("test -f /etc/apt/apt.conf.d/20auto-upgrades && echo yes").stdout.strip() == "yes"
     assert "v2." in host.ssh("docker compose version").stdout
 
-    d.builder.join()
-    if "error" in d.built:
-        raise d.built["error"]
+    d.build.wait()
     start = time.monotonic()
     names = images.preset_images("core")
     images.load_images(host, names)

@@ -77,16 +77,7 @@ def stack(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests need root: they boot Debian hosts with systemd-nspawn")
     started = time.monotonic()
-    built: dict = {}
-
-    def build():
-        try:
-            built["tags"] = images.build_standins(names=NEEDED_IMAGES)
-        except BaseException as exc:  # reported by the test that needs the images
-            built["error"] = exc
-
-    builder = threading.Thread(target=build, name="standins")
-    builder.start()  # images build on the CI machine while the target boots
+    build = images.BackgroundBuild(NEEDED_IMAGES)  # images build on the CI machine while the target boots
     with hosts.target_hosts(1, prefix="mlxsrv", first_index=71) as (host,):
         d = Deployment(host, tmp_path_factory.mktemp("serving"))
         d.webhook = Webhook(host.gateway, WEBHOOK_PORT)  # the target reaches the CI machine at its gateway
@@ -95,7 +86,7 @@ def stack(tmp_path_factory):
             "serving": {"enabled": True, "poll_seconds": 3,
                         "models": [{"name": MODEL, "alias": "champion", "log_sample": 1.0}]},
         }
-        d.builder, d.built = builder, built
+        d.build = build
         timed("serving target ready", time.monotonic() - started)
         try:
             yield d
@@ -132,9 +123,7 @@ def test_1_stack_with_monitoring_and_serving_comes_up(stack):
     d = stack
     start = time.monotonic()
     d.replay(only={"main-bootstrap"})
-    d.builder.join()
-    if "error" in d.built:
-        raise d.built["error"]
+    d.build.wait()
     images.load_images(d.host, NEEDED_IMAGES)
     d.replay()
     rows = d.wait_healthy_services(LONG_RUNNING, timeout=420)
