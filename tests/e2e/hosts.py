@@ -452,10 +452,29 @@ class TargetHost:
         input: str | bytes | None = None,
         check: bool = True,
         timeout: float | None = 600,
+        retry: bool = True,
     ) -> subprocess.CompletedProcess:
-        """Run cmd (a shell string, or an argv that is quoted for the remote shell)."""
+        """Run cmd (a shell string, or an argv that is quoted for the remote shell).
+
+        ssh exits 255 when the connection itself fails (not the remote command). On a host
+        busy with a load test (2 cores, several hosts at once) sshd can take longer than the
+        connect timeout to answer or drop a fresh connection: such a failure that printed
+        nothing on stdout (so the remote command did not run or produced nothing) is retried
+        a few times with backoff (every harness command is idempotent: reads, file writes);
+        retry=False for commands that end the connection themselves (poweroff).
+        """
         remote = cmd if isinstance(cmd, str) else shlex.join(cmd)
-        return run([*self.ssh_argv(), remote], input=input, check=check, timeout=timeout)
+        argv = [*self.ssh_argv(connect_timeout=15), remote]
+        for attempt, pause in enumerate((5, 15, 30, None), start=1):
+            cp = run(argv, input=input, check=False, timeout=timeout)
+            if not retry or cp.returncode != 255 or cp.stdout or pause is None:
+                break
+            print(f"[e2e] {self.name}: ssh failed (exit 255, attempt {attempt}): "
+                  f"{(cp.stderr or '').strip()[-200:] or 'no message'}; retrying in {pause}s", file=sys.stderr)
+            time.sleep(pause)
+        if check and cp.returncode != 0:
+            raise CommandError(cp.returncode, argv, cp.stdout, cp.stderr)
+        return cp
 
     def put_file(self, path: str, content: str | bytes, mode: str = "0644") -> None:
         q = shlex.quote(path)
@@ -623,7 +642,7 @@ class TargetHost:
             return
         with phase(f"{self.name}: stop"):
             try:
-                self.ssh("systemctl poweroff", check=False, timeout=10)
+                self.ssh("systemctl poweroff", check=False, timeout=10, retry=False)
             except subprocess.TimeoutExpired:
                 pass
             if not self._wait_exit(timeout):
