@@ -143,12 +143,15 @@ def send(host: Host, to: str, port: int, user: str) -> dict[str, Any]:
         receive = host.run(_ssh(host, to, port, user, ["sh", "-c", f"mkdir -p {shlex.quote(dest)} && "
                                                        f"tar -C {shlex.quote(dest)} -xf -"]),
                            stdin=tar.stdout, check=False, text=False, what="receiving")
+        # Our copy of the pipe's read end closed: if the receiver died midway, tar now gets
+        # EPIPE instead of blocking forever on a pipe nobody reads.
+        tar.stdout.close()  # type: ignore[union-attr]
         tar.wait()
-        if tar.returncode != 0:
-            raise DataError(f"tar of the {kind} files failed: {last_line(tar.stderr.read().decode(errors='replace'))}")
         if receive.returncode != 0:
             raise DataError(f"the new server did not take the {kind} files: "
-                            f"{last_line(receive.stderr.decode(errors='replace'))}")
+                            f"{last_line(receive.stderr.decode(errors='replace')) or f'exit {receive.returncode}'}")
+        if tar.returncode != 0:
+            raise DataError(f"tar of the {kind} files failed: {last_line(tar.stderr.read().decode(errors='replace'))}")
     stale = sorted(set(have) - set(wanted) - {"staging/manifest.json"})
     if stale:
         _remote_verb(host, to, port, user, "move-prune", stdin="\n".join(stale) + "\n")

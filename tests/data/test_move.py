@@ -105,3 +105,38 @@ def test_send_moves_only_what_b_lacks_prunes_the_rest_and_ends_with_the_manifest
     assert (second["files"], second["pruned"]) == (1, 1)
     assert (incoming / "staging" / "objects" / "data" / "object-with-a-long-name-00001.txt").read_text() == "changed\n"
     assert not (incoming / "staging" / "objects" / "data" / "object-with-a-long-name-00002.txt").exists()
+
+
+def test_send_fails_at_once_when_the_receiver_dies_midway(tmp_path):
+    """The receiving tar killed on B: send raises (naming the new server) instead of leaving
+    A's tar blocked on a pipe nobody reads; the rerun of the copy then resumes."""
+    import threading
+
+    pair = LocalPair(tmp_path)
+    staging = move._root(pair.a) / "staging"
+    (staging / "objects" / "data").mkdir(parents=True)
+    (staging / "objects" / "data" / "big.bin").write_bytes(b"x" * (8 << 20))  # far more than a pipe holds
+    (staging / "manifest.json").write_text(json.dumps({"services": {}}))
+    dying = pair.a.run
+
+    def run(argv, **kw):
+        if argv[0] == "ssh" and "tar -C" in argv[-1]:  # B's tar reads 1 MiB, then is killed
+            return subprocess.run(["sh", "-c", "head -c 1048576 >/dev/null; kill -KILL $$"], stdin=kw["stdin"],
+                                  capture_output=True)
+        return dying(argv, **kw)
+
+    pair.a.run = run
+    outcome: dict = {}
+
+    def send():
+        try:
+            move.send(pair.a, "b.example", 22, "root")
+        except move.DataError as exc:
+            outcome["error"] = str(exc)
+
+    worker = threading.Thread(target=send, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "send hangs once the receiver died"
+    assert outcome["error"].startswith("the new server did not take the staging files"), outcome
+    assert not (move._incoming(pair.b) / "staging" / "manifest.json").exists()  # no manifest: nothing to apply
