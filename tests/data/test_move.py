@@ -140,3 +140,26 @@ def test_send_fails_at_once_when_the_receiver_dies_midway(tmp_path):
     assert not worker.is_alive(), "send hangs once the receiver died"
     assert outcome["error"].startswith("the new server did not take the staging files"), outcome
     assert not (move._incoming(pair.b) / "staging" / "manifest.json").exists()  # no manifest: nothing to apply
+
+
+def test_verify_takes_every_old_file_unchanged_and_tolerates_files_the_new_server_wrote(tmp_path):
+    from mlox_iac.data.host import Host
+
+    b = Host({"compose": ["false"], "data_dir": str(tmp_path / "b"), "services": {}})
+    live = move.volumes.live_dir(b, "caddy-data")
+    (live / "caddy" / "pki").mkdir(parents=True)
+    (live / "caddy" / "pki" / "root.crt").write_text("the old server's CA\n")
+    (live / "caddy" / "instance.uuid").write_text("old\n")
+    manifest = {"services": {"caddy": {"databases": {}, "buckets": {}, "volumes": {
+        "caddy-data": move.volumes.tree_manifest(live)}, "writers": ["caddy"]}}}
+    move.take_manifest(b, json.dumps(manifest))
+    # Caddy on the new server issued a certificate for its own address after the restore.
+    (live / "caddy" / "certificates" / "local" / "10.0.0.2").mkdir(parents=True)
+    (live / "caddy" / "certificates" / "local" / "10.0.0.2" / "10.0.0.2.crt").write_text("new server's own\n")
+    assert move.verify(b) == {"ok": True, "problems": [], "new_server_files": 1}
+
+    (live / "caddy" / "pki" / "root.crt").write_text("another CA\n")
+    (live / "caddy" / "instance.uuid").unlink()
+    problems = move.verify(b)["problems"]
+    assert problems[0] == "volume caddy-data: file caddy/instance.uuid: missing"
+    assert problems[1].startswith("volume caddy-data: file caddy/pki/root.crt: differs") and len(problems) == 2
