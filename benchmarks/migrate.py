@@ -23,16 +23,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.e2e import hosts, images  # noqa: E402
-from tests.e2e import pending_migrate as t  # noqa: E402
+from tests.e2e import test_migrate as t  # noqa: E402
 
 from mlox_iac import migrate  # noqa: E402
 
+PREFIX, FIRST_INDEX = "mlxbench", 101  # its own hosts (101, 102): it can run beside the e2e tests
+
 
 def main() -> int:
-    images.build_standins(names=t.ALL_IMAGES)
-    with hosts.target_hosts(2, prefix=t.PREFIX, first_index=t.FIRST_INDEX + 2) as (a, b), \
+    build = images.BackgroundBuild(t.NEEDED_IMAGES)
+    with hosts.target_hosts(2, prefix=PREFIX, first_index=FIRST_INDEX) as (a, b), \
             tempfile.TemporaryDirectory() as work:
         d = t.MoveDeployment(a, b, Path(work))
+        d.build = build
         d.up()
         d.wait_healthy()
         d.fetch_ca()
