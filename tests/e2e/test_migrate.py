@@ -3,17 +3,21 @@
 Two systemd-nspawn hosts (prefix ``mlxmig``, indices 91 and 92). The stack is deployed on A
 by replaying the program (as in test_deploy.py) and filled with real data (MLflow runs,
 artifacts and model versions, a 1 GiB object and 1,000 small ones, volume files). Then
-:func:`mlox_iac.migrate.run` moves it with the real phases: the engine is the program under
-mocks replayed over SSH (the Automation API needs the Pulumi CLI, which cannot be installed
-here); every data step runs for real on the hosts (``mlox_data move-*`` over SSH, A sending
-straight to B). The tests run in order and build on each other:
+:func:`mlox_iac.migrate.run` moves it with the real phases: each engine ``up`` is the program
+under mocks replayed over SSH (as in test_deploy.py); every data step runs for real on the
+hosts (``mlox_data move-*`` over SSH, A sending straight to B). One lab serves the tests,
+which run in order and build on each other:
 
+0. a move aborted right after provisioning removes B's stack; A serves, nothing lost;
 1. the copy is killed midway (the receiving tar on B); a rerun resumes at the copy;
 2. one object is corrupted on B before the verification: no cutover, A serves again, the
    message names the object; a rerun completes; after the cutover the MLflow client and
-   boto3, configured only from the outputs (`mlox-iac env`), find everything on B; A's data
-   is untouched (its stack stopped);
-0. (first) a move aborted right after provisioning removes B's stack; A serves, nothing lost.
+   boto3, configured only by what `mlox-iac env` exports, find everything on B; A is
+   stopped with its data as it was;
+3. ``--finish`` removes A's stack (its data directory stays, as on any on-prem host); B serves.
+
+Not covered here: a move between two cloud providers (hetzner -> digitalocean with mocked
+cloud APIs onto these hosts), see the README.
 """
 
 from __future__ import annotations
