@@ -274,7 +274,8 @@ def verify(host: Host) -> dict[str, Any]:
         for volume, m in entry["volumes"].items():
             live = volumes.tree_manifest(volumes.live_dir(host, volume))
             own += len(set(live) - set(m))
-            problems += [f"volume {volume}: file {p}" for p in volumes.diff(m, {k: v for k, v in live.items() if k in m})]
+            kept = {k: v for k, v in live.items() if k in m}
+            problems += [f"volume {volume}: file {p}" for p in volumes.diff(m, kept)]
     return {"ok": not problems, "problems": problems, "new_server_files": own}
 
 
