@@ -1,4 +1,14 @@
-"""End to end: ``mlox-iac migrate`` moves a stack with data from host A to host B (onprem -> onprem).
+"""NOT YET PASSING as a whole — not collected by CI (the file name does not match ``test_*.py``).
+
+Last run (2026-11-26, as root, on the shared 2-core machine): tests 0 and 1 passed; test 2 got
+through the failed verification (message naming the object), the rerun, the cutover (downtime
+332 s), the MLflow client and the boto3-from-`mlox-iac env` checks on B, then lost SSH to B
+(exit 255, nothing printed, 4 attempts over ~50 s) while reading B's volume files; test 3
+(``--finish``) has not run yet. Run it explicitly: ``.venv/bin/python -m pytest
+tests/e2e/pending_migrate.py -x -s``; rename it to ``test_migrate.py`` once it passes (the
+unit tests of the phases are ``tests/test_migrate_phases.py``, so the names do not collide).
+
+End to end: ``mlox-iac migrate`` moves a stack with data from host A to host B (onprem -> onprem).
 
 Two systemd-nspawn hosts (prefix ``mlxmig``, indices 91 and 92). The stack is deployed on A
 by replaying the program (as in test_deploy.py) and filled with real data (MLflow runs,
