@@ -40,6 +40,8 @@ from . import objects, postgres, volumes
 from .host import DataError, Host, last_line, read_env_file
 
 STATE_DIR = Path(os.environ.get("MLOX_BACKUP_STATE", "/var/lib/mlox-backup"))
+# node-exporter's textfile collector reads *.prom here (monitoring.py's TEXTFILE_DIR).
+METRICS_DIR = Path(os.environ.get("MLOX_METRICS_DIR", "/opt/mlox/metrics"))
 LOCK_FILE = "/run/mlox-backup.lock"
 ROOT = "/mlox"
 REPO_ENV = ("RESTIC_REPOSITORY", "RESTIC_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -178,6 +180,28 @@ def write_state(state: dict[str, Any]) -> None:
     tmp.replace(_state_path())
 
 
+def write_metrics(state: dict[str, Any], interval_s: int) -> None:
+    """The last backup's result as Prometheus metrics, for the BackupFailed and BackupStale
+    alerts (written whole, then renamed, as the textfile collector requires)."""
+    last, last_ok = state.get("last") or {}, state.get("last_ok") or {}
+    metrics = [
+        ("last_status", "1 when the last backup succeeded, 0 when it failed", 1 if last.get("ok") else 0),
+        ("last_run_timestamp_seconds", "when the last backup finished", last.get("finished_at")),
+        ("last_success_timestamp_seconds", "when the last successful backup finished", last_ok.get("finished_at")),
+        ("interval_seconds", "the backup schedule's interval", interval_s),
+    ]
+    lines = []
+    for name, help_text, value in metrics:
+        if value is not None:
+            lines += [f"# HELP mlox_backup_{name} {help_text}.", f"# TYPE mlox_backup_{name} gauge",
+                      f"mlox_backup_{name} {value}"]
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = METRICS_DIR / ".mlox_backup.prom.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.chmod(0o644)
+    tmp.replace(METRICS_DIR / "mlox_backup.prom")
+
+
 class Lock:
     """One backup or restore at a time on a server."""
 
@@ -295,6 +319,7 @@ def backup(host: Host) -> dict[str, Any]:
             while len(checks) > 100:
                 checks.pop(next(iter(checks)))
         write_state(state)
+        write_metrics(state, host.plan["backup"]["interval_s"])
     return record
 
 

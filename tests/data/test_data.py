@@ -197,3 +197,20 @@ def test_the_repository_probe_reports_other_failures(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"^opening the backup repository failed \(exit 1\): unable to open config "
                                         r"file: Stat: Access Denied\.$"):
         repo.exists()
+
+
+def test_backup_metrics_for_the_alerts(tmp_path, monkeypatch):
+    monkeypatch.setattr(backup, "METRICS_DIR", tmp_path / "metrics")
+    good = {"ok": True, "started_at": 100.0, "finished_at": 160.5}
+    backup.write_metrics({"last": good, "last_ok": good}, 86400)
+    text = (tmp_path / "metrics" / "mlox_backup.prom").read_text()
+    values = dict(line.split() for line in text.splitlines() if not line.startswith("#"))
+    assert values == {"mlox_backup_last_status": "1", "mlox_backup_last_run_timestamp_seconds": "160.5",
+                      "mlox_backup_last_success_timestamp_seconds": "160.5", "mlox_backup_interval_seconds": "86400"}
+    assert "# TYPE mlox_backup_last_status gauge" in text
+    backup.write_metrics({"last": {"ok": False, "finished_at": 200.0}}, 3600)  # never succeeded
+    values = dict(line.split() for line in (tmp_path / "metrics" / "mlox_backup.prom").read_text().splitlines()
+                  if not line.startswith("#"))
+    assert values == {"mlox_backup_last_status": "0", "mlox_backup_last_run_timestamp_seconds": "200.0",
+                      "mlox_backup_interval_seconds": "3600"}
+    assert sorted(p.name for p in (tmp_path / "metrics").iterdir()) == ["mlox_backup.prom"]
