@@ -49,7 +49,6 @@ import yaml
 from mlox_iac import migrate
 from mlox_iac.components.services.registry import SERVICES
 from mlox_iac.plan import record_program, unwrap
-from mlox_iac.render.backup import IMAGES
 
 try:
     from . import backup_lab as lab
@@ -70,8 +69,7 @@ FIRST_INDEX = 91  # A = 91, B = 92
 BIG_OBJECT_MB = 1024
 STACK = "e2e"
 SECRETS = {"onprem.private_key", "target.onprem.private_key"}
-# The core stack's images and the data tooling's (rclone copies the objects).
-NEEDED_IMAGES = sorted(set(images.preset_images("core")) | set(IMAGES))
+NEEDED_IMAGES = lab.LAB_IMAGES  # the core stack's and the data tooling's (rclone copies the objects)
 
 
 class MoveDeployment(Deployment):
