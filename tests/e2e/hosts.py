@@ -465,7 +465,10 @@ class TargetHost:
         """
         remote = cmd if isinstance(cmd, str) else shlex.join(cmd)
         argv = [*self.ssh_argv(connect_timeout=15), remote]
-        for attempt, pause in enumerate((5, 15, 30, None), start=1):
+        pauses = (5, 15, 30, 60, None)
+        for attempt, pause in enumerate(pauses, start=1):
+            if attempt == len(pauses):  # the last try says why the connection ends, if it does
+                argv = [*argv[:-2], "-v", *argv[-2:]]
             cp = run(argv, input=input, check=False, timeout=timeout)
             if not retry or cp.returncode != 255 or cp.stdout or pause is None:
                 break
