@@ -22,7 +22,6 @@ import json
 import os
 import ssl
 import sys
-import threading
 import time
 import uuid
 
@@ -45,6 +44,9 @@ PREFIX, FIRST_INDEX = "mlxsvc", 61
 LONG_RUNNING = ("postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "airflow", "airflow-scheduler",
                 "airflow-dag-processor", "jupyter", "caddy")
 GIT_PORT = 9418
+# The images of the services the full preset enables (serving and monitoring are opt-in).
+FULL_IMAGES = sorted({SERVICES[s].image for s in ("postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio",
+                                                   "airflow", "jupyter", "caddy")})
 
 # The DAG the test commits to the repository Airflow syncs: it uses only the connections
 # mlox creates (aws_default for the bucket, mlflow_default for the tracking server).
@@ -89,23 +91,13 @@ def catalogue(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests need root: they boot Debian hosts with systemd-nspawn")
     started = time.monotonic()
-    built: dict = {}
-    needed = sorted({s.image for s in SERVICES.values()})
-
-    def build():
-        try:
-            built["tags"] = images.build_standins(names=needed)
-        except BaseException as exc:  # reported by the test that needs the images
-            built["error"] = exc
-
-    builder = threading.Thread(target=build, name="standins")
-    builder.start()  # images build on the CI machine while the target boots
+    build = images.BackgroundBuild(FULL_IMAGES)  # images build on the CI machine while the target boots
     with hosts.target_hosts(1, prefix=PREFIX, first_index=FIRST_INDEX) as (host,):
         d = Deployment(host, tmp_path_factory.mktemp("catalogue"))
         daemon = _serve_dags_repo(d.work / "git", host.gateway)
         d.raw["services"] = {"preset": "full", "airflow": {"dags_repo": f"git://{host.gateway}:{GIT_PORT}/dags.git"}}
         d.raw["onprem"]["memory_mb"] = 8192  # an 8 GB server (Hetzner cx32/cx33 class)
-        d.builder, d.built, d.images = builder, built, needed
+        d.build = build
         timed("catalogue target ready", time.monotonic() - started)
         try:
             yield d
@@ -144,10 +136,8 @@ def test_1_full_preset_comes_up(catalogue):
     d = catalogue
     start = time.monotonic()
     d.replay(only={"main-bootstrap"})
-    d.builder.join()
-    if "error" in d.built:
-        raise d.built["error"]
-    images.load_images(d.host, d.images)
+    d.build.wait()
+    images.load_images(d.host, FULL_IMAGES)
     timed("catalogue images loaded", time.monotonic() - start)
     start = time.monotonic()
     try:
@@ -366,6 +356,14 @@ def test_4a_label_studio_project_and_imported_file_in_the_bucket(catalogue):
     full = f"https://{urlsplit(base).netloc}{file_url}" if prefix and file_url.startswith(prefix + "/") else base + file_url
     served = api.get(full, timeout=60)
     assert served.status_code == 200 and served.content == image, (file_url, served.status_code)
+    # An export snapshot is written to the bucket too (Label Studio's default storage).
+    export = api.post(f"{base}/api/projects/{project_id}/exports", json={}, timeout=120)
+    assert export.status_code == 201 and export.json()["status"] == "completed", export.text[:1000]
+    exported = [o["Key"] for o in d.s3().list_objects_v2(Bucket="label-studio", Prefix=f"media/export/{project_id}/")
+                .get("Contents", [])]
+    assert len(exported) == 1, exported
+    snapshot = json.loads(d.s3().get_object(Bucket="label-studio", Key=exported[0])["Body"].read())
+    assert [task["data"]["image"] for task in snapshot] == [file_url]
     unauthenticated = requests.get(f"{base}/api/projects", verify=str(d.ca_path), timeout=30)
     assert unauthenticated.status_code in (401, 403), unauthenticated.status_code
     wrong = requests.get(f"{base}/api/projects", headers={"Authorization": "Token " + "x" * 40},
@@ -407,11 +405,15 @@ def test_4c_airflow_runs_a_dag_from_the_synced_repository(catalogue):
             "success", "failed"):
         assert time.monotonic() < deadline, state
         time.sleep(5)
+    # Airflow 3 serves task logs as structured events (JSON), the task's stdout among them.
     log = api.get(f"{base}/api/v2/dags/mlox_e2e/dagRuns/{run_id}/taskInstances/write_and_track/logs/1",
-                  headers={"Accept": "text/plain"}, timeout=60)
-    assert state == "success", log.text[-3000:]
-    assert log.status_code == 200 and f"MLOX-E2E marker={marker}" in log.text, log.text[-3000:]
-    mlflow_run = log.text.split(f"MLOX-E2E marker={marker} run=", 1)[1][:32]
+                  headers={"Accept": "application/json"}, timeout=60)
+    assert log.status_code == 200, log.text[-3000:]
+    text = "\n".join(str(event.get("event")) for event in log.json()["content"])
+    assert state == "success", text[-3000:]
+    assert f"MLOX-E2E marker={marker}" in text, text[-3000:]
+    assert f"s3://airflow-logs/logs/dag_id=mlox_e2e/run_id={run_id}/" in text  # read back from the bucket
+    mlflow_run = text.split(f"MLOX-E2E marker={marker} run=", 1)[1][:32]
     assert d.s3().get_object(Bucket="data", Key=f"airflow/{marker}.txt")["Body"].read() == f"written by airflow {marker}".encode()
     # The task log is in the bucket (remote logging), under Airflow's log path for this run.
     logs = [o["Key"] for o in d.s3().list_objects_v2(Bucket="airflow-logs").get("Contents", [])]

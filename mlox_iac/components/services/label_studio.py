@@ -28,9 +28,13 @@ BUCKET = "label-studio"  # uploaded media and exports
 DATA = "/label-studio/data"  # local caches and exports in progress
 UID = 1001  # the upstream image's user
 
-# As root: own the data volume (created by root on the host), then drop to the image's user.
+# As root: own the data volume and everything in it (the volume is created by root on the
+# host; a restore or a migration writes its files as root), then drop to the image's user.
+# Label Studio creates media/upload/<project> locally before it stores an upload in the
+# bucket, so the whole tree must be its user's. It holds only caches and exports in
+# progress: small, quick to walk at each start.
 _START = (
-    f"chown {UID} {DATA} && exec setpriv --reuid={UID} --regid=0 --clear-groups "
+    f"chown -R {UID} {DATA} && exec setpriv --reuid={UID} --regid=0 --clear-groups "
     "label-studio start --no-browser --internal-host 0.0.0.0 --port 8080 --enable-legacy-api-token"
 )
 
