@@ -1,7 +1,7 @@
 """Label Studio: data labeling, with its own login.
 
 Metadata (projects, tasks, annotations, users) in its own Postgres database; uploaded
-media and exports in the bucket ``label-studio`` (django-storages S3 backend, reached on
+media and exports in the bucket ``labelstudio`` (django-storages S3 backend, reached on
 the Compose network; files are streamed to browsers through Label Studio itself, so no
 bucket URL needs to be public). An admin user (``admin@<stack>.mlox``) with a generated
 password and a generated API token (``Authorization: Token ...``) is created at start.
@@ -24,7 +24,9 @@ IMAGE = "heartexlabs/label-studio:1.23.2"
 MEMORY_MB = 768
 PORT = 8080
 DATABASE = "labelstudio"
-BUCKET = "label-studio"  # uploaded media and exports
+# Uploaded media and exports. Not "label-studio": on a bare address the S3 API shares the
+# path space with the routes, and /label-studio/... is Label Studio's (see render_compose).
+BUCKET = "labelstudio"
 DATA = "/label-studio/data"  # local caches and exports in progress
 UID = 1001  # the upstream image's user
 
