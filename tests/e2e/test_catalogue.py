@@ -1,12 +1,5 @@
-"""NOT YET PASSING — not collected by CI (the file name does not match ``test_*.py``).
-
-Written for issue 12; on its last runs the full-preset deploy ran, but the Label Studio import
-(media directory not writable) and the Airflow DAG run (stand-in rebuilt, not rerun) did not
-pass, nor the redeploy and reboot tests. Run it explicitly as root: ``.venv/bin/python -m
-pytest tests/e2e/pending_catalogue.py``. Rename it back to ``test_catalogue.py`` once it
-passes, so every CI run includes it.
-
-End to end: the full preset (every service of the catalogue) on one real Debian host.
+"""End to end: the full preset on one real Debian host (serving and monitoring are opt-in,
+tested in ``test_serving.py``).
 
 One systemd-nspawn target host (prefix ``mlxsvc``, index 61); the real program for an
 onprem stack with ``mlox:services.preset: full`` is replayed over real SSH as in
@@ -14,6 +7,10 @@ onprem stack with ``mlox:services.preset: full`` is replayed over real SSH as in
 file order and build on each other: stack up, each service used the way a user would
 (from outside, through the proxy, with the generated credentials only), unauthenticated
 requests refused, idle memory measured, an unchanged redeploy, a reboot.
+
+Its images (the full preset's nine stand-ins) build in the background while the host boots
+(``images.BackgroundBuild``); warm, the module takes about 15 minutes, most of it loading
+the images onto the host and the services' first start.
 """
 
 from __future__ import annotations
@@ -167,7 +164,7 @@ def test_2_redis_is_internal_password_protected_and_persistent(catalogue):
     d.redis_marker = marker
     # (no ps in the image; Redis rewrites its process title) PID 1 is redis-server, run as the
     # user redis, with the config file written at start.
-    assert d.host.ssh(f"{COMPOSE} exec -T redis readlink /proc/1/exe").stdout.strip().endswith("/redis-server")
+    assert d.host.ssh(f"{COMPOSE} exec -T redis cat /proc/1/comm").stdout.strip() == "redis-server"
     assert d.host.ssh(f"{COMPOSE} exec -T redis cat /proc/1/status").stdout.count(f"Uid:\t{_redis_uid(d)}\t") == 1
     info = d.host.ssh(f"{COMPOSE} exec -T redis sh -c 'REDISCLI_AUTH=\"$REDIS_PASSWORD\" redis-cli info server'")
     assert "config_file:/tmp/redis.conf" in info.stdout, info.stdout
@@ -354,8 +351,15 @@ def test_4a_label_studio_project_and_imported_file_in_the_bucket(catalogue):
     # Streamed back through Label Studio (the bucket itself is not public).
     from urllib.parse import urlsplit
 
-    prefix = urlsplit(base).path  # "/label-studio" on the bare address; links may carry it already
-    full = f"https://{urlsplit(base).netloc}{file_url}" if prefix and file_url.startswith(prefix + "/") else base + file_url
+    # Links are absolute (built from LABEL_STUDIO_HOST) or paths, which may carry the prefix
+    # ("/label-studio" on the bare address) already.
+    prefix = urlsplit(base).path
+    if urlsplit(file_url).scheme:
+        full = file_url
+    elif prefix and file_url.startswith(prefix + "/"):
+        full = f"https://{urlsplit(base).netloc}{file_url}"
+    else:
+        full = base + file_url
     served = api.get(full, timeout=60)
     assert served.status_code == 200 and served.content == image, (file_url, served.status_code)
     # An export snapshot is written to the bucket too (Label Studio's default storage).
@@ -365,7 +369,7 @@ def test_4a_label_studio_project_and_imported_file_in_the_bucket(catalogue):
                 .get("Contents", [])]
     assert len(exported) == 1, exported
     snapshot = json.loads(d.s3().get_object(Bucket="labelstudio", Key=exported[0])["Body"].read())
-    assert [task["data"]["image"] for task in snapshot] == [file_url]
+    assert len(snapshot) == 1 and marker in snapshot[0]["data"]["image"], snapshot
     unauthenticated = requests.get(f"{base}/api/projects", verify=str(d.ca_path), timeout=30)
     assert unauthenticated.status_code in (401, 403), unauthenticated.status_code
     wrong = requests.get(f"{base}/api/projects", headers={"Authorization": "Token " + "x" * 40},
