@@ -40,6 +40,8 @@ from . import objects, postgres, volumes
 from .host import DataError, Host, last_line, read_env_file
 
 STATE_DIR = Path(os.environ.get("MLOX_BACKUP_STATE", "/var/lib/mlox-backup"))
+# node-exporter's textfile collector reads *.prom here (monitoring.py's TEXTFILE_DIR).
+METRICS_DIR = Path(os.environ.get("MLOX_METRICS_DIR", "/opt/mlox/metrics"))
 LOCK_FILE = "/run/mlox-backup.lock"
 ROOT = "/mlox"
 REPO_ENV = ("RESTIC_REPOSITORY", "RESTIC_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -114,17 +116,47 @@ class Repository:
         raise DataError(f"the backup repository is unreachable ({self.location}): "
                         f"{parts.hostname}:{port}: {reason}")
 
-    def ensure(self) -> bool:
-        """Open the repository, creating it only when restic says there is none (exit 10)."""
+    def exists(self) -> bool:
+        """Whether the repository exists: ``restic cat config``, stopped early on a missing bucket.
+
+        restic (0.19) treats an S3 bucket that does not exist as a passing error and retries
+        it for many minutes before it exits 1; a repository that was never created (or a
+        mistyped bucket) should be reported at once. The probe watches restic's messages and
+        removes its container on the first "bucket does not exist".
+        """
         self.reachable()
-        done = self.host.docker_run(self.host.plan["images"]["restic"], ["cat", "config"], env=self.env,
-                                    mounts=self.mounts(), check=False, what="restic cat config")
-        if done.returncode == 0:
+        name = f"mlox-restic-probe-{os.getpid()}"
+        cmd = ["docker", "run", "--rm", "--name", name, *[a for k in sorted(self.env) for a in ("-e", k)],
+               *[a for m in self.mounts() for a in ("-v", m)], self.host.plan["images"]["restic"], "cat", "config"]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, **self.env})
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "bucket does not exist" in line:
+                subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+                proc.wait()
+                return False
+        code = proc.wait()
+        if code == 0:
+            return True
+        if code == 10:
             return False
-        if done.returncode != 10:
-            raise self.error(done, "opening the backup repository")
+        raise self.error(subprocess.CompletedProcess(cmd, code, "", "".join(lines)), "opening the backup repository")
+
+    def ensure(self) -> bool:
+        """Open the repository, creating it (and its bucket) only when there is none."""
+        if self.exists():
+            return False
         self.run(["init"], what="creating the backup repository")
         return True
+
+    def open(self) -> None:
+        """Open an existing repository; fail at once with a clear reason when there is none."""
+        if not self.exists():
+            raise DataError(f"there is no backup repository at {self.location} (the first `mlox-iac backup` "
+                            "creates it; check mlox:backup.repository)")
 
 
 # --------------------------------------------------------------------------- state
@@ -146,6 +178,28 @@ def write_state(state: dict[str, Any]) -> None:
     tmp = _state_path().with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
     tmp.replace(_state_path())
+
+
+def write_metrics(state: dict[str, Any], interval_s: int) -> None:
+    """The last backup's result as Prometheus metrics, for the BackupFailed and BackupStale
+    alerts (written whole, then renamed, as the textfile collector requires)."""
+    last, last_ok = state.get("last") or {}, state.get("last_ok") or {}
+    metrics = [
+        ("last_status", "1 when the last backup succeeded, 0 when it failed", 1 if last.get("ok") else 0),
+        ("last_run_timestamp_seconds", "when the last backup finished", last.get("finished_at")),
+        ("last_success_timestamp_seconds", "when the last successful backup finished", last_ok.get("finished_at")),
+        ("interval_seconds", "the backup schedule's interval", interval_s),
+    ]
+    lines = []
+    for name, help_text, value in metrics:
+        if value is not None:
+            lines += [f"# HELP mlox_backup_{name} {help_text}.", f"# TYPE mlox_backup_{name} gauge",
+                      f"mlox_backup_{name} {value}"]
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = METRICS_DIR / ".mlox_backup.prom.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.chmod(0o644)
+    tmp.replace(METRICS_DIR / "mlox_backup.prom")
 
 
 class Lock:
@@ -265,6 +319,7 @@ def backup(host: Host) -> dict[str, Any]:
             while len(checks) > 100:
                 checks.pop(next(iter(checks)))
         write_state(state)
+        write_metrics(state, host.plan["backup"]["interval_s"])
     return record
 
 
@@ -300,7 +355,7 @@ def _restic_backup(host: Host, repo: Repository, mounts: list[str], tags: list[s
 
 def snapshots(host: Host) -> list[dict[str, Any]]:
     repo = Repository(host)
-    repo.reachable()
+    repo.open()
     found = json.loads(repo.run(["snapshots", "--json", "--host", host.plan["stack"], "--tag", "mlox"],
                                 what="listing snapshots").stdout or "[]")
     checks = read_state().get("checks", {})
@@ -323,7 +378,7 @@ def restore(host: Host, snapshot: str = "latest", service: str | None = None) ->
     """Restore a snapshot's data (all of it, or one service's) into the running stack."""
     with Lock():
         repo = Repository(host)
-        repo.reachable()
+        repo.open()
         host.progress("snapshot", f"reading {snapshot}")
         base = ["--host", host.plan["stack"], "--tag", "mlox"]
         listed = json.loads(repo.run(["snapshots", "--json", *base, snapshot], what=f"finding snapshot {snapshot}").stdout or "[]")

@@ -144,3 +144,73 @@ def test_an_unreachable_repository_fails_at_once(tmp_path):
                                         rf"127.0.0.1:{port}: Connection refused$"):
         repo.reachable(attempts=2)
     assert time.monotonic() - started < 10
+
+
+FAKE_DOCKER = """#!/bin/sh
+# A docker that runs restic's `cat config` the way restic 0.19 answers for a missing S3 bucket:
+# it retries for minutes, printing one line per attempt. `docker rm -f` records the removal.
+if [ "$1" = rm ]; then echo "$@" >> "$LOG"; kill "$(cat "$PIDFILE")"; exit 0; fi
+echo $$ > "$PIDFILE"
+case "$MODE" in
+  missing) for i in 1 2 3 4 5 6 7 8 9 10; do
+             echo "Stat(<config/>) returned error, retrying after 850ms: Stat: The specified bucket does not exist" >&2
+             sleep 30; done; exit 1 ;;
+  present) exit 0 ;;
+  nokey) echo "Fatal: unable to open config file: Stat: file does not exist" >&2; exit 10 ;;
+  denied) echo "Fatal: unable to open config file: Stat: Access Denied." >&2; exit 1 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("mode, expected", [("missing", False), ("present", True), ("nokey", False)])
+def test_the_repository_probe_stops_at_a_missing_bucket(tmp_path, monkeypatch, mode, expected):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    log = tmp_path / "docker.log"
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("LOG", str(log))
+    monkeypatch.setenv("PIDFILE", str(tmp_path / "pid"))
+    monkeypatch.setenv("MODE", mode)
+    repo = backup.Repository(make_host(tmp_path))
+    monkeypatch.setattr(repo, "reachable", lambda: None)
+    started = time.monotonic()
+    assert repo.exists() is expected
+    assert time.monotonic() - started < 10
+    if mode == "missing":
+        assert log.read_text().startswith("rm -f mlox-restic-probe-")
+        with pytest.raises(DataError, match=r"^there is no backup repository at s3:http://10.0.0.9:8333/b/x "):
+            repo.open()
+
+
+def test_the_repository_probe_reports_other_failures(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("PIDFILE", str(tmp_path / "pid"))
+    monkeypatch.setenv("MODE", "denied")
+    repo = backup.Repository(make_host(tmp_path))
+    monkeypatch.setattr(repo, "reachable", lambda: None)
+    with pytest.raises(DataError, match=r"^opening the backup repository failed \(exit 1\): unable to open config "
+                                        r"file: Stat: Access Denied\.$"):
+        repo.exists()
+
+
+def test_backup_metrics_for_the_alerts(tmp_path, monkeypatch):
+    monkeypatch.setattr(backup, "METRICS_DIR", tmp_path / "metrics")
+    good = {"ok": True, "started_at": 100.0, "finished_at": 160.5}
+    backup.write_metrics({"last": good, "last_ok": good}, 86400)
+    text = (tmp_path / "metrics" / "mlox_backup.prom").read_text()
+    values = dict(line.split() for line in text.splitlines() if not line.startswith("#"))
+    assert values == {"mlox_backup_last_status": "1", "mlox_backup_last_run_timestamp_seconds": "160.5",
+                      "mlox_backup_last_success_timestamp_seconds": "160.5", "mlox_backup_interval_seconds": "86400"}
+    assert "# TYPE mlox_backup_last_status gauge" in text
+    backup.write_metrics({"last": {"ok": False, "finished_at": 200.0}}, 3600)  # never succeeded
+    values = dict(line.split() for line in (tmp_path / "metrics" / "mlox_backup.prom").read_text().splitlines()
+                  if not line.startswith("#"))
+    assert values == {"mlox_backup_last_status": "0", "mlox_backup_last_run_timestamp_seconds": "200.0",
+                      "mlox_backup_interval_seconds": "3600"}
+    assert sorted(p.name for p in (tmp_path / "metrics").iterdir()) == ["mlox_backup.prom"]

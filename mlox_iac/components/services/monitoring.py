@@ -243,8 +243,10 @@ def alert_rules(ctx: Context) -> list[dict]:
         # Written by the backup job into the textfile directory (see README, "Monitoring").
         {"alert": "BackupFailed", "expr": "mlox_backup_last_status == 0", "labels": {"severity": "critical"},
          "annotations": {"summary": "the last backup failed"}},
-        {"alert": "BackupStale", "expr": "time() - mlox_backup_last_success_timestamp_seconds > 26 * 3600",
-         "labels": {"severity": "critical"}, "annotations": {"summary": "no successful backup for more than 26 hours"}},
+        {"alert": "BackupStale",
+         "expr": "time() - mlox_backup_last_success_timestamp_seconds > 2 * mlox_backup_interval_seconds",
+         "labels": {"severity": "critical"},
+         "annotations": {"summary": "no successful backup for more than twice the schedule's interval"}},
     ]
     if _enabled(ctx, "serving"):
         rules.append({"alert": "ModelNotServingAlias", "expr": "mlox_model_desired_version != mlox_model_served_version",
