@@ -135,7 +135,7 @@ class BackupDeployment(Deployment):
         self.replay(only={"main-bootstrap"})
         timed("backup lab: bootstrap", time.monotonic() - start)
         start = time.monotonic()
-        images.load_images(self.host, sorted(set(images.preset_images("core")) | set(IMAGES)))
+        images.load_images(self.host, LAB_IMAGES)
         timed("backup lab: images loaded", time.monotonic() - start)
         start = time.monotonic()
         try:
@@ -153,8 +153,12 @@ class BackupDeployment(Deployment):
         timed("backup lab: stack up", time.monotonic() - start)
 
 
+# What the lab's hosts run: the core stack and the backup tools.
+LAB_IMAGES = sorted(set(images.preset_images("core")) | set(IMAGES))
+
+
 def build_images() -> None:
-    images.build_standins(names=sorted(set(images.preset_images("core")) | set(IMAGES)))
+    images.build_standins(names=LAB_IMAGES)
 
 
 def mlflow_client(d: Deployment, *args: str) -> dict | str:
