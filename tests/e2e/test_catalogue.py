@@ -9,7 +9,7 @@ file order and build on each other: stack up, each service used the way a user w
 requests refused, idle memory measured, an unchanged redeploy, a reboot.
 
 Its images (the full preset's nine stand-ins) build in the background while the host boots
-(``images.BackgroundBuild``); warm, the module takes about 12 minutes, most of it loading
+(``images.BackgroundBuild``); warm, the module takes 8 to 12 minutes, most of it loading
 the images onto the host and the services' first start.
 """
 
