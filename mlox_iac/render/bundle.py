@@ -10,7 +10,7 @@ import hashlib
 
 import yaml
 
-from mlox_iac.components.services.base import COMPOSE_PROJECT, Context, check_compose
+from mlox_iac.components.services.base import COMPOSE_PROJECT, Context, ContractError, check_compose
 from mlox_iac.components.services.registry import SERVICES
 
 
@@ -33,10 +33,24 @@ def render_compose(ctx: Context) -> dict:
                 raise ValueError(f"compose service {key!r} defined twice")
             services[key] = value
         volumes.update(part.get("volumes", {}))
+    _check_bucket_names(ctx)
     project: dict = {"name": COMPOSE_PROJECT, "services": services}
     if volumes:
         project["volumes"] = volumes
     return project
+
+
+def _check_bucket_names(ctx: Context) -> None:
+    """No bucket may be named like a route: on a bare address the S3 API (path-style, the
+    proxy's catch-all) and the routes (``/<name>/``) share one path space, so such a bucket
+    could not be reached from outside."""
+    from mlox_iac.components.services import seaweedfs
+
+    routes = {r.name for n in ctx.config.enabled_services() for r in SERVICES[n].routes(ctx) if not r.catch_all}
+    clash = sorted(routes.intersection(seaweedfs.buckets(ctx)))
+    if clash:
+        raise ContractError(f"bucket {clash[0]!r} is named like a route: the S3 API could not reach it "
+                            "on a bare address; rename the bucket")
 
 
 def render_bundle(ctx: Context) -> dict[str, str]:

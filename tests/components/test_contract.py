@@ -46,7 +46,7 @@ def test_databases_and_buckets_come_from_the_services_that_declare_them():
 
     ctx = everything_ctx()
     assert postgres.databases(ctx) == ["mlflow", "feast", "labelstudio", "airflow"]
-    assert seaweedfs.buckets(ctx) == ["data", "mlflow-artifacts", "label-studio", "airflow-logs", "model-logs"]
+    assert seaweedfs.buckets(ctx) == ["data", "mlflow-artifacts", "labelstudio", "airflow-logs", "model-logs"]
 
 
 # --- broken services: one change to a good one, and the exact complaint
@@ -139,3 +139,14 @@ def test_registry_refuses_a_service_registered_twice():
 
     with pytest.raises(ValueError, match="registered twice"):
         registry._checked([_good(), _good()])
+
+
+def test_a_bucket_named_like_a_route_is_refused(monkeypatch):
+    # On a bare address the S3 API and the routes share one path space: /mlflow/... is MLflow's.
+    airflow = SERVICES["airflow"]
+    monkeypatch.setitem(SERVICES, "airflow", dataclasses.replace(
+        airflow, data=lambda ctx: dataclasses.replace(airflow.data(ctx), buckets=("mlflow",))))
+    with pytest.raises(ContractError) as err:
+        render_compose(everything_ctx())
+    assert str(err.value) == ("bucket 'mlflow' is named like a route: the S3 API could not reach it on a bare "
+                              "address; rename the bucket")

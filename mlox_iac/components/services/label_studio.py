@@ -1,7 +1,7 @@
 """Label Studio: data labeling, with its own login.
 
 Metadata (projects, tasks, annotations, users) in its own Postgres database; uploaded
-media and exports in the bucket ``label-studio`` (django-storages S3 backend, reached on
+media and exports in the bucket ``labelstudio`` (django-storages S3 backend, reached on
 the Compose network; files are streamed to browsers through Label Studio itself, so no
 bucket URL needs to be public). An admin user (``admin@<stack>.mlox``) with a generated
 password and a generated API token (``Authorization: Token ...``) is created at start.
@@ -24,13 +24,19 @@ IMAGE = "heartexlabs/label-studio:1.23.2"
 MEMORY_MB = 768
 PORT = 8080
 DATABASE = "labelstudio"
-BUCKET = "label-studio"  # uploaded media and exports
+# Uploaded media and exports. Not "label-studio": on a bare address the S3 API shares the
+# path space with the routes, and /label-studio/... is Label Studio's (see render_compose).
+BUCKET = "labelstudio"
 DATA = "/label-studio/data"  # local caches and exports in progress
 UID = 1001  # the upstream image's user
 
-# As root: own the data volume (created by root on the host), then drop to the image's user.
+# As root: own the data volume and everything in it (the volume is created by root on the
+# host; a restore or a migration writes its files as root), then drop to the image's user.
+# Label Studio creates media/upload/<project> locally before it stores an upload in the
+# bucket, so the whole tree must be its user's. It holds only caches and exports in
+# progress: small, quick to walk at each start.
 _START = (
-    f"chown {UID} {DATA} && exec setpriv --reuid={UID} --regid=0 --clear-groups "
+    f"chown -R {UID} {DATA} && exec setpriv --reuid={UID} --regid=0 --clear-groups "
     "label-studio start --no-browser --internal-host 0.0.0.0 --port 8080 --enable-legacy-api-token"
 )
 
