@@ -162,19 +162,25 @@ esac
 """
 
 
-@pytest.mark.parametrize("mode, expected", [("missing", False), ("present", True), ("nokey", False)])
-def test_the_repository_probe_stops_at_a_missing_bucket(tmp_path, monkeypatch, mode, expected):
+def probed_repository(tmp_path, monkeypatch, mode: str) -> backup.Repository:
+    """A Repository whose `docker` is FAKE_DOCKER answering as ``mode`` (its removals logged to docker.log)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "docker").write_text(FAKE_DOCKER)
     (bin_dir / "docker").chmod(0o755)
-    log = tmp_path / "docker.log"
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    monkeypatch.setenv("LOG", str(log))
+    monkeypatch.setenv("LOG", str(tmp_path / "docker.log"))
     monkeypatch.setenv("PIDFILE", str(tmp_path / "pid"))
     monkeypatch.setenv("MODE", mode)
     repo = backup.Repository(make_host(tmp_path))
     monkeypatch.setattr(repo, "reachable", lambda: None)
+    return repo
+
+
+@pytest.mark.parametrize("mode, expected", [("missing", False), ("present", True), ("nokey", False)])
+def test_the_repository_probe_stops_at_a_missing_bucket(tmp_path, monkeypatch, mode, expected):
+    repo = probed_repository(tmp_path, monkeypatch, mode)
+    log = tmp_path / "docker.log"
     started = time.monotonic()
     assert repo.exists() is expected
     assert time.monotonic() - started < 10
@@ -185,15 +191,7 @@ def test_the_repository_probe_stops_at_a_missing_bucket(tmp_path, monkeypatch, m
 
 
 def test_the_repository_probe_reports_other_failures(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "docker").write_text(FAKE_DOCKER)
-    (bin_dir / "docker").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    monkeypatch.setenv("PIDFILE", str(tmp_path / "pid"))
-    monkeypatch.setenv("MODE", "denied")
-    repo = backup.Repository(make_host(tmp_path))
-    monkeypatch.setattr(repo, "reachable", lambda: None)
+    repo = probed_repository(tmp_path, monkeypatch, "denied")
     with pytest.raises(DataError, match=r"^opening the backup repository failed \(exit 1\): unable to open config "
                                         r"file: Stat: Access Denied\.$"):
         repo.exists()
