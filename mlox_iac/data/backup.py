@@ -126,8 +126,8 @@ class Repository:
         """
         self.reachable()
         name = f"mlox-restic-probe-{os.getpid()}"
-        cmd = ["docker", "run", "--rm", "--name", name, *[a for k in sorted(self.env) for a in ("-e", k)],
-               *[a for m in self.mounts() for a in ("-v", m)], self.host.plan["images"]["restic"], "cat", "config"]
+        cmd = self.host.docker_argv(self.host.plan["images"]["restic"], ["cat", "config"], env=self.env,
+                                    mounts=self.mounts(), name=name)
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True, env={**os.environ, **self.env})
         assert proc.stderr is not None
@@ -326,8 +326,7 @@ def backup(host: Host) -> dict[str, Any]:
 def _restic_backup(host: Host, repo: Repository, mounts: list[str], tags: list[str]) -> dict[str, Any]:
     """``restic backup --json``, turning its status lines into progress events."""
     argv = ["backup", ROOT, "--json", "--host", host.plan["stack"], *tags]
-    cmd = ["docker", "run", "--rm", *[a for k in sorted(repo.env) for a in ("-e", k)],
-           *[a for m in repo.mounts(mounts) for a in ("-v", m)], host.plan["images"]["restic"], *argv]
+    cmd = host.docker_argv(host.plan["images"]["restic"], argv, env=repo.env, mounts=repo.mounts(mounts))
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **repo.env})
     summary: dict[str, Any] = {}

@@ -89,17 +89,27 @@ class Host:
     def compose_exec(self, service: str, argv: Sequence[str], **kw) -> subprocess.CompletedProcess:
         return self.run([*self.compose, "exec", "-T", service, *argv], **kw)
 
-    def docker_run(self, image: str, argv: Sequence[str], *, env: Mapping[str, str], mounts: Sequence[str] = (),
-                   network: str | None = None, what: str = "", **kw) -> subprocess.CompletedProcess:
-        """``docker run --rm`` with ``env`` passed by name only (values never on a command line)."""
+    @staticmethod
+    def docker_argv(image: str, argv: Sequence[str], *, env: Mapping[str, str], mounts: Sequence[str] = (),
+                    network: str | None = None, name: str | None = None) -> list[str]:
+        """``docker run --rm`` with ``env`` passed by name only (values never on a command line):
+        run it with ``env`` in the environment."""
         cmd = ["docker", "run", "--rm", "-i"]
+        if name:
+            cmd += ["--name", name]
         if network:
             cmd += ["--network", network]
         for key in sorted(env):
             cmd += ["-e", key]
         for mount in mounts:
             cmd += ["-v", mount]
-        return self.run([*cmd, image, *argv], env=env, what=what or image, **kw)
+        return [*cmd, image, *argv]
+
+    def docker_run(self, image: str, argv: Sequence[str], *, env: Mapping[str, str], mounts: Sequence[str] = (),
+                   network: str | None = None, what: str = "", **kw) -> subprocess.CompletedProcess:
+        """:meth:`docker_argv`, run to completion."""
+        return self.run(self.docker_argv(image, argv, env=env, mounts=mounts, network=network), env=env,
+                        what=what or image, **kw)
 
     def compose_stop(self, services: Sequence[str]) -> None:
         if services:
