@@ -16,7 +16,7 @@ import string
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -187,12 +187,14 @@ class Deployment:
 
 
 @contextlib.contextmanager
-def deployment_on_host(work: Path, prefix: str, first_index: int) -> Iterator[Deployment]:
-    """One booted target host (prefix, index) as a Deployment; stand-in images build meanwhile."""
+def deployment_on_host(work: Path, prefix: str, first_index: int,
+                       names: Sequence[str] | None = None) -> Iterator[Deployment]:
+    """One booted target host (prefix, index) as a Deployment; the stand-in images it will load
+    (``names``, by default the core preset's) build meanwhile."""
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests need root: they boot Debian hosts with systemd-nspawn")
     started = time.monotonic()
-    build = images.BackgroundBuild(images.preset_images("core"))  # images build while the target boots
+    build = images.BackgroundBuild(images.preset_images("core") if names is None else names)
     with hosts.target_hosts(1, prefix=prefix, first_index=first_index) as (host,):
         d = Deployment(host, work)
         d.build = build

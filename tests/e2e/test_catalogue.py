@@ -28,11 +28,11 @@ from mlox_iac.components.services.registry import SERVICES
 
 try:
     from . import hosts, images
-    from .stack import COMPOSE, Deployment, timed
+    from .stack import COMPOSE, Deployment, deployment_on_host, timed
 except ImportError:  # pragma: no cover
     import hosts  # type: ignore[no-redef]
     import images  # type: ignore[no-redef]
-    from stack import COMPOSE, Deployment, timed  # type: ignore[no-redef]
+    from stack import COMPOSE, Deployment, deployment_on_host, timed  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.e2e
 
@@ -85,17 +85,10 @@ mlox_e2e()
 
 @pytest.fixture(scope="module")
 def catalogue(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.fail("the end-to-end tests need root: they boot Debian hosts with systemd-nspawn")
-    started = time.monotonic()
-    build = images.BackgroundBuild(FULL_IMAGES)  # images build on the CI machine while the target boots
-    with hosts.target_hosts(1, prefix=PREFIX, first_index=FIRST_INDEX) as (host,):
-        d = Deployment(host, tmp_path_factory.mktemp("catalogue"))
-        daemon = _serve_dags_repo(d.work / "git", host.gateway)
-        d.raw["services"] = {"preset": "full", "airflow": {"dags_repo": f"git://{host.gateway}:{GIT_PORT}/dags.git"}}
+    with deployment_on_host(tmp_path_factory.mktemp("catalogue"), PREFIX, FIRST_INDEX, FULL_IMAGES) as d:
+        daemon = _serve_dags_repo(d.work / "git", d.host.gateway)
+        d.raw["services"] = {"preset": "full", "airflow": {"dags_repo": f"git://{d.host.gateway}:{GIT_PORT}/dags.git"}}
         d.raw["onprem"]["memory_mb"] = 8192  # an 8 GB server (Hetzner cx32/cx33 class)
-        d.build = build
-        timed("catalogue target ready", time.monotonic() - started)
         try:
             yield d
         finally:

@@ -24,12 +24,11 @@ import pytest
 from mlox_iac.components.services import monitoring, serving
 
 try:
-    from . import hosts, images
-    from .stack import COMPOSE, Deployment, timed
+    from . import images
+    from .stack import COMPOSE, deployment_on_host, timed
 except ImportError:  # pragma: no cover
-    import hosts  # type: ignore[no-redef]
     import images  # type: ignore[no-redef]
-    from stack import COMPOSE, Deployment, timed  # type: ignore[no-redef]
+    from stack import COMPOSE, deployment_on_host, timed  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.e2e
 
@@ -74,20 +73,14 @@ class Webhook:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.fail("the end-to-end tests need root: they boot Debian hosts with systemd-nspawn")
-    started = time.monotonic()
-    build = images.BackgroundBuild(NEEDED_IMAGES)  # images build on the CI machine while the target boots
-    with hosts.target_hosts(1, prefix="mlxsrv", first_index=71) as (host,):
-        d = Deployment(host, tmp_path_factory.mktemp("serving"))
-        d.webhook = Webhook(host.gateway, WEBHOOK_PORT)  # the target reaches the CI machine at its gateway
+    with deployment_on_host(tmp_path_factory.mktemp("serving"), "mlxsrv", 71, NEEDED_IMAGES) as d:
+        gateway = d.host.gateway  # the target reaches the CI machine at its gateway
+        d.webhook = Webhook(gateway, WEBHOOK_PORT)
         d.raw["services"] = {
-            "monitoring": {"enabled": True, "alerts": {"webhook_url": f"http://{host.gateway}:{WEBHOOK_PORT}/alerts"}},
+            "monitoring": {"enabled": True, "alerts": {"webhook_url": f"http://{gateway}:{WEBHOOK_PORT}/alerts"}},
             "serving": {"enabled": True, "poll_seconds": 3,
                         "models": [{"name": MODEL, "alias": "champion", "log_sample": 1.0}]},
         }
-        d.build = build
-        timed("serving target ready", time.monotonic() - started)
         try:
             yield d
         finally:
