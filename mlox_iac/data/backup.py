@@ -18,7 +18,9 @@ the restored MLflow shows as it was at that moment.
 
 After every backup ``restic check`` verifies the repository's structure; every
 ``check_every_s`` ``restic check --read-data-subset=N%`` also reads a sample of the data
-back. Old snapshots are removed by ``restic forget --prune`` with the ``keep`` policy.
+back. Old snapshots are removed by ``restic forget`` with the ``keep`` policy after every
+backup; ``restic prune`` frees the space only they held on the deep check's cadence (it
+reads the whole repository index, the costliest step of an unchanged backup).
 The result goes to ``/var/lib/mlox-backup/status.json`` (read by ``mlox-iac status``); a
 failure makes the run exit 1 (the systemd unit fails, its journal says why).
 """
@@ -298,10 +300,16 @@ def backup(host: Host) -> dict[str, Any]:
                 state["deep_check_at"] = time.time()
                 record["check"] = f"ok (read back {deep['check_read_data']}% of the data)"
             keep = host.plan["backup"]["keep"]
-            host.progress("forget", "restic forget --prune")
-            repo.run(["forget", "--host", host.plan["stack"], "--tag", "mlox", "--prune",
+            host.progress("forget", "restic forget")
+            repo.run(["forget", "--host", host.plan["stack"], "--tag", "mlox",
                       "--keep-daily", str(keep["daily"]), "--keep-weekly", str(keep["weekly"]),
                       "--keep-monthly", str(keep["monthly"])], what="restic forget")
+            # prune reads the whole repository's index to free what forgotten snapshots
+            # alone held: on the deep check's cadence, not on every run.
+            if started - state.get("prune_at", 0) >= deep["check_every_s"]:
+                host.progress("prune", "restic prune")
+                repo.run(["prune"], what="restic prune")
+                state["prune_at"] = time.time()
             record["ok"] = True
     except DataError as exc:
         record["error"] = str(exc)
@@ -414,11 +422,13 @@ def restore(host: Host, snapshot: str = "latest", service: str | None = None) ->
         return {"snapshot": snap["short_id"], "time": snap["time"], "restored": restored, "verified": True}
 
 
-def restore_all(host: Host, chosen: dict[str, Any], staging: Path, volume_copies: Path) -> list[dict[str, Any]]:
+def restore_all(host: Host, chosen: dict[str, Any], staging: Path, volume_copies: Path,
+                cache_dir: Path | None = None) -> list[dict[str, Any]]:
     """Restore the services in ``chosen`` (manifest entries) from a staging directory laid out
     as :func:`capture_all` writes it and a directory of volume copies; every step verifies
     against the manifest. Their writers are stopped meanwhile; the stack is started again
-    whatever happens. Used by restore (from a snapshot) and by migration (from the old server)."""
+    whatever happens. Used by restore (from a snapshot) and by migration (from the old server,
+    with ``cache_dir``: objects hashed by an earlier run and unchanged since are not read again)."""
     writers = sorted({w for e in chosen.values() for w in e["writers"]})
     restored: list[dict[str, Any]] = []
     try:
@@ -436,7 +446,7 @@ def restore_all(host: Host, chosen: dict[str, Any], staging: Path, volume_copies
             for bucket, m in e["buckets"].items():
                 host.progress("objects", f"bucket {bucket} ({name})")
                 restored.append({"service": name, "kind": "bucket", "name": bucket,
-                                 **objects.restore(host, bucket, staging / "objects" / bucket, m)})
+                                 **objects.restore(host, bucket, staging / "objects" / bucket, m, cache_dir)})
             for volume, m in e["volumes"].items():
                 host.progress("volumes", f"volume {volume} ({name})")
                 restored.append({"service": name, "kind": "volume", "name": volume,

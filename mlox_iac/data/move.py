@@ -49,6 +49,16 @@ def _incoming(host: Host) -> Path:
     return _root(host) / "incoming"
 
 
+def _cache(host: Host) -> Path:
+    return _root(host) / "cache"
+
+
+def _live_cache(host: Host, bucket: str) -> Path:
+    """The hashes of a bucket's live objects, kept between the copy's and the final delta's
+    verification (see :func:`objects.manifest_of`)."""
+    return _cache(host) / f"hashes-live-{bucket}.json"
+
+
 def _key(host: Host) -> Path:
     return _root(host) / "key" / "id_ed25519"
 
@@ -60,7 +70,7 @@ def stage(host: Host) -> dict[str, Any]:
     """Capture everything into the staging directory; return the sizes to send."""
     staging = _root(host) / "staging"
     staging.mkdir(parents=True, exist_ok=True)
-    manifest = backup.capture_all(host, staging, _root(host) / "cache")
+    manifest = backup.capture_all(host, staging, _cache(host))
     files = _outgoing(host, manifest)
     return {"files": len(files), "bytes": sum(e.get("size", 0) for e in files.values())}
 
@@ -68,7 +78,7 @@ def stage(host: Host) -> dict[str, Any]:
 def _outgoing(host: Host, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """What the new server must hold, relative to its incoming directory."""
     staging = _root(host) / "staging"
-    out = {f"staging/{k}": v for k, v in volumes.tree_manifest(staging, _root(host) / "cache" / "hashes-staging.json").items()}
+    out = {f"staging/{k}": v for k, v in volumes.tree_manifest(staging, _cache(host) / "hashes-staging.json").items()}
     for entry in manifest["services"].values():
         for volume, files in entry["volumes"].items():
             out.update({f"volumes/{volume}/{k}": v for k, v in files.items()})
@@ -219,7 +229,7 @@ def start_all(host: Host) -> dict[str, Any]:
 
 def have(host: Host) -> dict[str, Any]:
     root = _incoming(host)
-    return volumes.tree_manifest(root, _root(host) / "cache" / "hashes-incoming.json")
+    return volumes.tree_manifest(root, _cache(host) / "hashes-incoming.json")
 
 
 def prune(host: Host, rels: list[str]) -> dict[str, Any]:
@@ -253,7 +263,7 @@ def apply(host: Host) -> dict[str, Any]:
 
     Volume copies are moved into place by the restore, so the next send brings them again."""
     incoming = _incoming(host)
-    restored = backup.restore_all(host, _chosen(host), incoming / "staging", incoming / "volumes")
+    restored = backup.restore_all(host, _chosen(host), incoming / "staging", incoming / "volumes", _cache(host))
     return {"restored": restored}
 
 
@@ -270,7 +280,7 @@ def verify(host: Host) -> dict[str, Any]:
         for db, m in entry["databases"].items():
             problems += [f"database {db}: {p}" for p in postgres.verify(host, db, m)]
         for bucket, m in entry["buckets"].items():
-            problems += [f"bucket {bucket}: object {p}" for p in objects.verify(host, bucket, m)]
+            problems += [f"bucket {bucket}: object {p}" for p in objects.verify(host, bucket, m, _live_cache(host, bucket))]
         for volume, m in entry["volumes"].items():
             live = volumes.tree_manifest(volumes.live_dir(host, volume))
             own += len(set(live) - set(m))

@@ -19,6 +19,7 @@ the object store's env file and passed to the container by environment, never on
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -56,28 +57,79 @@ def capture(host: Host, bucket: str, staging: Path, cache: Path | None = None) -
     return volumes.tree_manifest(staging, cache)
 
 
-def manifest_of(host: Host, bucket: str) -> Manifest:
-    """Key, size and SHA-256 of every live object (downloads each one)."""
-    listing = json.loads(_rclone(host, ["lsjson", "-R", "--files-only", f"store:{bucket}"],
-                                 what=f"listing bucket {bucket}").stdout or "[]")
-    sizes = {entry["Path"]: entry["Size"] for entry in listing}
-    sums = _rclone(host, ["hashsum", "sha256", "--download", "--checkers", "16", f"store:{bucket}"],
-                   what=f"hashing bucket {bucket}").stdout
+def manifest_of(host: Host, bucket: str, cache: Path | None = None) -> Manifest:
+    """Key, size and SHA-256 of every live object; each object is downloaded and hashed.
+
+    With ``cache`` (a JSON file on the server), an object already hashed there is not
+    downloaded again while its size, its modification time on the server and its MD5 as the
+    server lists it (single-part uploads) are unchanged: any write through S3 changes the
+    server's modification time. Only objects new or written since are read.
+    """
+    listing = json.loads(_rclone(host, ["lsjson", "-R", "--files-only", "--use-server-modtime", "--hash-type", "md5",
+                                        f"store:{bucket}"], what=f"listing bucket {bucket}").stdout or "[]")
+    stamps = {entry["Path"]: [entry["Size"], entry.get("ModTime", ""), (entry.get("Hashes") or {}).get("md5", "")]
+              for entry in listing}
+    known = _read_cache(cache)
+    digests = {key: known[key][3] for key, stamp in stamps.items() if known.get(key, [])[:3] == stamp}
+    wanted = sorted(set(stamps) - set(digests))
+    if wanted:
+        digests.update(_hash_objects(host, bucket, None if len(wanted) == len(stamps) else wanted))
+    if cache is not None:
+        _write_cache(cache, {key: [*stamp, digests[key]] for key, stamp in stamps.items() if key in digests})
     out: Manifest = {}
-    for line in sums.splitlines():
-        digest, _, key = line.partition("  ")
-        if key:
-            out[key] = {"size": sizes.get(key), "sha256": digest}
+    for key, digest in digests.items():
+        if key in stamps:  # an object that appeared between the listing and the hashing waits for the next run
+            out[key] = {"size": stamps[key][0], "sha256": digest}
     return out
 
 
-def verify(host: Host, bucket: str, manifest: Manifest) -> list[str]:
-    return volumes.diff(manifest, manifest_of(host, bucket))
+def _hash_objects(host: Host, bucket: str, keys: list[str] | None) -> dict[str, str]:
+    """Download and hash the objects ``keys`` (all with None): {key: SHA-256}."""
+    args = ["hashsum", "sha256", "--download", "--checkers", "16", f"store:{bucket}"]
+    if keys is None or any("\n" in key for key in keys):
+        sums = _rclone(host, args, what=f"hashing bucket {bucket}").stdout
+    else:
+        host.data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=host.data_dir, prefix=".hash-list-") as tmp:
+            (Path(tmp) / "keys").write_text("".join(f"{key}\n" for key in keys))
+            sums = _rclone(host, [*args, "--files-from-raw", f"{_MOUNT}/keys"], mount=Path(tmp),
+                           what=f"hashing {len(keys)} objects of bucket {bucket}").stdout
+    out = {}
+    for line in sums.splitlines():
+        digest, _, key = line.partition("  ")
+        if key:
+            out[key] = digest
+    return out
 
 
-def restore(host: Host, bucket: str, restored: Path, manifest: Manifest) -> dict[str, Any]:
-    """Make the bucket hold exactly the restored objects; replaced ones move aside."""
-    problems = volumes.diff(manifest, volumes.tree_manifest(restored))
+def _read_cache(cache: Path | None) -> dict[str, list]:
+    if cache is None or not cache.is_file():
+        return {}
+    try:
+        return json.loads(cache.read_text())
+    except ValueError:
+        return {}
+
+
+def _write_cache(cache: Path, entries: dict[str, list]) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entries))
+    tmp.replace(cache)
+
+
+def verify(host: Host, bucket: str, manifest: Manifest, cache: Path | None = None) -> list[str]:
+    return volumes.diff(manifest, manifest_of(host, bucket, cache))
+
+
+def restore(host: Host, bucket: str, restored: Path, manifest: Manifest, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Make the bucket hold exactly the restored objects; replaced ones move aside.
+
+    ``cache_dir`` keeps hashes between runs (a migration restores the same copy again with
+    its final delta): files and objects unchanged since they were hashed are not read again."""
+    copy_cache = cache_dir / f"hashes-restored-{bucket}.json" if cache_dir else None
+    live_cache = cache_dir / f"hashes-live-{bucket}.json" if cache_dir else None
+    problems = volumes.diff(manifest, volumes.tree_manifest(restored, copy_cache))
     if problems:
         raise DataError(f"bucket {bucket}: the restored copy does not match the backup's manifest: {problems[0]}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -86,7 +138,7 @@ def restore(host: Host, bucket: str, restored: Path, manifest: Manifest) -> dict
     _rclone(host, ["sync", f"{_MOUNT}/", f"store:{bucket}", "--backup-dir", f"store:{BEFORE_BUCKET}/{stamp}/{bucket}",
                    "--checkers", "16", "--transfers", "8", "--retries", "3"], mount=restored,
             what=f"restoring the objects of bucket {bucket}")
-    problems = verify(host, bucket, manifest)
+    problems = verify(host, bucket, manifest, live_cache)
     if problems:
         raise DataError(f"bucket {bucket}: differs after the restore: {problems[0]}")
     return {"objects": len(manifest), "bytes": sum(e.get("size", 0) for e in manifest.values())}

@@ -212,3 +212,82 @@ def test_backup_metrics_for_the_alerts(tmp_path, monkeypatch):
     assert values == {"mlox_backup_last_status": "0", "mlox_backup_last_run_timestamp_seconds": "200.0",
                       "mlox_backup_interval_seconds": "3600"}
     assert sorted(p.name for p in (tmp_path / "metrics").iterdir()) == ["mlox_backup.prom"]
+
+
+class FakeBucket:
+    """``objects._rclone`` for one bucket: lsjson and hashsum as rclone answers them; counts
+    the objects each hashsum downloads."""
+
+    def __init__(self):
+        self.objects: dict[str, tuple[bytes, str]] = {}  # key -> (content, server modification time)
+        self.downloaded: list[str] = []
+
+    def put(self, key: str, body: bytes, when: str) -> None:
+        self.objects[key] = (body, when)
+
+    def __call__(self, host, args, mount=None, what=""):
+        import hashlib
+
+        if args[0] == "lsjson":
+            assert "--use-server-modtime" in args
+            listing = [{"Path": k, "Size": len(b), "ModTime": t, "Hashes": {"md5": hashlib.md5(b).hexdigest()}}
+                       for k, (b, t) in self.objects.items()]
+            return subprocess.CompletedProcess(args, 0, json.dumps(listing), "")
+        assert args[:3] == ["hashsum", "sha256", "--download"]
+        keys = list(self.objects)
+        if "--files-from-raw" in args:
+            keys = (mount / "keys").read_text().splitlines()
+        self.downloaded += keys
+        out = "".join(f"{hashlib.sha256(self.objects[k][0]).hexdigest()}  {k}\n" for k in keys)
+        return subprocess.CompletedProcess(args, 0, out, "")
+
+
+def test_live_object_hashes_are_reused_until_the_server_says_the_object_changed(tmp_path, monkeypatch):
+    from mlox_iac.data import objects
+
+    bucket = FakeBucket()
+    monkeypatch.setattr(objects, "_rclone", bucket)
+    host = make_host(tmp_path)
+    cache = tmp_path / "cache" / "hashes-live-data.json"
+    for i in range(3):
+        bucket.put(f"k{i}", b"x" * i, "2026-12-04T10:00:00Z")
+    first = objects.manifest_of(host, "data", cache)
+    assert sorted(bucket.downloaded) == ["k0", "k1", "k2"] and first["k2"]["size"] == 2
+    bucket.downloaded.clear()
+    assert objects.manifest_of(host, "data", cache) == first and bucket.downloaded == []  # nothing read again
+    bucket.put("k1", b"y", "2026-12-04T10:00:00Z")  # same size and time, other content (single-part MD5)
+    bucket.put("k2", b"zz", "2026-12-04T10:05:00Z")  # rewritten: the server's time changed
+    bucket.put("k3", b"new", "2026-12-04T10:05:00Z")
+    second = objects.manifest_of(host, "data", cache)
+    assert sorted(bucket.downloaded) == ["k1", "k2", "k3"]
+    assert objects.verify(host, "data", first, cache) == [
+        f"k1: differs ({first['k1']} != {second['k1']})", f"k2: differs ({first['k2']} != {second['k2']})",
+        "k3: not in the backup"]
+    bucket.downloaded.clear()
+    objects.manifest_of(host, "data")  # without a cache: every object is read
+    assert sorted(bucket.downloaded) == ["k0", "k1", "k2", "k3"]
+
+
+def test_an_unchanged_backup_forgets_every_run_and_prunes_on_the_deep_checks_cadence(tmp_path, monkeypatch):
+    monkeypatch.setattr(backup, "STATE_DIR", tmp_path / "state")
+    monkeypatch.setattr(backup, "METRICS_DIR", tmp_path / "metrics")
+    monkeypatch.setattr(backup, "LOCK_FILE", str(tmp_path / "lock"))
+    host = make_host(tmp_path)
+    ran: list[str] = []
+    monkeypatch.setattr(backup.Repository, "ensure", lambda self: False)
+    monkeypatch.setattr(backup.Repository, "run", lambda self, args, *a, **kw: ran.append(" ".join(args)))
+    monkeypatch.setattr(backup, "capture_all", lambda *a: {"services": {}})
+    monkeypatch.setattr(backup, "_restic_backup", lambda *a: {"snapshot_id": "s1"})
+    backup.backup(host)
+    assert [r.split(" ")[0] + (" deep" if "read-data" in r else "") for r in ran] == ["check", "check deep", "forget", "prune"]
+    assert "--prune" not in ran[2] and "--keep-daily 7 --keep-weekly 4 --keep-monthly 6" in ran[2]
+    ran.clear()
+    backup.backup(host)  # the same week: no deep check, no prune
+    assert [r.split(" ")[0] for r in ran] == ["check", "forget"]
+    state = backup.read_state()
+    state["prune_at"] -= 604800
+    state["deep_check_at"] -= 604800
+    backup.write_state(state)
+    ran.clear()
+    backup.backup(host)
+    assert [r.split(" ")[0] for r in ran] == ["check", "check", "forget", "prune"]
