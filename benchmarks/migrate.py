@@ -96,6 +96,10 @@ def main() -> int:
         print(f"downtime: {record.downtime_s:.1f}s; final delta sent {delta_bytes / 1e6:.1f} MB in {delta_send_s:.1f}s")
         print(f"downtime / (60 s + final delta copy): {record.downtime_s / downtime_goal:.2f} (goal <= 1)")
         print(f"whole migration: {total:.0f}s")
+        print("each data step (seconds; the second of stage, send and apply is the final delta, in the freeze):")
+        for name, values in times.items():
+            if name != "sent-bytes":
+                print(f"  {name}: " + ", ".join(f"{v:.1f}" for v in values))
         ok = copy_rate / raw >= 0.8 and record.downtime_s <= downtime_goal
         return 0 if ok else 1
 
