@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.e2e import hosts, images  # noqa: E402
-from tests.e2e import pending_migrate as t  # noqa: E402
+from tests.e2e import test_migrate as t  # noqa: E402
 
 from mlox_iac import migrate  # noqa: E402
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 SECRET_VALUE = "1b47061264138c4ac30d75fd1eb44270"
@@ -78,7 +78,12 @@ def default_bcrypt(password: str) -> str:
     return "$2a$10$" + hashlib.sha256(password.encode()).hexdigest()[:53]
 
 
-def _mocks(secret_source: Callable[[str, int], str], bcrypt: Callable[[str], str]):
+# Outputs of the computed values that the real providers mark secret.
+SECRET_OUTPUTS = {"privateKeyOpenssh", "privateKeyPem", "result", "bcryptHash"}
+
+
+def _mocks(secret_source: Callable[[str, int], str], bcrypt: Callable[[str], str],
+           computed: Mapping[str, Mapping[str, Any]]):
     import pulumi
 
     class Mocks(pulumi.runtime.Mocks):
@@ -113,6 +118,8 @@ def _mocks(secret_source: Callable[[str, int], str], bcrypt: Callable[[str], str
                 outputs["keyName"] = args.name
             elif args.typ == "aws:ebs/volume:Volume":
                 return f"vol-0{number:0>16}", outputs
+            for key, value in (computed.get(args.typ) or {}).items():
+                outputs[key] = pulumi.Output.secret(value) if key in SECRET_OUTPUTS else value
             return number if package in ("hcloud", "digitalocean") else f"{args.name}-id", outputs
 
         def call(self, args: pulumi.runtime.MockCallArgs):
@@ -171,8 +178,13 @@ def record_program(
     *,
     secret_source: Callable[[str, int], str] = default_secret,
     bcrypt: Callable[[str], str] = default_bcrypt,
+    computed: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[list[RecordedResource], dict[str, Any]]:
-    """Run the program under mocks; return the recorded resources and the stack outputs."""
+    """Run the program under mocks; return the recorded resources and the stack outputs.
+
+    ``computed`` replaces provider-computed outputs by resource type (e.g. a cloud server's
+    ``ipv4Address`` or the deploy key): the end-to-end tests put mocked cloud servers on
+    their real target hosts this way."""
     import pulumi
     from pulumi.runtime import config as rc
     from pulumi.runtime import settings
@@ -186,7 +198,7 @@ def record_program(
     # Pulumi marks a whole top-level key secret when any value inside it is secure.
     rc.set_all_config(flatten_config(raw), sorted({"mlox:" + k.split(".")[0].split("[")[0] for k in secret_keys}))
     recorded: list[RecordedResource] = []
-    mocks = _mocks(secret_source, bcrypt)
+    mocks = _mocks(secret_source, bcrypt, computed or {})
     worker_loops: set = set()
     pulumi.runtime.set_mocks(mocks, project="mlox", stack=stack, preview=False,
                              monitor=_monitor(mocks, recorded, worker_loops))

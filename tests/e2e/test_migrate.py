@@ -118,6 +118,8 @@ class MoveDeployment(Deployment):
                 host = self.hosts[unwrap(r.inputs["connection"])["host"]]
                 # What is deployed stays (a replay deletes what it is not given), plus this bootstrap.
                 keep = {x.name for x in resources if x.urn in self.state.resources} | {r.name}
+                if r.urn not in self.state.resources:
+                    self.before_bootstrap(host, r)
                 if self.replay(only=keep).action(r.name) == "created":
                     self.build.wait()
                     images.load_images(host, NEEDED_IMAGES)
@@ -137,6 +139,9 @@ class MoveDeployment(Deployment):
             self.wait_until_healthy(timeout=900)
             self.replay()
         return dict(self.outputs)
+
+    def before_bootstrap(self, host: hosts.TargetHost, bootstrap) -> None:
+        """What the provider does before a new server's bootstrap runs (nothing on-prem)."""
 
     def wait_until_healthy(self, timeout: float) -> None:
         """Every host's stack healthy (a slow start is not a failure of what is tested here)."""

@@ -1,0 +1,181 @@
+"""End to end: ``mlox-iac migrate`` between two cloud providers, Hetzner -> DigitalOcean.
+
+Only the cloud APIs are mocked. The program runs under Pulumi mocks whose provider-computed
+outputs put the Hetzner server at host A's address and the DigitalOcean droplet at host B's,
+with the generated deploy key replaced by one the hosts accept (``record_program``'s
+``computed``). Each server's data volume is a real block device: a sparse file on this
+machine attached as a loop device and made visible on its host under the path the
+provider's udev rules give it (``/dev/disk/by-id/scsi-0HC_Volume_<id>``,
+``scsi-0DO_Volume_<name>``), so the bootstrap formats and mounts it as on a real server.
+Every remote step (bootstrap, deploy, each data step of the move) runs for real over SSH.
+
+Two systemd-nspawn hosts (prefix ``mlxcld``, indices 95 and 96). The onprem -> onprem module
+(``test_migrate.py``) covers the failure paths (abort, a copy killed midway, a corrupted
+object) with a 1 GiB object; this one moves a stack with the same kinds of data (MLflow runs,
+artifacts and model versions, a 256 MiB object and 1,000 small ones, volume files) straight
+through, then ``--finish`` removes the Hetzner server:
+
+0. the move completes; the outputs name the DigitalOcean server; the MLflow client and boto3
+   configured only by what ``mlox-iac env`` exports find everything there; A is stopped with
+   its data as it was;
+1. ``--finish``: the stack file names only DigitalOcean; A's stack is gone; B serves.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mlox_iac import migrate
+from mlox_iac.plan import record_program, unwrap
+
+try:
+    from . import hosts, images
+    from . import test_migrate as onprem
+    from .stack import COMPOSE, timed
+except ImportError:  # pragma: no cover
+    import hosts  # type: ignore[no-redef]
+    import images  # type: ignore[no-redef]
+    import test_migrate as onprem  # type: ignore[no-redef]
+    from stack import COMPOSE, timed  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.e2e
+
+PREFIX = "mlxcld"
+FIRST_INDEX = 95  # A (Hetzner) = 95, B (DigitalOcean) = 96
+BIG_OBJECT_MB = 256
+DISK_GB = 16  # sparse: only what is written takes space
+DEVICE = re.compile(r"/dev/disk/by-id/scsi-0(?:HC|DO)_Volume_[\w.-]+")
+
+
+class CloudMoveDeployment(onprem.MoveDeployment):
+    """A stack on Hetzner (host A) whose move target is DigitalOcean (host B)."""
+
+    def __init__(self, a: hosts.TargetHost, b: hosts.TargetHost, work: Path):
+        super().__init__(a, b, work)
+        public_key = self.raw["ssh"]["public_keys"][0]
+        self.raw = {
+            "provider": "hetzner",
+            "hetzner": {"location": "fsn1", "server_type": "cx33"},
+            "digitalocean": {"region": "fra1", "size": "s-4vcpu-8gb"},
+            "ssh": {"public_keys": [public_key], "admin_cidrs": [a.subnet, b.subnet]},
+            "docker": {"source": "debian"},
+        }
+        # What the cloud APIs would compute: the servers' addresses and the deploy key.
+        self.computed = {
+            "hcloud:index/server:Server": {"ipv4Address": a.address},
+            "digitalocean:index/droplet:Droplet": {"ipv4Address": b.address},
+            "tls:index/privateKey:PrivateKey": {"privateKeyOpenssh": a.private_key, "publicKeyOpenssh": public_key},
+        }
+        self.disks: list[str] = []
+        self.write_stack_file()
+
+    def record(self):
+        import os
+
+        os.environ["MLOX_BUILD_DIR"] = str(self.work / "build")
+        resources, outputs = record_program(self.raw, set(), onprem.STACK, secret_source=self.passwords.password,
+                                            bcrypt=self.passwords.bcrypt, computed=self.computed)
+        self.outputs = unwrap(outputs)
+        return resources
+
+    def before_bootstrap(self, host: hosts.TargetHost, bootstrap) -> None:
+        """Attach the server's data volume where the provider's udev rules would show it."""
+        match = DEVICE.search(json.dumps(unwrap(bootstrap.inputs.get("stdin"))))
+        assert match, f"{bootstrap.name}: no cloud data volume in the bootstrap script"
+        image = self.work / f"{host.name}-data.img"
+        subprocess.run(["truncate", "-s", f"{DISK_GB}G", str(image)], check=True)
+        loop = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        self.disks.append(loop)
+        minor = int(loop.removeprefix("/dev/loop"))
+        host.ssh(f"[ -b {loop} ] || mknod -m 660 {loop} b 7 {minor}; mkdir -p /dev/disk/by-id && "
+                 f"ln -sfn {loop} {match.group(0)}")
+
+    def detach_disks(self) -> None:
+        for loop in self.disks:
+            subprocess.run(["losetup", "-d", loop], check=False)
+
+
+@pytest.fixture(scope="module")
+def moving(tmp_path_factory):
+    import os
+
+    if os.geteuid() != 0:
+        pytest.fail("the end-to-end tests need root: they boot Debian hosts with systemd-nspawn")
+    build = images.BackgroundBuild(onprem.NEEDED_IMAGES)
+    started = time.monotonic()
+    with hosts.target_hosts(2, prefix=PREFIX, first_index=FIRST_INDEX) as (a, b):
+        d = CloudMoveDeployment(a, b, tmp_path_factory.mktemp("migrate-cloud"))
+        d.a, d.b = a, b
+        d.build = build
+        try:
+            d.up()
+            # The bootstrap formatted and mounted the Hetzner volume as the data directory.
+            mounted = a.ssh("findmnt -n -o SOURCE /mnt/mlox-data").stdout.strip()
+            assert mounted.startswith("/dev/loop"), mounted
+            rows = d.wait_healthy()
+            assert all(rows[s].get("Health") == "healthy" for s in ("postgres", "seaweedfs", "mlflow", "caddy")), rows
+            d.fetch_ca()
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(onprem, "BIG_OBJECT_MB", BIG_OBJECT_MB)
+                mp.setattr(onprem.lab, "kept_volumes", onprem.kept_volumes)
+                d.seeded = onprem.lab.seed(d, big_mb=BIG_OBJECT_MB)
+            d.before = onprem.fingerprint(d)
+            d.a_files = onprem.data_files(a)
+            timed("migrate cloud: stack with data on the Hetzner server (A)", time.monotonic() - started)
+            yield d
+        finally:
+            d.detach_disks()
+
+
+def test_0_hetzner_to_digitalocean_moves_everything(moving):
+    d = moving
+    start = time.monotonic()
+    lines = onprem.run_move(d, onprem.Hooks(d), to="digitalocean")
+    record = migrate.load_record(d.project, onprem.STACK)
+    assert record.cut_over and record.source == "hetzner" and record.to == "digitalocean"
+    downtime = next(line for line in lines if line.startswith("downtime"))
+    timed(f"migrate cloud: hetzner -> digitalocean ({downtime})", time.monotonic() - start)
+
+    assert d.outputs["provider"] == "hetzner" and d.outputs["migration"]["to"] == "digitalocean"
+    assert d.outputs["server_address"] == d.b.address
+    # B's data directory is its own DigitalOcean volume.
+    assert d.b.ssh("findmnt -n -o SOURCE /mnt/mlox-data").stdout.strip().startswith("/dev/loop")
+    d.host = d.b
+    d.fetch_ca()
+    for run in d.seeded["runs"]:
+        assert onprem.lab.mlflow_client(d, "check", run["run_id"], run["marker"]) == "ok"
+    victim = "small/0007.txt"
+    listed = onprem.boto3_from_env(d, victim)
+    assert sorted(listed["keys"]) == sorted(d.before["objects"])
+    assert listed["victim"] == d.before["objects"][f"{onprem.lab.USER_BUCKET}/{victim}"]
+    after = onprem.fingerprint(d)
+    assert (after["tables"], after["objects"]) == (d.before["tables"], d.before["objects"])
+    assert {k: after["files"].get(k) for k in d.before["files"]} == d.before["files"]
+    # A: stopped, its data as it was, until --finish.
+    assert d.a.ssh(f"{COMPOSE} ps -q").stdout.strip() == ""
+    assert onprem.data_files(d.a)["markers"] == d.a_files["markers"]
+
+
+def test_1_finish_removes_the_hetzner_server(moving):
+    d = moving
+    start = time.monotonic()
+    migrate.finish(onprem.STACK, project_dir=d.project, engine=onprem.Engine(d),
+                   say=lambda line: print(f"[migrate] {line}", file=sys.stderr))
+    assert migrate.load_record(d.project, onprem.STACK) is None
+    assert d.raw["provider"] == "digitalocean" and d.raw["server"] == "b" and "migration" not in d.raw
+    assert d.outputs["provider"] == "digitalocean" and d.outputs["server_address"] == d.b.address
+    assert "migration" not in d.outputs
+    assert d.a.ssh("docker ps -a -q --filter label=com.docker.compose.project=mlox").stdout.strip() == ""
+    code, _ = onprem.status_of(d.outputs["urls"]["mlflow"] + "/health", d.ca_path)
+    assert code in (200, 401), code
+    run = d.seeded["runs"][0]
+    assert onprem.lab.mlflow_client(d, "check", run["run_id"], run["marker"]) == "ok"
+    timed("migrate cloud: finish", time.monotonic() - start)
