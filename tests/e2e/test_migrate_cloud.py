@@ -124,9 +124,13 @@ def moving(tmp_path_factory):
             assert all(rows[s].get("Health") == "healthy" for s in ("postgres", "seaweedfs", "mlflow", "caddy")), rows
             d.fetch_ca()
             with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(onprem, "BIG_OBJECT_MB", BIG_OBJECT_MB)
                 mp.setattr(onprem.lab, "kept_volumes", onprem.kept_volumes)
-                d.seeded = onprem.lab.seed(d, big_mb=BIG_OBJECT_MB)
+                try:
+                    d.seeded = onprem.lab.seed(d, big_mb=BIG_OBJECT_MB)
+                except Exception:
+                    print(a.ssh("df -h /mnt/mlox-data; docker logs --tail 60 mlox-seaweedfs-1 2>&1",
+                                check=False).stdout[-6000:], file=sys.stderr)
+                    raise
             d.before = onprem.fingerprint(d)
             d.a_files = onprem.data_files(a)
             timed("migrate cloud: stack with data on the Hetzner server (A)", time.monotonic() - started)
