@@ -56,11 +56,13 @@ def timed_json(d, *args):
     current, since = "start", start
     assert proc.stderr is not None
     for line in proc.stderr:
-        match = re.match(r"\s*\[(\w[\w-]*)\]", line)
+        match = re.match(r"\s*\[(\w[\w-]*)\]\s*(.*)", line)
         if match:
             now = time.perf_counter()
             phases[current] = phases.get(current, 0.0) + now - since
-            current, since = match.group(1), now
+            # "[objects] bucket data: writing 1001 objects into the store" -> "objects: writing"
+            step = match.group(2).rsplit(": ", 1)[1].split(" ")[0] if ": " in match.group(2) else ""
+            current, since = f"{match.group(1)}: {step}" if step else match.group(1), now
     stdout = proc.stdout.read() if proc.stdout else ""
     code = proc.wait()
     end = time.perf_counter()

@@ -385,6 +385,7 @@ def restore(host: Host, snapshot: str = "latest", service: str | None = None) ->
     """Restore a snapshot's data (all of it, or one service's) into the running stack."""
     with Lock():
         repo = Repository(host)
+        host.progress("repository", f"opening {repo.location}")
         repo.open()
         host.progress("snapshot", f"reading {snapshot}")
         base = ["--host", host.plan["stack"], "--tag", "mlox"]

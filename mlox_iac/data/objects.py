@@ -129,15 +129,18 @@ def restore(host: Host, bucket: str, restored: Path, manifest: Manifest, cache_d
     its final delta): files and objects unchanged since they were hashed are not read again."""
     copy_cache = cache_dir / f"hashes-restored-{bucket}.json" if cache_dir else None
     live_cache = cache_dir / f"hashes-live-{bucket}.json" if cache_dir else None
+    host.progress("objects", f"bucket {bucket}: checking the restored copy against the manifest")
     problems = volumes.diff(manifest, volumes.tree_manifest(restored, copy_cache))
     if problems:
         raise DataError(f"bucket {bucket}: the restored copy does not match the backup's manifest: {problems[0]}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     _rclone(host, ["mkdir", f"store:{bucket}"], what=f"creating bucket {bucket}")
     _rclone(host, ["mkdir", f"store:{BEFORE_BUCKET}"], what=f"creating bucket {BEFORE_BUCKET}")
+    host.progress("objects", f"bucket {bucket}: writing {len(manifest)} objects into the store")
     _rclone(host, ["sync", f"{_MOUNT}/", f"store:{bucket}", "--backup-dir", f"store:{BEFORE_BUCKET}/{stamp}/{bucket}",
                    "--checkers", "16", "--transfers", "8", "--retries", "3"], mount=restored,
             what=f"restoring the objects of bucket {bucket}")
+    host.progress("objects", f"bucket {bucket}: reading the objects back to verify them")
     problems = verify(host, bucket, manifest, live_cache)
     if problems:
         raise DataError(f"bucket {bucket}: differs after the restore: {problems[0]}")
