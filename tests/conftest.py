@@ -128,10 +128,11 @@ def pytest_terminal_summary(terminalreporter):
 
 # The slowest end-to-end modules first: pytest-xdist (--dist loadfile) hands out whole files in
 # collection order, so these start at once on separate workers and the short files fill the gaps
-# (a long module dealt out last would run alone at the end). Measured warm on 2 cores: catalogue
-# 8-12 min, backup 10-23 min, load about 10, serving about 8; everything else is shorter.
-SLOW_FIRST = ("tests/e2e/test_catalogue.py", "tests/e2e/test_backup.py", "tests/e2e/test_load.py",
-              "tests/e2e/test_serving.py")
+# (a long module dealt out last would run alone at the end). Measured warm on 2 cores: migrate
+# about 25 min, migrate_cloud about 15, catalogue 8-12, backup 10-23, load about 10, serving
+# about 8; everything else is shorter.
+SLOW_FIRST = ("tests/e2e/test_migrate.py", "tests/e2e/test_migrate_cloud.py", "tests/e2e/test_catalogue.py",
+              "tests/e2e/test_backup.py", "tests/e2e/test_load.py", "tests/e2e/test_serving.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -1,14 +1,4 @@
-"""NOT YET PASSING as a whole — not collected by CI (the file name does not match ``test_*.py``).
-
-Last run (2026-11-26, as root, on the shared 2-core machine): tests 0 and 1 passed; test 2 got
-through the failed verification (message naming the object), the rerun, the cutover (downtime
-332 s), the MLflow client and the boto3-from-`mlox-iac env` checks on B, then lost SSH to B
-(exit 255, nothing printed, 4 attempts over ~50 s) while reading B's volume files; test 3
-(``--finish``) has not run yet. Run it explicitly: ``.venv/bin/python -m pytest
-tests/e2e/pending_migrate.py -x -s``; rename it to ``test_migrate.py`` once it passes (the
-unit tests of the phases are ``tests/test_migrate_phases.py``, so the names do not collide).
-
-End to end: ``mlox-iac migrate`` moves a stack with data from host A to host B (onprem -> onprem).
+"""End to end: ``mlox-iac migrate`` moves a stack with data from host A to host B (onprem -> onprem).
 
 Two systemd-nspawn hosts (prefix ``mlxmig``, indices 91 and 92). The stack is deployed on A
 by replaying the program (as in test_deploy.py) and filled with real data (MLflow runs,
@@ -26,8 +16,8 @@ which run in order and build on each other:
    stopped with its data as it was;
 3. ``--finish`` removes A's stack (its data directory stays, as on any on-prem host); B serves.
 
-Not covered here: a move between two cloud providers (hetzner -> digitalocean with mocked
-cloud APIs onto these hosts), see the README.
+The move between two cloud providers (Hetzner -> DigitalOcean, cloud APIs mocked, every
+remote step real) is ``test_migrate_cloud.py``, which builds on this module's deployment.
 """
 
 from __future__ import annotations
@@ -131,7 +121,7 @@ class MoveDeployment(Deployment):
             # window while starting. The next update re-runs the failed step, as `pulumi up` would.
             if "is unhealthy" not in str(exc):
                 raise
-            print(f"[e2e] update failed on an unhealthy container; waiting, then running it again", file=sys.stderr)
+            print("[e2e] update failed on an unhealthy container; waiting, then running it again", file=sys.stderr)
             for host in self.hosts.values():
                 logs = host.ssh("docker logs --tail 30 mlox-mlflow-1 2>&1; docker inspect --format "
                                 "'{{json .State.Health}}' mlox-mlflow-1", check=False).stdout
