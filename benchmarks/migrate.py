@@ -8,6 +8,8 @@ Prints:
   same staged files from A to B with ``tar -c | ssh | tar -x`` and the same key)
 - the whole bulk copy phase (stage + send + restore and verify on B) / the floor, for context
 - downtime (freeze until the new server served) / (60 s + the final delta's copy time)  (goal <= 1)
+  (before the freeze a new MLflow run and a 16 MiB object are written, so the final delta
+  carries database rows, an artifact and an object, as when users kept working)
 
     sudo python benchmarks/migrate.py
 """
@@ -77,7 +79,17 @@ def main() -> int:
             floor["seconds"] = time.perf_counter() - start
             floor["bytes"] = int(a.ssh("du -sb /mnt/mlox-data/migrate/staging | cut -f1").stdout.strip())
 
-        hooks.before["move-freeze"] = measure_floor
+        def before_freeze():
+            measure_floor()
+            # Users kept working while the bulk copy ran: the final delta has a new MLflow run
+            # (database rows and an artifact) and a new 16 MiB object to carry.
+            import os
+            import uuid
+
+            t.lab.mlflow_client(d, "log", uuid.uuid4().hex[:8])
+            t.lab.s3_client(d).put_object(Bucket=t.lab.USER_BUCKET, Key="late/object.bin", Body=os.urandom(16 << 20))
+
+        hooks.before["move-freeze"] = before_freeze
         servers = timed(hooks)
         phase_start = time.perf_counter()
         record = migrate.run(t.STACK, "onprem", project_dir=d.project, engine=t.Engine(d), servers_for=servers,
