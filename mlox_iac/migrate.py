@@ -355,9 +355,7 @@ class Move:
         self.servers.verb("old", "move-stop")
         self._drop_key()
         if self.config.domain:
-            address = after.get("server_address")
-            self.say(f"DNS: point these records at {address}: " +
-                     ", ".join(f"{name}.{self.config.domain}" for name in sorted(after.get("urls") or {})))
+            self.say(f"DNS: point these records at {after.get('server_address')}: {', '.join(dns_names(after))}")
 
     def _drop_key(self, src: str = "old", dst: str = "new") -> None:
         if self.record.key_installed:
@@ -404,6 +402,49 @@ class Move:
         from mlox_iac.paths import stack_file
 
         return str(stack_file(self.project_dir, self.record.stack))
+
+
+def dns_names(outputs: Mapping[str, Any]) -> list[str]:
+    """The host names of the stack's URLs (with ``mlox:domain``), which DNS must point at the server."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    names = set()
+    for url in (outputs.get("urls") or {}).values():
+        host = urlsplit(str(url)).hostname
+        if host:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                names.add(host)
+    return sorted(names)
+
+
+def wait_for_dns(names: list[str], address: str, *, timeout_s: float, say: Say = lambda line: None,
+                 resolve: Callable[[str], set[str]] | None = None, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic, every_s: float = 15) -> None:
+    """Wait until every name resolves to ``address`` only; raise after ``timeout_s`` naming the
+    records that do not yet (the move itself is done: this only tells when clients follow)."""
+    def system_resolve(name: str) -> set[str]:
+        try:
+            return {info[4][0] for info in socket.getaddrinfo(name, None, socket.AF_INET)}
+        except OSError:
+            return set()
+
+    resolve = resolve or system_resolve
+    deadline = clock() + timeout_s
+    while True:
+        answers = {name: resolve(name) for name in names}
+        pending = {name: found for name, found in answers.items() if found != {address}}
+        if not pending:
+            say(f"DNS: {', '.join(names)} resolve to {address}")
+            return
+        detail = "; ".join(f"{name} -> {', '.join(sorted(found)) or 'nothing'}" for name, found in sorted(pending.items()))
+        if clock() >= deadline:
+            raise MigrationError(f"DNS does not point at the new server {address} yet after {timeout_s:.0f}s: {detail} "
+                                 f"(the move is done; change these records, clients follow once they resolve)")
+        say(f"DNS: waiting for {len(pending)} of {len(names)} records: {detail}")
+        sleep(every_s)
 
 
 def _ip_of(address: str) -> str:
@@ -570,4 +611,4 @@ def project_record_summary(project_dir: Path, stack: str) -> Optional[dict[str, 
 
 
 __all__ = ["PHASES", "Record", "Move", "run", "finish", "abort", "AutomationEngine", "SshServers",
-           "MigrationError", "VerificationFailed", "record_path", "load_record"]
+           "MigrationError", "VerificationFailed", "record_path", "load_record", "dns_names", "wait_for_dns"]

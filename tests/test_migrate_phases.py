@@ -365,3 +365,40 @@ def test_finish_of_a_move_within_onprem_makes_the_target_block_the_providers(mlo
     assert "mlox:target" not in config and config["mlox:server"] == "b"
     (moved,) = [c for c in engine.calls if c[0] == "set" and "mlox:onprem.private_key" in c[1]]
     assert moved[3] == ("mlox:onprem.private_key",)  # stored as a secret
+
+
+def test_dns_names_are_the_host_names_of_the_stacks_urls():
+    outputs = {"urls": {"mlflow": "https://mlflow.ml.example.com", "s3": "https://s3.ml.example.com/",
+                        "ui": "https://mlflow.ml.example.com/ui"}}
+    assert migrate.dns_names(outputs) == ["mlflow.ml.example.com", "s3.ml.example.com"]
+    assert migrate.dns_names({"urls": {"mlflow": "https://203.0.113.20/mlflow"}}) == []  # a bare address: no DNS
+    assert migrate.dns_names({}) == []
+
+
+def test_waiting_for_dns_ends_when_every_name_points_at_the_new_server_only():
+    answers = {"mlflow.ex.com": [{"203.0.113.10"}, {"203.0.113.10", "203.0.113.20"}, {"203.0.113.20"}],
+               "s3.ex.com": [{"203.0.113.20"}, {"203.0.113.20"}, {"203.0.113.20"}]}
+    polls = {name: 0 for name in answers}
+    lines: list[str] = []
+
+    def resolve(name):
+        found = answers[name][min(polls[name], 2)]
+        polls[name] += 1
+        return found
+
+    now = [0.0]
+    migrate.wait_for_dns(sorted(answers), "203.0.113.20", timeout_s=600, say=lines.append, resolve=resolve,
+                         sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
+    assert lines == ["DNS: waiting for 1 of 2 records: mlflow.ex.com -> 203.0.113.10",
+                     "DNS: waiting for 1 of 2 records: mlflow.ex.com -> 203.0.113.10, 203.0.113.20",
+                     "DNS: mlflow.ex.com, s3.ex.com resolve to 203.0.113.20"]
+
+
+def test_waiting_for_dns_gives_up_after_the_timeout_naming_the_records():
+    now = [0.0]
+    with pytest.raises(migrate.MigrationError) as raised:
+        migrate.wait_for_dns(["mlflow.ex.com"], "203.0.113.20", timeout_s=60, resolve=lambda name: set(),
+                             sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
+    assert str(raised.value) == ("DNS does not point at the new server 203.0.113.20 yet after 60s: mlflow.ex.com -> "
+                                 "nothing (the move is done; change these records, clients follow once they resolve)")
+    assert now[0] >= 60

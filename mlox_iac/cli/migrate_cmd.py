@@ -13,6 +13,9 @@ from mlox_iac.providers import PROVIDERS
 ToOpt = typer.Option(None, "--to", help=f"Provider of the new server ({', '.join(PROVIDERS)})")
 FinishOpt = typer.Option(False, "--finish", help="After the cutover: remove the old server")
 AbortOpt = typer.Option(False, "--abort", help="Go back to the old server (any time before --finish)")
+WaitDnsOpt = typer.Option(0, "--wait-dns", min=0, metavar="SECONDS",
+                          help="With mlox:domain: after the cutover, wait up to SECONDS until the stack's "
+                               "names resolve to the new server")
 
 
 def migrate(
@@ -23,6 +26,7 @@ def migrate(
     yes: bool = YesOpt,
     identity: Optional[Path] = IdentityOpt,
     as_json: bool = JsonOpt,
+    wait_dns: int = WaitDnsOpt,
 ) -> None:
     """Move a deployed stack, with its data, to a new server (another provider, host or size).
 
@@ -38,6 +42,7 @@ def migrate(
 
     Examples:
       mlox-iac migrate --stack prod --to digitalocean
+      mlox-iac migrate --stack prod --to hetzner --wait-dns 3600
       mlox-iac migrate --stack prod --finish
       mlox-iac migrate --stack prod --abort
     """
@@ -72,6 +77,10 @@ def migrate(
         out.data({"stack": name, "aborted": True}, lambda console, d: console.print(f"Stack {name}: move aborted"))
     else:
         record = engine_steps.run(name, to, project_dir=project, engine=engine, servers_for=servers, say=out.progress)
+        outputs = engine.outputs() if wait_dns and record.cut_over else {}
+        names = engine_steps.dns_names(outputs)
+        if names:
+            engine_steps.wait_for_dns(names, str(outputs.get("server_address")), timeout_s=wait_dns, say=out.progress)
         out.data(engine_steps.project_record_summary(project, name),
                  lambda console, d: console.print(f"Stack {name} runs on its new server ({record.to}); "
                                                   f"downtime {record.downtime_s or 0:.0f}s"))

@@ -523,6 +523,7 @@ def test_up_refuses_a_changed_provider_on_a_deployed_stack(cli, engine):
     ([], "--to/--finish/--abort: give exactly one"),
     (["--to", "linode"], "--to: 'linode' is not a provider (allowed: hetzner, digitalocean, aws, onprem)"),
     (["--finish", "--abort"], "--to/--finish/--abort: give exactly one"),
+    (["--to", "hetzner", "--wait-dns", "-5"], "Error: Invalid value for '--wait-dns': Input should be greater than or equal to 0"),
 ])
 def test_migrate_bad_arguments_are_one_line_and_exit_2(cli, engine, args, message):
     result = cli("migrate", "--stack", "dev", "--yes", *args)
