@@ -53,7 +53,7 @@ def timed_json(d, *args):
     proc = subprocess.Popen([sys.executable, "-m", "mlox_iac.cli.main", *args, "--outputs-file", str(outputs)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=d.work, env=env)
     phases: dict[str, float] = {}
-    current, since = "start", start
+    current, since = "connecting", start  # until the server's first progress line
     assert proc.stderr is not None
     for line in proc.stderr:
         match = re.match(r"\s*\[(\w[\w-]*)\]\s*(.*)", line)
