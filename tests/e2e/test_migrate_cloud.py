@@ -11,9 +11,9 @@ Every remote step (bootstrap, deploy, each data step of the move) runs for real 
 
 Two systemd-nspawn hosts (prefix ``mlxcld``, indices 95 and 96). The onprem -> onprem module
 (``test_migrate.py``) covers the failure paths (abort, a copy killed midway, a corrupted
-object) with a 1 GiB object; this one moves a stack with the same kinds of data (MLflow runs,
-artifacts and model versions, a 256 MiB object and 1,000 small ones, volume files) straight
-through, then ``--finish`` removes the Hetzner server:
+object); this one moves a stack with the same data (MLflow runs, artifacts and model
+versions, a 1 GiB object and 1,000 small ones, volume files) straight through, then
+``--finish`` removes the Hetzner server:
 
 0. the move completes; the outputs name the DigitalOcean server; the MLflow client and boto3
    configured only by what ``mlox-iac env`` exports find everything there; A is stopped with
@@ -49,7 +49,7 @@ pytestmark = pytest.mark.e2e
 
 PREFIX = "mlxcld"
 FIRST_INDEX = 95  # A (Hetzner) = 95, B (DigitalOcean) = 96
-BIG_OBJECT_MB = 256
+BIG_OBJECT_MB = 1024
 DISK_GB = 16  # sparse: only what is written takes space
 DEVICE = re.compile(r"/dev/disk/by-id/scsi-0(?:HC|DO)_Volume_[\w.-]+")
 
