@@ -126,7 +126,8 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"{sum(s for _, s in timings):8.1f}s  sum (phases overlap: images build while hosts boot)")
 
 
-# The slowest end-to-end modules first: pytest-xdist (--dist loadfile) hands out whole files in
+# The slowest end-to-end modules first: pytest-xdist (--dist loadfile --no-loadscope-reorder;
+# without the flag it orders files by their number of tests) hands out whole files in
 # collection order, so these start at once on separate workers and the short files fill the gaps
 # (a long module dealt out last would run alone at the end). Measured warm on 2 cores: migrate
 # about 25 min, migrate_cloud about 15, catalogue 8-12, backup 10-23, load about 10, serving
