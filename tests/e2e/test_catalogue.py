@@ -208,8 +208,11 @@ def run_in_kernel(d: Deployment, code: str, timeout: float = 180) -> str:
             "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
                         "allow_stdin": False, "stop_on_error": True},
         }))
+        # The reply (shell channel) can overtake the output (iopub channel) on the websocket:
+        # the output is complete once the kernel reports itself idle for this request.
         out, errors, deadline = [], [], time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        reply, idle = None, False
+        while time.monotonic() < deadline and (reply is None or not idle):
             msg = json.loads(ws.recv())
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
@@ -218,10 +221,14 @@ def run_in_kernel(d: Deployment, code: str, timeout: float = 180) -> str:
                 out.append(msg["content"]["text"])
             elif kind == "error":
                 errors.append("\n".join(msg["content"]["traceback"]))
+            elif kind == "status" and msg["content"].get("execution_state") == "idle":
+                idle = True
             elif kind == "execute_reply":
-                assert msg["content"]["status"] == "ok", "".join(errors)[-3000:]
-                return "".join(out)
-        raise AssertionError(f"no execute_reply within {timeout}s; output so far: {''.join(out)[-2000:]}")
+                reply = msg
+        if reply is None or not idle:
+            raise AssertionError(f"no complete answer within {timeout}s; output so far: {''.join(out)[-2000:]}")
+        assert reply["content"]["status"] == "ok", "".join(errors)[-3000:]
+        return "".join(out)
     finally:
         ws.close()
         session.delete(f"{base}/api/kernels/{kernel_id}", timeout=30)
