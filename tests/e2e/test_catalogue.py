@@ -407,8 +407,18 @@ def test_4c_airflow_runs_a_dag_from_the_synced_repository(catalogue):
     assert run.status_code == 200, run.text[:1000]
     run_id = run.json()["dag_run_id"]
     deadline = time.monotonic() + 300
-    while (state := api.get(f"{base}/api/v2/dags/mlox_e2e/dagRuns/{run_id}", timeout=30).json()["state"]) not in (
-            "success", "failed"):
+
+    def run_state() -> str:
+        # A poll that times out on the busy CI machine (Airflow's API server took over 30 s
+        # once while both migration modules ran) is "not finished yet", not a failure.
+        import requests
+
+        try:
+            return api.get(f"{base}/api/v2/dags/mlox_e2e/dagRuns/{run_id}", timeout=30).json()["state"]
+        except requests.exceptions.Timeout:
+            return "unknown (the poll timed out)"
+
+    while (state := run_state()) not in ("success", "failed"):
         assert time.monotonic() < deadline, state
         time.sleep(5)
     # Airflow 3 serves task logs as structured events (JSON), the task's stdout among them.
