@@ -69,13 +69,13 @@ def manifest_of(host: Host, bucket: str, cache: Path | None = None) -> Manifest:
                                         f"store:{bucket}"], what=f"listing bucket {bucket}").stdout or "[]")
     stamps = {entry["Path"]: [entry["Size"], entry.get("ModTime", ""), (entry.get("Hashes") or {}).get("md5", "")]
               for entry in listing}
-    known = _read_cache(cache)
+    known = volumes.read_hash_cache(cache)
     digests = {key: known[key][3] for key, stamp in stamps.items() if known.get(key, [])[:3] == stamp}
     wanted = sorted(set(stamps) - set(digests))
     if wanted:
         digests.update(_hash_objects(host, bucket, None if len(wanted) == len(stamps) else wanted))
     if cache is not None:
-        _write_cache(cache, {key: [*stamp, digests[key]] for key, stamp in stamps.items() if key in digests})
+        volumes.write_hash_cache(cache, {key: [*stamp, digests[key]] for key, stamp in stamps.items() if key in digests})
     out: Manifest = {}
     for key, digest in digests.items():
         if key in stamps:  # an object that appeared between the listing and the hashing waits for the next run
@@ -100,22 +100,6 @@ def _hash_objects(host: Host, bucket: str, keys: list[str] | None) -> dict[str, 
         if key:
             out[key] = digest
     return out
-
-
-def _read_cache(cache: Path | None) -> dict[str, list]:
-    if cache is None or not cache.is_file():
-        return {}
-    try:
-        return json.loads(cache.read_text())
-    except ValueError:
-        return {}
-
-
-def _write_cache(cache: Path, entries: dict[str, list]) -> None:
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(entries))
-    tmp.replace(cache)
 
 
 def verify(host: Host, bucket: str, manifest: Manifest, cache: Path | None = None) -> list[str]:

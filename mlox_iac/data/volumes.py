@@ -38,12 +38,7 @@ def tree_manifest(root: Path, cache: Path | None = None) -> Manifest:
     ``cache`` (a JSON file outside ``root``) remembers hashes by size, mtime and inode, so
     an unchanged tree is not read again.
     """
-    known: dict[str, list] = {}
-    if cache is not None and cache.is_file():
-        try:
-            known = json.loads(cache.read_text())
-        except ValueError:
-            known = {}
+    known = read_hash_cache(cache)
     fresh: dict[str, list] = {}
     out: Manifest = {}
     if not root.is_dir():
@@ -65,11 +60,26 @@ def tree_manifest(root: Path, cache: Path | None = None) -> Manifest:
             fresh[rel] = [*key, digest]
             out[rel] = {"size": st.st_size, "sha256": digest}
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(fresh))
-        tmp.replace(cache)
+        write_hash_cache(cache, fresh)
     return out
+
+
+def read_hash_cache(cache: Path | None) -> dict[str, list]:
+    """A hash cache as :func:`write_hash_cache` left it (empty when missing or unreadable)."""
+    if cache is None or not cache.is_file():
+        return {}
+    try:
+        return json.loads(cache.read_text())
+    except ValueError:
+        return {}
+
+
+def write_hash_cache(cache: Path, entries: dict[str, list]) -> None:
+    """Write a hash cache whole, then rename it into place."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entries))
+    tmp.replace(cache)
 
 
 def diff(expected: Manifest, actual: Manifest) -> list[str]:
