@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -44,14 +43,9 @@ GOALS = {"second/first time": ("<=", 0.1), "growth/data": ("<=", 0.02), "restore
 def timed_json(d, *args):
     """Run ``mlox-iac ARGS --json`` against the lab; return its result, its wall time and the
     seconds each of its phases took (from its progress lines on stderr, as they arrive)."""
-    outputs = d.work / "outputs.json"
-    outputs.write_text(json.dumps(d.outputs))
-    outputs.chmod(0o600)
-    ssh_opts = f"-o UserKnownHostsFile={d.work / 'known_hosts'} -o StrictHostKeyChecking=no -o LogLevel=ERROR"
-    env = {**os.environ, "MLOX_SSH_OPTS": ssh_opts, "MLOX_SSH_IDENTITY": str(d.host.key_path), "HOME": str(d.work)}
+    argv, env = lab.mlox_command(d, *args)
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "mlox_iac.cli.main", *args, "--outputs-file", str(outputs)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=d.work, env=env)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=d.work, env=env)
     phases: dict[str, float] = {}
     current, since = "connecting", start  # until the server's first progress line
     assert proc.stderr is not None

@@ -48,16 +48,21 @@ VOLUME_MARKER = "mlox-e2e/marker.bin"
 BACKUP_SECRETS = {"onprem.private_key", "backup.access_key_id", "backup.secret_access_key"}
 
 
-def mlox(d: Deployment, *args: str, timeout: float = 1800, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The mlox-iac CLI against the deployment (outputs from a file, the host's SSH key)."""
+def mlox_command(d: Deployment, *args: str) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of the mlox-iac CLI against the deployment (outputs from a file,
+    the host's SSH key); run it in ``d.work``."""
     outputs = d.work / "outputs.json"
     outputs.write_text(json.dumps(d.outputs))
     outputs.chmod(0o600)
     ssh_opts = f"-o UserKnownHostsFile={d.work / 'known_hosts'} -o StrictHostKeyChecking=no -o LogLevel=ERROR"
-    return subprocess.run([sys.executable, "-m", "mlox_iac.cli.main", *args, "--outputs-file", str(outputs)],
-                          capture_output=True, text=True, timeout=timeout, cwd=d.work,
-                          env={**os.environ, "MLOX_SSH_OPTS": ssh_opts, "MLOX_SSH_IDENTITY": str(d.host.key_path),
-                               "HOME": str(d.work), **(env or {})})
+    return ([sys.executable, "-m", "mlox_iac.cli.main", *args, "--outputs-file", str(outputs)],
+            {**os.environ, "MLOX_SSH_OPTS": ssh_opts, "MLOX_SSH_IDENTITY": str(d.host.key_path), "HOME": str(d.work)})
+
+
+def mlox(d: Deployment, *args: str, timeout: float = 1800, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The mlox-iac CLI against the deployment, run to completion."""
+    argv, base = mlox_command(d, *args)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=d.work, env={**base, **(env or {})})
 
 
 class ObjectStore:
