@@ -114,8 +114,25 @@ def mlox_project(tmp_path, monkeypatch) -> Path:
     return project
 
 
+FILE_SPANS: dict[str, list[float]] = {}  # test file -> [first start, last stop], epoch seconds
+
+
+def pytest_runtest_logreport(report):
+    # Runs in the main process under xdist too (workers send their reports there).
+    span = FILE_SPANS.setdefault(report.nodeid.split("::")[0], [report.start, report.stop])
+    span[0], span[1] = min(span[0], report.start), max(span[1], report.stop)
+
+
 def pytest_terminal_summary(terminalreporter):
-    """After an end-to-end run, list every phase's wall time."""
+    """After a run with end-to-end tests: each e2e file's wall time (from its first test's
+    setup to its last teardown, so the CI log shows where the time goes), then, in a run
+    without workers, every phase's wall time."""
+    e2e = {name: span for name, span in FILE_SPANS.items() if name.startswith("tests/e2e/")}
+    if e2e:
+        terminalreporter.section("e2e file wall times")
+        begin = min(start for start, _ in e2e.values())
+        for name, (start, stop) in sorted(e2e.items(), key=lambda item: item[1][0]):
+            terminalreporter.write_line(f"{stop - start:8.1f}s  {name}  (from +{start - begin:.0f} s to +{stop - begin:.0f} s)")
     hosts = sys.modules.get("hosts")  # tests/e2e/hosts.py, once an e2e test imported it
     timings = getattr(hosts, "TIMINGS", None)
     if not timings:

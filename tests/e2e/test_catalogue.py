@@ -422,13 +422,22 @@ def test_4c_airflow_runs_a_dag_from_the_synced_repository(catalogue):
         assert time.monotonic() < deadline, state
         time.sleep(5)
     # Airflow 3 serves task logs as structured events (JSON), the task's stdout among them.
-    log = api.get(f"{base}/api/v2/dags/mlox_e2e/dagRuns/{run_id}/taskInstances/write_and_track/logs/1",
-                  headers={"Accept": "application/json"}, timeout=60)
-    assert log.status_code == 200, log.text[-3000:]
-    text = "\n".join(str(event.get("event")) for event in log.json()["content"])
+    # The worker uploads the log to the bucket after the task has reported its state, so for a
+    # moment the API server still reads it from the worker (a CI run saw that): wait for the
+    # bucket to be the source, bounded.
+    remote = f"s3://airflow-logs/logs/dag_id=mlox_e2e/run_id={run_id}/"
+    deadline = time.monotonic() + 180
+    while True:
+        log = api.get(f"{base}/api/v2/dags/mlox_e2e/dagRuns/{run_id}/taskInstances/write_and_track/logs/1",
+                      headers={"Accept": "application/json"}, timeout=60)
+        assert log.status_code == 200, log.text[-3000:]
+        text = "\n".join(str(event.get("event")) for event in log.json()["content"])
+        if remote in text or time.monotonic() > deadline:
+            break
+        time.sleep(5)
     assert state == "success", text[-3000:]
     assert f"MLOX-E2E marker={marker}" in text, text[-3000:]
-    assert f"s3://airflow-logs/logs/dag_id=mlox_e2e/run_id={run_id}/" in text  # read back from the bucket
+    assert remote in text, text[-3000:]  # read back from the bucket
     mlflow_run = text.split(f"MLOX-E2E marker={marker} run=", 1)[1][:32]
     assert d.s3().get_object(Bucket="data", Key=f"airflow/{marker}.txt")["Body"].read() == f"written by airflow {marker}".encode()
     # The task log is in the bucket (remote logging), under Airflow's log path for this run.
