@@ -15,12 +15,15 @@ image is also kept as a ``docker save`` tarball under ``images/``, so a fresh do
 machine, wiped /var/lib/docker) ``docker load``s it instead of rebuilding.
 
 Onto a target host (after the bootstrap installed Docker there) images move with
-``docker save NAME... | ssh HOST docker load`` (``load_images``).
+``docker save NAME... | ssh HOST docker load`` (``load_images``), once per set of images:
+later hosts that need the same set get the first one's image store as hard links (see
+"image store seeds" below).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import os
 import shutil
@@ -426,28 +429,65 @@ class BackgroundBuild:
 
 
 def load_images(host: hosts.TargetHost, names: Sequence[str] | None = None, force: bool = False) -> list[str]:
-    """Stream ``docker save NAMES | ssh HOST docker load`` for images the host lacks.
+    """Make the host's Docker hold these images (same image IDs as here); returns the names
+    it lacked. The host must already have Docker (call after the bootstrap).
 
-    An image counts as present on the host only with the same image ID as here. The host
-    must already have Docker (call after the bootstrap). Returns the names loaded.
+    The first host that gets a given set of images on a fresh Docker receives them by
+    ``docker save NAMES | ssh HOST docker load``; its image store is then kept as a seed
+    (hard links, see :func:`_keep_seed`). A later fresh host that needs the same set gets
+    that store put in place instead (:func:`_apply_seed`, seconds instead of minutes of
+    loading); whatever it still lacks is streamed. ``force`` streams everything.
     """
     names = list(names) if names is not None else list(ALL_IMAGES)
-
-    def image_id(cp: subprocess.CompletedProcess) -> str | None:
-        return cp.stdout.strip() if cp.returncode == 0 else None
-
-    missing = []
+    local = {}
     for n in names:
-        local = image_id(docker("image", "inspect", "--format", "{{.Id}}", n, check=False))
-        if local is None:
+        cp = docker("image", "inspect", "--format", "{{.Id}}", n, check=False)
+        if cp.returncode != 0:
             raise RuntimeError(f"image {n} is not in this machine's dockerd: run build_standins() first")
-        remote = image_id(host.ssh(["docker", "image", "inspect", "--format", "{{.Id}}", n], check=False))
-        if force or remote != local:
-            missing.append(n)
-    if not missing:
-        return []
-    with phase(f"{host.name}: docker save | ssh docker load ({len(missing)} image(s))"):
-        save = subprocess.Popen([docker_bin(), "save", *missing], stdout=subprocess.PIPE,
+        local[n] = cp.stdout.strip()
+
+    def lacking() -> list[str]:
+        return [n for n in names if force or _host_image_id(host, n) != local[n]]
+
+    missing = lacking()
+    if not missing or force:
+        if missing:
+            _stream(host, missing)
+        return missing
+    key = hashlib.sha256("".join(f"{n}={local[n]}\n" for n in sorted(names)).encode()).hexdigest()[:16]
+    seed = hosts.cache_dir() / "docker-seeds" / key
+    with contextlib.ExitStack() as held:
+        held.enter_context(hosts.file_lock(f"docker-seed-{key}"))  # one host builds a seed
+        fresh = _store_is_empty(host)
+        if (seed / "complete").exists():
+            held.close()
+            if fresh:
+                with phase(f"{host.name}: image store from the seed ({len(missing)} image(s))"):
+                    _apply_seed(host, seed)
+            still = lacking()  # anything the seed did not give (or a seed that failed) is streamed
+        else:
+            if not fresh:
+                held.close()
+            still = missing
+        if still:
+            _stream(host, still)
+        if (seed / "complete").exists() or not fresh or still != names:
+            return missing
+        try:
+            _keep_seed(host, seed)  # still under the lock
+        except (hosts.CommandError, OSError) as e:  # no seed: later hosts stream, as before seeds
+            print(f"[e2e] {host.name}: image store not kept as a seed: {e}", file=sys.stderr, flush=True)
+    return missing
+
+
+def _host_image_id(host: hosts.TargetHost, name: str) -> str | None:
+    cp = host.ssh(["docker", "image", "inspect", "--format", "{{.Id}}", name], check=False)
+    return cp.stdout.strip() if cp.returncode == 0 else None
+
+
+def _stream(host: hosts.TargetHost, names: list[str]) -> None:
+    with phase(f"{host.name}: docker save | ssh docker load ({len(names)} image(s))"):
+        save = subprocess.Popen([docker_bin(), "save", *names], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         try:
             load = subprocess.run([*host.ssh_argv(), "docker load"], stdin=save.stdout,
@@ -458,10 +498,74 @@ def load_images(host: hosts.TargetHost, names: Sequence[str] | None = None, forc
             save_rc = save.wait()
         if save_rc != 0 or load.returncode != 0:
             raise RuntimeError(
-                f"loading {missing} into {host.name} failed: docker save exit {save_rc} ({save_err.strip()}), "
+                f"loading {names} into {host.name} failed: docker save exit {save_rc} ({save_err.strip()}), "
                 f"ssh docker load exit {load.returncode} ({load.stderr.strip()})"
             )
-    return missing
+
+
+# ---- image store seeds
+# Loading 6-9 images (2.5-6 GB) into each of about twelve hosts was a large share of a CI run's
+# CPU time. A seed is one host's Docker image store right after its images were loaded,
+# kept under cache_dir()/docker-seeds/<hash of the names and image IDs>/: the image metadata
+# (a few MB) copied, the storage driver's layer files as hard links (the hosts' root file
+# systems are directories on the same file system). Layer files are never written after a
+# load (a container writes to a layer of its own; removing an image only unlinks), so hosts
+# can share them. Only a store that holds nothing else (no image, no container) is seeded or
+# replaced by a seed. Seeds of earlier image builds stay until the cache is cleared; they
+# cost only the layers no current image shares.
+
+
+def _store_is_empty(host: hosts.TargetHost) -> bool:
+    cp = host.ssh("docker image ls -aq; docker ps -aq", check=False)
+    return cp.returncode == 0 and not cp.stdout.strip()
+
+
+def _docker_root(host: hosts.TargetHost) -> Path:
+    return host.rootfs / "var" / "lib" / "docker"
+
+
+def _restart_docker(host: hosts.TargetHost, action: str) -> None:
+    host.ssh(f"systemctl {action} docker.socket docker.service", timeout=300)
+
+
+def _keep_seed(host: hosts.TargetHost, seed: Path) -> None:
+    driver = host.ssh("docker info --format '{{.Driver}}'").stdout.strip()
+    if not driver or "/" in driver:
+        return
+    partial = seed.with_name(seed.name + ".partial")
+    hosts.run(["rm", "-rf", str(partial)], timeout=600)
+    partial.mkdir(parents=True)
+    _restart_docker(host, "stop")  # a consistent store: nothing is being written
+    try:
+        root = _docker_root(host)
+        hosts.run(["cp", "-a", str(root / "image"), str(partial / "image")], timeout=600)
+        hosts.run(["cp", "-al", str(root / driver), str(partial / "layers")], timeout=600)
+    finally:
+        _restart_docker(host, "start")
+    (partial / "driver").write_text(driver)
+    hosts.run(["rm", "-rf", str(seed)], timeout=600)  # one left incomplete by an interrupted run
+    partial.rename(seed)
+    (seed / "complete").touch()
+
+
+def _apply_seed(host: hosts.TargetHost, seed: Path) -> None:
+    """Put the seed's store in place of the host's empty one. On any failure the host gets an
+    empty store again (the caller then streams every image)."""
+    driver = (seed / "driver").read_text()
+    root = _docker_root(host)
+    parts = (("image", root / "image", ""), ("layers", root / driver, "l"))
+    _restart_docker(host, "stop")
+    try:
+        for part, target, link in parts:
+            hosts.run(["rm", "-rf", str(target)], timeout=600)
+            hosts.run(["cp", f"-a{link}", str(seed / part), str(target)], timeout=600)
+    except (hosts.CommandError, OSError) as e:
+        print(f"[e2e] {host.name}: the image store seed could not be applied, streaming instead: {e}",
+              file=sys.stderr, flush=True)
+        for _, target, _ in parts:
+            hosts.run(["rm", "-rf", str(target)], timeout=600)
+    finally:
+        _restart_docker(host, "start")
 
 
 if __name__ == "__main__":  # python tests/e2e/images.py [--force]
