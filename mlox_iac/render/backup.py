@@ -76,7 +76,8 @@ def backup_plan(ctx: Context, compose: dict) -> dict:
         "images": {"restic": RESTIC_IMAGE, "rclone": RCLONE_IMAGE},
         "postgres": {"service": postgres.NAME, "superuser": postgres.SUPERUSER, "provision": "postgres-provision"},
         "s3": {"endpoint": f"http://{seaweedfs.NAME}:{seaweedfs.S3_PORT}", "env_file": ctx.env_file(seaweedfs.NAME),
-               "access_key_var": "S3_ACCESS_KEY", "secret_key_var": "S3_SECRET_KEY"},
+               "access_key_var": "S3_ACCESS_KEY", "secret_key_var": "S3_SECRET_KEY",
+               "filer": {"service": seaweedfs.NAME, "port": seaweedfs.FILER_PORT, "root": seaweedfs.BUCKETS_DIR}},
         "services": services,
     }
     if settings is None:  # the data tooling is shipped anyway: mlox-iac migrate uses it

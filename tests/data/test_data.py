@@ -291,3 +291,52 @@ def test_an_unchanged_backup_forgets_every_run_and_prunes_on_the_deep_checks_cad
     ran.clear()
     backup.backup(host)
     assert [r.split(" ")[0] for r in ran] == ["check", "check", "forget", "prune"]
+
+
+def test_objects_are_read_back_through_the_filer_and_through_s3_where_the_filer_cannot_serve_them(tmp_path, monkeypatch):
+    import hashlib
+    import http.server
+    import threading
+    import urllib.parse
+
+    from mlox_iac.data import objects
+
+    bucket = FakeBucket()
+    monkeypatch.setattr(objects, "_rclone", bucket)
+    big = bytes(range(256)) * 20000  # 5 MB, read in several chunks
+    for key, body in {"big.bin": big, "dir/é x.txt": b"hello", "gone.txt": b"s3 has it", "a//b": b"odd key",
+                      "bad.bin": b"original"}.items():
+        bucket.put(key, body, "2026-12-04T10:00:00Z")
+    served = {"/buckets/data/big.bin": big, "/buckets/data/dir/é x.txt": b"hello", "/buckets/data/bad.bin": b"corrupt!"}
+    asked: list[str] = []
+
+    class Filer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            path = urllib.parse.unquote(self.path)
+            asked.append(path)
+            body = served.get(path)
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Filer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(objects, "_filer_url", lambda host: f"http://127.0.0.1:{server.server_port}/buckets")
+        events = []
+        host = make_host(tmp_path)
+        host._emit = events.append
+        manifest = objects.manifest_of(host, "data")
+    finally:
+        server.shutdown()
+    assert sorted(asked) == ["/buckets/data/bad.bin", "/buckets/data/big.bin", "/buckets/data/dir/é x.txt",
+                             "/buckets/data/gone.txt"]  # "a//b" is not a plain path: S3 only
+    assert sorted(bucket.downloaded) == ["a//b", "gone.txt"]  # what the filer did not serve
+    assert manifest["big.bin"] == {"size": len(big), "sha256": hashlib.sha256(big).hexdigest()}
+    assert manifest["gone.txt"]["sha256"] == hashlib.sha256(b"s3 has it").hexdigest()
+    assert manifest["bad.bin"]["sha256"] == hashlib.sha256(b"corrupt!").hexdigest()  # read back as stored: a diff
+    assert any("2 object(s) through S3" in e["message"] for e in events)

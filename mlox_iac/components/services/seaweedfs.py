@@ -19,6 +19,8 @@ NAME = "seaweedfs"
 IMAGE = "chrislusf/seaweedfs:4.48"
 MEMORY_MB = 512
 S3_PORT = 8333
+FILER_PORT = 8888  # weed server's default; only on the stack network (backups read objects back through it)
+BUCKETS_DIR = "/buckets"  # where the filer keeps the S3 buckets (filer.toml buckets_folder, default)
 
 # Memory. One `weed server` process holds master, volume server, filer and S3 gateway.
 # Measured at 4.48 in a 512 MiB container (anonymous memory, not counting page cache):
@@ -39,8 +41,19 @@ S3_PORT = 8333
 # concurrent GETs at 167 MiB. The Go limit also covers the filer's leveldb2 caches, which
 # grow with the metadata; the last quarter of the container limit is for the page cache
 # of files being written, which the kernel charges to the container.
+#
+# Reading. 4.47 added the GET buffer budget (-s3.readerCacheSizeMB); since then the gateway
+# fetches the same chunks from the volume server many times over (upstream issue #11380,
+# "S3 latency after upgrading to 4.47"; a CPU profile here: two thirds of the time in the
+# volume server serving chunk reads). A 1 GiB GET took 57 s, 16 concurrent 64 MB range GETs
+# 20 s, while the filer underneath served the same 1 GiB in 1.6 s. Larger budgets did not
+# help: 128 MB was as slow, 256 MB and unlimited got the container OOM-killed within the
+# first 20 MB. The shared chunk cache (-s3.cacheCapacityMB, 0 = off) makes repeated fetches
+# of a chunk hit memory: with 32 MB, the 1 GiB GET took 32 s and the 16 range GETs 14 s,
+# and the process peaked at 314 MiB resident (261 MiB without it), under GOMEMLIMIT.
 UPLOADS_AT_ONCE = 2
 READ_BUFFERS_MB = 64
+CHUNK_CACHE_MB = 32
 GO_MEMORY_LIMIT_MB = MEMORY_MB * 3 // 4
 
 # Volume slots. Each bucket is a SeaweedFS collection, and a collection's first write grows
@@ -62,7 +75,8 @@ _START = (
     "\"actions\":[\"Admin\",\"Read\",\"List\",\"Tagging\",\"Write\"]}]}' \"$$S3_ACCESS_KEY\" \"$$S3_SECRET_KEY\" > /tmp/s3.json && "
     f"exec /usr/bin/weed server -dir=/data -ip=seaweedfs -ip.bind=0.0.0.0 -volume.max={VOLUME_SLOTS} "
     f"-master.volumeSizeLimitMB=1024 -s3 -s3.port={S3_PORT} -s3.config=/tmp/s3.json "
-    f"-s3.concurrentFileUploadLimit={UPLOADS_AT_ONCE} -s3.readerCacheSizeMB={READ_BUFFERS_MB}"
+    f"-s3.concurrentFileUploadLimit={UPLOADS_AT_ONCE} -s3.readerCacheSizeMB={READ_BUFFERS_MB} "
+    f"-s3.cacheCapacityMB={CHUNK_CACHE_MB}"
 )
 # Create each bucket (ignoring "exists"), then fail unless every bucket is listed.
 _BUCKETS = (
