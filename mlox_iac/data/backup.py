@@ -52,6 +52,12 @@ REPO_ENV = ("RESTIC_REPOSITORY", "RESTIC_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SE
 # --------------------------------------------------------------------------- restic
 
 
+# restic talks only to the repository, and from the server's own network namespace: where
+# reachable() probes it from, and without a bridge endpoint to set up and tear down for each
+# run (0.8 s per restic run instead of 1.1 on a 2-core server; a backup makes four or more).
+NETWORK = "host"
+
+
 class Repository:
     """restic, as the pinned image, against the stack's repository."""
 
@@ -76,7 +82,7 @@ class Repository:
 
     def run(self, args: list[str], extra_mounts: list[str] = (), stdout=None, what: str = "") -> subprocess.CompletedProcess:
         done = self.host.docker_run(self.host.plan["images"]["restic"], args, env=self.env,
-                                    mounts=self.mounts(list(extra_mounts)), check=False, stdout=stdout,
+                                    mounts=self.mounts(list(extra_mounts)), network=NETWORK, check=False, stdout=stdout,
                                     what=what or f"restic {args[0]}")
         if done.returncode != 0:
             raise self.error(done, what or f"restic {args[0]}")
@@ -129,7 +135,7 @@ class Repository:
         self.reachable()
         name = f"mlox-restic-probe-{os.getpid()}"
         cmd = self.host.docker_argv(self.host.plan["images"]["restic"], ["cat", "config"], env=self.env,
-                                    mounts=self.mounts(), name=name)
+                                    mounts=self.mounts(), network=NETWORK, name=name)
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True, env={**os.environ, **self.env})
         assert proc.stderr is not None

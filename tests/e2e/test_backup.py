@@ -139,6 +139,9 @@ def test_3_disaster_everything_comes_back(stack):
     timed("backup: full restore", time.monotonic() - start)
     result = _json(done)
     assert result["verified"] is True
+    # Every object was read back, through the filer (the S3 fallback names itself).
+    assert "reading the objects back to verify them" in done.stderr
+    assert "through S3" not in done.stderr, done.stderr[-2000:]
     kinds = {(item["kind"], item["name"]) for item in result["restored"]}
     assert kinds == {("database", "mlflow"), ("bucket", "mlflow-artifacts"), ("bucket", lab.USER_BUCKET),
                      ("volume", "caddy-data")}
