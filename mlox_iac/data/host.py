@@ -115,8 +115,64 @@ class Host:
         if services:
             self.compose_run("stop", *services, what="stopping " + ", ".join(services))
 
-    def compose_up(self) -> None:
-        self.compose_run("up", "-d", "--wait", "--wait-timeout", "600", what="starting the stack")
+    def compose_up(self, *services: str, recreate: bool = False, timeout: float = 600) -> None:
+        """``docker compose up -d`` (the whole stack, or ``services`` alone with ``--no-deps``),
+        then wait until every container it covers is running and passes its healthcheck."""
+        args = ["up", "-d", *(["--no-deps"] if services else []), *(["--force-recreate"] if recreate else []), *services]
+        self.compose_run(*args, what="starting " + (", ".join(services) if services else "the stack"))
+        self.wait_ready(services, timeout)
+
+    def wait_ready(self, services: Sequence[str] = (), timeout: float = 600) -> None:
+        """Wait until the containers of ``services`` (all of the project's without) run and are healthy.
+
+        Docker runs a container's first healthcheck one ``interval`` after it starts (10 s
+        for most services here), so ``compose up --wait`` waits at least that long for a
+        service that was ready in three. Here each container still starting gets its own
+        healthcheck command run by ``docker exec`` about every second: it counts as ready
+        as soon as that command passes, as Docker would find at its next check. A container
+        that exits, restarts or is reported unhealthy fails at once, naming it.
+        """
+        deadline = time.monotonic() + timeout
+        restarts: dict[str, int] = {}
+        ready: set[str] = set()
+        while True:
+            ids = self.compose_run("ps", "-a", "-q", *services, what="listing the stack's containers").stdout.split()
+            if not ids:
+                raise DataError("no container to wait for" + (f" (services {', '.join(services)})" if services else ""))
+            waiting = []
+            for info in json.loads(self.run(["docker", "inspect", *ids], what="inspecting the stack's containers").stdout):
+                cid, state = info["Id"], info["State"]
+                name = (info["Config"].get("Labels") or {}).get("com.docker.compose.service") or info["Name"].lstrip("/")
+                first = restarts.setdefault(cid, info.get("RestartCount", 0))
+                if cid in ready:
+                    continue
+                if state.get("Status") != "running" or info.get("RestartCount", 0) > first:
+                    logs = self.run(["docker", "logs", "--tail", "5", cid], check=False)
+                    raise DataError(f"service {name} did not stay up ({state.get('Status')}, exit code "
+                                    f"{state.get('ExitCode')}): {last_line(logs.stderr or logs.stdout) or 'no log'}")
+                health = (state.get("Health") or {}).get("Status")
+                test = (info["Config"].get("Healthcheck") or {}).get("Test") or []
+                if health is None or health == "healthy" or not test or test[0] == "NONE":
+                    ready.add(cid)
+                elif health == "unhealthy":
+                    raise DataError(f"service {name} is unhealthy")
+                else:
+                    waiting.append((cid, name, test))
+            for cid, name, test in waiting:
+                argv = test[1:] if test[0] == "CMD" else ["/bin/sh", "-c", test[1]]
+                try:
+                    probe = subprocess.run(["docker", "exec", cid, *argv], stdin=subprocess.DEVNULL,
+                                           capture_output=True, timeout=10)
+                except subprocess.TimeoutExpired:
+                    continue
+                if probe.returncode == 0:
+                    ready.add(cid)
+            if all(cid in ready for cid in ids):
+                return
+            if time.monotonic() > deadline:
+                names = sorted(name for cid, name, _ in waiting if cid not in ready)
+                raise DataError(f"{', '.join(names) or 'the stack'} did not become healthy within {timeout:.0f} s")
+            time.sleep(1)
 
 
 def emit_json(event: dict) -> None:

@@ -149,12 +149,14 @@ def test_an_unreachable_repository_fails_at_once(tmp_path):
 FAKE_DOCKER = """#!/bin/sh
 # A docker that runs restic's `cat config` the way restic 0.19 answers for a missing S3 bucket:
 # it retries for minutes, printing one line per attempt. `docker rm -f` records the removal.
-if [ "$1" = rm ]; then echo "$@" >> "$LOG"; kill "$(cat "$PIDFILE")"; exit 0; fi
+# (Like `docker rm -f` ending `docker run`, the removal ends the fake and its sleep, so the
+# pipes it held close.)
+if [ "$1" = rm ]; then echo "$@" >> "$LOG"; kill "$(cat "$PIDFILE")" "$(cat "$PIDFILE.sleep")"; exit 0; fi
 echo $$ > "$PIDFILE"
 case "$MODE" in
   missing) for i in 1 2 3 4 5 6 7 8 9 10; do
              echo "Stat(<config/>) returned error, retrying after 850ms: Stat: The specified bucket does not exist" >&2
-             sleep 30; done; exit 1 ;;
+             sleep 30 & echo $! > "$PIDFILE.sleep"; wait; done; exit 1 ;;
   present) exit 0 ;;
   nokey) echo "Fatal: unable to open config file: Stat: file does not exist" >&2; exit 10 ;;
   denied) echo "Fatal: unable to open config file: Stat: Access Denied." >&2; exit 1 ;;
@@ -185,7 +187,7 @@ def test_the_repository_probe_stops_at_a_missing_bucket(tmp_path, monkeypatch, m
     assert repo.exists() is expected
     assert time.monotonic() - started < 10
     if mode == "missing":
-        assert log.read_text().startswith("rm -f mlox-restic-probe-")
+        assert log.read_text().startswith("rm -f mlox-restic-cat-")
         with pytest.raises(DataError, match=r"^there is no backup repository at s3:http://10.0.0.9:8333/b/x "):
             repo.open()
 
@@ -274,11 +276,13 @@ def test_an_unchanged_backup_forgets_every_run_and_prunes_on_the_deep_checks_cad
     monkeypatch.setattr(backup, "LOCK_FILE", str(tmp_path / "lock"))
     host = make_host(tmp_path)
     ran: list[str] = []
-    monkeypatch.setattr(backup.Repository, "ensure", lambda self: False)
+    monkeypatch.setattr(backup.Repository, "ensure", lambda self: ran.append("probe") or False)
+    monkeypatch.setattr(backup.Repository, "reachable", lambda self: None)
     monkeypatch.setattr(backup.Repository, "run", lambda self, args, *a, **kw: ran.append(" ".join(args)))
     monkeypatch.setattr(backup, "capture_all", lambda *a: {"services": {}})
     monkeypatch.setattr(backup, "_restic_backup", lambda *a: {"snapshot_id": "s1"})
     backup.backup(host)
+    assert ran.pop(0) == "probe"  # the first backup into a repository probes it; later ones do not
     assert [r.split(" ")[0] + (" deep" if "read-data" in r else "") for r in ran] == ["check", "check deep", "forget", "prune"]
     assert "--prune" not in ran[2] and "--keep-daily 7 --keep-weekly 4 --keep-monthly 6" in ran[2]
     ran.clear()
@@ -340,3 +344,143 @@ def test_objects_are_read_back_through_the_filer_and_through_s3_where_the_filer_
     assert manifest["gone.txt"]["sha256"] == hashlib.sha256(b"s3 has it").hexdigest()
     assert manifest["bad.bin"]["sha256"] == hashlib.sha256(b"corrupt!").hexdigest()  # read back as stored: a diff
     assert any("2 object(s) through S3" in e["message"] for e in events)
+
+
+def test_a_backup_probes_the_repository_unless_the_last_one_succeeded_there(tmp_path, monkeypatch):
+    """The probe (a restic run) is skipped where the last backup into the same repository
+    succeeded; a repository found gone then is created anew and said so; a failed backup makes
+    the next one probe again, before it copies anything."""
+    monkeypatch.setattr(backup, "STATE_DIR", tmp_path / "state")
+    monkeypatch.setattr(backup, "METRICS_DIR", tmp_path / "metrics")
+    monkeypatch.setattr(backup, "LOCK_FILE", str(tmp_path / "lock"))
+    events: list[dict] = []
+    host = make_host(tmp_path)
+    host._emit = events.append
+    ran: list[str] = []
+    answers: list = []  # what each restic backup does: a summary, or an exception to raise
+    monkeypatch.setattr(backup.Repository, "ensure", lambda self: ran.append("probe") or False)
+    monkeypatch.setattr(backup.Repository, "reachable", lambda self: ran.append("reachable"))
+    monkeypatch.setattr(backup.Repository, "run", lambda self, args, *a, **kw: ran.append(args[0]))
+    monkeypatch.setattr(backup, "capture_all", lambda *a: ran.append("capture") or {"services": {}})
+
+    def restic_backup(*a):
+        ran.append("backup")
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(backup, "_restic_backup", restic_backup)
+    answers[:] = [{"snapshot_id": "s1"}]
+    backup.backup(host)
+    assert ran[:3] == ["probe", "capture", "backup"]
+    ran.clear()
+    answers[:] = [{"snapshot_id": "s2"}]
+    backup.backup(host)
+    assert ran == ["reachable", "capture", "backup", "check", "forget"]
+    # The repository vanished: restic backup says so, it is created again, the backup is retried.
+    ran.clear()
+    answers[:] = [backup.MissingRepository("gone"), {"snapshot_id": "s3"}]
+    assert backup.backup(host)["snapshot"] == "s3"
+    assert ran == ["reachable", "capture", "backup", "init", "backup", "check", "forget"]
+    assert any("is gone" in e["message"] for e in events)
+    # A failure (here: a wrong password) is recorded, and the next backup probes first.
+    ran.clear()
+    answers[:] = [DataError("the backup repository's password is wrong")]
+    with pytest.raises(DataError, match="password is wrong"):
+        backup.backup(host)
+    assert backup.read_state()["last"]["ok"] is False
+    ran.clear()
+    answers[:] = [{"snapshot_id": "s4"}]
+    backup.backup(host)
+    assert ran[:3] == ["probe", "capture", "backup"]
+
+
+def test_restic_backup_stops_at_a_missing_bucket(tmp_path, monkeypatch):
+    repo = probed_repository(tmp_path, monkeypatch, "missing")
+    started = time.monotonic()
+    with pytest.raises(backup.MissingRepository):
+        backup._restic_backup(repo.host, repo, [], [])
+    assert time.monotonic() - started < 10
+    assert (tmp_path / "docker.log").read_text().startswith("rm -f mlox-restic-backup-")
+
+
+class FakeContainers:
+    """`docker compose ps`, `docker inspect`, `docker logs` and `docker exec` of a stack whose
+    containers change from one look to the next as ``script`` says."""
+
+    def __init__(self, script):
+        self.script = script  # look number -> {service: (status, health, restarts)}
+        self.looks = 0
+        self.probes: list[str] = []
+        self.passes_at: dict[str, int] = {}  # service -> its own check passes from this probe on
+
+    def state(self):
+        return self.script[min(self.looks, len(self.script)) - 1]
+
+    def run(self, argv, **kw):
+        argv = list(argv)
+        if argv[:3] == ["docker", "compose", "ps"]:
+            self.looks += 1
+            return subprocess.CompletedProcess(argv, 0, "\n".join(f"id-{s}" for s in self.state()), "")
+        if argv[:2] == ["docker", "inspect"]:
+            out = []
+            for cid in argv[2:]:
+                service = cid[3:]
+                status, health, restarts = self.state()[service]
+                out.append({"Id": cid, "Name": f"/prod-{service}-1", "RestartCount": restarts,
+                            "State": {"Status": status, "ExitCode": 0 if status == "running" else 1,
+                                      **({"Health": {"Status": health}} if health else {})},
+                            "Config": {"Labels": {"com.docker.compose.service": service},
+                                       "Healthcheck": {"Test": ["CMD", "check", service]} if health else None}})
+            return subprocess.CompletedProcess(argv, 0, json.dumps(out), "")
+        if argv[:2] == ["docker", "logs"]:
+            return subprocess.CompletedProcess(argv, 0, "", "starting\nFATAL: it broke\n")
+        raise AssertionError(argv)
+
+    def exec(self, argv, **kw):
+        assert argv[:2] == ["docker", "exec"] and argv[3:5] == ["check", argv[2][3:]], argv
+        service = argv[2][3:]
+        self.probes.append(service)
+        passing = self.probes.count(service) >= self.passes_at.get(service, 10**9)
+        return subprocess.CompletedProcess(argv, 0 if passing else 1, b"", b"")
+
+
+@pytest.fixture
+def containers(monkeypatch):
+    def install(script):
+        fake = FakeContainers(script)
+        monkeypatch.setattr(Host, "run", fake.run)
+        monkeypatch.setattr(subprocess, "run", fake.exec)
+        monkeypatch.setattr(time, "sleep", lambda s: None)
+        return fake
+    return install
+
+
+def test_a_starting_service_is_ready_when_its_own_healthcheck_passes(tmp_path, containers):
+    fake = containers([{"postgres": ("running", "healthy", 0), "mlflow": ("running", "starting", 0),
+                        "caddy": ("running", None, 0)}])
+    fake.passes_at["mlflow"] = 3
+    make_host(tmp_path).wait_ready()
+    assert fake.probes == ["mlflow", "mlflow", "mlflow"]  # only the starting one, until it passed
+    assert fake.looks == 3
+
+
+@pytest.mark.parametrize("after, expected", [
+    (("exited", None, 0), r"^service mlflow did not stay up \(exited, exit code 1\): FATAL: it broke$"),
+    (("running", "starting", 1), r"^service mlflow did not stay up \(running, exit code 0\): FATAL: it broke$"),
+    (("running", "unhealthy", 0), r"^service mlflow is unhealthy$"),
+])
+def test_a_service_that_fails_while_starting_is_named_at_once(tmp_path, containers, after, expected):
+    containers([{"mlflow": ("running", "starting", 0)}, {"mlflow": after}])
+    with pytest.raises(DataError, match=expected):
+        make_host(tmp_path).wait_ready(["mlflow"])
+
+
+def test_a_service_that_never_becomes_healthy_times_out_by_name(tmp_path, containers, monkeypatch):
+    fake = containers([{"mlflow": ("running", "starting", 0), "postgres": ("running", "healthy", 0)}])
+    clock = iter(range(0, 10_000, 100))
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
+    with pytest.raises(DataError, match=r"^mlflow did not become healthy within 600 s$"):
+        make_host(tmp_path).wait_ready()
+    assert set(fake.probes) == {"mlflow"}
