@@ -89,7 +89,13 @@ class ObjectStore:
         argv = ["systemd-run", "--unit=objstore", "--collect", "/usr/local/bin/weed", "server", "-dir=/srv/objstore",
                 f"-ip={self.host.address}", "-ip.bind=0.0.0.0", "-volume.max=0", "-master.volumeSizeLimitMB=1024",
                 "-s3", f"-s3.port={S3_PORT}", "-s3.config=/etc/objstore-s3.json"]
-        self.host.ssh("mkdir -p /srv/objstore && " + shlex.join(argv))
+        # A stopped transient unit is unloaded by systemd a moment after `systemctl stop`
+        # returns; systemd-run refuses the name until then ("already loaded"). One still
+        # loaded after that is started again as it is.
+        loaded = '[ "$(systemctl show -p LoadState --value objstore)" = loaded ]'
+        self.host.ssh(f"systemctl reset-failed objstore 2>/dev/null; mkdir -p /srv/objstore; "
+                      f"for i in $(seq 1 20); do {loaded} || break; sleep 0.5; done; "
+                      f"if {loaded}; then systemctl start objstore; else {shlex.join(argv)}; fi")
         deadline = time.monotonic() + 90
         while self.host.ssh(f"wget -q -O /dev/null http://127.0.0.1:{S3_PORT}/healthz || curl -fs http://127.0.0.1:{S3_PORT}/healthz",
                             check=False).returncode != 0:
