@@ -281,20 +281,21 @@ def test_an_unchanged_backup_forgets_every_run_and_prunes_on_the_deep_checks_cad
     monkeypatch.setattr(backup.Repository, "run", lambda self, args, *a, **kw: ran.append(" ".join(args)))
     monkeypatch.setattr(backup, "capture_all", lambda *a: {"services": {}})
     monkeypatch.setattr(backup, "_restic_backup", lambda *a: {"snapshot_id": "s1"})
+    monkeypatch.setattr(backup.Repository, "watched", lambda self, args, *a, **kw: ran.append(" ".join(args)) or (0, "", False))
     backup.backup(host)
     assert ran.pop(0) == "probe"  # the first backup into a repository probes it; later ones do not
-    assert [r.split(" ")[0] + (" deep" if "read-data" in r else "") for r in ran] == ["check", "check deep", "forget", "prune"]
-    assert "--prune" not in ran[2] and "--keep-daily 7 --keep-weekly 4 --keep-monthly 6" in ran[2]
+    assert [r.split(" ")[0] + (" deep" if "read-data" in r else "") for r in ran] == ["forget", "check", "check deep", "prune"]
+    assert "--prune" not in ran[0] and "--keep-daily 7 --keep-weekly 4 --keep-monthly 6" in ran[0]
     ran.clear()
     backup.backup(host)  # the same week: no deep check, no prune
-    assert [r.split(" ")[0] for r in ran] == ["check", "forget"]
+    assert [r.split(" ")[0] for r in ran] == ["forget", "check"]
     state = backup.read_state()
     state["prune_at"] -= 604800
     state["deep_check_at"] -= 604800
     backup.write_state(state)
     ran.clear()
     backup.backup(host)
-    assert [r.split(" ")[0] for r in ran] == ["check", "check", "forget", "prune"]
+    assert [r.split(" ")[0] for r in ran] == ["forget", "check", "check", "prune"]
 
 
 def test_objects_are_read_back_through_the_filer_and_through_s3_where_the_filer_cannot_serve_them(tmp_path, monkeypatch):
@@ -362,6 +363,7 @@ def test_a_backup_probes_the_repository_unless_the_last_one_succeeded_there(tmp_
     monkeypatch.setattr(backup.Repository, "reachable", lambda self: ran.append("reachable"))
     monkeypatch.setattr(backup.Repository, "run", lambda self, args, *a, **kw: ran.append(args[0]))
     monkeypatch.setattr(backup, "capture_all", lambda *a: ran.append("capture") or {"services": {}})
+    monkeypatch.setattr(backup, "_forget", lambda *a: None)
 
     def restic_backup(*a):
         ran.append("backup")
@@ -377,12 +379,12 @@ def test_a_backup_probes_the_repository_unless_the_last_one_succeeded_there(tmp_
     ran.clear()
     answers[:] = [{"snapshot_id": "s2"}]
     backup.backup(host)
-    assert ran == ["reachable", "capture", "backup", "check", "forget"]
+    assert ran == ["reachable", "capture", "backup", "check"]
     # The repository vanished: restic backup says so, it is created again, the backup is retried.
     ran.clear()
     answers[:] = [backup.MissingRepository("gone"), {"snapshot_id": "s3"}]
     assert backup.backup(host)["snapshot"] == "s3"
-    assert ran == ["reachable", "capture", "backup", "init", "backup", "check", "forget"]
+    assert ran == ["reachable", "capture", "backup", "init", "backup", "check"]
     assert any("is gone" in e["message"] for e in events)
     # A failure (here: a wrong password) is recorded, and the next backup probes first.
     ran.clear()
@@ -484,3 +486,38 @@ def test_a_service_that_never_becomes_healthy_times_out_by_name(tmp_path, contai
     with pytest.raises(DataError, match=r"^mlflow did not become healthy within 600 s$"):
         make_host(tmp_path).wait_ready()
     assert set(fake.probes) == {"mlflow"}
+
+
+@pytest.mark.parametrize("mode, fails", [("missing", False), ("nokey", False), ("present", False), ("denied", True)])
+def test_forget_leaves_a_missing_repository_to_the_backup_and_fails_on_the_rest(tmp_path, monkeypatch, mode, fails):
+    repo = probed_repository(tmp_path, monkeypatch, mode)
+    started = time.monotonic()
+    if fails:
+        with pytest.raises(DataError, match=r"^restic forget failed \(exit 1\): unable to open config file"):
+            backup._forget(repo.host, repo)
+    else:
+        backup._forget(repo.host, repo)
+    assert time.monotonic() - started < 10
+
+
+def test_a_failed_forget_fails_the_backup_after_the_copy(tmp_path, monkeypatch):
+    monkeypatch.setattr(backup, "STATE_DIR", tmp_path / "state")
+    monkeypatch.setattr(backup, "METRICS_DIR", tmp_path / "metrics")
+    monkeypatch.setattr(backup, "LOCK_FILE", str(tmp_path / "lock"))
+    host = make_host(tmp_path)
+    ran: list[str] = []
+    monkeypatch.setattr(backup.Repository, "ensure", lambda self: False)
+
+    def forget(*a):
+        time.sleep(0.2)  # still running when the copy ends: the backup waits for it
+        ran.append("forget")
+        raise DataError("restic forget failed (exit 1): no space left")
+
+    monkeypatch.setattr(backup, "_forget", forget)
+    monkeypatch.setattr(backup, "capture_all", lambda *a: ran.append("capture") or {"services": {}})
+    monkeypatch.setattr(backup, "_restic_backup", lambda *a: ran.append("backup") or {"snapshot_id": "s1"})
+    with pytest.raises(DataError, match="no space left"):
+        backup.backup(host)
+    assert ran == ["capture", "forget"]
+    assert backup.read_state()["last"] == {**backup.read_state()["last"], "ok": False,
+                                           "error": "restic forget failed (exit 1): no space left"}
