@@ -270,10 +270,15 @@ def test_live_object_hashes_are_reused_until_the_server_says_the_object_changed(
     assert sorted(bucket.downloaded) == ["k0", "k1", "k2", "k3"]
 
 
-def test_an_unchanged_backup_forgets_every_run_and_prunes_on_the_deep_checks_cadence(tmp_path, monkeypatch):
+@pytest.fixture
+def backup_state(tmp_path, monkeypatch):
+    """The backup's state, metrics and lock files in ``tmp_path``."""
     monkeypatch.setattr(backup, "STATE_DIR", tmp_path / "state")
     monkeypatch.setattr(backup, "METRICS_DIR", tmp_path / "metrics")
     monkeypatch.setattr(backup, "LOCK_FILE", str(tmp_path / "lock"))
+
+
+def test_an_unchanged_backup_forgets_every_run_and_prunes_on_the_deep_checks_cadence(tmp_path, monkeypatch, backup_state):
     host = make_host(tmp_path)
     ran: list[str] = []
     monkeypatch.setattr(backup.Repository, "ensure", lambda self: ran.append("probe") or False)
@@ -347,13 +352,10 @@ def test_objects_are_read_back_through_the_filer_and_through_s3_where_the_filer_
     assert any("2 object(s) through S3" in e["message"] for e in events)
 
 
-def test_a_backup_probes_the_repository_unless_the_last_one_succeeded_there(tmp_path, monkeypatch):
+def test_a_backup_probes_the_repository_unless_the_last_one_succeeded_there(tmp_path, monkeypatch, backup_state):
     """The probe (a restic run) is skipped where the last backup into the same repository
     succeeded; a repository found gone then is created anew and said so; a failed backup makes
     the next one probe again, before it copies anything."""
-    monkeypatch.setattr(backup, "STATE_DIR", tmp_path / "state")
-    monkeypatch.setattr(backup, "METRICS_DIR", tmp_path / "metrics")
-    monkeypatch.setattr(backup, "LOCK_FILE", str(tmp_path / "lock"))
     events: list[dict] = []
     host = make_host(tmp_path)
     host._emit = events.append
@@ -500,10 +502,7 @@ def test_forget_leaves_a_missing_repository_to_the_backup_and_fails_on_the_rest(
     assert time.monotonic() - started < 10
 
 
-def test_a_failed_forget_fails_the_backup_after_the_copy(tmp_path, monkeypatch):
-    monkeypatch.setattr(backup, "STATE_DIR", tmp_path / "state")
-    monkeypatch.setattr(backup, "METRICS_DIR", tmp_path / "metrics")
-    monkeypatch.setattr(backup, "LOCK_FILE", str(tmp_path / "lock"))
+def test_a_failed_forget_fails_the_backup_after_the_copy(tmp_path, monkeypatch, backup_state):
     host = make_host(tmp_path)
     ran: list[str] = []
     monkeypatch.setattr(backup.Repository, "ensure", lambda self: False)
