@@ -134,7 +134,8 @@ class Repository:
         it for many minutes before it exits 1; a repository that was never created (or a
         mistyped bucket) should be reported at once. Its messages are watched as they come and
         its container removed on the first such line. ``on_line`` gets each stdout line.
-        Returns the exit code, the stderr text and whether the bucket was missing.
+        Returns the exit code, the stderr text and whether there is no repository (the bucket
+        is missing, or restic exited 10: no repository in it).
         """
         name = f"mlox-restic-{argv[0]}-{os.getpid()}"
         cmd = self.host.docker_argv(self.host.plan["images"]["restic"], argv, env=self.env,
@@ -159,13 +160,13 @@ class Repository:
                 on_line(line)
         code = proc.wait()
         watcher.join()
-        return code, "".join(lines), missing.is_set()
+        return code, "".join(lines), missing.is_set() or code == 10
 
     def exists(self) -> bool:
         """Whether the repository exists: ``restic cat config``, stopped early on a missing bucket."""
         self.reachable()
         code, stderr, missing = self.watched(["cat", "config"])
-        if missing or code == 10:
+        if missing:
             return False
         if code == 0:
             return True
@@ -365,7 +366,7 @@ def backup(host: Host) -> dict[str, Any]:
         state["last"] = record
         if not record.get("ok"):
             state.pop("repository", None)  # the next run probes the repository before it copies anything
-        if record.get("ok"):
+        else:
             state["last_ok"] = record
             checks = state.setdefault("checks", {})
             checks[record["snapshot"]] = record["check"]
@@ -382,7 +383,7 @@ def _forget(host: Host, repo: Repository) -> None:
     argv = ["forget", "--host", host.plan["stack"], "--tag", "mlox", "--keep-daily", str(keep["daily"]),
             "--keep-weekly", str(keep["weekly"]), "--keep-monthly", str(keep["monthly"])]
     code, stderr, missing = repo.watched(argv)
-    if code != 0 and not missing and code != 10:
+    if code != 0 and not missing:
         raise repo.error(subprocess.CompletedProcess(argv, code, "", stderr), "restic forget")
 
 
@@ -410,7 +411,7 @@ def _restic_backup(host: Host, repo: Repository, mounts: list[str], tags: list[s
 
     argv = ["backup", ROOT, "--json", "--host", host.plan["stack"], *tags]
     code, stderr, missing = repo.watched(argv, mounts, on_line)
-    if missing or code == 10:
+    if missing:
         raise MissingRepository(f"there is no backup repository at {repo.location}")
     if code != 0 or not summary:
         raise repo.error(subprocess.CompletedProcess(argv, code or 1, "", stderr), "restic backup")
