@@ -41,18 +41,22 @@ GOALS = {"second/first time": ("<=", 0.1), "growth/data": ("<=", 0.02), "restore
 
 
 def timed_json(d, *args):
-    """Run ``mlox-iac ARGS --json`` against the lab; return its result, its wall time and the
-    seconds each of its phases took (from its progress lines on stderr, as they arrive)."""
+    """Run ``mlox-iac ARGS --json`` against the lab; return its result, its wall time, the
+    seconds each of its phases took (from its progress lines on stderr, as they arrive; a
+    phase that runs beside another is counted where its lines fall) and the seconds from each
+    phase's first line to the end (a restore's ``stop``: how long its writers were down)."""
     argv, env = lab.mlox_command(d, *args)
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=d.work, env=env)
     phases: dict[str, float] = {}
+    firsts: dict[str, float] = {}
     current, since = "connecting", start  # until the server's first progress line
     assert proc.stderr is not None
     for line in proc.stderr:
         match = re.match(r"\s*\[(\w[\w-]*)\]\s*(.*)", line)
         if match:
             now = time.perf_counter()
+            firsts.setdefault(match.group(1), now)
             phases[current] = phases.get(current, 0.0) + now - since
             # "[objects] bucket data: writing 1001 objects into the store" -> "objects: writing"
             step = match.group(2).rsplit(": ", 1)[1].split(" ")[0] if ": " in match.group(2) else ""
@@ -64,7 +68,7 @@ def timed_json(d, *args):
     elapsed = end - start
     if code != 0:
         raise SystemExit(f"mlox-iac {' '.join(args)} failed (exit {code})")
-    return json.loads(stdout), elapsed, phases
+    return json.loads(stdout), elapsed, phases, {phase: end - at for phase, at in firsts.items()}
 
 
 def show_phases(name: str, phases: dict[str, float]) -> None:
@@ -83,9 +87,9 @@ def main() -> int:
         d = lab.BackupDeployment(a, Path(work), store)
         d.deploy()
         lab.seed(d, big_mb=options.big_mb)
-        first, first_s, first_phases = timed_json(d, "backup", "--json")
+        first, first_s, first_phases, _ = timed_json(d, "backup", "--json")
         before = store.repository_bytes()
-        second, second_s, second_phases = timed_json(d, "backup", "--json")
+        second, second_s, second_phases, _ = timed_json(d, "backup", "--json")
         growth = store.repository_bytes() - before
         # A real restore: the user bucket's objects are gone and must come back.
         s3 = lab.s3_client(d)
@@ -93,7 +97,7 @@ def main() -> int:
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if keys:
                 s3.delete_objects(Bucket=lab.USER_BUCKET, Delete={"Objects": keys})
-        restored, restore_s, restore_phases = timed_json(d, "restore", "--yes", "--json")
+        restored, restore_s, restore_phases, restore_tails = timed_json(d, "restore", "--yes", "--json")
         restored_bytes = sum(item.get("bytes", 0) for item in restored["restored"])
         # The floor: the same bytes (staged objects and kept volume files), tar over ssh
         # between the same two hosts, through the same network path.
@@ -113,6 +117,8 @@ def main() -> int:
         print(f"first backup {first_s:.1f}s ({first['total_bytes'] / 1e6:.0f} MB), unchanged second {second_s:.1f}s; "
               f"repository +{growth / 1e6:.2f} MB; restore {restored_bytes / 1e6:.0f} MB in {restore_s:.1f}s; "
               f"tar|ssh {size / 1e6:.0f} MB in {raw_s:.1f}s")
+        print(f"restore: writers stopped for the last {restore_tails.get('stop', 0):.1f}s of {restore_s:.1f}s "
+              "(before that, everything downloaded was checked while the stack served)")
         print("where the time went (seconds per phase):")
         show_phases("first backup", first_phases)
         show_phases("second backup", second_phases)

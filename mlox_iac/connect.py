@@ -514,16 +514,26 @@ def data_argv(
     return ssh_argv(outputs, _as_root(outputs, ["sh", "-c", script]), identity=identity, options=options, batch=True)
 
 
+class LeftRunning(MloxError):
+    """mlox-iac stopped following a backup or restore that goes on on the server."""
+
+    exit_code = 130
+
+
 def run_backup_verb(
     argv: Sequence[str],
     on_progress: Callable[[dict], None] = lambda event: None,
     *,
     popen: Callable[..., subprocess.Popen] | None = None,
+    goes_on: str | None = None,
 ) -> Any:
     """Run a :func:`backup_argv` command, passing progress events on; return its result.
 
     The server prints one JSON object per line (``progress``, then ``result`` or ``error``);
     an ``error`` or a missing result becomes a :class:`MloxError` with the server's one line.
+    ``goes_on`` names work that the server finishes by itself when the connection drops or
+    the user interrupts here (``backup``, ``restore``: see ``mlox_iac/data/host.emit_json``);
+    the error then says so and where to see how it ended.
     """
     try:
         proc = (popen or subprocess.Popen)(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -533,25 +543,38 @@ def run_backup_verb(
     result: Any = None
     error: str | None = None
     done = False
+    started = False  # the server answered: from here the work runs there
+    after = "mlox-iac status shows how it ended (and mlox-iac backups the snapshots)"
     assert proc.stdout is not None
-    for line in proc.stdout:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        kind = event.get("event") if isinstance(event, dict) else None
-        if kind == "progress":
-            on_progress(event)
-        elif kind == "result":
-            result, done = event.get("result"), True
-        elif kind == "error":
-            error = str(event.get("message"))
+    try:
+        for line in proc.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            kind = event.get("event") if isinstance(event, dict) else None
+            started = started or kind is not None
+            if kind == "progress":
+                on_progress(event)
+            elif kind == "result":
+                result, done = event.get("result"), True
+            elif kind == "error":
+                error = str(event.get("message"))
+    except KeyboardInterrupt:
+        proc.kill()
+        proc.wait()
+        if goes_on and started:
+            raise LeftRunning(f"interrupted here; the {goes_on} goes on on the server by itself: {after}") from None
+        raise
     stderr = proc.stderr.read() if proc.stderr else ""
     code = proc.wait()
     if error is not None:
         raise MloxError(error)
     if code != 0 or not done:
         reason = [line for line in (stderr or "").splitlines() if line.strip()][-1:] or [f"exit {code}"]
+        if code == 255 and goes_on and started:
+            raise MloxError(f"the connection to the server dropped ({reason[0]}); the {goes_on} goes on there by "
+                            f"itself: {after}")
         if code == 255:
             raise MloxError(f"cannot reach the server over ssh ({reason[0]}): pass --identity KEY (or MLOX_SSH_IDENTITY)")
         raise MloxError(f"the server's backup tooling failed ({reason[0]}): is the stack deployed with mlox:backup?")

@@ -30,7 +30,7 @@ def _run(verb: str, args: list[str], stack, outputs_file, identity, out: Out):
 
         out.progress(escape(f"[{event.get('phase', '')}] {event.get('message', '')}"))
 
-    return connect.run_backup_verb(argv, show)
+    return connect.run_backup_verb(argv, show, goes_on=verb if verb in ("backup", "restore") else None)
 
 
 def backup(
@@ -101,7 +101,10 @@ def restore(
     bucket and volume next to the live one, verifies it against the
     snapshot's checksums, swaps it in (the replaced data is kept aside:
     <db>__mlox_before_restore, bucket mlox-before-restore,
-    .<volume>.before-restore), and starts everything again.
+    .<volume>.before-restore), and starts everything again. A bad
+    download fails before anything stops. Ctrl-C or a dropped connection
+    leaves the restore running on the server to its end; mlox-iac status
+    shows how it ended.
 
     Examples:
       mlox-iac restore --stack prod

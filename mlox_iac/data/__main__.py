@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=22, help="move-send: its SSH port")
     parser.add_argument("--user", default="root", help="move-send: its SSH user")
     args = parser.parse_args(argv)
+    # A dropped ssh connection must not stop a restore halfway (see host.emit_json).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     plan = json.loads(PLAN.read_text())
     host = Host(plan, emit_json)
     try:

@@ -39,7 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
-from typing import Any
+from typing import Any, Callable
 
 from . import objects, postgres, volumes
 from .host import DataError, Host, last_line, read_env_file
@@ -478,33 +478,61 @@ def restore(host: Host, snapshot: str = "latest", service: str | None = None) ->
         repo.run(["restore", snap["id"], "--target", "/restore", *[a for i in sorted(set(includes)) for a in ("--include", i)]],
                  extra_mounts=[f"{target}:/restore"], what="restic restore")
         src = target / ROOT.lstrip("/")
-        restored = restore_all(host, chosen, src / "staging", src / "volumes")
+        # From here the stack's data changes: how this ends is recorded for status, which
+        # is where the user learns it when the ssh connection dropped meanwhile.
+        record = {"snapshot": snap["short_id"], "services": sorted(chosen), "started_at": time.time(),
+                  "pid": os.getpid(), "boot_id": _boot_id(), "changed": False}
+        _write_restore_record(record)
+
+        def changing() -> None:
+            record["changed"] = True
+            _write_restore_record(record)
+
+        try:
+            restored = restore_all(host, chosen, src / "staging", src / "volumes", changing=changing)
+        except Exception as exc:
+            _write_restore_record({**record, "finished_at": time.time(), "ok": False,
+                                   "error": str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"})
+            raise
+        _write_restore_record({**record, "finished_at": time.time(), "ok": True})
         shutil.rmtree(target, ignore_errors=True)
         # The next backup re-syncs its object copies from the restored buckets.
         return {"snapshot": snap["short_id"], "time": snap["time"], "restored": restored, "verified": True}
 
 
 def restore_all(host: Host, chosen: dict[str, Any], staging: Path, volume_copies: Path,
-                cache_dir: Path | None = None) -> list[dict[str, Any]]:
+                cache_dir: Path | None = None, changing: Callable[[], None] = lambda: None) -> list[dict[str, Any]]:
     """Restore the services in ``chosen`` (manifest entries) from a staging directory laid out
     as :func:`capture_all` writes it and a directory of volume copies; every step verifies
-    against the manifest. Their writers are stopped meanwhile; the stack is started again
-    whatever happens. Used by restore (from a snapshot) and by migration (from the old server,
+    against the manifest, the copies before anything stops. Their writers are stopped meanwhile;
+    the stack is started again whatever happens (``changing`` is called before the first change). Used by restore (from a snapshot) and by migration (from the old server,
     with ``cache_dir``: objects hashed by an earlier run and unchanged since are not read again)."""
+    # Before anything stops, every copy is checked against the manifest: each database is
+    # restored into a scratch database and verified there (beside the hashing of the object
+    # and volume copies). A bad copy leaves the stack as it was, serving; and the writers
+    # stay stopped only for the swaps and the object writes.
+    databases = [(name, db, m) for name, e in chosen.items() for db, m in e["databases"].items()]
+    with ThreadPoolExecutor(1) as beside:  # leaving it waits for the databases, whatever the checks did
+        preparing = beside.submit(_prepare_databases, host, databases, staging) if databases else None
+        for name, e in chosen.items():
+            for bucket, m in e["buckets"].items():
+                host.progress("objects", f"bucket {bucket}: checking the restored copy against the manifest")
+                objects.check_copy(bucket, staging / "objects" / bucket, m, cache_dir)
+            for volume, m in e["volumes"].items():
+                volumes.check_copy(volume, volume_copies / volume, m)
+    if preparing is not None:
+        preparing.result()
     writers = sorted({w for e in chosen.values() for w in e["writers"]})
     restored: list[dict[str, Any]] = []
+    changing()
     try:
         if writers:
             host.progress("stop", "stopping " + ", ".join(writers))
             host.compose_stop(writers)
-        if any(e["databases"] for e in chosen.values()):
-            host.progress("databases", "roles")
-            postgres.restore_roles(host, staging / "postgres" / "roles.sql")
         for name, e in chosen.items():
             for db, m in e["databases"].items():
-                host.progress("databases", f"database {db} ({name})")
-                restored.append({"service": name, "kind": "database", "name": db,
-                                 **postgres.restore(host, db, staging / "postgres" / f"{db}.dump", m)})
+                host.progress("databases", f"database {db} ({name}): swapping in the verified copy")
+                restored.append({"service": name, "kind": "database", "name": db, **postgres.swap(host, db, m)})
             for bucket, m in e["buckets"].items():
                 host.progress("objects", f"bucket {bucket} ({name})")
                 restored.append({"service": name, "kind": "bucket", "name": bucket,
@@ -519,17 +547,51 @@ def restore_all(host: Host, chosen: dict[str, Any], staging: Path, volume_copies
     return restored
 
 
+def _prepare_databases(host: Host, databases: list[tuple[str, str, Any]], staging: Path) -> None:
+    """The backup's roles, then each database restored into its scratch copy and verified."""
+    host.progress("databases", "roles")
+    postgres.restore_roles(host, staging / "postgres" / "roles.sql")
+    for name, db, m in databases:
+        host.progress("databases", f"database {db} ({name}): restoring a copy beside the live one")
+        postgres.prepare(host, db, staging / "postgres" / f"{db}.dump", m)
+
+
 # --------------------------------------------------------------------------- status
 
 
 def status(host: Host) -> dict[str, Any]:
-    """The last backup's age and result, judged against the schedule."""
+    """The last backup's age and result, judged against the schedule; the last restore's outcome."""
     state = read_state()
     interval = host.plan["backup"]["interval_s"]
     now = time.time()
     last, last_ok = state.get("last"), state.get("last_ok")
     installed = state.get("installed_at") or _installed_at()
     out: dict[str, Any] = {"interval_s": interval, "now": now, "last": last, "last_ok_at": (last_ok or {}).get("finished_at")}
+    out.update(_backup_age(last, last_ok, installed, interval, now))
+    restoring = restore_status()
+    out["restore"] = restoring
+    if restoring is None or restoring["state"] == "done":
+        return out
+    since = f"snapshot {restoring.get('snapshot')}, started {(now - restoring.get('started_at', now)) / 60:.0f} min ago"
+    if restoring["state"] == "running":
+        said = f"a restore is running ({since})"
+    elif not restoring.get("changed"):
+        said = f"the last restore failed before it changed anything ({since}): {restoring.get('error')}"
+    else:
+        # The stack may hold part of the snapshot and part of what it held before: not ok
+        # until a restore runs through.
+        out["ok"] = False
+        ended = (f"failed: {restoring.get('error')}" if restoring["state"] == "failed"
+                 else "was cut off (its process ended without a result: killed, or the server restarted)")
+        said = f"the last restore ({since}) {ended}; run mlox-iac restore again"
+    out["detail"] = f"{said}; {out['detail']}"
+    return out
+
+
+def _backup_age(last: dict | None, last_ok: dict | None, installed: float | None, interval: float,
+                now: float) -> dict[str, Any]:
+    """ok and detail of the backups alone: the last one's result and the last good one's age."""
+    out: dict[str, Any] = {}
     if last is None:
         waited = now - installed if installed else 0
         out["ok"] = waited <= 2 * interval
@@ -544,6 +606,37 @@ def status(host: Host) -> dict[str, Any]:
     else:
         out["ok"], out["detail"] = True, "ok"
     return out
+
+
+def _restore_path() -> Path:
+    return STATE_DIR / "restore.json"
+
+
+def _write_restore_record(record: dict[str, Any]) -> None:
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = _restore_path().with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    tmp.replace(_restore_path())
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def restore_status() -> dict[str, Any] | None:
+    """The last restore: running, done, failed, or cut off (its process is gone without a result:
+    killed, or the server restarted). None when this server never restored."""
+    try:
+        record = json.loads(_restore_path().read_text())
+    except (OSError, ValueError):
+        return None
+    if "ok" in record:
+        return {**record, "state": "done" if record["ok"] else "failed"}
+    alive = record.get("boot_id") == _boot_id() and Path(f"/proc/{record.get('pid')}").exists()
+    return {**record, "state": "running" if alive else "cut off"}
 
 
 def _installed_at() -> float | None:

@@ -261,9 +261,12 @@ def _chosen(host: Host) -> dict[str, Any]:
 def apply(host: Host) -> dict[str, Any]:
     """Restore what arrived into the running stack (each step verified against the manifest).
 
-    Volume copies are moved into place by the restore, so the next send brings them again."""
+    Volume copies are moved into place by the restore, so the next send brings them again.
+    Like a restore it holds the server's backup lock: an apply still running after its
+    caller's connection dropped is not run twice at once, nor beside a scheduled backup."""
     incoming = _incoming(host)
-    restored = backup.restore_all(host, _chosen(host), incoming / "staging", incoming / "volumes", _cache(host))
+    with backup.Lock():
+        restored = backup.restore_all(host, _chosen(host), incoming / "staging", incoming / "volumes", _cache(host))
     return {"restored": restored}
 
 

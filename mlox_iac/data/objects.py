@@ -177,17 +177,22 @@ def verify(host: Host, bucket: str, manifest: Manifest, cache: Path | None = Non
     return volumes.diff(manifest, manifest_of(host, bucket, cache))
 
 
-def restore(host: Host, bucket: str, restored: Path, manifest: Manifest, cache_dir: Path | None = None) -> dict[str, Any]:
-    """Make the bucket hold exactly the restored objects; replaced ones move aside.
+def check_copy(bucket: str, restored: Path, manifest: Manifest, cache_dir: Path | None = None) -> None:
+    """The restored copy of ``bucket`` against the manifest (before :func:`restore` writes it).
 
     ``cache_dir`` keeps hashes between runs (a migration restores the same copy again with
-    its final delta): files and objects unchanged since they were hashed are not read again."""
+    its final delta): files unchanged since they were hashed are not read again."""
     copy_cache = cache_dir / f"hashes-restored-{bucket}.json" if cache_dir else None
-    live_cache = cache_dir / f"hashes-live-{bucket}.json" if cache_dir else None
-    host.progress("objects", f"bucket {bucket}: checking the restored copy against the manifest")
     problems = volumes.diff(manifest, volumes.tree_manifest(restored, copy_cache))
     if problems:
         raise DataError(f"bucket {bucket}: the restored copy does not match the backup's manifest: {problems[0]}")
+
+
+def restore(host: Host, bucket: str, restored: Path, manifest: Manifest, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Make the bucket hold exactly the restored copy (checked by :func:`check_copy` first);
+    replaced objects move aside. With ``cache_dir``, live objects unchanged since an earlier
+    run hashed them are not read back again."""
+    live_cache = cache_dir / f"hashes-live-{bucket}.json" if cache_dir else None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     _rclone(host, ["mkdir", f"store:{bucket}"], what=f"creating bucket {bucket}")
     _rclone(host, ["mkdir", f"store:{BEFORE_BUCKET}"], what=f"creating bucket {BEFORE_BUCKET}")

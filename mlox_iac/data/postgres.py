@@ -137,9 +137,10 @@ def restore_roles(host: Host, src: Path) -> None:
         host.compose_up(provision, recreate=True)  # re-provisions the database roles
 
 
-def restore(host: Host, database: str, dump: Path, manifest: Manifest) -> dict[str, Any]:
-    """Restore into a scratch database, verify, then swap it in by rename (four commands in
-    the container: each ``docker compose exec`` costs a few tenths of a second)."""
+def prepare(host: Host, database: str, dump: Path, manifest: Manifest) -> None:
+    """Restore the dump into a scratch database and verify it; the live database keeps
+    serving meanwhile (:func:`swap` puts the copy in its place). Three commands in the
+    container: each ``docker compose exec`` costs a few tenths of a second."""
     service, superuser = _settings(host)
     scratch, before = SCRATCH.format(database), BEFORE.format(database)
     # The scratch database belongs to the database's own role where there is one.
@@ -156,7 +157,12 @@ def restore(host: Host, database: str, dump: Path, manifest: Manifest) -> dict[s
     if problems:
         raise DataError(f"database {database}: the restored copy does not match the backup: {problems[0]} "
                         f"(the live database is untouched; the copy is {scratch})")
-    # The swap, then the checksums of the database under its own name, in one session.
+
+
+def swap(host: Host, database: str, manifest: Manifest) -> dict[str, Any]:
+    """Put the copy :func:`prepare` verified in place of the live database, which stays as
+    ``<db>__mlox_before_restore``; then the checksums under its own name, in one session."""
+    scratch, before = SCRATCH.format(database), BEFORE.format(database)
     swap = (f"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{database}') AS mlox_has_live \\gset\n"
             f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname IN ('{database}', '{scratch}') "
             "AND pid <> pg_backend_pid() \\g /dev/null\n"

@@ -99,11 +99,15 @@ def verify(host: Host, volume: str, manifest: Manifest) -> list[str]:
     return diff(manifest, tree_manifest(live_dir(host, volume)))
 
 
-def restore(host: Host, volume: str, restored: Path, manifest: Manifest) -> dict[str, Any]:
-    """Swap a verified copy in for the live volume; the old files are kept beside it."""
+def check_copy(volume: str, restored: Path, manifest: Manifest) -> None:
+    """The restored copy of ``volume`` against the manifest (before :func:`restore` swaps it in)."""
     problems = diff(manifest, tree_manifest(restored))
     if problems:
         raise DataError(f"volume {volume}: the restored copy does not match the backup's manifest: {problems[0]}")
+
+
+def restore(host: Host, volume: str, restored: Path, manifest: Manifest) -> dict[str, Any]:
+    """Swap a copy checked by :func:`check_copy` in for the live volume; the old files are kept beside it."""
     live = live_dir(host, volume)
     before = live.parent / f".{volume}.before-restore"
     if before.exists():

@@ -56,6 +56,40 @@ def test_a_server_error_is_one_line():
         connect.run_backup_verb(["ssh"], popen=lambda *a, **k: proc)
 
 
+def test_a_dropped_connection_says_the_restore_goes_on_on_the_server():
+    progress = {"event": "progress", "phase": "objects", "message": "bucket data"}
+    proc = FakeProc([progress], code=255, stderr="Connection to 203.0.113.10 closed by remote host.\n")
+    with pytest.raises(MloxError, match=r"^the connection to the server dropped \(Connection to .* closed by remote "
+                                        r"host.\); the restore goes on there by itself: mlox-iac status shows how it ended"):
+        connect.run_backup_verb(["ssh"], popen=lambda *a, **k: proc, goes_on="restore")
+    # Nothing answered yet: the server was never reached.
+    proc = FakeProc([], code=255, stderr="ssh: connect to host x port 22: Connection refused\n")
+    with pytest.raises(MloxError, match="cannot reach the server over ssh"):
+        connect.run_backup_verb(["ssh"], popen=lambda *a, **k: proc, goes_on="restore")
+
+
+def test_ctrl_c_leaves_a_started_restore_running_and_says_so():
+    class Interrupted(FakeProc):
+        killed = False
+
+        def kill(self):
+            self.killed = True
+
+    def lines():
+        yield json.dumps({"event": "progress", "phase": "stop", "message": "stopping mlflow"}) + "\n"
+        raise KeyboardInterrupt
+
+    proc = Interrupted([])
+    proc.stdout = lines()
+    with pytest.raises(connect.LeftRunning, match="^interrupted here; the restore goes on on the server by itself") as info:
+        connect.run_backup_verb(["ssh"], popen=lambda *a, **k: proc, goes_on="restore")
+    assert proc.killed and info.value.exit_code == 130
+    proc = Interrupted([])
+    proc.stdout = lines()
+    with pytest.raises(KeyboardInterrupt):  # snapshots, status: nothing goes on
+        connect.run_backup_verb(["ssh"], popen=lambda *a, **k: proc)
+
+
 def _cli(tmp_path, monkeypatch, events, *args, code=0):
     from typer.testing import CliRunner
 

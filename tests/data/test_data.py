@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +53,7 @@ def test_diff_names_missing_extra_and_changed():
     assert volumes.diff(expected, expected) == []
 
 
-def test_volume_restore_verifies_before_it_swaps_and_keeps_the_old_files(tmp_path):
+def test_volume_copy_check_and_swap_keeping_the_old_files(tmp_path):
     host = make_host(tmp_path)
     live = host.data_dir / "volumes" / "caddy-data"
     live.mkdir(parents=True)
@@ -61,8 +64,8 @@ def test_volume_restore_verifies_before_it_swaps_and_keeps_the_old_files(tmp_pat
     manifest = volumes.tree_manifest(restored)
     bad = {"cert.pem": {"size": 4, "sha256": "0" * 64}}
     with pytest.raises(DataError, match="does not match the backup's manifest"):
-        volumes.restore(host, "caddy-data", restored, bad)
-    assert (live / "old.txt").read_text() == "old"  # untouched
+        volumes.check_copy("caddy-data", restored, bad)
+    volumes.check_copy("caddy-data", restored, manifest)
     assert volumes.restore(host, "caddy-data", restored, manifest) == {"files": 1, "bytes": 4}
     assert (live / "cert.pem").read_text() == "cert"
     assert (host.data_dir / "volumes" / ".caddy-data.before-restore" / "old.txt").read_text() == "old"
@@ -118,6 +121,107 @@ def test_status_judges_age_and_result_against_the_schedule(tmp_path, monkeypatch
     backup.write_state({"last": {"ok": False, "error": "the backup repository is unreachable (x): y"}, "last_ok": good})
     status = backup.status(host)
     assert status["ok"] is False and status["detail"] == "last backup failed: the backup repository is unreachable (x): y"
+
+
+def test_restore_checks_every_copy_before_anything_stops(tmp_path):
+    host = make_host(tmp_path)
+    calls = []
+    host.run = lambda argv, **kw: calls.append(list(argv))  # any command would be a change
+    staging, copies = tmp_path / "staging", tmp_path / "copies"
+    (staging / "objects" / "data").mkdir(parents=True)
+    (staging / "objects" / "data" / "model.bin").write_bytes(b"weights")
+    (copies / "caddy-data").mkdir(parents=True)
+    (copies / "caddy-data" / "ca.crt").write_text("ca")
+    good = {"data": volumes.tree_manifest(staging / "objects" / "data"),
+            "caddy-data": volumes.tree_manifest(copies / "caddy-data")}
+    changed = []
+    for bucket, volume, what in ((good["data"], {"ca.crt": {"size": 2, "sha256": "0" * 64}}, "volume caddy-data"),
+                                 ({"model.bin": {"size": 7, "sha256": "0" * 64}}, good["caddy-data"], "bucket data")):
+        chosen = {"mlflow": {"databases": {}, "buckets": {"data": bucket}, "volumes": {"caddy-data": volume},
+                             "writers": ["mlflow"]}}
+        with pytest.raises(DataError, match=f"{what}: the restored copy does not match"):
+            backup.restore_all(host, chosen, staging, copies, changing=lambda: changed.append(1))
+    assert calls == [] and changed == []  # nothing stopped, nothing started, nothing changed
+
+
+def test_restore_order_databases_and_copies_checked_while_serving_then_stop_swap_write_start(tmp_path, monkeypatch):
+    host = make_host(tmp_path)
+    log = []
+    monkeypatch.setattr(backup.postgres, "restore_roles", lambda h, src: log.append("roles"))
+    monkeypatch.setattr(backup.postgres, "prepare", lambda h, db, dump, m: log.append(f"prepare {db}"))
+    monkeypatch.setattr(backup.postgres, "swap", lambda h, db, m: log.append(f"swap {db}") or {"tables": 1})
+    monkeypatch.setattr(backup.objects, "check_copy", lambda b, path, m, cache: log.append(f"check {b}"))
+    monkeypatch.setattr(backup.objects, "restore", lambda h, b, path, m, cache: log.append(f"write {b}") or {})
+    monkeypatch.setattr(backup.volumes, "check_copy", lambda v, path, m: log.append(f"check {v}"))
+    monkeypatch.setattr(backup.volumes, "restore", lambda h, v, path, m: log.append(f"swap {v}") or {})
+    monkeypatch.setattr(host, "compose_stop", lambda writers: log.append("stop " + ",".join(writers)))
+    monkeypatch.setattr(host, "compose_up", lambda *a, **k: log.append("start"))
+    chosen = {"mlflow": {"databases": {"mlflow": {}}, "buckets": {"mlflow-artifacts": {}}, "volumes": {},
+                         "writers": ["mlflow"]},
+              "caddy": {"databases": {}, "buckets": {}, "volumes": {"caddy-data": {}}, "writers": ["caddy"]}}
+    restored = backup.restore_all(host, chosen, tmp_path, tmp_path, changing=lambda: log.append("changing"))
+    stop = log.index("changing")
+    assert log[stop:] == ["changing", "stop caddy,mlflow", "swap mlflow", "write mlflow-artifacts", "swap caddy-data",
+                          "start"]
+    assert sorted(log[:stop]) == ["check caddy-data", "check mlflow-artifacts", "prepare mlflow", "roles"]
+    assert log.index("roles") < log.index("prepare mlflow")
+    assert [(r["kind"], r["name"]) for r in restored] == [("database", "mlflow"), ("bucket", "mlflow-artifacts"),
+                                                          ("volume", "caddy-data")]
+
+    # A dump that does not match its manifest: the live database untouched, nothing stopped.
+    log.clear()
+
+    def bad(h, db, dump, m):
+        raise DataError("database mlflow: the restored copy does not match the backup: table x: 3 rows, not 4")
+
+    monkeypatch.setattr(backup.postgres, "prepare", bad)
+    with pytest.raises(DataError, match="the restored copy does not match"):
+        backup.restore_all(host, chosen, tmp_path, tmp_path, changing=lambda: log.append("changing"))
+    assert "changing" not in log and not any(step.startswith(("stop", "swap", "write", "start")) for step in log)
+
+
+def test_a_restore_record_says_running_done_failed_or_cut_off(tmp_path, monkeypatch):
+    monkeypatch.setattr(backup, "STATE_DIR", tmp_path / "state")
+    host = make_host(tmp_path)
+    now = time.time()
+    good = {"ok": True, "finished_at": now - 600, "started_at": now - 700}
+    backup.write_state({"last": good, "last_ok": good})
+    assert backup.status(host)["restore"] is None
+    base = {"snapshot": "4f2a91c0", "services": ["mlflow"], "started_at": now - 120, "boot_id": backup._boot_id()}
+    cases = [
+        ({**base, "pid": os.getpid(), "changed": True}, True, "a restore is running (snapshot 4f2a91c0, started 2 min ago)"),
+        ({**base, "pid": 2 ** 22 + 1, "changed": True}, False, "the last restore (snapshot 4f2a91c0, started 2 min ago) "
+         "was cut off (its process ended without a result: killed, or the server restarted); run mlox-iac restore again"),
+        ({**base, "pid": os.getpid(), "boot_id": "another boot", "changed": True}, False, "was cut off"),
+        ({**base, "changed": True, "ok": False, "error": "bucket data: differs after the restore: x"}, False,
+         "the last restore (snapshot 4f2a91c0, started 2 min ago) failed: bucket data: differs after the restore: x; "
+         "run mlox-iac restore again"),
+        ({**base, "changed": False, "ok": False, "error": "volume v: the restored copy does not match"}, True,
+         "the last restore failed before it changed anything"),
+    ]
+    for record, ok, said in cases:
+        backup._write_restore_record(record)
+        status = backup.status(host)
+        assert status["ok"] is ok and said in status["detail"], (record, status)
+        assert status["detail"].endswith("; ok")  # the backups' own verdict stays
+    backup._write_restore_record({**base, "changed": True, "ok": True})
+    assert backup.status(host)["ok"] is True and backup.status(host)["detail"] == "ok"
+    assert backup.status(host)["restore"]["state"] == "done"
+
+
+def test_the_server_side_goes_on_when_nobody_reads_its_progress(tmp_path):
+    """mlox-iac's ssh connection dropped: the verb's stdout is a pipe with no reader."""
+    script = ("import sys, time; sys.path.insert(0, sys.argv[1]); from mlox_iac.data.host import emit_json\n"
+              "for i in range(3):\n"
+              "    emit_json({'event': 'progress', 'message': 'x' * 100000})\n"
+              "print('still printing', file=sys.stderr)\n"
+              "open(sys.argv[2], 'w').write('finished')\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(Path(backup.__file__).parents[2]), str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first event
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 0
+    assert (tmp_path / "out").read_text() == "finished"
 
 
 def test_one_run_at_a_time(tmp_path, monkeypatch):

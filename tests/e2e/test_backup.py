@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import time
 
 import pytest
@@ -150,6 +152,95 @@ def test_3_disaster_everything_comes_back(stack):
     assert after["tables"] == d.before["tables"]
     assert after["objects"] == d.before["objects"]
     assert after["files"] == d.before["files"]
+    for run in d.seeded["runs"]:
+        assert lab.mlflow_client(d, "check", run["run_id"], run["marker"]) == "ok"
+
+
+def _server_status(d) -> dict:
+    """The backup tooling's own status verb on the server (what ``mlox-iac status`` reads)."""
+    out = d.host.ssh("cd /opt/mlox/bundle/backup && python3 -m mlox_data status").stdout
+    return next(json.loads(line)["result"] for line in out.splitlines() if '"result"' in line)
+
+
+def test_3b_a_restore_whose_caller_is_interrupted_finishes_on_the_server(stack):
+    """The user presses Ctrl-C (or the laptop's connection drops) while objects are written:
+    the restore must not stop halfway with the stack stopped; it runs to its end, verified."""
+    d = stack
+    s3 = lab.s3_client(d)
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=lab.USER_BUCKET):
+        for obj in page.get("Contents", []):
+            s3.delete_object(Bucket=lab.USER_BUCKET, Key=obj["Key"])
+    argv, env = lab.mlox_command(d, "restore", "--yes")
+    proc = subprocess.Popen(argv, cwd=d.work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = []
+    try:
+        for line in proc.stderr:  # type: ignore[union-attr]
+            seen.append(line)
+            if "writing" in line and "objects into the store" in line:
+                break
+        else:
+            raise AssertionError("the restore never reached the object writes: " + "".join(seen[-20:]))
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the CLI and its ssh alike
+        rest = proc.stderr.read()  # type: ignore[union-attr]
+        assert proc.wait(timeout=60) == 130, rest
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "Traceback" not in rest, rest
+    assert "the restore goes on on the server by itself: mlox-iac status shows how it ended" in rest, rest
+    assert _server_status(d)["restore"]["state"] == "running"
+
+    deadline = time.monotonic() + 600
+    while (state := _server_status(d))["restore"]["state"] == "running":
+        assert time.monotonic() < deadline, "the restore did not finish on the server"
+        time.sleep(2)
+    assert state["restore"]["state"] == "done" and state["restore"]["changed"], state["restore"]
+    status = lab.mlox(d, "status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr[-2000:]
+    assert d.wait_healthy()["mlflow"]["Health"] == "healthy"
+    after = lab.fingerprint(d)
+    assert (after["tables"], after["objects"], after["files"]) == (d.before["tables"], d.before["objects"], d.before["files"])
+
+
+_BAD_DUMPS = """
+import json, os, sys
+from pathlib import Path
+sys.path.insert(0, "/opt/mlox/bundle/backup")
+from mlox_data import postgres
+from mlox_data.host import DataError, Host
+host = Host(json.loads(Path("/opt/mlox/bundle/backup/plan.json").read_text()))
+dump = Path("/mnt/mlox-data/backup/e2e-bad.dump")
+manifest = postgres.capture(host, "mlflow", dump)
+table = sorted(manifest)[0]
+out = {"tables": len(manifest)}
+cases = {"mismatch": {**manifest, table: {**manifest[table], "rows": manifest[table]["rows"] + 1}}, "truncated": manifest}
+for case, expected in cases.items():
+    if case == "truncated":
+        os.truncate(dump, dump.stat().st_size // 2)
+    try:
+        postgres.prepare(host, "mlflow", dump, expected)
+        out[case] = None
+    except DataError as exc:
+        out[case] = str(exc)
+    out[case + "_live"] = postgres.verify(host, "mlflow", manifest)
+dump.unlink()
+print(json.dumps(out))
+"""
+
+
+def test_3c_a_dump_that_fails_to_restore_or_verify_leaves_the_live_database_alone(stack):
+    """The database half of a restore, on the real Postgres, with a dump that does not match
+    its manifest and one cut in half: each fails with its reason while the live database
+    (checked table by table) and MLflow go on as they were."""
+    d = stack
+    result = json.loads(d.host.ssh("python3 -", input=_BAD_DUMPS).stdout.strip().splitlines()[-1])
+    assert result["tables"] > 10, result
+    assert result["mismatch"] and "the restored copy does not match the backup" in result["mismatch"], result
+    assert "the live database is untouched" in result["mismatch"], result
+    assert result["truncated"] and "pg_restore of mlflow" in result["truncated"], result
+    assert result["mismatch_live"] == [] and result["truncated_live"] == [], result
+    assert lab.fingerprint(d)["tables"] == d.before["tables"]
     for run in d.seeded["runs"]:
         assert lab.mlflow_client(d, "check", run["run_id"], run["marker"]) == "ok"
 
