@@ -520,6 +520,9 @@ def restore_all(host: Host, chosen: dict[str, Any], staging: Path, volume_copies
                 objects.check_copy(bucket, staging / "objects" / bucket, m, cache_dir)
             for volume, m in e["volumes"].items():
                 volumes.check_copy(volume, volume_copies / volume, m)
+        buckets = sorted({b for e in chosen.values() for b in e["buckets"]})
+        if buckets:
+            objects.make_buckets(host, buckets)
     if preparing is not None:
         preparing.result()
     writers = sorted({w for e in chosen.values() for w in e["writers"]})

@@ -188,14 +188,19 @@ def check_copy(bucket: str, restored: Path, manifest: Manifest, cache_dir: Path 
         raise DataError(f"bucket {bucket}: the restored copy does not match the backup's manifest: {problems[0]}")
 
 
+def make_buckets(host: Host, buckets: list[str]) -> None:
+    """``buckets`` and the move-aside bucket, created where missing (before :func:`restore`;
+    the stack may still be serving: an empty bucket changes nothing it holds)."""
+    for name in [*buckets, BEFORE_BUCKET]:
+        _rclone(host, ["mkdir", f"store:{name}"], what=f"creating bucket {name}")
+
+
 def restore(host: Host, bucket: str, restored: Path, manifest: Manifest, cache_dir: Path | None = None) -> dict[str, Any]:
-    """Make the bucket hold exactly the restored copy (checked by :func:`check_copy` first);
-    replaced objects move aside. With ``cache_dir``, live objects unchanged since an earlier
+    """Make the bucket hold exactly the restored copy (checked by :func:`check_copy`, its
+    buckets made by :func:`make_buckets` first); replaced objects move aside. With ``cache_dir``, live objects unchanged since an earlier
     run hashed them are not read back again."""
     live_cache = cache_dir / f"hashes-live-{bucket}.json" if cache_dir else None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    _rclone(host, ["mkdir", f"store:{bucket}"], what=f"creating bucket {bucket}")
-    _rclone(host, ["mkdir", f"store:{BEFORE_BUCKET}"], what=f"creating bucket {BEFORE_BUCKET}")
     host.progress("objects", f"bucket {bucket}: writing {len(manifest)} objects into the store")
     _rclone(host, ["sync", f"{_MOUNT}/", f"store:{bucket}", "--backup-dir", f"store:{BEFORE_BUCKET}/{stamp}/{bucket}",
                    "--checkers", "16", "--transfers", "8", "--retries", "3"], mount=restored,

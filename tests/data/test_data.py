@@ -151,6 +151,7 @@ def test_restore_order_databases_and_copies_checked_while_serving_then_stop_swap
     monkeypatch.setattr(backup.postgres, "prepare", lambda h, db, dump, m: log.append(f"prepare {db}"))
     monkeypatch.setattr(backup.postgres, "swap", lambda h, db, m: log.append(f"swap {db}") or {"tables": 1})
     monkeypatch.setattr(backup.objects, "check_copy", lambda b, path, m, cache: log.append(f"check {b}"))
+    monkeypatch.setattr(backup.objects, "make_buckets", lambda h, bs: log.append(f"buckets {','.join(bs)}"))
     monkeypatch.setattr(backup.objects, "restore", lambda h, b, path, m, cache: log.append(f"write {b}") or {})
     monkeypatch.setattr(backup.volumes, "check_copy", lambda v, path, m: log.append(f"check {v}"))
     monkeypatch.setattr(backup.volumes, "restore", lambda h, v, path, m: log.append(f"swap {v}") or {})
@@ -163,7 +164,9 @@ def test_restore_order_databases_and_copies_checked_while_serving_then_stop_swap
     stop = log.index("changing")
     assert log[stop:] == ["changing", "stop caddy,mlflow", "swap mlflow", "write mlflow-artifacts", "swap caddy-data",
                           "start"]
-    assert sorted(log[:stop]) == ["check caddy-data", "check mlflow-artifacts", "prepare mlflow", "roles"]
+    assert sorted(log[:stop]) == ["buckets mlflow-artifacts", "check caddy-data", "check mlflow-artifacts",
+                                  "prepare mlflow", "roles"]
+    assert log.index("check caddy-data") < log.index("buckets mlflow-artifacts")  # after every check
     assert log.index("roles") < log.index("prepare mlflow")
     assert [(r["kind"], r["name"]) for r in restored] == [("database", "mlflow"), ("bucket", "mlflow-artifacts"),
                                                           ("volume", "caddy-data")]
