@@ -544,7 +544,7 @@ def run_backup_verb(
     error: str | None = None
     done = False
     started = False  # the server answered: from here the work runs there
-    after = "mlox-iac status shows how it ended (and mlox-iac backups the snapshots)"
+    after = "mlox-iac status shows how it ended"
     assert proc.stdout is not None
     try:
         for line in proc.stdout:

@@ -478,8 +478,8 @@ def restore(host: Host, snapshot: str = "latest", service: str | None = None) ->
         repo.run(["restore", snap["id"], "--target", "/restore", *[a for i in sorted(set(includes)) for a in ("--include", i)]],
                  extra_mounts=[f"{target}:/restore"], what="restic restore")
         src = target / ROOT.lstrip("/")
-        # From here the stack's data changes: how this ends is recorded for status, which
-        # is where the user learns it when the ssh connection dropped meanwhile.
+        # From here on, how this restore ends is recorded for status: that is where the user
+        # learns it when the ssh connection dropped meanwhile.
         record = {"snapshot": snap["short_id"], "services": sorted(chosen), "started_at": time.time(),
                   "pid": os.getpid(), "boot_id": _boot_id(), "changed": False}
         _write_restore_record(record)
@@ -504,8 +504,9 @@ def restore_all(host: Host, chosen: dict[str, Any], staging: Path, volume_copies
                 cache_dir: Path | None = None, changing: Callable[[], None] = lambda: None) -> list[dict[str, Any]]:
     """Restore the services in ``chosen`` (manifest entries) from a staging directory laid out
     as :func:`capture_all` writes it and a directory of volume copies; every step verifies
-    against the manifest, the copies before anything stops. Their writers are stopped meanwhile;
-    the stack is started again whatever happens (``changing`` is called before the first change). Used by restore (from a snapshot) and by migration (from the old server,
+    against the manifest, the copies before anything stops. Their writers are stopped
+    meanwhile; the stack is started again whatever happens. ``changing`` is called before the
+    first change. Used by restore (from a snapshot) and by migration (from the old server,
     with ``cache_dir``: objects hashed by an earlier run and unchanged since are not read again)."""
     # Before anything stops, every copy is checked against the manifest: each database is
     # restored into a scratch database and verified there (beside the hashing of the object
@@ -579,7 +580,8 @@ def status(host: Host) -> dict[str, Any]:
     if restoring["state"] == "running":
         said = f"a restore is running ({since})"
     elif not restoring.get("changed"):
-        said = f"the last restore failed before it changed anything ({since}): {restoring.get('error')}"
+        ended = f"failed: {restoring.get('error')}" if restoring["state"] == "failed" else "was cut off"
+        said = f"the last restore ({since}) changed nothing: it {ended}"
     else:
         # The stack may hold part of the snapshot and part of what it held before: not ok
         # until a restore runs through.

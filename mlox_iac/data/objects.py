@@ -202,8 +202,12 @@ def restore(host: Host, bucket: str, restored: Path, manifest: Manifest, cache_d
     live_cache = cache_dir / f"hashes-live-{bucket}.json" if cache_dir else None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     host.progress("objects", f"bucket {bucket}: writing {len(manifest)} objects into the store")
+    # --s3-disable-checksum: rclone would otherwise read each large file once more before
+    # its upload, for an MD5 it stores as object metadata (a key the original objects did
+    # not have); every object is read back and its SHA-256 checked below instead. On a
+    # loaded 2-core machine a 1 GiB upload took 15-16 s with it against 20-25 s without.
     _rclone(host, ["sync", f"{_MOUNT}/", f"store:{bucket}", "--backup-dir", f"store:{BEFORE_BUCKET}/{stamp}/{bucket}",
-                   "--checkers", "16", "--transfers", "8", "--retries", "3"], mount=restored,
+                   "--s3-disable-checksum", "--checkers", "16", "--transfers", "8", "--retries", "3"], mount=restored,
             what=f"restoring the objects of bucket {bucket}")
     host.progress("objects", f"bucket {bucket}: reading the objects back to verify them")
     problems = verify(host, bucket, manifest, live_cache)

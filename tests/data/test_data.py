@@ -200,7 +200,9 @@ def test_a_restore_record_says_running_done_failed_or_cut_off(tmp_path, monkeypa
          "the last restore (snapshot 4f2a91c0, started 2 min ago) failed: bucket data: differs after the restore: x; "
          "run mlox-iac restore again"),
         ({**base, "changed": False, "ok": False, "error": "volume v: the restored copy does not match"}, True,
-         "the last restore failed before it changed anything"),
+         "the last restore (snapshot 4f2a91c0, started 2 min ago) changed nothing: it failed: volume v: the restored "
+         "copy does not match"),
+        ({**base, "pid": 2 ** 22 + 1, "changed": False}, True, "changed nothing: it was cut off"),
     ]
     for record, ok, said in cases:
         backup._write_restore_record(record)
