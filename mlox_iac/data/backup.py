@@ -48,6 +48,7 @@ STATE_DIR = Path(os.environ.get("MLOX_BACKUP_STATE", "/var/lib/mlox-backup"))
 # node-exporter's textfile collector reads *.prom here (monitoring.py's TEXTFILE_DIR).
 METRICS_DIR = Path(os.environ.get("MLOX_METRICS_DIR", "/opt/mlox/metrics"))
 LOCK_FILE = "/run/mlox-backup.lock"
+LOCK_WAIT_S = 3600  # a backup or restore waits this long for the one running before it
 ROOT = "/mlox"
 REPO_ENV = ("RESTIC_REPOSITORY", "RESTIC_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
@@ -230,15 +231,35 @@ def write_metrics(state: dict[str, Any], interval_s: int) -> None:
 
 
 class Lock:
-    """One backup or restore at a time on a server."""
+    """One backup, restore or migration restore at a time on a server.
+
+    ``wait_s``: how long to wait for the one running, said once as progress. A scheduled
+    backup that fires during a restore waits for it instead of failing (which would turn
+    ``status`` red until the next day's run)."""
+
+    def __init__(self, what: str = "backup", host: Host | None = None, wait_s: float = 0):
+        self.what, self.host, self.wait_s = what, host, wait_s
 
     def __enter__(self):
         self.fd = os.open(LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise DataError("another backup or restore is running on this server") from None
+        deadline = time.monotonic() + self.wait_s
+        said = False
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(self.fd, 64, 0).decode(errors="replace").rpartition(" ")[0] or "backup or restore"
+                if time.monotonic() >= deadline:
+                    os.close(self.fd)
+                    raise DataError(f"another {holder} is running on this server"
+                                    + (f" (waited {self.wait_s / 60:.0f} min)" if self.wait_s else "")) from None
+                if not said and self.host is not None:
+                    self.host.progress("waiting", f"waiting for the {holder} running on this server")
+                    said = True
+                time.sleep(1)
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{self.what} {os.getpid()}".encode(), 0)  # who holds it, for the next one's message
         return self
 
     def __exit__(self, *exc):
@@ -299,7 +320,7 @@ def backup(host: Host) -> dict[str, Any]:
     started = time.time()
     record: dict[str, Any] = {"started_at": started, "ok": False}
     try:
-        with Lock():
+        with Lock("backup", host, wait_s=LOCK_WAIT_S):
             repo = Repository(host)
             host.progress("repository", f"opening {repo.location}")
             # Where the last backup succeeded into this same repository, restic backup itself
@@ -444,7 +465,7 @@ def snapshots(host: Host) -> list[dict[str, Any]]:
 
 def restore(host: Host, snapshot: str = "latest", service: str | None = None) -> dict[str, Any]:
     """Restore a snapshot's data (all of it, or one service's) into the running stack."""
-    with Lock():
+    with Lock("restore", host, wait_s=LOCK_WAIT_S):
         repo = Repository(host)
         host.progress("repository", f"opening {repo.location}")
         repo.open()

@@ -265,7 +265,7 @@ def apply(host: Host) -> dict[str, Any]:
     Like a restore it holds the server's backup lock: an apply still running after its
     caller's connection dropped is not run twice at once, nor beside a scheduled backup."""
     incoming = _incoming(host)
-    with backup.Lock():
+    with backup.Lock("migration restore"):
         restored = backup.restore_all(host, _chosen(host), incoming / "staging", incoming / "volumes", _cache(host))
     return {"restored": restored}
 

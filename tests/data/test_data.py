@@ -229,12 +229,38 @@ def test_the_server_side_goes_on_when_nobody_reads_its_progress(tmp_path):
     assert (tmp_path / "out").read_text() == "finished"
 
 
-def test_one_run_at_a_time(tmp_path, monkeypatch):
+def test_one_run_at_a_time_and_the_next_waits_for_it(tmp_path, monkeypatch):
+    import threading
+
     monkeypatch.setattr(backup, "LOCK_FILE", str(tmp_path / "lock"))
-    with backup.Lock():
-        with pytest.raises(DataError, match="another backup or restore is running"):
-            with backup.Lock():
+    with backup.Lock("restore"):
+        with pytest.raises(DataError, match="^another restore is running on this server$"):
+            with backup.Lock("backup"):
                 pass
+    with backup.Lock("migration restore"):
+        with pytest.raises(DataError, match=r"^another migration restore is running on this server \(waited 0 min\)$"):
+            with backup.Lock("backup", wait_s=1.5):
+                pass
+    # A scheduled backup firing during a restore waits for it, and says so once.
+    events, order = [], []
+    host = make_host(tmp_path)
+    host._emit = events.append
+    held = threading.Event()
+
+    def restore():
+        with backup.Lock("restore"):
+            held.set()
+            time.sleep(2.5)
+            order.append("restore done")
+
+    first = threading.Thread(target=restore)
+    first.start()
+    held.wait(10)
+    with backup.Lock("backup", host, wait_s=30):
+        order.append("backup runs")
+    first.join()
+    assert order == ["restore done", "backup runs"]
+    assert [e["message"] for e in events] == ["waiting for the restore running on this server"]
 
 
 def test_an_unreachable_repository_fails_at_once(tmp_path):
