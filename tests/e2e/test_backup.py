@@ -171,13 +171,16 @@ def test_3b_a_restore_whose_caller_is_interrupted_finishes_on_the_server(stack):
         for obj in page.get("Contents", []):
             s3.delete_object(Bucket=lab.USER_BUCKET, Key=obj["Key"])
     argv, env = lab.mlox_command(d, "restore", "--yes")
+    # A terminal's Ctrl-C: SIGINT to the CLI and its ssh, at their default disposition (a
+    # pytest-xdist worker ignores SIGINT, and an ignored signal stays ignored across exec).
     proc = subprocess.Popen(argv, cwd=d.work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     try:
         for line in proc.stderr:  # type: ignore[union-attr]
             seen.append(line)
-            if "writing" in line and "objects into the store" in line:
+            if f"bucket {lab.USER_BUCKET}: writing" in line:
                 break
         else:
             raise AssertionError("the restore never reached the object writes: " + "".join(seen[-20:]))
