@@ -565,7 +565,28 @@ def _apply_seed(host: hosts.TargetHost, seed: Path) -> None:
         for _, target, _ in parts:
             hosts.run(["rm", "-rf", str(target)], timeout=600)
     finally:
-        _restart_docker(host, "start")
+        _start_docker_after_seed(host, [target for _, target, _ in parts])
+
+
+def _start_docker_after_seed(host: hosts.TargetHost, parts: list[Path]) -> None:
+    """Start Docker on the seeded store; if it will not start (seen once in a run of the whole
+    suite on a machine holding seeds of earlier runs, cause not found: dockerd exited with an
+    error), try again once, then give the host an empty store (its images are then streamed)
+    and say why, with dockerd's last log lines."""
+    for attempt in (1, 2):
+        try:
+            _restart_docker(host, "start")
+            return
+        except hosts.CommandError:
+            journal = host.ssh("journalctl -u docker.service --no-pager -n 15", check=False).stdout
+            print(f"[e2e] {host.name}: Docker did not start on the seeded image store (attempt {attempt}):\n"
+                  f"{journal}", file=sys.stderr, flush=True)
+            host.ssh("systemctl reset-failed docker.service docker.socket", check=False)
+            time.sleep(3)
+    _restart_docker(host, "stop")
+    for target in parts:
+        hosts.run(["rm", "-rf", str(target)], timeout=600)
+    _restart_docker(host, "start")
 
 
 if __name__ == "__main__":  # python tests/e2e/images.py [--force]
