@@ -194,18 +194,33 @@ def _state_path() -> Path:
     return STATE_DIR / "status.json"
 
 
-def read_state() -> dict[str, Any]:
+def _read_json(path: Path) -> Any:
+    """A state file's content, or None when it is missing or unreadable."""
     try:
-        return json.loads(_state_path().read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
+        return None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """A state file written whole, then renamed: a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def read_state() -> dict[str, Any]:
+    return _read_json(_state_path()) or {}
 
 
 def write_state(state: dict[str, Any]) -> None:
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = _state_path().with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-    tmp.replace(_state_path())
+    _write_json(_state_path(), state)
+
+
+def _reason(exc: Exception) -> str:
+    """A failure as recorded for status: a DataError's own line, else the exception's type too."""
+    return str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
 
 
 def write_metrics(state: dict[str, Any], interval_s: int) -> None:
@@ -376,11 +391,8 @@ def backup(host: Host) -> dict[str, Any]:
                 state["prune_at"] = time.time()
             record["ok"] = True
             state["repository"] = repo.location
-    except DataError as exc:
-        record["error"] = str(exc)
-        raise
-    except Exception as exc:  # recorded as a failure too, then reported by the caller
-        record["error"] = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # recorded as a failure, then reported by the caller
+        record["error"] = _reason(exc)
         raise
     finally:
         record["finished_at"] = time.time()
@@ -512,8 +524,7 @@ def restore(host: Host, snapshot: str = "latest", service: str | None = None) ->
         try:
             restored = restore_all(host, chosen, src / "staging", src / "volumes", changing=changing)
         except Exception as exc:
-            _write_restore_record({**record, "finished_at": time.time(), "ok": False,
-                                   "error": str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"})
+            _write_restore_record({**record, "finished_at": time.time(), "ok": False, "error": _reason(exc)})
             raise
         _write_restore_record({**record, "finished_at": time.time(), "ok": True})
         shutil.rmtree(target, ignore_errors=True)
@@ -598,17 +609,17 @@ def status(host: Host) -> dict[str, Any]:
     if restoring is None or restoring["state"] == "done":
         return out
     since = f"snapshot {restoring.get('snapshot')}, started {(now - restoring.get('started_at', now)) / 60:.0f} min ago"
+    ended = f"failed: {restoring.get('error')}" if restoring["state"] == "failed" else "was cut off"
     if restoring["state"] == "running":
         said = f"a restore is running ({since})"
     elif not restoring.get("changed"):
-        ended = f"failed: {restoring.get('error')}" if restoring["state"] == "failed" else "was cut off"
         said = f"the last restore ({since}) changed nothing: it {ended}"
     else:
         # The stack may hold part of the snapshot and part of what it held before: not ok
         # until a restore runs through.
         out["ok"] = False
-        ended = (f"failed: {restoring.get('error')}" if restoring["state"] == "failed"
-                 else "was cut off (its process ended without a result: killed, or the server restarted)")
+        if restoring["state"] == "cut off":
+            ended += " (its process ended without a result: killed, or the server restarted)"
         said = f"the last restore ({since}) {ended}; run mlox-iac restore again"
     out["detail"] = f"{said}; {out['detail']}"
     return out
@@ -639,10 +650,7 @@ def _restore_path() -> Path:
 
 
 def _write_restore_record(record: dict[str, Any]) -> None:
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = _restore_path().with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-    tmp.replace(_restore_path())
+    _write_json(_restore_path(), record)
 
 
 def _boot_id() -> str:
@@ -655,9 +663,8 @@ def _boot_id() -> str:
 def restore_status() -> dict[str, Any] | None:
     """The last restore: running, done, failed, or cut off (its process is gone without a result:
     killed, or the server restarted). None when this server never restored."""
-    try:
-        record = json.loads(_restore_path().read_text())
-    except (OSError, ValueError):
+    record = _read_json(_restore_path())
+    if not isinstance(record, dict):
         return None
     if "ok" in record:
         return {**record, "state": "done" if record["ok"] else "failed"}

@@ -175,9 +175,6 @@ class Host:
             time.sleep(1)
 
 
-_caller_gone = False
-
-
 def emit_json(event: dict) -> None:
     """Progress for ``mlox-iac``: one JSON object per line on stdout, flushed at once.
 
@@ -185,14 +182,10 @@ def emit_json(event: dict) -> None:
     ``mlox-iac``), the work goes on to its end instead of stopping halfway: stdout and stderr
     then lead to /dev/null and later events are dropped. A restore still verifies and starts
     the stack, and records how it ended in the backup state, which ``status`` reports."""
-    global _caller_gone
-    if _caller_gone:
-        return
     try:
         sys.stdout.write(json.dumps(event, sort_keys=True) + "\n")
         sys.stdout.flush()
-    except OSError:  # EPIPE: nobody reads any more
-        _caller_gone = True
+    except OSError:  # EPIPE: nobody reads any more; from now on the writes go to /dev/null
         devnull = os.open(os.devnull, os.O_WRONLY)
         for stream in (sys.stdout, sys.stderr):
             try:

@@ -197,8 +197,9 @@ def make_buckets(host: Host, buckets: list[str]) -> None:
 
 def restore(host: Host, bucket: str, restored: Path, manifest: Manifest, cache_dir: Path | None = None) -> dict[str, Any]:
     """Make the bucket hold exactly the restored copy (checked by :func:`check_copy`, its
-    buckets made by :func:`make_buckets` first); replaced objects move aside. With ``cache_dir``, live objects unchanged since an earlier
-    run hashed them are not read back again."""
+    buckets made by :func:`make_buckets` first); replaced objects move aside. With
+    ``cache_dir``, live objects unchanged since an earlier run hashed them are not read back
+    again."""
     live_cache = cache_dir / f"hashes-live-{bucket}.json" if cache_dir else None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     host.progress("objects", f"bucket {bucket}: writing {len(manifest)} objects into the store")

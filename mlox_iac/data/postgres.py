@@ -142,7 +142,7 @@ def prepare(host: Host, database: str, dump: Path, manifest: Manifest) -> None:
     serving meanwhile (:func:`swap` puts the copy in its place). Three commands in the
     container: each ``docker compose exec`` costs a few tenths of a second."""
     service, superuser = _settings(host)
-    scratch, before = SCRATCH.format(database), BEFORE.format(database)
+    scratch = SCRATCH.format(database)
     # The scratch database belongs to the database's own role where there is one.
     _psql(host, "postgres",
           f"SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{database}') AS mlox_has_owner \\gset\n"
