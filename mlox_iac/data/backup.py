@@ -250,13 +250,14 @@ class Lock:
 
     ``wait_s``: how long to wait for the one running, said once as progress. A scheduled
     backup that fires during a restore waits for it instead of failing (which would turn
-    ``status`` red until the next day's run)."""
+    ``status`` red until the next day's run). ``path``: another lock file, for work that
+    must not run twice at once but may run beside a backup (a migration's copy)."""
 
-    def __init__(self, what: str = "backup", host: Host | None = None, wait_s: float = 0):
-        self.what, self.host, self.wait_s = what, host, wait_s
+    def __init__(self, what: str = "backup", host: Host | None = None, wait_s: float = 0, path: str | None = None):
+        self.what, self.host, self.wait_s, self.path = what, host, wait_s, path
 
     def __enter__(self):
-        self.fd = os.open(LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
+        self.fd = os.open(self.path or LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
         deadline = time.monotonic() + self.wait_s
         said = False
         while True:

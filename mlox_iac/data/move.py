@@ -39,6 +39,14 @@ from .host import DataError, Host, last_line
 
 RETRY_AFTER_S = 60
 KEY_NAME = "mlox-move"
+# Staging and sending hold this lock (not the backup's: a scheduled backup may run beside
+# them). A migrate interrupted on the user's side leaves its stage or send running on the
+# server; the rerun's stage or send waits for it instead of writing the same files at once.
+COPY_LOCK_FILE = "/run/mlox-move.lock"
+
+
+def _copy_lock(host: Host) -> backup.Lock:
+    return backup.Lock("migration copy", host, wait_s=backup.LOCK_WAIT_S, path=COPY_LOCK_FILE)
 
 
 def _root(host: Host) -> Path:
@@ -70,8 +78,9 @@ def stage(host: Host) -> dict[str, Any]:
     """Capture everything into the staging directory; return the sizes to send."""
     staging = _root(host) / "staging"
     staging.mkdir(parents=True, exist_ok=True)
-    manifest = backup.capture_all(host, staging, _cache(host))
-    files = _outgoing(host, manifest)
+    with _copy_lock(host):
+        manifest = backup.capture_all(host, staging, _cache(host))
+        files = _outgoing(host, manifest)
     return {"files": len(files), "bytes": sum(e.get("size", 0) for e in files.values())}
 
 
@@ -132,6 +141,11 @@ def _remote_verb(host: Host, to: str, port: int, user: str, verb: str, stdin: st
 
 def send(host: Host, to: str, port: int, user: str) -> dict[str, Any]:
     """Send the staged data and volume files the new server does not hold yet."""
+    with _copy_lock(host):
+        return _send(host, to, port, user)
+
+
+def _send(host: Host, to: str, port: int, user: str) -> dict[str, Any]:
     manifest = json.loads((_root(host) / "staging" / "manifest.json").read_text())
     wanted = _outgoing(host, manifest)
     have = _remote_verb(host, to, port, user, "move-have")

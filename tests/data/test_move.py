@@ -1,12 +1,21 @@
-"""``mlox_data move-*`` pieces that need no server: the maintenance config of the proxy."""
+"""``mlox_data move-*`` pieces that need no server: the maintenance config of the proxy, the
+send between two local directories."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 
+import pytest
+
 from conftest import tool
 from mlox_iac.data import move
+
+
+@pytest.fixture(autouse=True)
+def _copy_lock(tmp_path, monkeypatch):
+    monkeypatch.setattr(move, "COPY_LOCK_FILE", str(tmp_path / "move.lock"))
+
 
 ADAPTED = {
     "apps": {"http": {"servers": {"srv0": {
@@ -140,6 +149,51 @@ def test_send_fails_at_once_when_the_receiver_dies_midway(tmp_path):
     assert not worker.is_alive(), "send hangs once the receiver died"
     assert outcome["error"].startswith("the new server did not take the staging files"), outcome
     assert not (move._incoming(pair.b) / "staging" / "manifest.json").exists()  # no manifest: nothing to apply
+
+
+def test_a_second_send_waits_for_the_one_still_running_then_sends_only_what_is_missing(tmp_path, monkeypatch):
+    """A migrate interrupted on the user's side leaves its send running on the old server
+    (the server side ignores the dropped connection); the rerun's send waits for it, says
+    so once, and then finds everything arrived instead of writing the same files at once."""
+    import threading
+    import time
+
+    pair = LocalPair(tmp_path)
+    staging = move._root(pair.a) / "staging"
+    (staging / "objects" / "data").mkdir(parents=True)
+    for i in range(20):
+        (staging / "objects" / "data" / f"part-{i}.bin").write_bytes(bytes([i]) * 100_000)
+    (staging / "manifest.json").write_text(json.dumps({"services": {}}))
+    events: list[dict] = []
+    pair.a._emit = events.append
+    receiving, running, most = threading.Event(), [0], [0]
+    relay = pair.a.run
+
+    def run(argv, **kw):
+        if argv[0] != "ssh" or "tar -C" not in argv[-1]:
+            return relay(argv, **kw)
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        receiving.set()
+        time.sleep(1.5)  # a slow link: the rerun starts while this one is still receiving
+        try:
+            return relay(argv, **kw)
+        finally:
+            running[0] -= 1
+
+    pair.a.run = run
+    first_result: dict = {}
+    first = threading.Thread(target=lambda: first_result.update(move.send(pair.a, "b.example", 22, "root")))
+    first.start()
+    assert receiving.wait(30)
+    second = move.send(pair.a, "b.example", 22, "root")
+    first.join(30)
+    assert first_result["files"] == 20 and second["files"] == 0
+    assert most[0] == 1, "two sends wrote into the new server at once"
+    assert [e["message"] for e in events if e["phase"] == "waiting"] == \
+        ["waiting for the migration copy running on this server"]
+    incoming = move._incoming(pair.b) / "staging" / "objects" / "data"
+    assert (incoming / "part-19.bin").read_bytes() == bytes([19]) * 100_000
 
 
 def test_verify_takes_every_old_file_unchanged_and_tolerates_files_the_new_server_wrote(tmp_path):
