@@ -242,6 +242,11 @@ def start_all(host: Host) -> dict[str, Any]:
 
 
 def have(host: Host) -> dict[str, Any]:
+    """What arrived so far. Asked first by every send: a restore of what arrived that is
+    still running here (an apply whose caller was interrupted) is waited for, so a send
+    never writes or prunes files while an apply reads them."""
+    with backup.Lock("migration receive", host, wait_s=backup.LOCK_WAIT_S):
+        pass
     root = _incoming(host)
     return volumes.tree_manifest(root, _cache(host) / "hashes-incoming.json")
 
@@ -277,9 +282,10 @@ def apply(host: Host) -> dict[str, Any]:
 
     Volume copies are moved into place by the restore, so the next send brings them again.
     Like a restore it holds the server's backup lock: an apply still running after its
-    caller's connection dropped is not run twice at once, nor beside a scheduled backup."""
+    caller's connection dropped is waited for, not run twice at once, nor beside a
+    scheduled backup."""
     incoming = _incoming(host)
-    with backup.Lock("migration restore"):
+    with backup.Lock("migration restore", host, wait_s=backup.LOCK_WAIT_S):
         restored = backup.restore_all(host, _chosen(host), incoming / "staging", incoming / "volumes", _cache(host))
     return {"restored": restored}
 

@@ -13,8 +13,9 @@ from mlox_iac.data import move
 
 
 @pytest.fixture(autouse=True)
-def _copy_lock(tmp_path, monkeypatch):
+def _locks(tmp_path, monkeypatch):
     monkeypatch.setattr(move, "COPY_LOCK_FILE", str(tmp_path / "move.lock"))
+    monkeypatch.setattr(move.backup, "LOCK_FILE", str(tmp_path / "backup.lock"))
 
 
 ADAPTED = {
@@ -194,6 +195,39 @@ def test_a_second_send_waits_for_the_one_still_running_then_sends_only_what_is_m
         ["waiting for the migration copy running on this server"]
     incoming = move._incoming(pair.b) / "staging" / "objects" / "data"
     assert (incoming / "part-19.bin").read_bytes() == bytes([19]) * 100_000
+
+
+def test_the_new_server_lists_what_arrived_only_once_an_apply_still_running_ended(tmp_path):
+    """An apply whose caller was interrupted goes on reading the arrived files; the resumed
+    migrate's send starts by asking what arrived, and that answer waits for the apply, so
+    no file is written or pruned under it."""
+    import threading
+    import time
+
+    pair = LocalPair(tmp_path)
+    arrived = move._incoming(pair.b) / "staging" / "dump.sql"
+    arrived.parent.mkdir(parents=True)
+    arrived.write_text("dump\n")
+    events: list[dict] = []
+    pair.b._emit = events.append
+    held, order = threading.Event(), []
+
+    def apply():
+        with move.backup.Lock("migration restore"):
+            held.set()
+            time.sleep(1.5)
+            order.append("apply done")
+
+    running = threading.Thread(target=apply)
+    running.start()
+    assert held.wait(30)
+    listed = move.have(pair.b)
+    order.append("listed")
+    running.join(30)
+    assert order == ["apply done", "listed"]
+    assert set(listed) == {"staging/dump.sql"}
+    assert [e["message"] for e in events if e["phase"] == "waiting"] == \
+        ["waiting for the migration restore running on this server"]
 
 
 def test_verify_takes_every_old_file_unchanged_and_tolerates_files_the_new_server_wrote(tmp_path):
