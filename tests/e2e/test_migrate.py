@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlox_iac import migrate
+from mlox_iac import connect, migrate
 from mlox_iac.components.services.registry import SERVICES
 from mlox_iac.plan import record_program, unwrap
 
@@ -178,12 +178,13 @@ class Hooks:
         self.d = d
         self.before: dict[str, object] = {}  # verb -> callable(servers) run once before it
         self.during: dict[str, object] = {}  # verb -> callable() started in a thread, once
+        self.progress: list[str] = []  # every progress message the servers sent
 
     def __call__(self, migration):
         ssh_opts = ("-o", f"UserKnownHostsFile={self.d.work / 'known_hosts'}", "-o", "StrictHostKeyChecking=no",
                     "-o", "LogLevel=ERROR")
         real = migrate.SshServers(migration, identity=str(self.d.host.key_path), options=ssh_opts,
-                                  on_progress=lambda e: print(f"[move] {e.get('message')}", file=sys.stderr))
+                                  on_progress=self._progress)
         hooks = self
 
         class Wrapped:
@@ -198,6 +199,10 @@ class Hooks:
                 return getattr(real, name)
 
         return Wrapped()
+
+    def _progress(self, event: dict) -> None:
+        self.progress.append(str(event.get("message")))
+        print(f"[move] {event.get('message')}", file=sys.stderr)
 
 
 def kept_volumes(d: Deployment) -> list[str]:
@@ -361,10 +366,34 @@ def test_2_corruption_cancels_the_cutover_then_the_move_completes(moving):
                           verify=str(d.ca_path), config=Config(s3={"addressing_style": "path"}))
         s3.put_object(Bucket=lab.USER_BUCKET, Key=victim, Body=b"corrupted on B\n")
 
+    stray: dict = {}
+
+    def send_left_running():
+        """The send an interrupted migrate leaves running on A (the server side ignores the
+        dropped connection): it sends what test_1's killed copy did not. The resumed copy's
+        stage must wait for it rather than rewrite the staging files under it."""
+        new = d.outputs["migration"]["new"]
+        started = d.a.ssh(f"cd {connect.BACKUP_DIR_ON_SERVER} && nohup python3 -m mlox_data move-send "
+                          f"--to {new['server_address']} --port {new['ssh_port']} --user {new['ssh_user']} "
+                          f"> /root/stray-send.log 2>&1 < /dev/null & echo $!").stdout.strip()
+        stray["pid"] = started
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until it holds the copy lock
+            holder = d.a.ssh("cat /run/mlox-move.lock 2>/dev/null", check=False).stdout.strip()
+            if holder == f"migration copy {started}":
+                return
+            time.sleep(0.2)
+        pytest.fail(f"the stray send did not take the copy lock: {holder!r}")
+
+    hooks.before["move-stage"] = send_left_running
     hooks.before["move-verify"] = corrupt
     start = time.monotonic()
     with pytest.raises(migrate.VerificationFailed, match=f"no cutover: .*{victim}.*the old server serves again"):
         run_move(d, hooks)
+    # The resumed stage waited for the stray send, which ended well on its own.
+    assert "waiting for the migration copy running on this server" in hooks.progress
+    stray_log = d.a.ssh("cat /root/stray-send.log").stdout
+    assert '"event": "result"' in stray_log, stray_log[-2000:]
     code, _ = status_of(d.a_outputs["urls"]["mlflow"] + "/health", d.ca_path)
     assert code in (200, 401), code  # not 503: A serves again
     timed("migrate: resumed copy, verification failed", time.monotonic() - start)
