@@ -93,16 +93,22 @@ def parse_schedule(value: str) -> tuple[str, int]:
 
 
 class BackupKeep(Strict):
-    """How many snapshots the repository keeps (restic forget --keep-daily/weekly/monthly)."""
+    """How many snapshots the repository keeps (restic forget --keep-last/hourly/daily/weekly/monthly).
 
+    Each period keeps its newest snapshot: with a schedule more frequent than daily, only
+    ``hourly`` or ``last`` keep more than one snapshot of a day (``validate`` warns)."""
+
+    last: int = Field(0, ge=0, le=10000, description="The newest snapshots kept, whatever their age")
+    hourly: int = Field(0, ge=0, le=8760, description="Hourly snapshots kept")
     daily: int = Field(7, ge=0, le=3650, description="Daily snapshots kept")
     weekly: int = Field(4, ge=0, le=520, description="Weekly snapshots kept")
     monthly: int = Field(6, ge=0, le=1200, description="Monthly snapshots kept")
 
     @model_validator(mode="after")
     def _some(self) -> "BackupKeep":
-        if self.daily + self.weekly + self.monthly == 0:
-            raise ValueError("keeps no snapshot at all (allowed: at least one of daily, weekly, monthly above 0)")
+        if self.last + self.hourly + self.daily + self.weekly + self.monthly == 0:
+            raise ValueError("keeps no snapshot at all "
+                             "(allowed: at least one of last, hourly, daily, weekly, monthly above 0)")
         return self
 
 
@@ -314,6 +320,11 @@ class StackConfig(Strict):
         if self.backup is not None and not self.backup.is_s3:
             out.append(("backup.repository", "a local: repository is on the server's own disk, not off-site: "
                         "losing the server loses the backups (use an s3: repository)"))
+        if self.backup is not None and self.backup.interval_s < 86400 and not (self.backup.keep.last
+                                                                               or self.backup.keep.hourly):
+            per_day = 86400 // self.backup.interval_s
+            out.append(("backup.keep", f"the schedule {self.backup.schedule!r} makes {per_day} snapshots a day but "
+                        "keep holds only the newest of each day (set keep.hourly or keep.last to keep more)"))
         return out
 
     # Typed accessors used by components.

@@ -414,8 +414,10 @@ def backup(host: Host) -> dict[str, Any]:
 def _forget(host: Host, repo: Repository) -> None:
     """``restic forget`` with the ``keep`` policy; a missing repository is left to the backup."""
     keep = host.plan["backup"]["keep"]
-    argv = ["forget", "--host", host.plan["stack"], "--tag", "mlox", "--keep-daily", str(keep["daily"]),
-            "--keep-weekly", str(keep["weekly"]), "--keep-monthly", str(keep["monthly"])]
+    argv = ["forget", "--host", host.plan["stack"], "--tag", "mlox"]
+    for period in ("last", "hourly", "daily", "weekly", "monthly"):
+        if keep.get(period):
+            argv += [f"--keep-{period}", str(keep[period])]
     code, stderr, missing = repo.watched(argv)
     if code != 0 and not missing:
         raise repo.error(subprocess.CompletedProcess(argv, code, "", stderr), "restic forget")

@@ -180,7 +180,8 @@ CASES = {
         "mlox:backup.access_key_id: required with an s3: repository, with secret_access_key "
         "(set them with: pulumi config set --secret --path 'mlox:backup.access_key_id' KEY)"),
     "backup_keeps_nothing": (settings(backup={"repository": "local:/srv/b", "keep": {"daily": 0, "weekly": 0, "monthly": 0}}),
-        "mlox:backup.keep: keeps no snapshot at all (allowed: at least one of daily, weekly, monthly above 0)"),
+        "mlox:backup.keep: keeps no snapshot at all "
+        "(allowed: at least one of last, hourly, daily, weekly, monthly above 0)"),
     "backup_unknown_key": (settings(backup={"repository": "local:/srv/b", "shedule": "daily"}),
         "mlox:backup.shedule: unknown key (did you mean 'schedule'?)"),
 }
@@ -238,7 +239,7 @@ def test_backup_defaults_and_local_repository_warning(tmp_path):
     raw = settings(backup={"repository": "local:/srv/mlox-backups"})
     config = load_file(write_stack(tmp_path, raw))
     assert (config.backup.schedule, config.backup.interval_s, config.backup.on_calendar) == ("daily", 86400, "daily")
-    assert config.backup.keep.model_dump() == {"daily": 7, "weekly": 4, "monthly": 6}
+    assert config.backup.keep.model_dump() == {"last": 0, "hourly": 0, "daily": 7, "weekly": 4, "monthly": 6}
     assert config.warnings() == [("backup.repository", "a local: repository is on the server's own disk, not off-site: "
                                   "losing the server loses the backups (use an s3: repository)")]
     path = write_stack(tmp_path, raw)
@@ -246,6 +247,21 @@ def test_backup_defaults_and_local_repository_warning(tmp_path):
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0
     assert f"warning: {path}: mlox:backup.repository: a local: repository is on the server's own disk" in done.stderr
+
+
+@pytest.mark.parametrize("schedule,keep,warned", [
+    ("hourly", {}, "the schedule 'hourly' makes 24 snapshots a day but keep holds only the newest of each day "
+                   "(set keep.hourly or keep.last to keep more)"),
+    ("15m", {}, "the schedule '15m' makes 96 snapshots a day but keep holds only the newest of each day "
+                "(set keep.hourly or keep.last to keep more)"),
+    ("hourly", {"hourly": 48}, None), ("15m", {"last": 8}, None), ("daily", {}, None), ("weekly", {}, None),
+])
+def test_a_schedule_more_frequent_than_keep_holds_is_warned(tmp_path, schedule, keep, warned):
+    raw = settings(backup={"repository": "s3:https://fsn1.your-objectstorage.com/team-backups",
+                           "access_key_id": {"secure": "v1:YQ=="}, "secret_access_key": {"secure": "v1:Yg=="},
+                           "schedule": schedule, "keep": keep})
+    config = load_file(write_stack(tmp_path, raw))
+    assert config.warnings() == ([("backup.keep", warned)] if warned else [])
 
 
 @pytest.mark.parametrize("schedule,expected", [

@@ -425,7 +425,7 @@ def test_an_unchanged_backup_forgets_every_run_and_prunes_on_the_deep_checks_cad
     backup.backup(host)
     assert ran.pop(0) == "probe"  # the first backup into a repository probes it; later ones do not
     assert [r.split(" ")[0] + (" deep" if "read-data" in r else "") for r in ran] == ["forget", "check", "check deep", "prune"]
-    assert "--prune" not in ran[0] and "--keep-daily 7 --keep-weekly 4 --keep-monthly 6" in ran[0]
+    assert "--prune" not in ran[0] and ran[0].endswith("--tag mlox --keep-daily 7 --keep-weekly 4 --keep-monthly 6")
     ran.clear()
     backup.backup(host)  # the same week: no deep check, no prune
     assert [r.split(" ")[0] for r in ran] == ["forget", "check"]
@@ -635,6 +635,16 @@ def test_forget_leaves_a_missing_repository_to_the_backup_and_fails_on_the_rest(
     else:
         backup._forget(repo.host, repo)
     assert time.monotonic() - started < 10
+
+
+def test_forget_passes_every_period_the_stack_keeps_and_only_those(tmp_path, monkeypatch):
+    host = make_host(tmp_path)
+    host.plan["backup"]["keep"] = {"last": 3, "hourly": 24, "daily": 0, "weekly": 4, "monthly": 0}
+    ran: list[list[str]] = []
+    monkeypatch.setattr(backup.Repository, "watched", lambda self, args, *a, **kw: ran.append(args) or (0, "", False))
+    backup._forget(host, backup.Repository(host))
+    assert ran == [["forget", "--host", host.plan["stack"], "--tag", "mlox",
+                    "--keep-last", "3", "--keep-hourly", "24", "--keep-weekly", "4"]]
 
 
 def test_a_failed_forget_fails_the_backup_after_the_copy(tmp_path, monkeypatch, backup_state):

@@ -30,7 +30,7 @@ def test_plan_lists_every_service_data_and_its_writers():
     }
     assert plan["stack"] == "prod"
     assert plan["images"] == {"restic": "restic/restic:0.19.1", "rclone": "rclone/rclone:1.60.1"}
-    assert plan["backup"]["keep"] == {"daily": 7, "weekly": 4, "monthly": 6}
+    assert plan["backup"]["keep"] == {"last": 0, "hourly": 0, "daily": 7, "weekly": 4, "monthly": 6}
     assert plan["backup"]["interval_s"] == 86400 and plan["backup"]["env_file"] == "/opt/mlox/secrets/backup.env"
 
 
