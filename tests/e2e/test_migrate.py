@@ -373,7 +373,9 @@ def test_2_corruption_cancels_the_cutover_then_the_move_completes(moving):
         dropped connection): it sends what test_1's killed copy did not. The resumed copy's
         stage must wait for it rather than rewrite the staging files under it."""
         new = d.outputs["migration"]["new"]
-        started = d.a.ssh(f"cd {connect.BACKUP_DIR_ON_SERVER} && nohup python3 -m mlox_data move-send "
+        # `cd || exit; nohup … &`: the & then backgrounds nohup alone (which execs python3), so $!
+        # is the send's own pid; `cd && nohup … &` would background a subshell with another pid.
+        started = d.a.ssh(f"cd {connect.BACKUP_DIR_ON_SERVER} || exit 1; nohup python3 -m mlox_data move-send "
                           f"--to {new['server_address']} --port {new['ssh_port']} --user {new['ssh_user']} "
                           f"> /root/stray-send.log 2>&1 < /dev/null & echo $!").stdout.strip()
         stray["pid"] = started
