@@ -366,8 +366,6 @@ def test_2_corruption_cancels_the_cutover_then_the_move_completes(moving):
                           verify=str(d.ca_path), config=Config(s3={"addressing_style": "path"}))
         s3.put_object(Bucket=lab.USER_BUCKET, Key=victim, Body=b"corrupted on B\n")
 
-    stray: dict = {}
-
     def send_left_running():
         """The send an interrupted migrate leaves running on A (the server side ignores the
         dropped connection): it sends what test_1's killed copy did not. The resumed copy's
@@ -378,7 +376,6 @@ def test_2_corruption_cancels_the_cutover_then_the_move_completes(moving):
         started = d.a.ssh(f"cd {connect.BACKUP_DIR_ON_SERVER} || exit 1; nohup python3 -m mlox_data move-send "
                           f"--to {new['server_address']} --port {new['ssh_port']} --user {new['ssh_user']} "
                           f"> /root/stray-send.log 2>&1 < /dev/null & echo $!").stdout.strip()
-        stray["pid"] = started
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # until it holds the copy lock
             holder = d.a.ssh("cat /run/mlox-move.lock 2>/dev/null", check=False).stdout.strip()
