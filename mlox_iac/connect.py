@@ -235,6 +235,64 @@ def ssh_target(outputs: Mapping[str, Any]) -> tuple[str, str, int]:
     return str(outputs.get("ssh_user") or "root"), address, int(outputs.get("ssh_port") or 22)
 
 
+def known_hosts_lines(outputs: Mapping[str, Any]) -> list[str]:
+    """The server's host keys (its ``ssh_host_keys`` output, read on the server right after
+    its bootstrap) as ``known_hosts`` lines for its address and port."""
+    _, address, port = ssh_target(outputs)
+    host = address if port == 22 else f"[{address}]:{port}"
+    lines = []
+    for key in outputs.get("ssh_host_keys") or []:
+        parts = str(key).split()
+        if len(parts) >= 2:
+            lines.append(f"{host} {parts[0]} {parts[1]}")
+    return lines
+
+
+def known_hosts_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where the recorded host keys go: the project's ``.mlox/known_hosts`` (the user's cache
+    outside a project; ``MLOX_KNOWN_HOSTS_DIR`` overrides)."""
+    env = os.environ if env is None else env
+    if env.get("MLOX_KNOWN_HOSTS_DIR"):
+        return Path(env["MLOX_KNOWN_HOSTS_DIR"])
+    from mlox_iac.automation import find_project_dir
+
+    try:
+        return find_project_dir(env=env) / ".mlox" / "known_hosts"
+    except MloxError:
+        return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlox-iac" / "known_hosts"
+
+
+def write_known_hosts(outputs: Mapping[str, Any], folder: Path | None = None) -> Path | None:
+    """The known-hosts file of the stack's server, written from its outputs (None when the
+    stack predates recorded host keys). Rewritten each time, so a new ``up`` that recorded a
+    rebuilt server's keys is trusted and nothing else is."""
+    lines = known_hosts_lines(outputs)
+    if not lines:
+        return None
+    _, address, port = ssh_target(outputs)
+    folder = known_hosts_dir() if folder is None else folder
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{address.replace(':', '_')}_{port}"
+    text = "\n".join(lines) + "\n"
+    if not path.is_file() or path.read_text() != text:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return path
+
+
+HOST_KEY_CHANGED = ("the server's SSH host key is not the one recorded when it was bootstrapped ({file}): if the "
+                    "server was rebuilt, run mlox-iac refresh (or up) to record its new key; otherwise do not connect, "
+                    "someone may be intercepting the connection")
+
+
+def host_key_problem(stderr: str) -> str | None:
+    """The one line for an ssh that refused the server's host key, else None."""
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr or "Host key verification failed" in stderr:
+        return HOST_KEY_CHANGED.format(file=known_hosts_dir())
+    return None
+
+
 def ssh_argv(
     outputs: Mapping[str, Any],
     remote: Sequence[str] | None = None,
@@ -245,16 +303,25 @@ def ssh_argv(
     tty: bool = False,
 ) -> list[str]:
     """The system ``ssh`` command line to the stack's server, optionally running ``remote``
-    (an argv, quoted here for the remote shell). ``batch`` never prompts (for scripts)."""
+    (an argv, quoted here for the remote shell). ``batch`` never prompts (for scripts).
+
+    A stack that recorded its server's host keys is reached through its own known-hosts
+    file with strict checking (nothing is accepted blindly; the user's ``~/.ssh`` plays no
+    part); an older one accepts a new key on first use. ``options`` (``MLOX_SSH_OPTS``) come
+    first, so a user's own choice wins."""
     user, address, port = ssh_target(outputs)
-    argv = ["ssh", "-p", str(port), "-o", "StrictHostKeyChecking=accept-new"]
+    argv = ["ssh", "-p", str(port), *options]
+    known_hosts = write_known_hosts(outputs)
+    if known_hosts is not None:
+        argv += ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}"]
+    else:
+        argv += ["-o", "StrictHostKeyChecking=accept-new"]
     if batch:
         argv += ["-o", "BatchMode=yes"]
     if tty:
         argv.append("-t")
     if identity is not None:
         argv += ["-i", str(identity), "-o", "IdentitiesOnly=yes"]
-    argv += list(options)
     argv.append(f"{user}@{address}")
     if remote:
         argv += ["--", shlex.join(remote)]
@@ -321,6 +388,9 @@ def fetch_ca(
         raise MloxError(f"fetching the server's CA certificate timed out after {timeout:.0f}s (pass --ca PATH)") from None
     pem = done.stdout or ""
     if done.returncode != 0 or "-----BEGIN CERTIFICATE-----" not in pem:
+        problem = host_key_problem(done.stderr or "")
+        if problem:
+            raise MloxError(problem)
         reason = (done.stderr or "").strip().splitlines()[-1:] or ["no certificate in the answer"]
         raise MloxError(
             f"could not fetch the server's CA certificate over ssh ({reason[0]}): "
@@ -575,6 +645,8 @@ def run_backup_verb(
         if code == 255 and goes_on and started:
             raise MloxError(f"the connection to the server dropped ({reason[0]}); the {goes_on} goes on there by "
                             f"itself: {after}")
+        if code == 255 and host_key_problem(stderr or ""):
+            raise MloxError(host_key_problem(stderr or ""))
         if code == 255:
             raise MloxError(f"cannot reach the server over ssh ({reason[0]}): pass --identity KEY (or MLOX_SSH_IDENTITY)")
         raise MloxError(f"the server's backup tooling failed ({reason[0]}): is the stack deployed with mlox:backup?")

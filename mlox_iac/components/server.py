@@ -23,6 +23,7 @@ class Server(pulumi.ComponentResource):
     user: str
     connection: object
     ready: remote.Command
+    host_keys: pulumi.Output[list[str]]
 
     def __init__(self, name: str, config: StackConfig, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlox:server:Server", name, {}, opts)
@@ -62,4 +63,15 @@ class Server(pulumi.ComponentResource):
             triggers=[script.apply(lambda s: hashlib.sha256(s.encode()).hexdigest())],
             opts=pulumi.ResourceOptions(parent=self, depends_on=machine.ready),
         )
-        self.register_outputs({"public_address": self.public_address})
+        # The server's SSH host keys, read over the deploy connection right after the
+        # bootstrap: every later ssh of mlox-iac checks the server against them (no blind
+        # trust on first use from the user's machine). Re-read when the connection changes.
+        read_keys = remote.Command(
+            f"{name}-host-keys",
+            connection=machine.connection,
+            create="cat /etc/ssh/ssh_host_ed25519_key.pub /etc/ssh/ssh_host_ecdsa_key.pub /etc/ssh/ssh_host_rsa_key.pub",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.ready]),
+        )
+        self.host_keys = read_keys.stdout.apply(
+            lambda out: [" ".join(line.split()[:2]) for line in (out or "").splitlines() if len(line.split()) >= 2])
+        self.register_outputs({"public_address": self.public_address, "host_keys": self.host_keys})

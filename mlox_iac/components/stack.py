@@ -119,7 +119,8 @@ class MloxStack(pulumi.ComponentResource):
             self.outputs["migration"] = {
                 "from": config.provider, "to": config.migration.to, "state": config.migration.state,
                 **{role: {"server": p.name, "server_address": servers[p.name].public_address,
-                          "ssh_user": servers[p.name].user, "ssh_port": _ssh_port(p.config)}
+                          "ssh_user": servers[p.name].user, "ssh_port": _ssh_port(p.config),
+                          "ssh_host_keys": servers[p.name].host_keys}
                    for role, p in zip(("old", "new"), plans)},
             }
         self.register_outputs({})
@@ -138,6 +139,7 @@ def _stack_outputs(config: StackConfig, ctx: Context, name: str, server: Server,
         "server_address": address,
         "ssh_user": server.user,
         "ssh_port": _ssh_port(config),
+        "ssh_host_keys": server.host_keys,
         "services": config.enabled_services(),
         "urls": urls,
         "bundle_hash": bundle.bundle_hash,

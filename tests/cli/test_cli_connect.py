@@ -111,12 +111,44 @@ def test_ssh_argv():
     ]
 
 
+def test_a_stack_with_recorded_host_keys_is_reached_through_its_own_known_hosts_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLOX_KNOWN_HOSTS_DIR", str(tmp_path / "kh"))
+    outputs = {**OUTPUTS, "server_address": "203.0.113.9", "ssh_port": 2222,
+               "ssh_host_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHost", "ecdsa-sha2-nistp256 AAAAE2Vj"]}
+    argv = connect.ssh_argv(outputs)
+    known = tmp_path / "kh" / "203.0.113.9_2222"
+    assert argv == ["ssh", "-p", "2222", "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
+                    "root@203.0.113.9"]
+    assert known.read_text() == ("[203.0.113.9]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHost\n"
+                                 "[203.0.113.9]:2222 ecdsa-sha2-nistp256 AAAAE2Vj\n")
+
+
+@pytest.mark.parametrize("stderr", [
+    "@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n...\nHost key verification failed.\n",
+    "No ED25519 host key is known for [203.0.113.9]:2222 and you have requested strict checking.\n"
+    "Host key verification failed.\n",
+])
+def test_a_refused_host_key_is_one_line_that_says_so(tmp_path, monkeypatch, stderr):
+    monkeypatch.setenv("MLOX_KNOWN_HOSTS_DIR", str(tmp_path / "kh"))
+    outputs = {**OUTPUTS, "server_address": "203.0.113.9", "ssh_host_keys": ["ssh-ed25519 AAAAC3"]}
+
+    def run(argv, **kwargs):
+        return subprocess.CompletedProcess(argv, 255, "", stderr)
+
+    with pytest.raises(MloxError) as error:
+        connect.fetch_ca(outputs, tmp_path / "ca.crt", run=run)
+    assert str(error.value) == (
+        f"the server's SSH host key is not the one recorded when it was bootstrapped ({tmp_path / 'kh'}): if the "
+        "server was rebuilt, run mlox-iac refresh (or up) to record its new key; otherwise do not connect, "
+        "someone may be intercepting the connection")
+
+
 def test_logs_argv_as_root():
     argv = connect.logs_argv({**OUTPUTS, "server_address": "203.0.113.9"}, "mlflow", allowed=["caddy", "mlflow"],
                              tail=50, options=["-o", "UserKnownHostsFile=/dev/null"])
     assert argv == [
-        "ssh", "-p", "22", "-o", "StrictHostKeyChecking=accept-new", "-o", "BatchMode=yes",
-        "-o", "UserKnownHostsFile=/dev/null", "root@203.0.113.9", "--",
+        "ssh", "-p", "22", "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=accept-new",
+        "-o", "BatchMode=yes", "root@203.0.113.9", "--",
         "docker compose --project-name mlox --project-directory /opt/mlox/bundle -f /opt/mlox/bundle/compose.yaml "
         "logs --tail 50 mlflow",
     ]

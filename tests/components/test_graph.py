@@ -33,7 +33,7 @@ COMMON = Counter({
     "mlox:stack:Stack": 1, "mlox:server:Server": 1, "mlox:server:Bundle": 1,
     "mlox:service:Postgres": 1, "mlox:service:Seaweedfs": 1, "mlox:service:Mlflow": 1, "mlox:service:Caddy": 1,
     "random:index/randomPassword:RandomPassword": 6,
-    "command:remote:Command": 7,  # bootstrap, 4 env files, bundle prepare, compose up
+    "command:remote:Command": 8,  # bootstrap, host keys, 4 env files, bundle prepare, compose up
     "command:remote:CopyToRemote": 1,
 })
 ADDRESS = {"hetzner": "203.0.113.10", "digitalocean": "203.0.113.20", "aws": "203.0.113.30", "onprem": "192.0.2.50"}
