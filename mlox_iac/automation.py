@@ -448,17 +448,49 @@ def up(
     show_secrets: bool = False,
     pulumi_command: Optional["auto.PulumiCommand"] = None,
     passphrase_prompt: Optional[PassphrasePrompt] = None,
+    target: Optional[list[str]] = None,
+    replace: Optional[list[str]] = None,
 ) -> RunResult:
     """Create or update the stack (creating the stack itself on first use). Does not ask:
-    callers confirm first (the CLI previews and asks unless ``--yes``)."""
+    callers confirm first (the CLI previews and asks unless ``--yes``).
+
+    ``target`` limits the update to those resources (and what they depend on must exist);
+    ``replace`` re-creates those resources (``pulumi up --replace``: a password resource gets
+    a new value). Both take URNs or resource names of the deployed stack."""
     started = time.monotonic()
     s = open_stack(stack, project_dir=project_dir, create=True, pulumi_command=pulumi_command,
                    passphrase_prompt=passphrase_prompt, command="mlox-iac up")
     refuse_provider_change(stack, _engine_call("stack output", stack, s.outputs), project_dir=project_dir)
-    result = _engine_call("up", stack, lambda: s.up(on_event=on_event, color="never", show_secrets=False))
+    if target or replace:
+        target, replace = resolve_urns(s, target), resolve_urns(s, replace)
+    result = _engine_call("up", stack, lambda: s.up(on_event=on_event, color="never", show_secrets=False,
+                                                    target=target or None, replace=replace or None))
     outputs, secret = _masked(result.outputs, show_secrets)
     return RunResult("update", stack, _changes(result.summary.resource_changes), outputs, secret,
                      time.monotonic() - started)
+
+
+def resolve_urns(s: "auto.Stack", names: Optional[list[str]]) -> list[str]:
+    """URNs for ``names``: a URN stays as it is; a resource name is looked up in the stack's
+    state and must name exactly one resource (else :class:`MloxError` naming the choices)."""
+    if not names:
+        return []
+    plain = [n for n in names if not n.startswith("urn:")]
+    urns = [n for n in names if n.startswith("urn:")]
+    if plain:
+        deployment = _engine_call("stack export", s.name, s.export_stack).deployment or {}
+        known: dict[str, list[str]] = {}
+        for resource in deployment.get("resources") or []:
+            urn = resource.get("urn", "")
+            known.setdefault(urn.rsplit("::", 1)[-1], []).append(urn)
+        for name in plain:
+            found = known.get(name, [])
+            if len(found) != 1:
+                some = ", ".join(sorted(n for n in known if "$" not in n)[:12])
+                raise MloxError(f"{name}: {'no' if not found else 'more than one'} resource of stack {s.name} has "
+                                f"that name (names: {some}, ...; or pass a URN from pulumi stack --show-urns)")
+            urns.append(found[0])
+    return urns
 
 
 def preview(

@@ -282,8 +282,8 @@ def write_known_hosts(outputs: Mapping[str, Any], folder: Path | None = None) ->
 
 
 HOST_KEY_CHANGED = ("the server's SSH host key is not the one recorded when it was bootstrapped ({file}): if the "
-                    "server was rebuilt, run mlox-iac refresh (or up) to record its new key; otherwise do not connect, "
-                    "someone may be intercepting the connection")
+                    "server was rebuilt, record its new key with mlox-iac up --replace main-host-keys; otherwise do "
+                    "not connect, someone may be intercepting the connection")
 
 
 def host_key_problem(stderr: str) -> str | None:
@@ -402,6 +402,63 @@ def fetch_ca(
     os.chmod(tmp, 0o644)  # a public certificate
     tmp.replace(dest)
     return dest
+
+
+# ----- drift ---------------------------------------------------------------------------
+
+_DRIFT_SPLIT = "@@mlox-drift@@"
+
+
+def drift_argv(outputs: Mapping[str, Any], *, identity: str | Path | None = None,
+               options: Sequence[str] = ()) -> list[str]:
+    """``ssh ...`` printing the compose project's configured services and its containers."""
+    compose = shlex.join(COMPOSE_ARGS)
+    script = f"{compose} config --format json && echo {_DRIFT_SPLIT} && {compose} ps --all --format json"
+    return ssh_argv(outputs, _as_root(outputs, ["sh", "-c", script]), identity=identity, options=options, batch=True)
+
+
+def parse_drift(stdout: str) -> list[str]:
+    """What differs on the server from what the stack deployed, one line a service: a
+    long-running service (restart policy other than ``no``) without a running container."""
+    config_text, _, ps_text = stdout.partition(_DRIFT_SPLIT)
+    services = (json.loads(config_text or "{}").get("services") or {})
+    rows = []
+    for line in ps_text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            rows.extend(json.loads(line))
+        elif line.startswith("{"):
+            rows.append(json.loads(line))
+    state = {row.get("Service"): row.get("State") for row in rows}
+    problems = []
+    for name, spec in sorted(services.items()):
+        if str(spec.get("restart") or "no") == "no":
+            continue
+        if name not in state:
+            problems.append(f"{name}: no container (removed by hand?)")
+        elif state[name] not in ("running", "restarting"):
+            problems.append(f"{name}: container {state[name]}")
+    return problems
+
+
+def check_drift(outputs: Mapping[str, Any], *, identity: str | Path | None = None, options: Sequence[str] = (),
+                run: Callable[..., subprocess.CompletedProcess] | None = None, timeout: float = 60) -> list[str]:
+    """:func:`parse_drift` of the server; :class:`MloxError` when the server cannot be asked."""
+    try:
+        done = (run or subprocess.run)(drift_argv(outputs, identity=identity, options=options), capture_output=True,
+                                       text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise MloxError("ssh is not installed: install the OpenSSH client") from None
+    except subprocess.TimeoutExpired:
+        raise MloxError(f"the server did not answer within {timeout:.0f}s") from None
+    if done.returncode != 0:
+        problem = host_key_problem(done.stderr or "")
+        reason = (done.stderr or "").strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        raise MloxError(problem or f"cannot ask the server over ssh ({reason[0]})")
+    try:
+        return parse_drift(done.stdout)
+    except ValueError as exc:
+        raise MloxError(f"the server's compose project did not answer as expected ({exc})") from None
 
 
 # ----- status -------------------------------------------------------------------------

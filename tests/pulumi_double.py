@@ -89,6 +89,10 @@ class RecordingPulumiCommand(auto.PulumiCommand):
             if key not in self.config:
                 raise create_command_error(CommandResult("", f"error: configuration key '{key}' not found for stack '{stack}'", 255))
             return CommandResult(json.dumps({"value": self.config[key], "secret": True}), "", 0)
+        elif call.verb == "stack export":
+            prefix = f"urn:pulumi:{stack}::mlox::mlox:stack:Stack$mlox:server:Server$command:remote:Command::"
+            resources = [{"urn": prefix + name} for name in ("main-bootstrap", "main-bundle-compose-up")]
+            return CommandResult(json.dumps({"version": 3, "deployment": {"resources": resources}}), "", 0)
         elif call.verb == "stack history":
             return CommandResult(json.dumps([self._history(call)]), "", 0)
         return CommandResult("", "", 0)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
 
 from mlox_iac.cli.common import (
-    JsonOpt, Out, ShowSecretsOpt, StackOpt, YesOpt, passphrase_prompt, project_dir, require_stack, require_terminal,
+    IdentityOpt, JsonOpt, Out, ShowSecretsOpt, StackOpt, YesOpt, passphrase_prompt, project_dir, require_stack,
+    require_terminal, ssh_options,
 )
+from mlox_iac.errors import MloxError
 
 ORDER = ("create", "update", "replace", "create-replacement", "delete-replaced", "delete", "refresh", "read", "same")
 
@@ -60,6 +64,22 @@ def render_summary(console, data: dict) -> None:
         console.print(f'Connect your code: eval "$(mlox-iac env --stack {data["stack"]} --show-secrets)"')
 
 
+def drift_file(project: Path, stack: str) -> Path:
+    """Where ``refresh`` leaves the drift it found for the next ``up`` to repair."""
+    return project / ".mlox" / stack / "drift.json"
+
+
+def server_drift(name: str, project, cli, prompt, identity) -> tuple[dict, list[str] | None]:
+    """(outputs, drift) of a deployed stack: the long-running services whose containers are
+    gone or stopped on the server (None when nothing is deployed)."""
+    from mlox_iac import automation, connect
+
+    outputs = automation.outputs(name, project_dir=project, pulumi_command=cli, passphrase_prompt=prompt)
+    if not outputs.get("server_address") or outputs.get("server_address") == automation.SECRET:
+        return outputs, None
+    return outputs, connect.check_drift(outputs, identity=identity, options=ssh_options())
+
+
 def _prepare(stack: Optional[str], command: str, validate: bool = True, confirm: bool = False):
     """Everything that can fail before the engine runs, in order: the stack file, the CLI,
     a terminal to confirm on (when ``confirm``), the passphrase.
@@ -80,7 +100,13 @@ def _prepare(stack: Optional[str], command: str, validate: bool = True, confirm:
     return name, project, cli, prompt
 
 
-def up(stack: Optional[str] = StackOpt, yes: bool = YesOpt, as_json: bool = JsonOpt, show_secrets: bool = ShowSecretsOpt) -> None:
+ReplaceOpt = typer.Option(None, "--replace", metavar="NAME",
+                          help="Re-create this resource (repeatable): a password gets a new value, "
+                               "main-host-keys records a rebuilt server's new SSH host keys")
+
+
+def up(stack: Optional[str] = StackOpt, yes: bool = YesOpt, as_json: bool = JsonOpt, show_secrets: bool = ShowSecretsOpt,
+       replace: Optional[list[str]] = ReplaceOpt) -> None:
     """Create or update a stack's server and services.
 
     Without --yes it previews first and asks before changing anything
@@ -90,11 +116,21 @@ def up(stack: Optional[str] = StackOpt, yes: bool = YesOpt, as_json: bool = Json
     Examples:
       mlox-iac up --stack prod
       mlox-iac up --stack prod --yes --json > deploy.json
+      mlox-iac up --stack prod --replace caddy-ui-mlflow   # rotate that password
+
+    Drift that `mlox-iac refresh` found on the server (a service whose
+    container was removed or stopped by hand) is repaired.
     """
     from mlox_iac import automation
 
     out = Out(as_json)
     name, project, cli, prompt = _prepare(stack, "mlox-iac up", confirm=not yes)
+    replace = list(replace or [])
+    found = drift_file(project, name)
+    drift = json.loads(found.read_text()) if found.is_file() else None
+    if drift:
+        out.err.print(f"repairing the drift mlox-iac refresh found: {'; '.join(drift['services'])}", markup=False)
+        replace.append(f"{drift['server']}-bundle-compose-up")
     expected = None
     if not yes:
         preview = _run(out, f"Previewing {name}", "preview", lambda on_event: automation.preview(
@@ -105,7 +141,9 @@ def up(stack: Optional[str] = StackOpt, yes: bool = YesOpt, as_json: bool = Json
         expected = sum(preview.changes.values())
     result = _run(out, f"Deploying {name}", "update", lambda on_event: automation.up(
         name, project_dir=project, on_event=on_event, show_secrets=show_secrets, pulumi_command=cli,
-        passphrase_prompt=prompt), expected)
+        passphrase_prompt=prompt, replace=replace or None), expected)
+    if drift:
+        found.unlink()
     out.data(result.to_dict(), render_summary)
 
 
@@ -128,11 +166,14 @@ def preview(stack: Optional[str] = StackOpt, as_json: bool = JsonOpt) -> None:
     out.data(result.to_dict(), render_summary)
 
 
-def refresh(stack: Optional[str] = StackOpt, yes: bool = YesOpt, as_json: bool = JsonOpt) -> None:
+def refresh(stack: Optional[str] = StackOpt, yes: bool = YesOpt, as_json: bool = JsonOpt,
+            identity: Optional[Path] = IdentityOpt) -> None:
     """Read the real state of every resource back into the stack's state.
 
     Use it after changing resources outside mlox-iac (in the provider's
-    console, say). Asks first unless --yes.
+    console, say). Asks first unless --yes. Then asks the server (over
+    ssh) for drift the engine cannot see: services whose containers were
+    removed or stopped by hand (the next `mlox-iac up` repairs them).
 
     Examples:
       mlox-iac refresh --stack prod
@@ -147,7 +188,22 @@ def refresh(stack: Optional[str] = StackOpt, yes: bool = YesOpt, as_json: bool =
             raise automation.Aborted("aborted: nothing was changed")
     result = _run(out, f"Refreshing {name}", "refresh", lambda on_event: automation.refresh(
         name, project_dir=project, on_event=on_event, pulumi_command=cli, passphrase_prompt=prompt))
-    out.data(result.to_dict(), render_summary)
+    data = result.to_dict()
+    try:
+        outputs, drift = server_drift(name, project, cli, prompt, identity)
+    except MloxError as error:
+        outputs, drift = {}, None
+        out.err.print(f"not checked for drift on the server: {error}", markup=False)
+    data["drift"] = drift
+    found = drift_file(project, name)
+    if drift:
+        found.parent.mkdir(parents=True, exist_ok=True)
+        found.write_text(json.dumps({"server": outputs.get("server") or "main", "services": drift}))
+        for line in drift:
+            out.err.print(f"drift: {line} (the next mlox-iac up --stack {name} repairs it)", markup=False)
+    elif drift is not None and found.is_file():
+        found.unlink()
+    out.data(data, render_summary)
 
 
 def destroy(stack: Optional[str] = StackOpt, yes: bool = YesOpt, as_json: bool = JsonOpt) -> None:

@@ -529,3 +529,34 @@ def test_migrate_bad_arguments_are_one_line_and_exit_2(cli, engine, args, messag
     result = cli("migrate", "--stack", "dev", "--yes", *args)
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1].startswith(message)
+
+
+def test_refresh_reports_drift_and_the_next_up_repairs_it(cli, engine, monkeypatch):
+    """The engine cannot see a container removed by hand (pulumi-command reads nothing back):
+    refresh asks the server, says what drifted, and the next up re-runs compose up."""
+    from mlox_iac import connect
+
+    engine.stacks.add("dev")
+    monkeypatch.setattr(connect, "check_drift", lambda outputs, **kw: ["mlflow: no container (removed by hand?)"])
+    refreshed = cli("refresh", "--stack", "dev", "--yes")
+    assert refreshed.exit_code == 0, refreshed.stderr
+    assert "drift: mlflow: no container (removed by hand?) (the next mlox-iac up --stack dev repairs it)" in refreshed.stderr
+    up = cli("up", "--stack", "dev", "--yes")
+    assert up.exit_code == 0, up.stderr
+    assert "repairing the drift mlox-iac refresh found: mlflow: no container (removed by hand?)" in up.stderr
+    args = engine.call("up").args
+    assert args[args.index("--replace") + 1].endswith("::main-bundle-compose-up")
+    again = cli("up", "--stack", "dev", "--yes")
+    assert "repairing" not in again.stderr
+
+
+@pytest.mark.parametrize("case, ps, expected", [
+    ("all_running", '{"Service":"mlflow","State":"running"}\n{"Service":"seed","State":"exited"}', []),
+    ("removed", '{"Service":"seed","State":"exited"}', ["mlflow: no container (removed by hand?)"]),
+    ("stopped", '[{"Service":"mlflow","State":"exited"}]', ["mlflow: container exited"]),
+])
+def test_drift_is_a_long_running_service_without_a_running_container(case, ps, expected):
+    from mlox_iac import connect
+
+    config = '{"services": {"mlflow": {"restart": "unless-stopped"}, "seed": {"restart": "no"}}}'
+    assert connect.parse_drift(f"{config}\n@@mlox-drift@@\n{ps}\n") == expected

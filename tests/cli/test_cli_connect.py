@@ -139,8 +139,8 @@ def test_a_refused_host_key_is_one_line_that_says_so(tmp_path, monkeypatch, stde
         connect.fetch_ca(outputs, tmp_path / "ca.crt", run=run)
     assert str(error.value) == (
         f"the server's SSH host key is not the one recorded when it was bootstrapped ({tmp_path / 'kh'}): if the "
-        "server was rebuilt, run mlox-iac refresh (or up) to record its new key; otherwise do not connect, "
-        "someone may be intercepting the connection")
+        "server was rebuilt, record its new key with mlox-iac up --replace main-host-keys; otherwise do not "
+        "connect, someone may be intercepting the connection")
 
 
 def test_logs_argv_as_root():

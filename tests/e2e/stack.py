@@ -1,8 +1,12 @@
-"""A deployed core stack on one target host, shared by the end-to-end modules.
+"""A deployed stack on one target host, shared by the end-to-end modules.
 
-``Deployment`` holds the target host, the stack settings, the replay state and the
-generated passwords (what Pulumi state would hold), and reaches the stack the way users
-do: the MLflow client and boto3 through the proxy, trusting Caddy's internal CA.
+``Deployment`` holds the target host and the stack settings, deploys them with the real
+Pulumi engine (``mlox_iac.automation``: a throwaway project of its own, the local file
+backend, passphrase-encrypted secrets) and reaches the stack the way users do: the MLflow
+client and boto3 through the proxy, trusting Caddy's internal CA.
+``ReplayDeployment`` is the same with the program run under mocks and its remote steps
+replayed over SSH (``replay.py``): only the migration modules still use it, because a cloud
+provider's API cannot be reached here (see docs/testing.md).
 ``deployment_on_host`` boots a target host while the stand-in images build.
 """
 
@@ -12,11 +16,13 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import string
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -73,44 +79,24 @@ class PasswordStore:
         self.path.chmod(0o600)
 
 
-class Deployment:
-    """The target, the stack settings, and one replay state across the tests."""
+class _OnHost:
+    """What every deployment reads of its target host (compose state, the CA, clients)."""
 
-    def __init__(self, host: hosts.TargetHost, work: Path):
-        self.host = host
-        self.work = work
-        self.passwords = PasswordStore(work / "passwords.json")
-        self.state = ReplayState(work / "replay-state.json")
+    host: hosts.TargetHost
+    work: Path
+    outputs: dict
+    ca_path: Path
+
+    def _settings(self, host: hosts.TargetHost) -> dict:
         public_key = subprocess.run(["ssh-keygen", "-y", "-f", str(host.key_path)], capture_output=True,
                                     text=True, check=True).stdout.strip()
-        self.raw = {
+        return {
             "provider": "onprem",
             "onprem": {"host": host.address, "user": "root", "port": 22, "private_key": host.private_key,
                        "memory_mb": 8192},
             "ssh": {"public_keys": [public_key], "admin_cidrs": [host.subnet]},
             "docker": {"source": "debian"},
         }
-        self.outputs: dict = {}
-        self.ca_path = work / "caddy-root.crt"
-
-    def record(self):
-        os.environ["MLOX_BUILD_DIR"] = str(self.work / "build")
-        resources, outputs = record_program(
-            self.raw, {"onprem.private_key"}, "e2e",
-            secret_source=self.passwords.password, bcrypt=self.passwords.bcrypt,
-        )
-        self.outputs = unwrap(outputs)
-        return resources
-
-    def replay(self, only: set[str] | None = None):
-        resources = self.record()
-        if only is not None:
-            resources = [r for r in resources if r.name in only]
-        start = time.monotonic()
-        result = replay(resources, self.state, log=lambda line: print(f"[replay] {line}", file=sys.stderr),
-                        workdir=ROOT)
-        timed(f"replay ({len(result.changed())} changed)", time.monotonic() - start)
-        return result
 
     def compose_ps(self) -> list[dict]:
         out = self.host.ssh(f"{COMPOSE} ps --all --format json").stdout
@@ -161,18 +147,6 @@ class Deployment:
             verify=str(self.ca_path), config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
         )
 
-    def bring_up(self) -> dict[str, dict]:
-        """Bootstrap the bare host, load the images, deploy the whole stack; wait healthy."""
-        start = time.monotonic()
-        self.replay(only={"main-bootstrap"})
-        self.build.wait()
-        images.load_images(self.host, images.preset_images("core"))
-        self.replay()
-        rows = self.wait_healthy()
-        self.fetch_ca()
-        timed("core stack up (bootstrap, images, replay)", time.monotonic() - start)
-        return rows
-
     def containers(self) -> dict[str, dict]:
         """Per compose service: OOMKilled, restart count and the container's name."""
         ids = self.host.ssh(f"{COMPOSE} ps -q").stdout.split()
@@ -186,17 +160,252 @@ class Deployment:
         return rows
 
 
+class ReplayDeployment(_OnHost):
+    """The target, the stack settings, and one replay state across the tests (the program
+    under mocks, its remote steps replayed over SSH)."""
+
+    def __init__(self, host: hosts.TargetHost, work: Path):
+        self.host = host
+        self.work = work
+        self.passwords = PasswordStore(work / "passwords.json")
+        self.state = ReplayState(work / "replay-state.json")
+        self.raw = self._settings(host)
+        self.outputs: dict = {}
+        self.ca_path = work / "caddy-root.crt"
+
+    def record(self):
+        os.environ["MLOX_BUILD_DIR"] = str(self.work / "build")
+        resources, outputs = record_program(
+            self.raw, {"onprem.private_key"}, "e2e",
+            secret_source=self.passwords.password, bcrypt=self.passwords.bcrypt,
+        )
+        self.outputs = unwrap(outputs)
+        return resources
+
+    def replay(self, only: set[str] | None = None):
+        resources = self.record()
+        if only is not None:
+            resources = [r for r in resources if r.name in only]
+        start = time.monotonic()
+        result = replay(resources, self.state, log=lambda line: print(f"[replay] {line}", file=sys.stderr),
+                        workdir=ROOT)
+        timed(f"replay ({len(result.changed())} changed)", time.monotonic() - start)
+        return result
+
+    def bring_up(self) -> dict[str, dict]:
+        """Bootstrap the bare host, load the images, deploy the whole stack; wait healthy."""
+        start = time.monotonic()
+        self.replay(only={"main-bootstrap"})
+        self.build.wait()
+        images.load_images(self.host, images.preset_images("core"))
+        self.replay()
+        rows = self.wait_healthy()
+        self.fetch_ca()
+        timed("core stack up (bootstrap, images, replay)", time.monotonic() - start)
+        return rows
+
+
+# What an engine step did to a resource, in the words the tests use.
+_ACTIONS = {"same": "unchanged", "create": "created", "update": "updated", "delete": "deleted",
+            "replace": "replaced", "create-replacement": "replaced", "delete-replaced": "replaced"}
+PASSPHRASE = "e2e passphrase (a throwaway project's, no real stack's)"
+STACK = "e2e"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    action: str
+
+
+class EngineResult:
+    """What one engine update did, resource by resource (component resources left out)."""
+
+    def __init__(self, run, ops: dict[str, str]):
+        self.run = run
+        self.ops = ops
+
+    def actions(self) -> dict[str, str]:
+        return dict(self.ops)
+
+    def action(self, name: str) -> str:
+        return self.ops.get(name, "unchanged")
+
+    def changed(self) -> list[Step]:
+        return [Step(n, a) for n, a in sorted(self.ops.items()) if a != "unchanged"]
+
+
+class Deployment(_OnHost):
+    """A stack on the target host, deployed with the real Pulumi engine.
+
+    Its project is a throwaway copy of this one (``Pulumi.yaml``, ``__main__.py``, the venv)
+    under ``work/project`` with the state in ``.mlox/state`` there; ``raw`` holds the stack
+    settings, and the keys in ``secret_keys`` (dotted paths) are stored encrypted with
+    ``pulumi config set --secret --path``, as a user sets them."""
+
+    def __init__(self, host: hosts.TargetHost, work: Path, secret_keys: Sequence[str] = ("onprem.private_key",)):
+        self.host = host
+        self.work = work
+        self.raw = self._settings(host)
+        self.secret_keys = tuple(secret_keys)
+        self.outputs: dict = {}
+        self.ca_path = work / "caddy-root.crt"
+        self.project = work / "project"
+        self.stack = STACK
+        (self.project / "stacks").mkdir(parents=True, exist_ok=True)
+        for name in ("Pulumi.yaml", "__main__.py"):
+            shutil.copy(ROOT / name, self.project / name)
+        venv = self.project / ".venv"
+        if not venv.exists():
+            venv.symlink_to(Path(sys.executable).resolve().parents[1] if not (ROOT / ".venv").exists()
+                            else ROOT / ".venv")
+        self._set_secrets: dict[str, str] = {}
+
+    # ---- the engine's environment: the CLI from the venv, this project, its passphrase
+    @contextlib.contextmanager
+    def environment(self) -> Iterator[dict[str, str]]:
+        env = {"PULUMI_CONFIG_PASSPHRASE": PASSPHRASE, "MLOX_PROJECT_DIR": str(self.project),
+               "MLOX_BUILD_DIR": str(self.work / "build"), "PULUMI_SKIP_UPDATE_CHECK": "true",
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield env
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    def stack_file(self) -> Path:
+        return self.project / "stacks" / f"Pulumi.{self.stack}.yaml"
+
+    def write_stack_file(self) -> None:
+        """``raw`` as the stack file: plain settings in clear, the secret ones kept as they were
+        encrypted (and new or changed ones set with the CLI)."""
+        import yaml
+
+        from mlox_iac import automation
+
+        path = self.stack_file()
+        old = yaml.safe_load(path.read_text()) if path.is_file() else {}
+        old = old or {}
+        config = {f"mlox:{key}": json.loads(json.dumps(value)) for key, value in self.raw.items()}
+        pending = {}
+        for dotted in self.secret_keys:
+            value, node, leaf = _lookup(config, dotted)
+            if node is None:
+                continue
+            kept = _lookup(old.get("config") or {}, dotted)[0]
+            if self._set_secrets.get(dotted) == value and isinstance(kept, dict) and "secure" in kept:
+                node[leaf] = kept
+            else:
+                del node[leaf]
+                pending[f"mlox:{dotted}"] = value
+        document = {k: v for k, v in old.items() if k != "config"}
+        document["config"] = config
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        if pending:
+            with self.environment():
+                automation.set_secrets(self.stack, pending, path_keys=tuple(pending), project_dir=self.project)
+            for key, value in pending.items():
+                self._set_secrets[key.removeprefix("mlox:")] = value
+
+    # ---- engine operations
+    def up(self, *, bootstrap_only: bool = False, replace: Sequence[str] = ()) -> EngineResult:
+        """``mlox-iac up`` (the automation API under it); ``bootstrap_only`` updates the server's
+        bootstrap alone (``--target``), so that images can be loaded before compose runs."""
+        from mlox_iac import automation
+
+        self.write_stack_file()
+        ops: dict[str, str] = {}
+
+        def on_event(event) -> None:
+            for kind in ("res_outputs_event", "res_op_failed_event", "resource_pre_event"):
+                item = getattr(event, kind, None)
+                meta = getattr(item, "metadata", None)
+                if meta is None or meta.type.startswith(("mlox:", "pulumi:")):
+                    continue
+                op = getattr(meta.op, "value", meta.op)
+                name = meta.urn.rsplit("::", 1)[-1]
+                if kind == "res_op_failed_event":
+                    ops[name] = "failed"
+                elif op in _ACTIONS and ops.get(name) != "failed":
+                    ops[name] = _ACTIONS[op]
+
+        target = None
+        if bootstrap_only:
+            prefix = f"urn:pulumi:{self.stack}::mlox::"
+            target = [f"{prefix}mlox:stack:Stack::mlox", f"{prefix}mlox:stack:Stack$mlox:server:Server::main",
+                      f"{prefix}mlox:stack:Stack$mlox:server:Server$command:remote:Command::main-bootstrap",
+                      f"{prefix}mlox:stack:Stack$mlox:server:Server$command:remote:Command::main-host-keys"]
+        start = time.monotonic()
+        with self.environment():
+            run = automation.up(self.stack, project_dir=self.project, on_event=on_event, show_secrets=True,
+                                target=target, replace=list(replace) or None)
+            self.outputs = automation.outputs(self.stack, project_dir=self.project, show_secrets=True)
+        result = EngineResult(run, ops)
+        timed(f"engine up{' (bootstrap)' if bootstrap_only else ''} ({len(result.changed())} changed)",
+              time.monotonic() - start)
+        return result
+
+    def mlox(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 300,
+             **kwargs) -> subprocess.CompletedProcess:
+        """The ``mlox-iac`` CLI on this project, as a user runs it after ``up``: their own home
+        with an empty ``~/.ssh``, the server's key as their identity."""
+        home = self.work / "home"
+        (home / ".ssh").mkdir(parents=True, exist_ok=True)
+        with self.environment() as engine_env:
+            run_env = {**os.environ, **engine_env, "HOME": str(home), "MLOX_SSH_IDENTITY": str(self.host.key_path),
+                       **(env or {})}
+        for key in ("MLOX_SSH_OPTS", "MLOX_OUTPUTS_FILE", "PULUMI_BACKEND_URL"):
+            run_env.pop(key, None)
+        return subprocess.run([sys.executable, "-m", "mlox_iac.cli.main", *args], capture_output=True, text=True,
+                              timeout=timeout, cwd=self.project, env=run_env, **kwargs)
+
+    def bring_up(self) -> dict[str, dict]:
+        """Bootstrap the bare host (a targeted update), load the images, deploy the whole stack
+        with the engine; wait healthy."""
+        start = time.monotonic()
+        self.up(bootstrap_only=True)
+        self.build.wait()
+        images.load_images(self.host, self.image_names)
+        self.up()
+        rows = self.wait_healthy()
+        self.fetch_ca()
+        timed("stack up (bootstrap, images, engine up)", time.monotonic() - start)
+        return rows
+
+    image_names: Sequence[str] = tuple(images.preset_images("core"))
+
+
+def _lookup(config: dict, dotted: str):
+    """(value, parent dict, leaf key) of ``mlox:a.b.c`` in a config mapping; (None, None, None)
+    when a part is missing."""
+    first, *rest = dotted.split(".")
+    node = config.get(f"mlox:{first}")
+    parent, leaf = config, f"mlox:{first}"
+    for part in rest:
+        if not isinstance(node, dict) or part not in node:
+            return None, None, None
+        parent, leaf, node = node, part, node[part]
+    return node, parent, leaf
+
+
 @contextlib.contextmanager
 def deployment_on_host(work: Path, prefix: str, first_index: int,
-                       names: Sequence[str] | None = None) -> Iterator[Deployment]:
-    """One booted target host (prefix, index) as a Deployment; the stand-in images it will load
-    (``names``, by default the core preset's) build meanwhile."""
+                       names: Sequence[str] | None = None, cls: type = None) -> Iterator[Deployment]:
+    """One booted target host (prefix, index) as a Deployment (or ``cls``); the stand-in images
+    it will load (``names``, by default the core preset's) build meanwhile."""
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests need root: they boot Debian hosts with systemd-nspawn")
     started = time.monotonic()
     build = images.BackgroundBuild(images.preset_images("core") if names is None else names)
     with hosts.target_hosts(1, prefix=prefix, first_index=first_index) as (host,):
-        d = Deployment(host, work)
+        d = (cls or Deployment)(host, work)
         d.build = build
+        if names is not None:
+            d.image_names = tuple(names)
         timed("target ready", time.monotonic() - started)
         yield d

@@ -44,13 +44,15 @@ try:
     from . import backup_lab as lab
     from . import hosts, images
     from .replay import ReplayError
-    from .stack import COMPOSE, Deployment, timed
+    from .stack import COMPOSE, timed
+    from .stack import ReplayDeployment as Deployment
 except ImportError:  # pragma: no cover
     import backup_lab as lab  # type: ignore[no-redef]
     import hosts  # type: ignore[no-redef]
     import images  # type: ignore[no-redef]
     from replay import ReplayError  # type: ignore[no-redef]
-    from stack import COMPOSE, Deployment, timed  # type: ignore[no-redef]
+    from stack import COMPOSE, timed  # type: ignore[no-redef]
+    from stack import ReplayDeployment as Deployment  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.e2e
 
