@@ -51,7 +51,8 @@ def _refuse_provider_change(stack: str, provider: str) -> None:
     if isinstance(pulumi.runtime.settings.get_monitor(), MockMonitor) or shutil.which("pulumi") is None:
         return
     try:
-        done = subprocess.run(["pulumi", "stack", "output", "--json", "--stack", stack], cwd=PROJECT_DIR,
+        # The engine runs the program in the project it deploys (which need not be this checkout).
+        done = subprocess.run(["pulumi", "stack", "output", "--json", "--stack", stack], cwd=Path.cwd(),
                               capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         deployed = json.loads(done.stdout) if done.returncode == 0 else {}
     except (OSError, subprocess.TimeoutExpired, ValueError):

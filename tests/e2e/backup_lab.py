@@ -1,6 +1,6 @@
 """A lab for backup tests and the backup benchmark: a stack host, an object-store host, data.
 
-- host A runs the stack (deployed by replaying the program, as in test_deploy.py) with an
+- host A runs the stack (deployed by the real Pulumi engine, as in test_deploy.py) with an
   ``mlox:backup`` block pointing at host B;
 - host B runs SeaweedFS (the binary of the ``chrislusf/seaweedfs:4.48`` stand-in, started as a
   systemd unit) as the provider's S3 object storage, with its own generated keys;
@@ -26,7 +26,6 @@ import time
 import uuid
 from pathlib import Path
 
-from mlox_iac.plan import record_program, unwrap
 from mlox_iac.render.backup import IMAGES
 
 try:
@@ -128,34 +127,27 @@ class BackupDeployment(Deployment):
     """A test_deploy Deployment whose stack backs up to the object store."""
 
     def __init__(self, host: hosts.TargetHost, work: Path, store: ObjectStore, schedule: str = "daily"):
-        super().__init__(host, work)
+        super().__init__(host, work, secret_keys=sorted(BACKUP_SECRETS))
         self.store = store
         self.raw["backup"] = {"repository": f"s3:{store.endpoint}/{REPO_BUCKET}/e2e", "access_key_id": store.access_key,
                               "secret_access_key": store.secret_key, "schedule": schedule}
 
-    def record(self):
-        os.environ["MLOX_BUILD_DIR"] = str(self.work / "build")
-        resources, outputs = record_program(self.raw, BACKUP_SECRETS, "e2e", secret_source=self.passwords.password,
-                                            bcrypt=self.passwords.bcrypt)
-        self.outputs = unwrap(outputs)
-        return resources
-
     def deploy(self) -> None:
-        """Bootstrap, images, the whole stack; healthy."""
+        """Bootstrap, images, the whole stack (the real engine); healthy."""
         start = time.monotonic()
-        self.replay(only={"main-bootstrap"})
+        self.up(bootstrap_only=True)
         timed("backup lab: bootstrap", time.monotonic() - start)
         start = time.monotonic()
         images.load_images(self.host, LAB_IMAGES)
         timed("backup lab: images loaded", time.monotonic() - start)
         start = time.monotonic()
         try:
-            self.replay()
+            self.up()
         except Exception as exc:  # noqa: BLE001 - a slow first start on a loaded CI machine
             if "is unhealthy" not in str(exc):
                 raise
             self.wait_healthy(timeout=600)
-            self.replay()  # as a user re-runs `mlox-iac up`
+            self.up()  # as a user re-runs `mlox-iac up`
         rows = self.wait_healthy()
         unhealthy = {s: r.get("Health") for s, r in rows.items() if r.get("Health") not in ("healthy", None)}
         if unhealthy:

@@ -350,6 +350,14 @@ class Deployment(_OnHost):
               time.monotonic() - start)
         return result
 
+    def read_outputs(self) -> dict:
+        """The stack's outputs with secrets in clear (``mlox-iac outputs --show-secrets``)."""
+        from mlox_iac import automation
+
+        with self.environment():
+            self.outputs = automation.outputs(self.stack, project_dir=self.project, show_secrets=True)
+        return self.outputs
+
     def mlox(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 300,
              **kwargs) -> subprocess.CompletedProcess:
         """The ``mlox-iac`` CLI on this project, as a user runs it after ``up``: their own home

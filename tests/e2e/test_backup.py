@@ -281,7 +281,7 @@ def test_4_failures_are_loud(stack):
 def test_5_the_schedule_backs_up_by_itself(stack):
     d = stack
     d.raw["backup"]["schedule"] = "1m"
-    d.replay()
+    d.up()
     assert "*:0/1" in d.host.ssh("systemctl cat mlox-backup.timer").stdout
     since = time.time()
     deadline = time.monotonic() + 240
@@ -296,7 +296,7 @@ def test_5_the_schedule_backs_up_by_itself(stack):
     journal = d.host.ssh("journalctl -u mlox-backup.service --no-pager -n 200").stdout
     assert '"event": "result"' in journal
     d.raw["backup"]["schedule"] = "daily"
-    d.replay()
+    d.up()
     assert "OnCalendar=daily" in d.host.ssh("systemctl cat mlox-backup.timer").stdout
     # A run the timer started before the change finishes on its own; wait for it (it locks the repository).
     deadline = time.monotonic() + 300

@@ -2,7 +2,7 @@
 tested in ``test_serving.py``).
 
 One systemd-nspawn target host (prefix ``mlxsvc``, index 61); the real program for an
-onprem stack with ``mlox:services.preset: full`` is replayed over real SSH as in
+onprem stack with ``mlox:services.preset: full`` is deployed by the real Pulumi engine as in
 ``test_deploy.py`` (with the ``Deployment`` helper of ``tests/e2e/stack.py``). The tests run in
 file order and build on each other: stack up, each service used the way a user would
 (from outside, through the proxy, with the generated credentials only), unauthenticated
@@ -125,13 +125,13 @@ def _healthy(d: Deployment, timeout: float = 600) -> dict:
 def test_1_full_preset_comes_up(catalogue):
     d = catalogue
     start = time.monotonic()
-    d.replay(only={"main-bootstrap"})
+    d.up(bootstrap_only=True)
     d.build.wait()
     images.load_images(d.host, FULL_IMAGES)
     timed("catalogue images loaded", time.monotonic() - start)
     start = time.monotonic()
     try:
-        d.replay()
+        d.up()
     finally:  # the tests of the services that did come up still run
         d.outputs = d.outputs or {}
         d.host.ssh(f"{COMPOSE} ps --all", check=False)
@@ -521,7 +521,7 @@ def test_5_idle_memory_of_the_full_preset(catalogue):
 def test_6_unchanged_redeploy_restarts_nothing(catalogue):
     d = catalogue
     before = d.started_at()
-    result = d.replay()
+    result = d.up()
     assert result.changed() == []
     assert d.started_at() == before
 

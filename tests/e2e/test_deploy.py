@@ -1,15 +1,21 @@
-"""End to end: the core stack on a real Debian host, deployed by replaying the program.
+"""End to end: the core stack on a real Debian host, deployed by the real Pulumi engine.
 
-One systemd-nspawn target host is created; the real mlox-iac program for an onprem
-stack pointed at it runs under Pulumi mocks, and every pulumi-command step it records is
-replayed over real SSH (tests/e2e/replay.py). The tests run in file order and build on
-each other: bootstrap, core stack up, idempotent redeploy, reboot, failing step.
+Engine: the Pulumi CLI built by scripts/build-pulumi with the plugins of
+../shared/pulumi-plugins, driven through ``mlox_iac.automation`` and the ``mlox-iac`` CLI
+in a throwaway project (local file backend, passphrase-encrypted secrets). One
+systemd-nspawn target host is created. The tests run in file order and build on each
+other: bootstrap (a targeted update, then the stand-in images are loaded), the core stack
+with ``mlox-iac up``, the commands a user runs next with an empty ``~/.ssh``, idempotent
+redeploys (mlox-iac and plain ``pulumi up``), one changed setting, rotated passwords,
+secrets kept out of the state, drift, an interrupted and a failing update, CI's
+``python -m mlox_iac.ci``, reboot, and destroy with the data kept.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,16 +23,14 @@ import uuid
 
 import pytest
 
-from mlox_iac.plan import unwrap
+from mlox_iac.plan import record_program, unwrap
 
 try:
     from . import hosts, images
-    from .replay import ReplayError
     from .stack import COMPOSE, LONG_RUNNING, ROOT, deployment_on_host, timed
 except ImportError:  # pragma: no cover
     import hosts  # type: ignore[no-redef]
     import images  # type: ignore[no-redef]
-    from replay import ReplayError  # type: ignore[no-redef]
     from stack import COMPOSE, LONG_RUNNING, ROOT, deployment_on_host, timed  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.e2e
@@ -41,8 +45,9 @@ def deployment(tmp_path_factory):
 def test_1_bootstrap_hardens_a_bare_host(deployment):
     d = deployment
     start = time.monotonic()
-    result = d.replay(only={"main-bootstrap"})
+    result = d.up(bootstrap_only=True)
     assert result.action("main-bootstrap") == "created"
+    assert result.action("main-host-keys") == "created"
     timed("bootstrap", time.monotonic() - start)
     host = d.host
 
@@ -76,19 +81,35 @@ def test_1_bootstrap_hardens_a_bare_host(deployment):
     timed("images loaded onto target", time.monotonic() - start)
     assert "v2.11.7" in host.ssh("docker run --rm caddy:2.11.7 caddy version").stdout
 
+    # The host keys the engine recorded are the server's own.
+    real = sorted(" ".join(line.split()[:2]) for line in host.ssh("cat /etc/ssh/ssh_host_*_key.pub").stdout.splitlines())
+    assert sorted(d.outputs["ssh_host_keys"]) == real and len(real) >= 2
+
     # Idempotent: a second run of the same script changes nothing and still succeeds.
-    again = host.ssh("bash -s", input=unwrap(next(r for r in d.record() if r.name == "main-bootstrap").inputs["stdin"]))
+    resources, _ = record_program(d.raw, {"onprem.private_key"}, "e2e")
+    script = unwrap(next(r for r in resources if r.name == "main-bootstrap").inputs["stdin"])
+    again = host.ssh("bash -s", input=script)
     assert "[mlox-bootstrap] done" in again.stdout
 
 
-def test_2_core_stack_serves_mlflow_and_s3(deployment):
+def _ok(run: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    assert "Traceback" not in run.stderr, run.stderr[-4000:]
+    return run
+
+
+def test_2_mlox_iac_up_brings_the_core_stack_up(deployment):
     import requests
 
     d = deployment
     start = time.monotonic()
-    d.replay()
+    done = _ok(d.mlox("up", "--stack", d.stack, "--yes", "--json"))
+    deployed = json.loads(done.stdout)
+    assert deployed["changes"].get("create", 0) >= 10, deployed["changes"]
+    assert "ui_passwords" in deployed["secret_outputs"] and deployed["outputs"]["ui_passwords"] == "[secret]"
+    d.read_outputs()
     rows = d.wait_healthy()
-    timed("core stack up", time.monotonic() - start)
+    timed("core stack up (mlox-iac up)", time.monotonic() - start)
     for service in LONG_RUNNING:
         assert rows[service]["Health"] == "healthy", (service, rows.get(service))
     for step in ("postgres-provision", "seaweedfs-buckets"):  # provisioned, then idle
@@ -105,87 +126,95 @@ def test_2_core_stack_serves_mlflow_and_s3(deployment):
                         auth=("admin", "wrong"), timeout=10).status_code == 401
     assert requests.get(d.outputs["s3_endpoint"] + "/mlflow-artifacts", verify=str(ca), timeout=10).status_code == 403
 
-    # The real MLflow client, through the proxy, with the generated credentials only.
-    script = ROOT / "tests" / "e2e" / "mlflow_client.py"
-    marker = uuid.uuid4().hex[:8]
-    result = subprocess.run([sys.executable, str(script), "log", marker], env={**os.environ, **d.mlflow_env()},
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    logged = json.loads(result.stdout.strip().splitlines()[-1])
-    assert logged["version"] == "1"
-    d.logged = logged
 
-    keys = [o["Key"] for o in d.s3().list_objects_v2(Bucket="mlflow-artifacts").get("Contents", [])]
-    assert any(k.endswith(f"artifacts/notes-{marker}.txt") for k in keys), keys
-    body = d.s3().get_object(Bucket="mlflow-artifacts", Key=next(k for k in keys if k.endswith(f"notes-{marker}.txt")))
-    assert body["Body"].read().decode() == f"artifact {marker}\n"
-    assert "data" in [b["Name"] for b in d.s3().list_buckets()["Buckets"]]
-
-
-def _mlox(d, *args, env=None):
-    """The mlox-iac CLI, reading this deployment's outputs (secrets in clear) from a file."""
-    outputs = d.work / "outputs.json"
-    outputs.write_text(json.dumps(d.outputs))
-    outputs.chmod(0o600)
-    # Each test host is new with fresh host keys at a reused address: a known_hosts of its own.
-    ssh_opts = f"-o UserKnownHostsFile={d.work / 'known_hosts'} -o StrictHostKeyChecking=accept-new"
-    return subprocess.run([sys.executable, "-m", "mlox_iac.cli.main", *args, "--outputs-file", str(outputs)],
-                          capture_output=True, text=True, timeout=120, cwd=d.work,
-                          env={**os.environ, "MLOX_SSH_OPTS": ssh_opts, "HOME": str(d.work), **(env or {})})
-
-
-def test_2b_status_and_env_against_the_real_host(deployment):
+def test_2b_a_user_connects_with_mlox_iac_env_status_logs_and_ssh(deployment):
+    """What a user runs right after `up`, from a home with an empty ~/.ssh: the server's host
+    key comes from the stack (recorded at its bootstrap), never from a prompt."""
     d = deployment
-    # status fetches the internal CA over SSH itself, then probes every route through the proxy.
-    status = _mlox(d, "status", "--json", "--identity", str(d.host.key_path))
-    assert status.returncode == 0, status.stdout + status.stderr
+    home_ssh = d.work / "home" / ".ssh"
+    status = _ok(d.mlox("status", "--stack", d.stack, "--json"))
     probes = {p["name"]: p for p in json.loads(status.stdout)}
     assert set(probes) == {"mlflow", "s3"} and all(p["up"] for p in probes.values()), probes
     assert probes["mlflow"]["cert_expires_in_s"] > 3600
+    assert list(home_ssh.iterdir()) == []  # nothing written to the user's known_hosts
+    known = (d.project / ".mlox" / "known_hosts" / f"{d.host.address}_22").read_text()
+    assert all(key in known for key in d.outputs["ssh_host_keys"])
 
-    # env: user code configured only by the printed exports reaches MLflow and S3.
-    exports = _mlox(d, "env", "--show-secrets", "--ca", str(d.ca_path))
-    assert exports.returncode == 0, exports.stderr
-    check = ("import boto3, mlflow; print(len(mlflow.search_experiments()) > 0); "
-             "print('mlflow-artifacts' in [b['Name'] for b in boto3.client('s3').list_buckets()['Buckets']])")
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
-    user_code = subprocess.run(["sh", "-c", f'eval "$1" && exec {sys.executable} -c "$2"', "sh", exports.stdout, check],
-                               capture_output=True, text=True, timeout=120, env=clean)
-    assert user_code.returncode == 0, user_code.stderr[-2000:]
-    assert user_code.stdout.split() == ["True", "True"]
-    masked = _mlox(d, "env", "--ca", str(d.ca_path))
+    # env: user code configured only by the printed exports logs a run with a model and an
+    # artifact (the real MLflow client) and finds the bucket (boto3).
+    exports = _ok(d.mlox("env", "--stack", d.stack, "--show-secrets"))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "REQUESTS_"))}
+    marker = uuid.uuid4().hex[:8]
+    script = ROOT / "tests" / "e2e" / "mlflow_client.py"
+    logged = _ok(subprocess.run(["sh", "-c", 'eval "$1" && exec "$2" "$3" log "$4"', "sh", exports.stdout,
+                                 sys.executable, str(script), marker], capture_output=True, text=True, timeout=300,
+                                env=clean))
+    d.logged = json.loads(logged.stdout.strip().splitlines()[-1])
+    assert d.logged["version"] == "1"
+    check = ("import boto3; s3 = boto3.client('s3'); "
+             "keys = [o['Key'] for o in s3.list_objects_v2(Bucket='mlflow-artifacts')['Contents']]; "
+             f"print(any(k.endswith('notes-{marker}.txt') for k in keys))")
+    user_code = _ok(subprocess.run(["sh", "-c", 'eval "$1" && exec "$2" -c "$3"', "sh", exports.stdout,
+                                    sys.executable, check], capture_output=True, text=True, timeout=120, env=clean))
+    assert user_code.stdout.split() == ["True"]
+    masked = _ok(d.mlox("env", "--stack", d.stack))
     assert d.outputs["ui_passwords"]["mlflow"] not in masked.stdout
+
+    logs = _ok(d.mlox("logs", "mlflow", "--stack", d.stack, "--tail", "5"))
+    assert logs.stdout.strip()
+    shell = _ok(d.mlox("ssh", "--stack", d.stack, "--", "cat", "/etc/hostname"))
+    assert shell.stdout.strip()
 
     # A service that is down makes status fail.
     d.host.ssh(f"{COMPOSE} stop mlflow")
     try:
-        down = _mlox(d, "status", "--json", "--ca", str(d.ca_path))
+        down = d.mlox("status", "--stack", d.stack, "--json")
         assert down.returncode == 1
         assert {p["name"]: p["up"] for p in json.loads(down.stdout)} == {"mlflow": False, "s3": True}
     finally:
         d.host.ssh(f"{COMPOSE} start mlflow")
-    rows = d.wait_healthy()
-    assert rows["mlflow"]["Health"] == "healthy"
+    assert d.wait_healthy()["mlflow"]["Health"] == "healthy"
 
 
 def test_3_unchanged_redeploy_restarts_nothing(deployment):
     d = deployment
     before = d.started_at()
-    result = d.replay()
-    assert result.changed() == []
-    assert set(result.actions().values()) == {"unchanged"}
+    again = json.loads(_ok(d.mlox("up", "--stack", d.stack, "--yes", "--json")).stdout)
+    assert set(again["changes"]) == {"same"}, again["changes"]
+    preview = json.loads(_ok(d.mlox("preview", "--stack", d.stack, "--json")).stdout)
+    assert set(preview["changes"]) == {"same"}, preview["changes"]
+    # The Pulumi CLI itself, on the same project and stack.
+    with d.environment() as env:
+        plain = subprocess.run(["pulumi", "up", "--stack", d.stack, "--yes", "--skip-preview", "--non-interactive"],
+                               cwd=d.project, capture_output=True, text=True, timeout=300,
+                               env={**os.environ, **env, "PULUMI_BACKEND_URL": f"file://{d.project / '.mlox' / 'state'}"})
+    assert plain.returncode == 0, plain.stdout[-3000:] + plain.stderr[-3000:]
+    assert f"{again['changes']['same']} unchanged" in plain.stdout, plain.stdout[-2000:]
     assert d.started_at() == before
 
 
-def test_3b_a_changed_secret_reapplies_only_its_service(deployment):
+def test_3a_a_changed_setting_updates_that_service_alone(deployment):
+    d = deployment
+    before = d.started_at()
+    d.raw["services"] = {"mlflow": {"workers": 3}}
+    result = d.up()
+    assert {s.name for s in result.changed()} <= {"main-bundle-copy", "main-bundle-prepare", "main-bundle-compose-up"}
+    after = d.started_at()
+    assert {name for name in before if before[name] != after[name]} == {"/mlox-mlflow-1"}
+    assert d.wait_healthy()["mlflow"]["Health"] == "healthy"
+    assert "--workers 3" in d.host.ssh(f"{COMPOSE} config mlflow").stdout or \
+        "3" in d.host.ssh("docker inspect --format '{{json .Config.Cmd}}' mlox-mlflow-1").stdout
+
+
+def test_3b_a_replaced_password_rotates_and_reapplies_only_its_service(deployment):
     import requests
 
     d = deployment
     old_password = d.outputs["ui_passwords"]["mlflow"]
     before = d.started_at()
-    del d.passwords.values["caddy-ui-mlflow"]  # as `pulumi up --replace` of that RandomPassword would
-    result = d.replay()
-    assert [step.name for step in result.changed()] == ["caddy-env"]
+    result = d.up(replace=["caddy-ui-mlflow"])  # pulumi up --replace
+    assert result.action("caddy-ui-mlflow") == "replaced"
+    assert [s.name for s in result.changed()] == ["caddy-env", "caddy-ui-mlflow"]
     after = d.started_at()
     assert {name for name in before if before[name] != after[name]} == {"/mlox-caddy-1"}
     d.wait_healthy()
@@ -201,9 +230,9 @@ def test_3c_a_rotated_database_password_reaches_postgres_before_mlflow(deploymen
 
     d = deployment
     before = d.started_at()
-    del d.passwords.values["postgres-db-mlflow"]
-    result = d.replay()
-    assert sorted(step.name for step in result.changed()) == ["mlflow-env", "postgres-env"]
+    rotated = _ok(d.mlox("up", "--stack", d.stack, "--yes", "--json", "--replace", "postgres-db-mlflow"))
+    assert json.loads(rotated.stdout)["changes"].get("replace") == 1
+    d.read_outputs()
     after = d.started_at()
     restarted = {name for name in before if before[name] != after[name]}
     assert restarted == {"/mlox-postgres-1", "/mlox-postgres-provision-1", "/mlox-mlflow-1"}
@@ -212,6 +241,43 @@ def test_3c_a_rotated_database_password_reaches_postgres_before_mlflow(deploymen
     answer = requests.get(url, params={"experiment_name": d.logged["experiment"]}, verify=str(d.ca_path), timeout=20,
                           auth=(d.outputs["ui_user"], d.outputs["ui_passwords"]["mlflow"]))
     assert answer.status_code == 200, answer.text[:500]
+
+
+def test_3d_no_generated_secret_is_in_the_state_in_clear(deployment):
+    """`pulumi stack export` and every file of the backend hold each generated password, key
+    and the private SSH key only encrypted."""
+    d = deployment
+    with d.environment() as env:
+        run_env = {**os.environ, **env, "PULUMI_BACKEND_URL": f"file://{d.project / '.mlox' / 'state'}"}
+        clear = subprocess.run(["pulumi", "stack", "export", "--stack", d.stack, "--show-secrets"], cwd=d.project,
+                               capture_output=True, text=True, timeout=120, env=run_env, check=True).stdout
+        export = subprocess.run(["pulumi", "stack", "export", "--stack", d.stack], cwd=d.project,
+                                capture_output=True, text=True, timeout=120, env=run_env, check=True).stdout
+    generated = set()
+    for resource in json.loads(clear)["deployment"]["resources"]:
+        outputs = resource.get("outputs") or {}
+        for key in ("result", "bcryptHash", "privateKeyOpenssh", "privateKeyPem"):
+            if isinstance(outputs.get(key), str) and len(outputs[key]) >= 8:
+                generated.add(outputs[key])
+    assert len(generated) >= 12, len(generated)  # 6+ passwords, each with its bcrypt hash
+    key_lines = [line for line in d.host.private_key.splitlines() if line and "PRIVATE KEY" not in line]
+    files = [p for p in (d.project / ".mlox").rglob("*") if p.is_file()] + [d.stack_file()]
+    for text, where in [(export, "pulumi stack export")] + [(p.read_text(errors="replace"), str(p)) for p in files]:
+        for value in generated | set(key_lines):
+            assert value not in text, f"a generated secret in clear in {where}"
+
+
+def test_3e_refresh_reports_a_container_removed_by_hand_and_up_repairs_it(deployment):
+    d = deployment
+    d.host.ssh("docker rm -f mlox-mlflow-1")
+    refreshed = _ok(d.mlox("refresh", "--stack", d.stack, "--yes", "--json"))
+    assert json.loads(refreshed.stdout)["drift"] == ["mlflow: no container (removed by hand?)"]
+    assert "drift: mlflow: no container" in refreshed.stderr
+    repaired = _ok(d.mlox("up", "--stack", d.stack, "--yes"))
+    assert "repairing the drift mlox-iac refresh found: mlflow" in repaired.stderr
+    assert d.wait_healthy()["mlflow"]["Health"] == "healthy"
+    after = json.loads(_ok(d.mlox("refresh", "--stack", d.stack, "--yes", "--json")).stdout)
+    assert after["drift"] == []
 
 
 def test_4_reboot_brings_everything_back_with_data(deployment):
@@ -230,33 +296,103 @@ def test_4_reboot_brings_everything_back_with_data(deployment):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_5_failing_step_reports_stderr_and_rerun_converges(deployment, monkeypatch):
-    from mlox_iac.components.services import mlflow
-
+def test_5_a_failing_step_says_why_and_the_rerun_converges(deployment):
+    """Docker is down on the server when a changed setting is applied: `mlox-iac up` fails
+    naming the step and the command's error; with Docker back, the next `up` completes."""
     d = deployment
-    # A registry on the target's own loopback: the pull fails at once and sends nothing out.
-    monkeypatch.setattr(mlflow, "IMAGE", "127.0.0.1:9/mlflow/mlflow:v0.0.0-does-not-exist")
-    with pytest.raises(ReplayError) as failure:
-        d.replay()
-    message = str(failure.value)
-    assert "main-bundle-compose-up" in message
-    assert "Process exited with status" in message
-    assert "Error response from daemon" in message and "127.0.0.1:9" in message  # the command's stderr
-    monkeypatch.setattr(mlflow, "IMAGE", "ghcr.io/mlflow/mlflow:v3.17.2-full")
-    d.replay()
+    d.host.ssh("systemctl stop docker.socket docker")
+    try:
+        d.raw["services"] = {"mlflow": {"workers": 2}}
+        d.write_stack_file()
+        failed = d.mlox("up", "--stack", d.stack, "--yes")
+    finally:
+        d.host.ssh("systemctl start docker")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "Traceback" not in failed.stderr
+    text = failed.stdout + failed.stderr
+    assert "main-bundle-compose-up" in text, text[-3000:]
+    assert "docker" in text.lower() and ("Cannot connect to the Docker daemon" in text or "docker.sock" in text), text[-3000:]
+    _ok(d.mlox("up", "--stack", d.stack, "--yes"))
     rows = d.wait_healthy()
     for service in LONG_RUNNING:
         assert rows[service]["Health"] == "healthy", (service, rows.get(service))
-    assert d.replay().changed() == []
+    assert d.up().changed() == []
+
+
+def test_5b_an_interrupted_up_is_completed_by_the_next(deployment):
+    """Ctrl-C while the engine updates: the engine finishes the steps under way and stops;
+    the next `mlox-iac up` completes the update (or says in one line what to run)."""
+    d = deployment
+    d.raw["services"] = {"mlflow": {"workers": 3}}
+    d.write_stack_file()
+    with d.environment() as env:
+        run_env = {**os.environ, **env, "HOME": str(d.work / "home"), "MLOX_SSH_IDENTITY": str(d.host.key_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "mlox_iac.cli.main", "up", "--stack", d.stack, "--yes"],
+                            cwd=d.project, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    seen = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        seen.append(line)
+        if "main-bundle-copy" in line or "main-bundle-prepare" in line:
+            os.killpg(proc.pid, signal.SIGINT)  # the terminal sends Ctrl-C to the whole group
+            break
+    rest = proc.communicate(timeout=300)[0]
+    text = "".join(seen) + (rest or "")
+    assert proc.returncode != 0, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    resumed = d.mlox("up", "--stack", d.stack, "--yes")
+    if resumed.returncode != 0:  # the one line must say what to run; then that must work
+        lines = [line for line in resumed.stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "pulumi" in lines[0], resumed.stderr[-3000:]
+        pytest.fail(f"the next up did not complete: {lines[0]}")
+    rows = d.wait_healthy()
+    assert rows["mlflow"]["Health"] == "healthy"
+    assert d.up().changed() == []
+
+
+def test_5c_ci_deploys_with_python_m_mlox_iac_ci(deployment):
+    """The design's third use: CI's validate -> plan -> preview -> up, with the real engine."""
+    d = deployment
+    d.raw["services"] = {"mlflow": {"workers": 2}}
+    d.write_stack_file()
+    with d.environment() as env:
+        ci = subprocess.run([sys.executable, "-m", "mlox_iac.ci", "--stack", d.stack], cwd=d.project,
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, **env, "HOME": str(d.work / "home"), "CI": "true"})
+    assert ci.returncode == 0, (ci.stdout + ci.stderr)[-4000:]
+    assert "Traceback" not in ci.stderr
+    for step in ("validate", "plan", "preview", "up"):
+        assert step in ci.stdout + ci.stderr, step
+    assert d.up().changed() == []
+    assert d.wait_healthy()["mlflow"]["Health"] == "healthy"
 
 
 def test_6_removing_a_service_brings_its_containers_down_and_keeps_data(deployment):
     d = deployment
     d.raw["services"] = {"mlflow": {"enabled": False}}
-    result = d.replay()
+    result = d.up()
     assert result.action("mlflow-env") == "deleted"
     rows = d.wait_healthy_services(("postgres", "seaweedfs", "caddy"))
     assert "mlflow" not in rows
     assert d.host.ssh("test -e /opt/mlox/secrets/mlflow.env && echo present || echo gone").stdout.strip() == "gone"
     databases = d.host.ssh(f"{COMPOSE} exec -T postgres psql -U postgres -Atc 'select datname from pg_database'").stdout
     assert "mlflow" in databases.split()  # the data stays: only containers went
+
+
+def test_7_destroy_keeps_the_data_and_a_new_up_finds_it(deployment):
+    d = deployment
+    d.raw["services"] = {}
+    d.write_stack_file()
+    destroyed = _ok(d.mlox("destroy", "--stack", d.stack, "--yes", "--json"))
+    assert json.loads(destroyed.stdout)["changes"].get("delete", 0) >= 10
+    assert d.host.ssh(f"{COMPOSE} ps -q 2>/dev/null | wc -l", check=False).stdout.strip() in ("0", "")
+    assert d.host.ssh("test -d /mnt/mlox-data/volumes && echo kept").stdout.strip() == "kept"
+    _ok(d.mlox("up", "--stack", d.stack, "--yes"))
+    d.read_outputs()
+    d.wait_healthy()
+    d.fetch_ca()
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "e2e" / "mlflow_client.py"), "check",
+                             d.logged["run_id"], d.logged["marker"]],
+                            env={**os.environ, **d.mlflow_env()}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -4,8 +4,8 @@ One target host (``mlxacme41``). On the CI machine, at the host side of its veth
 (Let's Encrypt's test ACME server) and its DNS (tests/e2e/acme.py), which answers
 ``mlflow.<domain>`` and ``s3.<domain>`` with the target's address. The stack is deployed
 with ``mlox:domain``, ``mlox:acme_ca`` (Pebble's directory) and ``mlox:acme_ca_root``
-(the roots of Pebble's HTTPS and of the certificates it issues) by replaying the real
-program over SSH (tests/e2e/stack.py), as tests/e2e/test_deploy.py does. Caddy then gets its certificates by
+(the roots of Pebble's HTTPS and of the certificates it issues) by the real Pulumi engine
+(tests/e2e/stack.py), as tests/e2e/test_deploy.py does. Caddy then gets its certificates by
 HTTP-01/TLS-ALPN-01 challenges that Pebble validates against ports 80/443 of the target.
 
 Clients run in the client network namespace, whose resolv.conf points at the test DNS:
@@ -137,10 +137,10 @@ def domain(tmp_path_factory):
 def test_1_domain_stack_gets_certificates_from_pebble(domain):
     d = domain
     start = time.monotonic()
-    d.replay(only={"main-bootstrap"})
+    d.up(bootstrap_only=True)
     d.build.wait()
     images.load_images(d.host, sorted({SERVICES[name].image for name in LONG_RUNNING}))  # the core stack's
-    d.replay()
+    d.up()
     rows = d.wait_healthy()
     for service in LONG_RUNNING:
         assert rows[service]["Health"] == "healthy", (service, rows.get(service))
@@ -223,7 +223,7 @@ def test_3_status_reports_the_acme_certificate(domain):
 def test_4_unchanged_redeploy_restarts_nothing(domain):
     d = domain
     before = d.started_at()
-    result = d.replay()
+    result = d.up()
     assert result.changed() == []
     assert d.started_at() == before
 

@@ -1,4 +1,4 @@
-"""End to end: monitoring and model serving on a real Debian host (replay harness).
+"""End to end: monitoring and model serving on a real Debian host (the real Pulumi engine).
 
 One systemd-nspawn target host (prefix ``mlxsrv``, index 71) gets the core stack with
 monitoring and model serving enabled. The tests run in file order and build on each
@@ -115,10 +115,10 @@ def _wait(what: str, check, timeout: float, every: float = 2.0):
 def test_1_stack_with_monitoring_and_serving_comes_up(stack):
     d = stack
     start = time.monotonic()
-    d.replay(only={"main-bootstrap"})
+    d.up(bootstrap_only=True)
     d.build.wait()
     images.load_images(d.host, NEEDED_IMAGES)
-    d.replay()
+    d.up()
     rows = d.wait_healthy_services(LONG_RUNNING, timeout=420)
     timed("stack with monitoring and serving up", time.monotonic() - start)
     for service in LONG_RUNNING:
