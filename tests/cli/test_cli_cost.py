@@ -1,6 +1,9 @@
 """Server sizes, prices and ``mlox-iac cost``: the size tables, retired sizes, the cost report
-(text and JSON) for every provider, live prices parsed from API responses, and the
-smaller-size warning of ``validate``.
+(text and JSON) for every provider, the backup block priced as configured (none, on the
+server's disk, S3 at each provider's store, an unknown endpoint), the managed equivalents of
+every service and the closing comparison line, live prices parsed from API responses, and
+the smaller-size warning of ``validate``. The expected numbers are computed by hand from the
+built-in tables, so a changed price fails here.
 
 The API responses in ``fixtures/`` follow the shapes of Hetzner's ``GET /v1/pricing`` and
 DigitalOcean's ``GET /v2/sizes`` API references (these machines cannot reach either API);
