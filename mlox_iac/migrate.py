@@ -420,29 +420,63 @@ def dns_names(outputs: Mapping[str, Any]) -> list[str]:
     return sorted(names)
 
 
-def wait_for_dns(names: list[str], address: str, *, timeout_s: float, say: Say = lambda line: None,
-                 resolve: Callable[[str], set[str]] | None = None, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic, every_s: float = 15) -> None:
-    """Wait until every name resolves to ``address`` only; raise after ``timeout_s`` naming the
-    records that do not yet (the move itself is done: this only tells when clients follow)."""
-    def system_resolve(name: str) -> set[str]:
-        try:
-            return {info[4][0] for info in socket.getaddrinfo(name, None, socket.AF_INET)}
-        except OSError:
-            return set()
+def _record(ip: str) -> tuple[str, str]:
+    """(record type, address) of a resolved address; an IPv4-mapped IPv6 answer is its IPv4."""
+    import ipaddress
 
-    resolve = resolve or system_resolve
+    try:
+        parsed = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return "A", ip
+    if parsed.version == 6 and parsed.ipv4_mapped is not None:
+        parsed = parsed.ipv4_mapped
+    return ("A" if parsed.version == 4 else "AAAA"), parsed.compressed
+
+
+def dns_pending(answers: Mapping[str, set[str]], address: str) -> dict[str, str]:
+    """The names whose A and AAAA records are not ``address`` alone, each with its records by
+    type (``A 203.0.113.20, AAAA 2001:db8::10``). The stack announces one address: an AAAA
+    record left pointing elsewhere (at the old server, say) sends IPv6 clients there, so it
+    keeps a name pending as a wrong A record does."""
+    want = {_record(address)}
+    pending = {}
+    for name, found in sorted(answers.items()):
+        records = {_record(ip) for ip in found}
+        if records != want:
+            pending[name] = ", ".join(f"{kind} {ip}" for kind, ip in sorted(records)) or "nothing"
+    return pending
+
+
+def resolve_a_and_aaaa(name: str) -> set[str]:
+    """Every address ``name`` resolves to, IPv4 (A) and IPv6 (AAAA)."""
+    found: set[str] = set()
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            found |= {info[4][0] for info in socket.getaddrinfo(name, None, family)}
+        except OSError:
+            pass  # no record of this type
+    return found
+
+
+def wait_for_dns(names: list[str], address: str, *, timeout_s: float, say: Say = lambda line: None,
+                 resolve: Callable[[str], set[str]] = resolve_a_and_aaaa, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic, every_s: float = 15) -> None:
+    """Wait until every name resolves to ``address`` only, by A and AAAA records; raise after
+    ``timeout_s`` naming the records that do not yet (the move itself is done: this only tells
+    when clients follow)."""
     deadline = clock() + timeout_s
     while True:
-        answers = {name: resolve(name) for name in names}
-        pending = {name: found for name, found in answers.items() if found != {address}}
+        pending = dns_pending({name: resolve(name) for name in names}, address)
         if not pending:
             say(f"DNS: {', '.join(names)} resolve to {address}")
             return
-        detail = "; ".join(f"{name} -> {', '.join(sorted(found)) or 'nothing'}" for name, found in sorted(pending.items()))
+        detail = "; ".join(f"{name} -> {records}" for name, records in pending.items())
         if clock() >= deadline:
+            aaaa = any("AAAA " in records for records in pending.values()) and _record(address)[0] == "A"
+            change = ("change these records and remove the AAAA ones, as the stack announces its IPv4 address only"
+                      if aaaa else "change these records")
             raise MigrationError(f"DNS does not point at the new server {address} yet after {timeout_s:.0f}s: {detail} "
-                                 f"(the move is done; change these records, clients follow once they resolve)")
+                                 f"(the move is done; {change}; clients follow once they resolve)")
         say(f"DNS: waiting for {len(pending)} of {len(names)} records: {detail}")
         sleep(every_s)
 

@@ -1,13 +1,16 @@
 """What a stack costs per month, and what the managed services it replaces would cost.
 
 The built-in prices live beside each provider's size table (``SIZES``, ``PRICE_SOURCE``,
-``PRICES_READ_ON``); this module adds the storage prices, the managed equivalents, and the
-live readers for the providers whose API publishes prices to a token holder (Hetzner's
-``/v1/pricing``, DigitalOcean's ``/v2/sizes``). The parsers are pure and tested with recorded
-responses; :func:`fetch_json` is the only I/O.
+``PRICES_READ_ON``), and each service names its managed equivalents in its own file
+(``managed``, see ``components/services/base.py``); this module adds the object stores'
+prices, the report, and the live readers for the providers whose API publishes prices to a
+token holder (Hetzner's ``/v1/pricing``, DigitalOcean's ``/v2/sizes``). The parsers are pure
+and tested with recorded responses; :func:`fetch_json` is the only I/O.
 
-A cost report is a list of line items, each computed by one function in :data:`LINE_ITEMS`;
-a backup block (``mlox:backup``), once it exists, changes only :func:`backup_line`.
+A cost report is a list of line items: the server's, each computed by one function in
+:data:`LINE_ITEMS` from the provider's prices, and the backup repository's
+(:func:`backup_line`, from ``mlox:backup``); then the managed equivalents of the enabled
+services, and one line setting what the stack costs here against the managed set.
 """
 
 from __future__ import annotations
@@ -15,75 +18,55 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+import re
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
+from mlox_iac.components.services.base import Managed
 from mlox_iac.errors import ConfigError, MloxError
 from mlox_iac.providers import Size, get_provider
 
-
 @dataclass(frozen=True)
 class ObjectStorage:
-    """An object store's list price: a base fee with some storage included, then per GB."""
+    """An object store's list price (a base fee with some storage included, then per GB), and
+    the S3 endpoint host names that are this store."""
 
     name: str
+    currency: str
     base_monthly: float
     included_gb: int
     per_gb_monthly: float
     source: str
+    read_on: str
+    hosts: str  # regular expression: the host names of its S3 endpoints
+    note: str = ""
 
     def monthly(self, gb: float) -> float:
         return round(self.base_monthly + max(0.0, gb - self.included_gb) * self.per_gb_monthly, 2)
 
 
-# Where each provider's backups would go: its own object storage.
-BACKUP_STORAGE = {
+# The cloud providers' object stores: where backups go, and what the stack's own S3 store replaces.
+OBJECT_STORAGE = {
     # EUR 6.49 a month since 2026-04-01 (was 4.99), 1 TB included, EUR 0.0087 per TB-hour beyond.
-    "hetzner": ObjectStorage("Hetzner Object Storage", 6.49, 1024, round(0.0087 * 730 / 1024, 5),
-                             "https://www.hetzner.com/storage/object-storage/"),
-    "digitalocean": ObjectStorage("DigitalOcean Spaces", 5.0, 250, 0.02,
-                                  "https://www.digitalocean.com/pricing/spaces-object-storage"),
-    "aws": ObjectStorage("Amazon S3 Standard (us-east-1)", 0.0, 0, 0.023, "https://aws.amazon.com/s3/pricing/"),
+    "hetzner": ObjectStorage("Hetzner Object Storage", "EUR", 6.49, 1024, round(0.0087 * 730 / 1024, 5),
+                             "https://www.hetzner.com/storage/object-storage/", "2026-11-26",
+                             r"(?:[a-z0-9.-]+\.)?[a-z]+\d\.your-objectstorage\.com",
+                             "the base fee, one per account, includes 1 TB"),
+    "digitalocean": ObjectStorage("DigitalOcean Spaces", "USD", 5.0, 250, 0.02,
+                                  "https://www.digitalocean.com/pricing/spaces-object-storage", "2026-11-26",
+                                  r"(?:[a-z0-9.-]+\.)?[a-z]+\d\.digitaloceanspaces\.com",
+                                  "the subscription, one per account, includes 250 GiB"),
+    "aws": ObjectStorage("Amazon S3 Standard (us-east-1)", "USD", 0.0, 0, 0.023, "https://aws.amazon.com/s3/pricing/",
+                         "2026-11-26", r"(?:[a-z0-9.-]+\.)?s3(?:[.-][a-z0-9-]+)*\.amazonaws\.com",
+                         "us-east-1's price, other regions differ by a few percent; plus requests and egress"),
 }
 
 
-@dataclass(frozen=True)
-class Managed:
-    """A managed service that does what one of ours does, at its smallest sensible tier."""
-
-    service: str
-    offer: str
-    currency: str
-    monthly: float | None  # None: no flat monthly price (billed by usage); see the source
-    source: str
-    note: str = ""
-
-
-def managed_equivalents(volume_gb: int) -> list[Managed]:
-    """List prices of managed equivalents (read 2026; each row names its page)."""
-    s3 = BACKUP_STORAGE["aws"]
-    return [
-        Managed("mlflow", "Amazon SageMaker AI managed MLflow, Small tracking server", "USD", None,
-                "https://aws.amazon.com/sagemaker/ai/pricing/", "billed per hour of tracking server plus storage"),
-        Managed("mlflow", "Databricks managed MLflow", "USD", None, "https://www.databricks.com/product/pricing",
-                "part of a Databricks workspace, billed in DBUs"),
-        Managed("postgres", "Amazon RDS for PostgreSQL db.t4g.micro, single-AZ, 20 GB gp2", "USD",
-                round(0.016 * 730 + 20 * 0.115, 2), "https://aws.amazon.com/rds/postgresql/pricing/"),
-        Managed("postgres", "DigitalOcean Managed PostgreSQL, 1 GiB single node", "USD", 15.15,
-                "https://www.digitalocean.com/pricing/managed-databases"),
-        Managed("seaweedfs", f"Amazon S3 Standard, {volume_gb} GB", "USD", s3.monthly(volume_gb), s3.source,
-                "plus requests and egress"),
-        Managed("seaweedfs", "DigitalOcean Spaces (250 GiB included)", "USD",
-                BACKUP_STORAGE["digitalocean"].monthly(volume_gb), BACKUP_STORAGE["digitalocean"].source),
-        Managed("seaweedfs", "Hetzner Object Storage (1 TB included)", "EUR",
-                BACKUP_STORAGE["hetzner"].monthly(volume_gb), BACKUP_STORAGE["hetzner"].source),
-        Managed("caddy", "AWS Application Load Balancer (before LCUs)", "USD", round(0.0225 * 730, 2),
-                "https://aws.amazon.com/elasticloadbalancing/pricing/"),
-        Managed("caddy", "DigitalOcean Load Balancer, 1 node", "USD", 12.0,
-                "https://www.digitalocean.com/pricing/load-balancers"),
-        Managed("caddy", "Hetzner Load Balancer LB11", "EUR", 7.49, "https://www.hetzner.com/cloud/load-balancer/",
-                "EUR 5.39 before 2026-04-01"),
-    ]
+def object_storage_at(host: str | None) -> ObjectStorage | None:
+    """The object store whose S3 endpoint ``host`` is; None for one without a built-in price."""
+    host = (host or "").lower()
+    return next((store for store in OBJECT_STORAGE.values() if re.fullmatch(store.hosts, host)), None)
 
 
 @dataclass
@@ -115,7 +98,8 @@ def builtin_prices(config) -> PriceList | None:
 class Line:
     item: str
     detail: str
-    monthly: float | None
+    monthly: float | None  # None: the price is unknown
+    currency: str | None = None  # None: nothing is paid for it (or its price is unknown)
 
 
 def server_line(config, prices: PriceList) -> Line:
@@ -123,59 +107,150 @@ def server_line(config, prices: PriceList) -> Line:
     name = getattr(settings, get_provider(config.provider).SIZE_FIELD)
     size = prices.sizes.get(name)
     detail = f"{name}: {size.vcpus} vCPU, {size.memory_mb // 1024} GB RAM" if size else name
-    return Line("server", detail, size.monthly if size else None)
+    return Line("server", detail, size.monthly if size else None, prices.currency)
 
 
 def volume_line(config, prices: PriceList) -> Line:
     gb = config.volume_size_gb
-    return Line("data volume", f"{gb} GB", round(gb * prices.volume_gb_monthly, 2))
+    return Line("data volume", f"{gb} GB", round(gb * prices.volume_gb_monthly, 2), prices.currency)
 
 
 def ipv4_line(config, prices: PriceList) -> Line:
-    return Line("public IPv4", "1 address" + (" (included)" if not prices.ipv4_monthly else ""), prices.ipv4_monthly)
+    return Line("public IPv4", "1 address" + (" (included)" if not prices.ipv4_monthly else ""), prices.ipv4_monthly,
+                prices.currency)
 
 
-def backup_line(config, prices: PriceList) -> Line:
-    """Backup storage. No backup block exists yet: estimated as one full copy of the data
-    volume in the provider's object storage (deduplicated backups of a volume that is not
-    full stay below that)."""
-    store = BACKUP_STORAGE[config.provider]
+LINE_ITEMS: tuple[Callable[[Any, PriceList], Line], ...] = (server_line, volume_line, ipv4_line)
+
+
+def backup_line(config, currency: str | None) -> tuple[Line | None, str]:
+    """The backup repository's line (None without ``mlox:backup``) and a sentence on what it prices.
+
+    A ``local:`` repository is on the server's own disk: no storage charge (in ``currency``),
+    and not off-site. An ``s3:`` repository is priced at the list price of the store its
+    endpoint is, estimated as one full copy of the data volume (deduplicated backups of a
+    volume that is not full stay below that); at an endpoint that is no store with a built-in
+    price, the price is unknown rather than guessed.
+    """
+    backup = config.backup
+    if backup is None:
+        return None, "not configured (no mlox:backup block): nothing is backed up, and nothing is priced for it"
+    if not backup.is_s3:
+        return (Line("backup storage", "local repository on the server's own disk", 0.0, currency),
+                f"{backup.repository} is on the server's own disk: no storage charge, and not off-site "
+                "(losing the server loses the backups)")
+    host = urlsplit(backup.repository.removeprefix("s3:")).hostname
+    store = object_storage_at(host)
+    if store is None:
+        known = ", ".join(s.name.split(" (")[0] for s in OBJECT_STORAGE.values())
+        return (Line("backup storage", f"S3 at {host}", None),
+                f"{backup.repository}: the price of {host} is unknown (built-in prices: {known})")
     gb = config.volume_size_gb
-    return Line("backup storage", f"estimate: {gb} GB in {store.name}", store.monthly(gb))
+    note = f"; {store.note}" if store.note else ""
+    return (Line("backup storage", f"estimate: {gb} GB in {store.name}", store.monthly(gb), store.currency),
+            f"{backup.repository}: one full copy of the {gb} GB data volume in {store.name} ({store.source}, "
+            f"read on {store.read_on}{note}); deduplicated backups of a volume that is not full stay below that")
 
 
-LINE_ITEMS: tuple[Callable[[Any, PriceList], Line], ...] = (server_line, volume_line, ipv4_line, backup_line)
+# The managed set is summed in the currency the hyperscalers' list prices are in.
+MANAGED_CURRENCY = "USD"
+
+
+def managed_equivalents(config) -> list[Managed]:
+    """The managed equivalents of the enabled services, as each service's own file names them."""
+    from mlox_iac.components.services.base import Context
+    from mlox_iac.components.services.registry import SERVICES
+
+    ctx = Context(config)
+    return [offer for name in config.enabled_services() for offer in SERVICES[name].managed(ctx)]
+
+
+def managed_set(offers: list[Managed], services: list[str]) -> tuple[float, list[str]]:
+    """The cheapest flat monthly price in :data:`MANAGED_CURRENCY` of each service, summed; and the
+    services that have none (billed by usage, or no price confirmed)."""
+    total, missing = 0.0, []
+    for name in services:
+        flat = [o.monthly for o in offers
+                if o.service == name and o.monthly is not None and o.currency == MANAGED_CURRENCY]
+        if flat:
+            total += min(flat)
+        else:
+            missing.append(name)
+    return round(total, 2), missing
+
+
+def by_currency(lines: list[Line], first: str | None) -> tuple[dict[str, float], bool]:
+    """What ``lines`` cost per currency (``first`` first), and whether every price is known."""
+    sums: dict[str, float] = {}
+    for line in lines:
+        if line.monthly is not None and line.currency:
+            sums[line.currency] = sums.get(line.currency, 0.0) + line.monthly
+    order = sorted(sums, key=lambda currency: (currency != first, currency))
+    return {currency: round(sums[currency], 2) for currency in order}, all(line.monthly is not None for line in lines)
+
+
+@dataclass
+class Summary:
+    """What the stack costs here against the managed set: the closing line, and its numbers."""
+
+    here: dict[str, float]  # per currency, what is paid to providers (on-prem: beside your own host)
+    here_complete: bool  # False: a price here is unknown, so ``here`` is a lower bound
+    managed: float  # the cheapest flat-priced equivalent of each enabled service, summed
+    managed_currency: str
+    managed_not_included: list[str]  # enabled services without a flat price in that currency
+    line: str
+
+
+def summary(here: dict[str, float], complete: bool, onprem: bool, offers: list[Managed],
+            services: list[str]) -> Summary:
+    """The closing comparison of a report."""
+    managed, missing = managed_set(offers, services)
+    amounts = " + ".join(f"{value:.2f} {currency}" for currency, value in here.items()) or "0.00"
+    line = (f"This stack costs {'' if complete else 'at least '}{amounts} a month here"
+            f"{' beyond your own host' if onprem else ''}{'' if complete else ' (a price is unknown)'}, "
+            f"against about {managed:.2f} {MANAGED_CURRENCY} for the managed set"
+            + (f" (not included, no flat list price: {', '.join(missing)})" if missing else ""))
+    return Summary(here, complete, managed, MANAGED_CURRENCY, missing, line)
 
 
 @dataclass
 class Report:
     stack: str
     provider: str
-    currency: str | None
+    currency: str | None  # the provider's (None on-prem)
     lines: list[Line]
-    total: float | None
+    total: float | None  # what is billed in ``currency``; None when a price is unknown
+    totals: dict[str, float]  # every currency the lines are billed in
     source: str | None
     read_on: str | None
     age_days: int | None
-    managed: list[Managed] = field(default_factory=list)
+    backup: str  # what the backup line prices, in a sentence
+    managed: list[Managed]
+    summary: Summary
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def report(config, prices: PriceList | None, today: datetime.date) -> Report:
-    """The monthly cost of ``config`` at ``prices`` (None: on-prem, nothing to pay a provider)."""
-    enabled = set(config.enabled_services())
-    managed = [m for m in managed_equivalents(config.volume_size_gb) if m.service in enabled]
+    """The monthly cost of ``config`` at ``prices`` (None: on-prem, nothing to pay for the host)."""
+    currency = prices.currency if prices is not None else None
+    backup, backup_note = backup_line(config, currency)
     if prices is None:
-        return Report(config.stack_name, config.provider, None, [Line("server", "your own host", None)], None,
-                      None, None, None, managed)
-    lines = [item(config, prices) for item in LINE_ITEMS]
-    known = [line.monthly for line in lines]
-    total = round(sum(known), 2) if None not in known else None
-    age = None if prices.live else (today - datetime.date.fromisoformat(prices.read_on)).days
-    return Report(config.stack_name, config.provider, prices.currency, lines, total, prices.source,
-                  prices.read_on, age, managed)
+        lines, paid, age = [Line("server", "your own host", None)], [], None
+    else:
+        lines = [item(config, prices) for item in LINE_ITEMS]
+        paid = list(lines)
+        age = None if prices.live else (today - datetime.date.fromisoformat(prices.read_on)).days
+    if backup is not None:
+        lines.append(backup)
+        paid.append(backup)
+    totals, complete = by_currency(paid, currency)
+    total = totals.get(currency, 0.0) if currency is not None and complete else None
+    offers = managed_equivalents(config)
+    return Report(config.stack_name, config.provider, currency, lines, total, totals,
+                  prices.source if prices else None, prices.read_on if prices else None, age, backup_note, offers,
+                  summary(totals, complete, prices is None, offers, config.enabled_services()))
 
 
 def smaller_size_warning(config) -> str | None:

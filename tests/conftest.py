@@ -32,12 +32,15 @@ def settings(provider: str = "hetzner", **overrides) -> dict:
 
 
 def write_stack(tmp_path: Path, raw: dict, name: str = "test", secure: tuple[str, ...] = ("onprem",)) -> Path:
-    """Write ``raw`` as a stack file; ``onprem.private_key`` becomes a ``secure:`` value."""
+    """Write ``raw`` as a stack file; ``onprem.private_key`` becomes a ``secure:`` value, and so do
+    the backup repository's keys with ``"backup"`` in ``secure``."""
     raw = copy.deepcopy(raw)
     config = {}
     for key, value in raw.items():
         if key == "onprem" and isinstance(value, dict) and "private_key" in value and "onprem" in secure:
             value["private_key"] = {"secure": "v1:dGVzdA=="}
+        if key == "backup" and isinstance(value, dict) and "backup" in secure:
+            value.update({k: {"secure": "v1:dGVzdA=="} for k in ("access_key_id", "secret_access_key") if k in value})
         config[f"mlox:{key}"] = value
     path = tmp_path / f"Pulumi.{name}.yaml"
     path.write_text(yaml.safe_dump({"config": config}, sort_keys=False))

@@ -389,8 +389,8 @@ def test_waiting_for_dns_ends_when_every_name_points_at_the_new_server_only():
     now = [0.0]
     migrate.wait_for_dns(sorted(answers), "203.0.113.20", timeout_s=600, say=lines.append, resolve=resolve,
                          sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
-    assert lines == ["DNS: waiting for 1 of 2 records: mlflow.ex.com -> 203.0.113.10",
-                     "DNS: waiting for 1 of 2 records: mlflow.ex.com -> 203.0.113.10, 203.0.113.20",
+    assert lines == ["DNS: waiting for 1 of 2 records: mlflow.ex.com -> A 203.0.113.10",
+                     "DNS: waiting for 1 of 2 records: mlflow.ex.com -> A 203.0.113.10, A 203.0.113.20",
                      "DNS: mlflow.ex.com, s3.ex.com resolve to 203.0.113.20"]
 
 
@@ -400,5 +400,58 @@ def test_waiting_for_dns_gives_up_after_the_timeout_naming_the_records():
         migrate.wait_for_dns(["mlflow.ex.com"], "203.0.113.20", timeout_s=60, resolve=lambda name: set(),
                              sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
     assert str(raised.value) == ("DNS does not point at the new server 203.0.113.20 yet after 60s: mlflow.ex.com -> "
-                                 "nothing (the move is done; change these records, clients follow once they resolve)")
+                                 "nothing (the move is done; change these records; clients follow once they resolve)")
     assert now[0] >= 60
+
+
+# name -> what it resolves to (A and AAAA), against the new server 203.0.113.20: what is still pending.
+DNS_CASES = {
+    "a_only_right": ({"m.ex.com": {"203.0.113.20"}}, {}),
+    "a_old": ({"m.ex.com": {"203.0.113.10"}}, {"m.ex.com": "A 203.0.113.10"}),
+    "stale_aaaa": ({"m.ex.com": {"203.0.113.20", "2001:db8::10"}}, {"m.ex.com": "A 203.0.113.20, AAAA 2001:db8::10"}),
+    "aaaa_only": ({"m.ex.com": {"2001:db8::10"}}, {"m.ex.com": "AAAA 2001:db8::10"}),
+    "ipv4_mapped_answer_is_the_a_record": ({"m.ex.com": {"::ffff:203.0.113.20"}}, {}),
+    "nothing": ({"m.ex.com": set()}, {"m.ex.com": "nothing"}),
+    "one_of_two": ({"s3.ex.com": {"203.0.113.20", "2001:db8::10"}, "m.ex.com": {"203.0.113.20"}},
+                   {"s3.ex.com": "A 203.0.113.20, AAAA 2001:db8::10"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DNS_CASES))
+def test_dns_pending_checks_a_and_aaaa_records(case):
+    answers, pending = DNS_CASES[case]
+    assert migrate.dns_pending(answers, "203.0.113.20") == pending
+
+
+def test_dns_pending_for_a_server_announced_by_its_ipv6_address():
+    answers = {"m.ex.com": {"2001:DB8:0:0::20"}, "s3.ex.com": {"2001:db8::20", "203.0.113.10"}}
+    assert migrate.dns_pending(answers, "2001:db8::20") == {"s3.ex.com": "A 203.0.113.10, AAAA 2001:db8::20"}
+
+
+def test_a_stale_aaaa_record_blocks_the_wait_and_is_named():
+    now = [0.0]
+    with pytest.raises(migrate.MigrationError) as raised:
+        migrate.wait_for_dns(["mlflow.ex.com", "s3.ex.com"], "203.0.113.20", timeout_s=60,
+                             resolve=lambda name: {"203.0.113.20"} | ({"2001:db8::10"} if name == "s3.ex.com" else set()),
+                             sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
+    assert str(raised.value) == (
+        "DNS does not point at the new server 203.0.113.20 yet after 60s: s3.ex.com -> A 203.0.113.20, "
+        "AAAA 2001:db8::10 (the move is done; change these records and remove the AAAA ones, as the stack announces "
+        "its IPv4 address only; clients follow once they resolve)")
+    assert "\n" not in str(raised.value)
+
+
+def test_the_system_resolver_asks_for_a_and_aaaa_records(monkeypatch):
+    import socket
+
+    asked = []
+
+    def getaddrinfo(name, port, family):
+        asked.append(family)
+        if family == socket.AF_INET6:
+            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2001:db8::10", 0, 0, 0))]
+        raise socket.gaierror(socket.EAI_NONAME, "no A record")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    assert migrate.resolve_a_and_aaaa("m.ex.com") == {"2001:db8::10"}
+    assert asked == [socket.AF_INET, socket.AF_INET6]

@@ -18,10 +18,13 @@ LiveOpt = typer.Option(False, "--live", help="Read today's prices from the provi
 
 def cost(stack: Optional[str] = StackOpt, file: Optional[Path] = FileOpt, as_json: bool = JsonOpt,
          live: bool = LiveOpt) -> None:
-    """Monthly cost of a stack: server, data volume, public IPv4, backup storage.
+    """Monthly cost of a stack: server, data volume, public IPv4, and backup storage as
+    mlox:backup configures it (none without it; none on the server's own disk; an S3
+    repository at the price of the store it points at).
 
-    Beside it, list prices of managed services that do what the enabled services do.
-    The built-in prices carry their source and the date they were read; --live asks the
+    Beside it, dated list prices of managed services that do what each enabled service
+    does, and one closing line: what the stack costs here against the managed set. The
+    built-in prices carry their source and the date they were read; --live asks the
     provider's API instead (Hetzner, DigitalOcean).
 
     Examples:
@@ -56,26 +59,32 @@ def _stack_secret(stack: Optional[str]):
 
 
 def _money(value: float | None, currency: str | None) -> str:
-    return f"{'unknown':>12}" if value is None else f"{value:8.2f} {currency}"
+    return f"{'unknown':>12}" if value is None else f"{value:8.2f} {currency or ''}".rstrip()
 
 
 def _print(console, result) -> None:
     console.print(f"Monthly cost of stack {result.stack} ({result.provider}):")
     for line in result.lines:
-        console.print(f"  {line.item:<15} {line.detail:<48} {_money(line.monthly, result.currency)}")
+        console.print(f"  {line.item:<15} {line.detail:<48} {_money(line.monthly, line.currency)}")
     if result.currency:
-        total = _money(result.total, result.currency) if result.total is not None else "incomplete: a price is unknown"
-        console.print(f"  {'total':<15} {'':<48} {total}")
-        if result.read_on is None:
-            console.print(f"Prices read live from {result.source}.")
+        if result.summary.here_complete:
+            total = " + ".join(_money(value, currency).strip() for currency, value in result.totals.items())
+            total = f"{total:>12}"
         else:
-            console.print(f"Prices from {result.source}, read on {result.read_on} ({result.age_days} days ago); "
-                          "--live reads today's where the provider publishes them.")
+            total = "incomplete: a price is unknown"
+        console.print(f"  {'total':<15} {'':<48} {total}")
+    console.print(f"Backups: {result.backup}.")
+    if result.currency is None:
+        console.print("On-prem: the host is yours; nothing is paid to a provider for it.")
+    elif result.read_on is None:
+        console.print(f"Prices read live from {result.source}.")
     else:
-        console.print("On-prem: the host is yours; nothing is paid to a provider.")
+        console.print(f"Prices from {result.source}, read on {result.read_on} ({result.age_days} days ago); "
+                      "--live reads today's where the provider publishes them.")
     if result.managed:
         console.print("Managed equivalents of the enabled services (list prices, smallest tier):")
         for row in result.managed:
-            price = _money(row.monthly, row.currency) if row.monthly is not None else "usage-based"
+            price = _money(row.monthly, row.currency) if row.monthly is not None else "no flat price"
             note = f"; {row.note}" if row.note else ""
-            console.print(f"  {row.service:<10} {row.offer:<62} {price}  ({row.source}{note})")
+            console.print(f"  {row.service:<12} {row.offer:<66} {price:>13}  ({row.source}, read {row.read_on}{note})")
+    console.print(f"{result.summary.line}.")

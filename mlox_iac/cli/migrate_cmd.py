@@ -15,7 +15,7 @@ FinishOpt = typer.Option(False, "--finish", help="After the cutover: remove the 
 AbortOpt = typer.Option(False, "--abort", help="Go back to the old server (any time before --finish)")
 WaitDnsOpt = typer.Option(0, "--wait-dns", min=0, metavar="SECONDS",
                           help="With mlox:domain: after the cutover, wait up to SECONDS until the stack's "
-                               "names resolve to the new server")
+                               "names resolve to the new server only (A and AAAA records)")
 
 
 def migrate(

@@ -10,7 +10,9 @@ import pytest
 
 from conftest import settings
 from mlox_iac.components.services import base
-from mlox_iac.components.services.base import ContractError, Data, Route, check_compose, check_service
+from mlox_iac.components.services.base import (
+    ContractError, Data, Managed, Route, check_compose, check_managed, check_service,
+)
 from mlox_iac.components.services.registry import SERVICES
 from mlox_iac.config.loader import validate
 from mlox_iac.render.bundle import render_compose
@@ -29,6 +31,8 @@ def test_every_registered_service_fulfils_the_contract(name):
     check_service(service, set(SERVICES))
     for ctx in (everything_ctx(), everything_ctx(domain="ml.example.com", acme_email="ops@example.com")):
         check_compose(service, ctx)
+    check_managed(service, everything_ctx())  # at least one managed equivalent, dated, with a source
+
 
 
 def test_every_volume_of_the_full_stack_is_declared_by_exactly_one_service():
@@ -150,3 +154,42 @@ def test_a_bucket_named_like_a_route_is_refused(monkeypatch):
         render_compose(everything_ctx())
     assert str(err.value) == ("bucket 'mlflow' is named like a route: the S3 API could not reach it on a bare "
                               "address; rename the bucket")
+
+
+# --- managed equivalents: one change to a good one, and the exact complaint
+
+
+def _managed(*offers):
+    return dataclasses.replace(_good(), managed=lambda ctx: offers)
+
+
+_OFFER = Managed("seaweedfs", "Some S3", "USD", 1.0, "https://example.com/pricing", "2026-12-06")
+
+MANAGED_CASES = {
+    "no_equivalent": (_managed(),
+                      "service 'seaweedfs': managed(ctx) names no managed equivalent (at least one, with its list "
+                      "price or how it is billed)"),
+    "filed_under_another_service": (_managed(dataclasses.replace(_OFFER, service="mlflow")),
+                                    "service 'seaweedfs': managed equivalent 'Some S3' is filed under 'mlflow'"),
+    "source_not_https": (_managed(dataclasses.replace(_OFFER, source="example.com/pricing")),
+                         "service 'seaweedfs': managed equivalent 'Some S3' has no https source"),
+    "undated": (_managed(dataclasses.replace(_OFFER, read_on="2026")),
+                "service 'seaweedfs': managed equivalent 'Some S3' has no read_on date (YYYY-MM-DD)"),
+    "no_price_no_note": (_managed(dataclasses.replace(_OFFER, monthly=None)),
+                         "service 'seaweedfs': managed equivalent 'Some S3' has no monthly price and no note saying "
+                         "how it is billed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MANAGED_CASES))
+def test_managed_equivalent_violations(case):
+    service, message = MANAGED_CASES[case]
+    with pytest.raises(ContractError) as err:
+        check_managed(service, everything_ctx())
+    assert str(err.value) == message
+
+
+def test_a_service_without_managed_equivalents_cannot_be_declared():
+    fields = {f.name: getattr(_good(), f.name) for f in dataclasses.fields(_good()) if f.name != "managed"}
+    with pytest.raises(TypeError, match="managed"):
+        base.Service(**fields)

@@ -26,7 +26,7 @@ import pulumi
 from pydantic import Field
 
 from mlox_iac.components.services.base import (
-    Context, Data, Route, Service, ServiceComponent, ServiceSettings, hc, limits, provisioner,
+    HOURS_PER_MONTH, Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits, provisioner,
 )
 
 NAME = "airflow"
@@ -168,6 +168,23 @@ def data(ctx: Context) -> Data:
     return Data(databases=(DATABASE,), buckets=(BUCKET,), volumes=kept)
 
 
+READ_ON = "2026-12-06"  # when the managed equivalents' prices below were read
+
+
+def managed(ctx: Context) -> tuple[Managed, ...]:
+    """Managed Airflow: MWAA's and Cloud Composer's smallest environments, running 24/7 as ours does."""
+    return (
+        Managed(NAME, "Amazon MWAA, mw1.small environment (us-east-1)", "USD", round(0.49 * HOURS_PER_MONTH, 2),
+                "https://aws.amazon.com/managed-workflows-for-apache-airflow/pricing/", READ_ON,
+                "730 h × USD 0.49/h with a scheduler, a worker and the web server; more workers and the metadata "
+                "storage cost extra; rate as quoted by https://c3x.dev/blog/mwaa-cost-managed-airflow/; the smaller "
+                "mw1.micro (3 concurrent tasks) is not priced here"),
+        Managed(NAME, "Google Cloud Composer 3, Small preset", "USD", None, "https://cloud.google.com/composer/pricing",
+                READ_ON, "billed at USD 0.06 per DCU-hour for what the environment provisions, 24/7; the Small "
+                "preset's DCU count was not confirmed (third-party estimates: USD 300-400 a month at idle)"),
+    )
+
+
 class Airflow(pulumi.ComponentResource, ServiceComponent):
     """The Airflow service: Fernet key, API and JWT secrets, admin password, connections."""
 
@@ -211,5 +228,5 @@ class Airflow(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("postgres", "seaweedfs", "caddy"), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Airflow,
+    compose=compose, routes=routes, files=files, data=data, component=Airflow, managed=managed,
 )

@@ -10,6 +10,8 @@ A service is one module in this package that defines, top to bottom:
 - ``files(ctx)``: further non-secret files it ships in the bundle;
 - ``data(ctx)``: its :class:`Data` (databases, buckets, volumes) that backup, restore and
   migration keep; every named volume it mounts is declared there;
+- ``managed(ctx)``: the :class:`Managed` offers that do what it does, with dated list
+  prices (``mlox-iac cost`` sets them beside what the stack costs);
 - a ``ComponentResource`` that generates its credentials and writes its env files;
 
 and ends with ``SERVICE = Service(...)`` tying them together. ``registry.py`` lists the
@@ -237,6 +239,29 @@ class Data:
         return set(self.volumes) | set(self.not_kept)
 
 
+# How an hourly list price becomes a month's (the providers' own convention).
+HOURS_PER_MONTH = 730
+
+
+@dataclass(frozen=True)
+class Managed:
+    """A managed offer that does what one of our services does, at its smallest sensible tier.
+
+    ``monthly`` is the list price of a month (730 hours) of it running, or None where there
+    is no flat price to state: billed by usage, or not confirmed; ``note`` then says which,
+    and on what basis. ``read_on`` is the date the price was read (or, where the note says
+    so, written down without being confirmed on the page).
+    """
+
+    service: str
+    offer: str
+    currency: str
+    monthly: float | None
+    source: str
+    read_on: str
+    note: str = ""
+
+
 @dataclass(frozen=True)
 class Service:
     """One service's declaration: the answers every service gives, in the same order."""
@@ -251,6 +276,7 @@ class Service:
     files: Callable[[Context], dict[str, str]]
     data: Callable[[Context], Data]
     component: type  # pulumi.ComponentResource(name, ctx, servers, deps, opts)
+    managed: Callable[[Context], tuple[Managed, ...]]  # managed equivalents, at least one
     preset: str = "full"  # the smallest preset that enables it (PRESETS)
     # A budget that grows with the settings (one per served model); memory_mb is then its floor.
     memory: Callable[[Context], int] | None = None
@@ -296,9 +322,33 @@ def check_service(service: Service, known: set[str]) -> None:
         fail("settings class needs a docstring (its first line is the service's summary)")
     if not (isinstance(service.component, type) and issubclass(service.component, pulumi.ComponentResource)):
         fail("component must be a pulumi.ComponentResource")
-    for fn in ("compose", "routes", "files", "data"):
+    for fn in ("compose", "routes", "files", "data", "managed"):
         if not callable(getattr(service, fn)):
             fail(f"{fn} must be a function of the context")
+
+
+def check_managed(service: Service, ctx: Context) -> None:
+    """Check a service's managed equivalents: at least one, each filed under the service, with
+    an https source, the date its price was read, and a price or a note on how it is billed."""
+    import datetime
+
+    def fail(problem: str) -> None:
+        raise ContractError(f"service {service.name!r}: {problem}")
+
+    offers = service.managed(ctx)
+    if not offers:
+        fail("managed(ctx) names no managed equivalent (at least one, with its list price or how it is billed)")
+    for offer in offers:
+        if offer.service != service.name:
+            fail(f"managed equivalent {offer.offer!r} is filed under {offer.service!r}")
+        if not offer.source.startswith("https://"):
+            fail(f"managed equivalent {offer.offer!r} has no https source")
+        try:
+            datetime.date.fromisoformat(offer.read_on)
+        except (TypeError, ValueError):
+            fail(f"managed equivalent {offer.offer!r} has no read_on date (YYYY-MM-DD)")
+        if offer.monthly is None and not offer.note:
+            fail(f"managed equivalent {offer.offer!r} has no monthly price and no note saying how it is billed")
 
 
 def check_compose(service: Service, ctx: Context) -> None:

@@ -18,7 +18,7 @@ import pulumi
 from pydantic import Field
 
 from mlox_iac.components.services.base import (
-    Context, Data, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
+    HOURS_PER_MONTH, Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
 )
 
 NAME = "caddy"
@@ -149,6 +149,21 @@ def data(ctx: Context) -> Data:
     return Data(volumes=("caddy-data",), not_kept={"caddy-config": "Caddy's autosave, rewritten from the Caddyfile at start"})
 
 
+READ_ON = "2026-11-26"  # when the managed equivalents' prices below were read
+
+
+def managed(ctx: Context) -> tuple[Managed, ...]:
+    """Managed load balancers (TLS termination and routing), smallest tier."""
+    return (
+        Managed(NAME, "AWS Application Load Balancer (before LCUs)", "USD", round(0.0225 * HOURS_PER_MONTH, 2),
+                "https://aws.amazon.com/elasticloadbalancing/pricing/", READ_ON, "730 h × USD 0.0225/h, us-east-1"),
+        Managed(NAME, "DigitalOcean Load Balancer, 1 node", "USD", 12.0,
+                "https://www.digitalocean.com/pricing/load-balancers", READ_ON),
+        Managed(NAME, "Hetzner Load Balancer LB11", "EUR", 7.49, "https://www.hetzner.com/cloud/load-balancer/",
+                READ_ON, "EUR 5.39 before 2026-04-01"),
+    )
+
+
 class Caddy(pulumi.ComponentResource, ServiceComponent):
     """The proxy: one generated UI password per basic-auth route, hashes in its env file."""
 
@@ -169,5 +184,5 @@ class Caddy(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=(), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Caddy, preset="core",
+    compose=compose, routes=routes, files=files, data=data, component=Caddy, managed=managed, preset="core",
 )

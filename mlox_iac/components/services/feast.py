@@ -19,7 +19,7 @@ from __future__ import annotations
 import pulumi
 
 from mlox_iac.components.services.base import (
-    Context, Data, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
+    Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
 )
 
 NAME = "feast"
@@ -108,6 +108,18 @@ def data(ctx: Context) -> Data:
     return Data(databases=(DATABASE,))
 
 
+READ_ON = "2026-12-06"  # when the managed equivalents' prices below were read
+
+
+def managed(ctx: Context) -> tuple[Managed, ...]:
+    """A managed feature store's online store."""
+    return (
+        Managed(NAME, "Amazon SageMaker Feature Store, online store (standard tier)", "USD", None,
+                "https://aws.amazon.com/sagemaker/ai/pricing/", READ_ON,
+                "billed by usage: write and read request units and GB-months stored; no flat price"),
+    )
+
+
 def client_env(deps: dict) -> dict:
     """The secrets the feature_store.yaml reads, for every container that uses it."""
     return {DB_PASSWORD: deps["postgres"].database_password(DATABASE), REDIS_PASSWORD: deps["redis"].password_value}
@@ -125,5 +137,5 @@ class Feast(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("postgres", "redis", "caddy"), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Feast,
+    compose=compose, routes=routes, files=files, data=data, component=Feast, managed=managed,
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pulumi
 
 from mlox_iac.components.services.base import (
-    Context, Data, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
+    HOURS_PER_MONTH, Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
 )
 
 NAME = "jupyter"
@@ -126,6 +126,22 @@ def data(ctx: Context) -> Data:
     return Data(volumes=("jupyter-work",))
 
 
+READ_ON = "2026-12-06"  # when the managed equivalents' prices below were read
+
+
+def managed(ctx: Context) -> tuple[Managed, ...]:
+    """Managed notebooks on their smallest CPU instance, kept running as ours is."""
+    return (
+        Managed(NAME, "Amazon SageMaker Studio JupyterLab space, ml.t3.medium, 24/7", "USD",
+                round(0.05 * HOURS_PER_MONTH, 2), "https://aws.amazon.com/sagemaker/ai/pricing/", READ_ON,
+                "730 h × USD 0.05/h for ml.t3.medium, Studio's default CPU instance; the us-east-1 rate as "
+                "remembered, not confirmed on the pricing page; plus its storage"),
+        Managed(NAME, "Google Vertex AI Workbench instance, e2-standard-2", "USD", None,
+                "https://cloud.google.com/vertex-ai/pricing", READ_ON,
+                "billed per hour: the Compute Engine VM plus a Workbench management fee; no price confirmed"),
+    )
+
+
 class Jupyter(pulumi.ComponentResource, ServiceComponent):
     """The JupyterLab service: its login password, and the stack's keys for the kernels."""
 
@@ -152,5 +168,5 @@ class Jupyter(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("seaweedfs", "caddy"), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Jupyter,
+    compose=compose, routes=routes, files=files, data=data, component=Jupyter, managed=managed,
 )

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pulumi
 
 from mlox_iac.components.services.base import (
-    Context, Data, Route, Service, ServiceComponent, ServiceSettings, hc, limits,
+    Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits,
 )
 
 NAME = "label-studio"
@@ -103,6 +103,20 @@ def data(ctx: Context) -> Data:
     return Data(databases=(DATABASE,), buckets=(BUCKET,), volumes=("label-studio-data",))
 
 
+READ_ON = "2026-12-06"  # when the managed equivalents' prices below were read
+
+
+def managed(ctx: Context) -> tuple[Managed, ...]:
+    """Managed labeling: a cloud labeling service, and Label Studio's own hosted plan."""
+    return (
+        Managed(NAME, "Amazon SageMaker Ground Truth", "USD", None,
+                "https://aws.amazon.com/sagemaker/ai/groundtruth/pricing/", READ_ON,
+                "billed by usage: per object labeled, plus a labeling workforce if hired; no flat price"),
+        Managed(NAME, "Label Studio Starter Cloud (HumanSignal)", "USD", None, "https://humansignal.com/pricing/",
+                READ_ON, "a subscription per user and month; its price was not confirmed"),
+    )
+
+
 class LabelStudio(pulumi.ComponentResource, ServiceComponent):
     """The Label Studio service: admin password and API token, database and S3 credentials."""
 
@@ -139,5 +153,5 @@ class LabelStudio(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("postgres", "seaweedfs", "caddy"), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=LabelStudio,
+    compose=compose, routes=routes, files=files, data=data, component=LabelStudio, managed=managed,
 )

@@ -17,7 +17,9 @@ import pulumi
 
 from pydantic import Field
 
-from mlox_iac.components.services.base import Context, Data, Route, Service, ServiceComponent, ServiceSettings, hc, limits
+from mlox_iac.components.services.base import (
+    Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits,
+)
 from mlox_iac.components.services import caddy
 
 NAME = "mlflow"
@@ -108,6 +110,20 @@ def data(ctx: Context) -> Data:
     return Data(databases=(DATABASE,), buckets=(BUCKET,))
 
 
+READ_ON = "2026-11-26"  # when the managed equivalents' prices below were read
+
+
+def managed(ctx: Context) -> tuple[Managed, ...]:
+    """Managed MLflow tracking servers."""
+    return (
+        Managed(NAME, "Amazon SageMaker AI managed MLflow, Small tracking server", "USD", None,
+                "https://aws.amazon.com/sagemaker/ai/pricing/", READ_ON,
+                "billed per hour of tracking server plus storage"),
+        Managed(NAME, "Databricks managed MLflow", "USD", None, "https://www.databricks.com/product/pricing", READ_ON,
+                "part of a Databricks workspace, billed in DBUs"),
+    )
+
+
 class Mlflow(pulumi.ComponentResource, ServiceComponent):
     """The MLflow service: Flask secret, database and S3 credentials in its env file."""
 
@@ -139,5 +155,5 @@ class Mlflow(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("postgres", "seaweedfs", "caddy"), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Mlflow, preset="core",
+    compose=compose, routes=routes, files=files, data=data, component=Mlflow, managed=managed, preset="core",
 )

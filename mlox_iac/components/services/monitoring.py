@@ -41,7 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from mlox_iac.components.services import programs
 from mlox_iac.components.services.base import (
-    MLOX_DIR, Context, Data, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits, provisioner,
+    MLOX_DIR, Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
+    provisioner,
 )
 
 NAME = "monitoring"
@@ -435,6 +436,21 @@ def data(ctx: Context) -> Data:
     })
 
 
+READ_ON = "2026-12-06"  # when the managed equivalents' prices below were read
+
+
+def managed(ctx: Context) -> tuple[Managed, ...]:
+    """Hosted Prometheus, dashboards and alerting."""
+    return (
+        Managed(NAME, "Grafana Cloud Pro (hosted Prometheus, Grafana, alerting)", "USD", 19.0,
+                "https://grafana.com/pricing/", READ_ON,
+                "the Pro plan's platform fee as remembered, not confirmed on the pricing page; metrics beyond the "
+                "included active series, logs and users are billed by usage"),
+        Managed(NAME, "Amazon Managed Service for Prometheus", "USD", None, "https://aws.amazon.com/prometheus/pricing/",
+                READ_ON, "billed by usage: samples ingested, stored and queried; no flat price"),
+    )
+
+
 class Monitoring(pulumi.ComponentResource, ServiceComponent):
     """Monitoring: the server's address (for links and probes) and the Postgres login of the exporter."""
 
@@ -467,5 +483,5 @@ class Monitoring(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("caddy",), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Monitoring,
+    compose=compose, routes=routes, files=files, data=data, component=Monitoring, managed=managed,
 )

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pulumi
 
 from mlox_iac.components.services.base import (
-    Context, Data, Service, ServiceComponent, ServiceSettings, digest, hc, limits, provisioner,
+    HOURS_PER_MONTH, Context, Data, Managed, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
+    provisioner,
 )
 
 NAME = "postgres"
@@ -95,6 +96,20 @@ def data(ctx: Context) -> Data:
     return Data(not_kept={"postgres-data": "cluster files: each service's databases are kept as dumps, with their roles"})
 
 
+READ_ON = "2026-11-26"  # when the managed equivalents' prices below were read
+
+
+def managed(ctx: Context) -> tuple[Managed, ...]:
+    """Managed PostgreSQL at its smallest tier."""
+    return (
+        Managed(NAME, "Amazon RDS for PostgreSQL db.t4g.micro, single-AZ, 20 GB gp2", "USD",
+                round(0.016 * HOURS_PER_MONTH + 20 * 0.115, 2), "https://aws.amazon.com/rds/postgresql/pricing/",
+                READ_ON, "730 h × USD 0.016/h plus 20 GB × USD 0.115 a month, us-east-1"),
+        Managed(NAME, "DigitalOcean Managed PostgreSQL, 1 GiB single node", "USD", 15.15,
+                "https://www.digitalocean.com/pricing/managed-databases", READ_ON),
+    )
+
+
 class Postgres(pulumi.ComponentResource, ServiceComponent):
     """The Postgres service: superuser and per-service passwords, and its env file."""
 
@@ -117,5 +132,5 @@ class Postgres(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=(), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Postgres, preset="core",
+    compose=compose, routes=routes, files=files, data=data, component=Postgres, managed=managed, preset="core",
 )

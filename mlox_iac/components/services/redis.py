@@ -13,7 +13,7 @@ from __future__ import annotations
 import pulumi
 
 from mlox_iac.components.services.base import (
-    Context, Data, Service, ServiceComponent, ServiceSettings, hc, limits,
+    HOURS_PER_MONTH, Context, Data, Managed, Service, ServiceComponent, ServiceSettings, hc, limits,
 )
 
 NAME = "redis"
@@ -75,6 +75,21 @@ def data(ctx: Context) -> Data:
     return Data(volumes=("redis-data",))
 
 
+READ_ON = "2026-12-06"  # when the managed equivalents' prices below were read
+
+
+def managed(ctx: Context) -> tuple[Managed, ...]:
+    """Managed Redis, smallest node."""
+    return (
+        Managed(NAME, "Amazon ElastiCache for Redis OSS, one cache.t4g.micro node", "USD",
+                round(0.016 * HOURS_PER_MONTH, 2), "https://aws.amazon.com/elasticache/pricing/", READ_ON,
+                "730 h × USD 0.016/h, the us-east-1 rate as remembered, not confirmed on the pricing page"),
+        Managed(NAME, "Google Memorystore for Redis, Basic tier, 1 GB", "USD", round(0.049 * HOURS_PER_MONTH, 2),
+                "https://cloud.google.com/memorystore/docs/redis/pricing", READ_ON,
+                "730 h × USD 0.049 per GB-hour (M1), as remembered, not confirmed on the pricing page"),
+    )
+
+
 class Redis(pulumi.ComponentResource, ServiceComponent):
     """The Redis service: its generated password and env file."""
 
@@ -90,5 +105,5 @@ class Redis(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=(), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Redis,
+    compose=compose, routes=routes, files=files, data=data, component=Redis, managed=managed,
 )

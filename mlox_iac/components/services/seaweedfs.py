@@ -12,7 +12,7 @@ import pulumi
 from pydantic import Field, field_validator
 
 from mlox_iac.components.services.base import (
-    Context, Data, Route, Service, ServiceComponent, ServiceSettings, hc, limits, provisioner,
+    Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits, provisioner,
 )
 
 NAME = "seaweedfs"
@@ -153,6 +153,15 @@ def data(ctx: Context) -> Data:
     )
 
 
+def managed(ctx: Context) -> tuple[Managed, ...]:
+    """The providers' object stores, holding as much as the data volume."""
+    from mlox_iac.pricing import OBJECT_STORAGE
+
+    gb = ctx.config.volume_size_gb
+    return tuple(Managed(NAME, f"{store.name}, {gb} GB", store.currency, store.monthly(gb), store.source,
+                         store.read_on, store.note) for store in OBJECT_STORAGE.values())
+
+
 class Seaweedfs(pulumi.ComponentResource, ServiceComponent):
     """The SeaweedFS service: generated S3 keys and its env file."""
 
@@ -170,5 +179,5 @@ class Seaweedfs(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("caddy",), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Seaweedfs, preset="core",
+    compose=compose, routes=routes, files=files, data=data, component=Seaweedfs, managed=managed, preset="core",
 )

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mlox_iac.components.services import programs
 from mlox_iac.components.services.base import (
-    Context, Data, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
+    HOURS_PER_MONTH, Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
 )
 
 NAME = "serving"
@@ -164,6 +164,19 @@ def data(ctx: Context) -> Data:
     )
 
 
+READ_ON = "2026-12-06"  # when the managed equivalents' prices below were read
+
+
+def managed(ctx: Context) -> tuple[Managed, ...]:
+    """A managed real-time endpoint on the smallest general-purpose instance, 24/7."""
+    return (
+        Managed(NAME, "Amazon SageMaker real-time endpoint, one ml.m5.large instance, 24/7", "USD",
+                round(0.115 * HOURS_PER_MONTH, 2), "https://aws.amazon.com/sagemaker/ai/pricing/", READ_ON,
+                "730 h × USD 0.115/h for ml.m5.large (2 vCPU, 8 GiB), the us-east-1 rate as remembered, not "
+                "confirmed on the pricing page; several models share it only as a multi-model endpoint"),
+    )
+
+
 class Serving(pulumi.ComponentResource, ServiceComponent):
     """Model serving: S3 keys for the request log in its env file (route passwords are Caddy's)."""
 
@@ -181,5 +194,5 @@ class Serving(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("mlflow", "seaweedfs", "caddy"), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Serving, memory=memory,
+    compose=compose, routes=routes, files=files, data=data, component=Serving, managed=managed, memory=memory,
 )
