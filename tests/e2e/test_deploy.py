@@ -253,12 +253,17 @@ def test_3d_no_generated_secret_is_in_the_state_in_clear(deployment):
                                capture_output=True, text=True, timeout=120, env=run_env, check=True).stdout
         export = subprocess.run(["pulumi", "stack", "export", "--stack", d.stack], cwd=d.project,
                                 capture_output=True, text=True, timeout=120, env=run_env, check=True).stdout
+    def plain(value):
+        # A secret in an export with --show-secrets: {<secret signature>: ..., "plaintext": "<JSON>"}.
+        return json.loads(value["plaintext"]) if isinstance(value, dict) and "plaintext" in value else value
+
     generated = set()
     for resource in json.loads(clear)["deployment"]["resources"]:
         outputs = resource.get("outputs") or {}
         for key in ("result", "bcryptHash", "privateKeyOpenssh", "privateKeyPem"):
-            if isinstance(outputs.get(key), str) and len(outputs[key]) >= 8:
-                generated.add(outputs[key])
+            value = plain(outputs.get(key))
+            if isinstance(value, str) and len(value) >= 8:
+                generated.add(value)
     assert len(generated) >= 12, len(generated)  # 6+ passwords, each with its bcrypt hash
     key_lines = [line for line in d.host.private_key.splitlines() if line and "PRIVATE KEY" not in line]
     files = [p for p in (d.project / ".mlox").rglob("*") if p.is_file()] + [d.stack_file()]
