@@ -35,14 +35,16 @@ SCRATCH = "{}__mlox_restore"
 BEFORE = "{}__mlox_before_restore"
 
 # Per table: name, row count, and the sum over its rows of md5(row as text), the MD5's two
-# 64-bit halves summed apiece (bigint sums are exact, Postgres accumulates them in 128 bits).
-# The aggregate's state is those three numbers, so memory stays flat however many rows a
-# table has (the MD5 of the sorted MD5s it replaces built a string of 33 bytes a row: about
-# 230 MB at 3 million rows, beyond the container's 512 MiB at some 6 million). A sum, not an
-# XOR: XOR cancels rows in pairs, so two copies of any row look like none, and a table with
-# row x twice equals one with row y twice; a sum changes with every added row. Any changed,
-# missing or extra row shifts the sum by a difference of MD5s, which is zero by chance with
-# odds of about 2^-128 (against accidents; like the MD5 before it, not against forgery).
+# 64-bit halves summed apiece (exact: Postgres sums bigints in 128 bits or numeric). The
+# aggregate's state is those three numbers, so memory stays flat however many rows a table
+# has (tests/data/test_postgres_checksum.py measures it); the MD5 over the sorted MD5s that
+# format 1 used builds one string of them all, about 65 bytes a row at its peak (a backend
+# measured 220 MiB on 3 million rows, 410 MiB on 6 million: past the container's 512 MiB
+# near 6 million rows, and past 1 GB, the most a Postgres string holds, at 32 million).
+# A sum, not an XOR: under XOR two copies of a row cancel, so a table holding row x twice
+# equals one holding row y twice; a sum changes with every row added. A changed, missing or
+# extra row shifts the sum by a difference of MD5s, zero by chance with odds near 2^-128
+# (this guards against accidents; like format 1's MD5, not against forgery).
 # OFFSET 0 keeps the subquery apart, so each row's MD5 is computed once, not once per half.
 TABLE_SUM = ("SELECT %L, count(*), coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint), 0), "
              "coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint), 0) "
