@@ -35,7 +35,8 @@ MILLIONS = 3_000_000
 # The bound the sum's peak stays under and the old checksum's exceeds. Any scan of a big
 # table peaks near 30 MiB here (14 MiB of the backend's own, 16 MiB of shared buffers).
 # Measured (2 cores, Debian 12, PostgreSQL 15.18): the sum 30 MiB on 1 and on 3 million rows,
-# as much as a bare count(*); the MD5 over sorted MD5s 79 MiB on 1 million, 220 MiB on 3.
+# as much as a bare count(*); the MD5 over sorted MD5s 79 to 93 MiB on 1 million, 220 MiB
+# on 3 million, 410 MiB on 6 million.
 BOUND_KB = 48 * 1024
 # The throwaway cluster: the container's defaults (work_mem 4MB among them) except for
 #   shared_buffers=16MB: VmHWM counts the shared pages a backend touches, up to all of
@@ -82,8 +83,10 @@ def host():
         yield Host({"compose": compose, "data_dir": str(root / "mlox"), "stack": "test",
                     "postgres": {"service": "postgres", "superuser": SUPERUSER}})
     finally:
-        pg(BIN / "pg_ctl", "-D", root / "data", "-m", "immediate", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            pg(BIN / "pg_ctl", "-D", root / "data", "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def sql(host: Host, database: str, script: str) -> str:
@@ -115,7 +118,12 @@ def measured(host: Host, database: str, checksums: str) -> Measured:
 def test_checksum_memory_stays_flat_on_millions_of_rows(host):
     """The sum's peak on 3 million MLflow metrics is its peak on 1 million, under BOUND_KB;
     the old MD5 over sorted MD5s (every row's MD5 sorted, then one string of them all) is
-    above it on 1 million already. Both count alike."""
+    above it on 1 million already. Both count alike.
+
+    A peak is the backend's VmHWM (its peak RSS), which the backend reads from its own
+    /proc/self/status at the end of the checksum's session; every checksum gets a session,
+    so a backend, of its own. VmHWM counts the shared pages a backend touched too, hence the
+    cluster's small shared_buffers (see SETTINGS): what remains is the query's own memory."""
     def grow(first: int, last: int) -> None:
         sql(host, "metrics", f"INSERT INTO metrics {ROWS.format(first=first, last=last)};\n"
                              "SELECT count(*) FROM metrics;\n")  # sets the hint bits: no checksum pays for them
