@@ -405,9 +405,24 @@ def test_presets_and_overrides(tmp_path, case):
     assert config.enabled_services() == expected
 
 
-@pytest.mark.parametrize("stack", ["example-hetzner", "example-digitalocean", "example-aws", "example-onprem"])
-def test_example_stacks_validate(stack):
-    load_file(ROOT / "stacks" / f"Pulumi.{stack}.yaml")
+EXAMPLES = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in (ROOT / "stacks").glob("Pulumi.example-*.yaml"))
+
+
+def test_the_examples_are_found():
+    assert {"example-hetzner", "example-digitalocean", "example-aws", "example-onprem", "example-full"} <= set(EXAMPLES)
+
+
+@pytest.mark.parametrize("stack", EXAMPLES)
+def test_example_stacks_validate_without_warnings(stack):
+    assert load_file(ROOT / "stacks" / f"Pulumi.{stack}.yaml").warnings() == []
+
+
+def test_the_full_example_enables_every_service():
+    from mlox_iac.components.services.registry import SERVICES
+
+    config = load_file(ROOT / "stacks" / "Pulumi.example-full.yaml")
+    assert config.enabled_services() == list(SERVICES)
+    assert [m.name for m in config.service("serving").models] == ["churn"]
 
 
 def test_cli_validate_exit_codes(tmp_path):
