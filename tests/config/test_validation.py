@@ -414,7 +414,11 @@ def test_the_examples_are_found():
 
 @pytest.mark.parametrize("stack", EXAMPLES)
 def test_example_stacks_validate_without_warnings(stack):
-    assert load_file(ROOT / "stacks" / f"Pulumi.{stack}.yaml").warnings() == []
+    from mlox_iac.pricing import smaller_size_warning
+
+    config = load_file(ROOT / "stacks" / f"Pulumi.{stack}.yaml")
+    assert config.warnings() == []
+    assert smaller_size_warning(config) is None  # each example's size is the cheapest that holds it
 
 
 def test_the_full_example_enables_every_service():
