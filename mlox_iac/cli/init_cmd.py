@@ -107,11 +107,23 @@ def build_config(
         unknown = [s for s in services if s not in SERVICES]
         if unknown:
             raise ConfigError([f"--services: {', '.join(map(repr, unknown))} not allowed (allowed: {', '.join(SERVICES)})"])
-        wanted = set(services) | {"caddy"}  # the proxy is always on: it is the only way in
-        disabled = {name: {"enabled": False} for name in SERVICES if name not in wanted}
-        if disabled:
-            raw["services"] = disabled
+        raw_services = services_block(set(services) | {"caddy"})  # the proxy is always on: it is the only way in
+        if raw_services:
+            raw["services"] = raw_services
     return raw, extra
+
+
+def services_block(wanted: set[str]) -> dict[str, Any]:
+    """The ``mlox:services`` block that enables exactly ``wanted``: the smallest preset that
+    holds them all, minus what it enables and was not asked for (empty: the default preset)."""
+    from mlox_iac.components.services.base import PRESETS
+    from mlox_iac.components.services.registry import SERVICES
+
+    preset = max((SERVICES[name].preset for name in wanted), key=PRESETS.index, default=PRESETS[0])
+    block: dict[str, Any] = {} if preset == PRESETS[0] else {"preset": preset}
+    in_preset = [name for name in SERVICES if PRESETS.index(SERVICES[name].preset) <= PRESETS.index(preset)]
+    block.update({name: {"enabled": False} for name in in_preset if name not in wanted})
+    return block
 
 
 def render_stack_file(stack: str, raw: dict[str, Any], extra: dict[str, Any], kept: dict[str, Any]) -> str:
@@ -168,7 +180,9 @@ def init(
     domain: Optional[str] = typer.Option(
         None, "--domain", help="Base domain for HTTPS via Let's Encrypt; none: the server's address with an internal CA"),
     acme_email: Optional[str] = typer.Option(None, "--acme-email", help="Let's Encrypt contact (required with --domain)"),
-    services: Optional[str] = typer.Option(None, "--services", help="Comma-separated services to enable (default: all)"),
+    services: Optional[str] = typer.Option(
+        None, "--services", help="Comma-separated services to enable (default: the core preset: postgres, seaweedfs, "
+        "mlflow, caddy)"),
     ssh_key: list[str] = typer.Option([], "--ssh-key", help="OpenSSH public key, or the path of a .pub file (repeatable)"),
     admin_cidr: list[str] = typer.Option([], "--admin-cidr", help="Network allowed to reach SSH, e.g. 203.0.113.7/32 (repeatable)"),
     token: Optional[str] = typer.Option(
@@ -223,7 +237,8 @@ def init(
     domain = _ask(domain, "Domain (empty: use the server's address with an internal CA)", missing, "--domain", required=False)
     if domain:
         acme_email = _ask(acme_email, "E-mail for Let's Encrypt", missing, "--acme-email")
-    chosen = _ask(services, "Services", missing, "--services", default=",".join(SERVICES))
+    core = [name for name, service in SERVICES.items() if service.preset == "core"]
+    chosen = _ask(services, f"Services (any of {', '.join(SERVICES)})", missing, "--services", default=",".join(core))
     default_key = next((str(p) for p in (Path("~/.ssh").expanduser() / n for n in DEFAULT_PUBLIC_KEYS) if p.is_file()), None)
     keys = _ask(ssh_key, "SSH public key (or path of a .pub file)", missing, "--ssh-key", default=default_key if interactive() else None)
     cidrs = _ask(admin_cidr, "Networks allowed to reach SSH (CIDR, comma-separated)", missing, "--admin-cidr")

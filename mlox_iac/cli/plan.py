@@ -20,7 +20,7 @@ def _short(value: Any) -> str:
 def plan(stack: Optional[str] = StackOpt, file: Optional[Path] = FileOpt, as_json: bool = JsonOpt) -> None:
     """Show the resources `pulumi up` would create, without the Pulumi CLI or a cloud account.
 
-    Runs the real program for the stack under Pulumi mocks. Secrets show as [secret];
+    Runs the real program for the stack under Pulumi mocks. Secrets show as \\[secret];
     provider-computed values (addresses, ids) are stand-ins.
 
     Examples:

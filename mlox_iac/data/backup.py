@@ -296,7 +296,8 @@ def _staging(host: Host) -> Path:
 def capture_all(host: Host, staging: Path, cache: Path) -> dict[str, Any]:
     """Run every capture verb into ``staging``; return the manifest of everything."""
     services = _services(host)
-    manifest: dict[str, Any] = {"format": 1, "stack": host.plan["stack"], "created_at": time.time(), "services": {}}
+    # Format 2: a database's tables carry "sum" (format 1: "md5"; postgres.py verifies both).
+    manifest: dict[str, Any] = {"format": 2, "stack": host.plan["stack"], "created_at": time.time(), "services": {}}
     entries = manifest["services"]
     for name, data in services.items():
         entries[name] = {"databases": {}, "buckets": {}, "volumes": {}, "writers": data["writers"]}

@@ -411,6 +411,19 @@ def test_init_non_interactive_writes_a_valid_file(cli, mlox_project, no_pulumi):
     assert cli("validate", "--stack", "prod").exit_code == 0
 
 
+@pytest.mark.parametrize("services, enabled", [
+    (None, ["postgres", "seaweedfs", "mlflow", "caddy"]),  # the core preset
+    ("postgres,seaweedfs,mlflow,jupyter", ["postgres", "seaweedfs", "mlflow", "jupyter", "caddy"]),
+    ("postgres,seaweedfs,mlflow,redis,feast,label-studio,airflow,jupyter,serving,monitoring",
+     ["postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "airflow", "jupyter", "serving",
+      "monitoring", "caddy"]),
+])
+def test_init_services_enables_exactly_the_listed_ones(cli, mlox_project, no_pulumi, services, enabled):
+    result = cli("init", *HETZNER_FLAGS, *(["--services", services] if services else []))
+    assert result.exit_code == 0, result.stderr
+    assert load_file(mlox_project / "stacks" / "Pulumi.prod.yaml").enabled_services() == enabled
+
+
 def test_init_missing_flags_without_a_terminal(cli, mlox_project):
     result = cli("init", "--stack", "x")
     assert result.exit_code == 2

@@ -4,8 +4,8 @@ encrypted with the passphrase in the stack file, and what a user sees when the e
 cannot load a provider plugin.
 
 Engine: the real Pulumi CLI and its Python language host. The resource plugins
-(pulumi-command, pulumi-random) cannot be built on these machines (see the README,
-"The real Pulumi engine in CI"), so nothing here deploys; the program's remote steps are
+(pulumi-command, pulumi-random) cannot be built on these machines (see docs/testing.md,
+"The real Pulumi engine"), so nothing here deploys; the program's remote steps are
 tested by the replay harness in tests/e2e.
 """
 

@@ -189,6 +189,19 @@ def test_plan_imports_only_the_chosen_provider_sdk(provider, forbidden):
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize("example", sorted(p.name[len("Pulumi."):-len(".yaml")]
+                                            for p in (ROOT / "stacks").glob("Pulumi.example-*.yaml")))
+def test_every_example_stack_plans_with_a_component_per_enabled_service(example):
+    from mlox_iac.config.loader import load_file
+    from mlox_iac.plan import plan_stack_file
+
+    path = ROOT / "stacks" / f"Pulumi.{example}.yaml"
+    resources, outputs = plan_stack_file(path)
+    services = {r.name for r in resources if r.type.startswith("mlox:service:")}
+    assert services == set(load_file(path).enabled_services())
+    assert unwrap(outputs)["urls"]
+
+
 def test_plan_cli_json_lists_resources_with_secrets_masked():
     import json
 

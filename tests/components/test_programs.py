@@ -110,3 +110,34 @@ def test_request_log_samples_and_keeps_records_when_the_upload_fails(monkeypatch
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     everything.flush()
     assert len(everything.records) == 1  # kept for the next try
+
+
+def test_model_server_with_no_models_is_healthy_and_ready_for_models(tmp_path, monkeypatch):
+    """`preset: full` enables serving before any model is listed: the server then runs its
+    metrics endpoint only (what its health check reads) and serves no model route."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    config = tmp_path / "models.json"
+    config.write_text(json.dumps({"poll_seconds": 30, "log_bucket": "model-logs", "models": []}))
+    port = load("model_server.py", monkeypatch).free_port()
+    env = {"MLOX_SERVING_CONFIG": str(config), "MLOX_METRICS_PORT": str(port), "MLOX_SERVING_CACHE": str(tmp_path)}
+    process = subprocess.Popen([sys.executable, str(PROGRAMS / "model_server.py")], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+                    assert answer.status == 200
+                    assert "mlox_model_served_version{" not in answer.read().decode()
+                break
+            except OSError:
+                assert process.poll() is None, process.stdout.read().decode()
+                assert time.monotonic() < deadline, "the model server did not answer /metrics"
+                time.sleep(0.1)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

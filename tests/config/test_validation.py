@@ -126,9 +126,9 @@ CASES = {
     "bad_preset": (settings(services={"preset": "everything"}),
         "mlox:services.preset: 'everything' is not allowed (allowed: core or full)"),
     "full_preset_on_a_small_server": (settings(hetzner={"server_type": "cx23"}, services={"preset": "full"}),
-        "mlox:hetzner.server_type: server has 4096 MiB but the enabled services need 7424 MiB (postgres 512, "
-        "seaweedfs 512, mlflow 1024, redis 128, feast 512, label-studio 768, airflow 2304, jupyter 1024, caddy 128, "
-        "system 512) (allowed: a size with at least 7424 MiB, or fewer services)"),
+        "mlox:hetzner.server_type: server has 4096 MiB but the enabled services need 8112 MiB (postgres 512, "
+        "seaweedfs 512, mlflow 1024, redis 128, feast 512, label-studio 768, airflow 2304, jupyter 1024, serving 128, "
+        "monitoring 560, caddy 128, system 512) (allowed: a size with at least 8112 MiB, or fewer services)"),
     "bad_dags_repo": (settings("onprem", services={"airflow": {"enabled": True, "dags_repo": "ftp://x/y"}}),
         "mlox:services.airflow.dags_repo: 'ftp://x/y' is not allowed (allowed: matching "
         "^(https://|http://|git://|ssh://|file://|git@)\\S+$)"),
@@ -384,13 +384,14 @@ def test_valid_stack_keeps_other_namespaces_and_defaults(tmp_path):
 
 
 CORE = ["postgres", "seaweedfs", "mlflow", "caddy"]
-FULL = ["postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "airflow", "jupyter", "caddy"]
+FULL = ["postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "airflow", "jupyter", "serving", "monitoring",
+        "caddy"]
 PRESET_CASES = {
     "no_preset_is_core": ({}, CORE),
     "core": ({"preset": "core"}, CORE),
     "full": ({"preset": "full"}, FULL),
     "core_plus_one": ({"preset": "core", "jupyter": {"enabled": True}}, ["postgres", "seaweedfs", "mlflow", "jupyter", "caddy"]),
-    "full_minus_one": ({"preset": "full", "jupyter": {"enabled": False}}, ["postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "airflow", "caddy"]),
+    "full_minus_one": ({"preset": "full", "jupyter": {"enabled": False}}, [s for s in FULL if s != "jupyter"]),
     "core_minus_mlflow": ({"mlflow": {"enabled": False}}, ["postgres", "seaweedfs", "caddy"]),
     "settings_alone_do_not_enable": ({"preset": "core", "redis": {}}, CORE),
     "explicit_true_in_full": ({"preset": "full", "redis": {"enabled": True}}, FULL),
@@ -404,9 +405,28 @@ def test_presets_and_overrides(tmp_path, case):
     assert config.enabled_services() == expected
 
 
-@pytest.mark.parametrize("stack", ["example-hetzner", "example-digitalocean", "example-aws", "example-onprem"])
-def test_example_stacks_validate(stack):
-    load_file(ROOT / "stacks" / f"Pulumi.{stack}.yaml")
+EXAMPLES = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in (ROOT / "stacks").glob("Pulumi.example-*.yaml"))
+
+
+def test_the_examples_are_found():
+    assert {"example-hetzner", "example-digitalocean", "example-aws", "example-onprem", "example-full"} <= set(EXAMPLES)
+
+
+@pytest.mark.parametrize("stack", EXAMPLES)
+def test_example_stacks_validate_without_warnings(stack):
+    from mlox_iac.pricing import smaller_size_warning
+
+    config = load_file(ROOT / "stacks" / f"Pulumi.{stack}.yaml")
+    assert config.warnings() == []
+    assert smaller_size_warning(config) is None  # each example's size is the cheapest that holds it
+
+
+def test_the_full_example_enables_every_service():
+    from mlox_iac.components.services.registry import SERVICES
+
+    config = load_file(ROOT / "stacks" / "Pulumi.example-full.yaml")
+    assert config.enabled_services() == list(SERVICES)
+    assert [m.name for m in config.service("serving").models] == ["churn"]
 
 
 def test_cli_validate_exit_codes(tmp_path):

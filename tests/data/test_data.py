@@ -72,12 +72,24 @@ def test_volume_copy_check_and_swap_keeping_the_old_files(tmp_path):
 
 
 def test_postgres_manifest_parsing_and_diff():
-    out = "public.runs\t3\tabc\npublic.metrics\t10\tdef\n"
+    # Two sums a table (negative ones too: they are kept modulo 2^64), as 32 hex digits.
+    out = "public.runs\t3\t-1\t18446744073709551617\npublic.metrics\t10\t0\t255\n"
     manifest = postgres._parse(out)
-    assert manifest == {"public.runs": {"rows": 3, "md5": "abc"}, "public.metrics": {"rows": 10, "md5": "def"}}
-    changed = {**manifest, "public.runs": {"rows": 2, "md5": "abd"}}
+    assert manifest == {"public.runs": {"rows": 3, "sum": "ffffffffffffffff0000000000000001"},
+                        "public.metrics": {"rows": 10, "sum": "000000000000000000000000000000ff"}}
+    changed = {**manifest, "public.runs": {"rows": 2, "sum": "0" * 32}}
     assert postgres.diff(manifest, changed) == ["table public.runs: 2 rows (backup: 3)"]
+    assert postgres.diff(manifest, {**manifest, "public.metrics": {"rows": 10, "sum": "1" * 32}}) == [
+        "table public.metrics: content differs"]
     assert postgres.diff(manifest, {"public.runs": manifest["public.runs"]}) == ["table public.metrics: missing"]
+    assert postgres.checksums_for(manifest) == postgres.checksums_for({}) == postgres.CHECKSUMS
+
+
+def test_postgres_manifest_of_format_1_is_verified_the_old_way():
+    """Backups written before format 2 (and old servers a migration copies from) hold ``md5``."""
+    legacy = postgres._parse("public.runs\t3\tabc\n")
+    assert legacy == {"public.runs": {"rows": 3, "md5": "abc"}}
+    assert postgres.checksums_for(legacy) == postgres.LEGACY_CHECKSUMS
 
 
 def test_env_files_are_read_as_written(tmp_path):

@@ -1,8 +1,9 @@
-"""End to end: the full preset on one real Debian host (serving and monitoring are opt-in,
-tested in ``test_serving.py``).
+"""End to end: the full preset on one real Debian host, without serving and monitoring
+(they have their own host in ``test_serving.py``, and their images would add minutes here).
 
 One systemd-nspawn target host (prefix ``mlxsvc``, index 61); the real program for an
-onprem stack with ``mlox:services.preset: full`` is deployed by the real Pulumi engine as in
+onprem stack with ``mlox:services.preset: full`` minus serving and monitoring is deployed by the real
+Pulumi engine as in
 ``test_deploy.py`` (with the ``Deployment`` helper of ``tests/e2e/stack.py``). The tests run in
 file order and build on each other: stack up, each service used the way a user would
 (from outside, through the proxy, with the generated credentials only), unauthenticated
@@ -41,7 +42,7 @@ PREFIX, FIRST_INDEX = "mlxsvc", 61
 LONG_RUNNING = ("postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "airflow", "airflow-scheduler",
                 "airflow-dag-processor", "jupyter", "caddy")
 GIT_PORT = 9418
-# The services the full preset enables (serving and monitoring are opt-in) and their images.
+# The services this module deploys (the full preset minus serving and monitoring) and their images.
 FULL = ("postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "airflow", "jupyter", "caddy")
 FULL_IMAGES = sorted({SERVICES[s].image for s in FULL})
 
@@ -87,8 +88,9 @@ mlox_e2e()
 def catalogue(tmp_path_factory):
     with deployment_on_host(tmp_path_factory.mktemp("catalogue"), PREFIX, FIRST_INDEX, FULL_IMAGES) as d:
         daemon = _serve_dags_repo(d.work / "git", d.host.gateway)
-        d.raw["services"] = {"preset": "full", "airflow": {"dags_repo": f"git://{d.host.gateway}:{GIT_PORT}/dags.git"}}
-        d.raw["onprem"]["memory_mb"] = 8192  # an 8 GB server (Hetzner cx32/cx33 class)
+        d.raw["services"] = {"preset": "full", "airflow": {"dags_repo": f"git://{d.host.gateway}:{GIT_PORT}/dags.git"},
+                             "serving": {"enabled": False}, "monitoring": {"enabled": False}}
+        d.raw["onprem"]["memory_mb"] = 8192  # an 8 GB server (Hetzner cx33 class)
         try:
             yield d
         finally:

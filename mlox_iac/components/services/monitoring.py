@@ -101,7 +101,6 @@ class Alerts(BaseModel):
 class Settings(ServiceSettings):
     """Prometheus, exporters and Alertmanager: metrics, dashboards and alerts."""
 
-    enabled: bool = Field(False, description="Deploy monitoring")
     retention_days: int = Field(30, ge=1, le=3650, description="Keep metrics this long ...")
     retention_gb: int | None = Field(None, ge=1, le=1000,
                                      description="... or until they fill this much (default: a tenth of the data volume)")

@@ -65,7 +65,6 @@ class ModelSettings(BaseModel):
 class Settings(ServiceSettings):
     """Serve registered MLflow models by alias, each at its own HTTPS route."""
 
-    enabled: bool = Field(False, description="Deploy model serving")
     models: list[ModelSettings] = Field(default_factory=list, description="Models to serve")
     poll_seconds: int = Field(30, ge=2, le=3600, description="How often the aliases are checked")
 
