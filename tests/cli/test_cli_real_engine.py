@@ -1,16 +1,16 @@
 """The automation layer against the real Pulumi CLI (built from Go modules by
 ``scripts/build-pulumi``), not a test double: stacks on the local file backend, secrets
-encrypted with the passphrase in the stack file, and what a user sees when the engine
-cannot load a provider plugin.
+encrypted with the passphrase in the stack file, what a user sees when the engine cannot
+load a provider plugin (an empty plugin cache), and the real ``pulumi preview`` of every
+Hetzner example with the real hcloud provider (the plugins scripts/setup installs).
 
-Engine: the real Pulumi CLI and its Python language host. The resource plugins
-(pulumi-command, pulumi-random) cannot be built on these machines (see docs/testing.md,
-"The real Pulumi engine"), so nothing here deploys; the program's remote steps are
-tested by the replay harness in tests/e2e.
+Engine: the real Pulumi CLI and its Python language host. Deployments with the engine are
+in tests/e2e (test_deploy.py and the other modules on real hosts).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -143,3 +143,49 @@ def test_preview_of_the_example_with_its_placeholder_key_is_one_line_and_changes
             for key in ("access_key_id", "secret_access_key")]
     assert stack_path.read_text() == before
     assert not (engine / ".mlox" / "state" / ".pulumi" / "stacks").exists()
+
+
+def _secure_paths(node, path=""):
+    """Dotted config paths of every `secure:` placeholder in a stack file's config."""
+    if isinstance(node, dict):
+        if set(node) == {"secure"}:
+            yield path
+        for key, value in node.items():
+            yield from _secure_paths(value, f"{path}.{key}" if path else key)
+
+
+@pytest.mark.parametrize("example", sorted(
+    p.name.removeprefix("Pulumi.").removesuffix(".yaml")
+    for p in (Path(__file__).resolve().parents[2] / "stacks").glob("Pulumi.example-*.yaml")
+    if "mlox:provider: hetzner" in p.read_text()))
+def test_the_real_engine_previews_every_hetzner_example_with_the_real_hcloud_provider(
+        mlox_project, monkeypatch, tmp_path, example):
+    """Engine: the real Pulumi CLI with the real hcloud, command, random and tls plugins (the
+    plugin cache scripts/setup filled). A dummy token: the provider checks every Hetzner
+    resource's inputs and calls no API during a preview."""
+    from mlox_iac import automation
+
+    shutil.copy(Path(__file__).resolve().parents[2] / "__main__.py", mlox_project / "__main__.py")
+    monkeypatch.setenv("PATH", f"{Path(PULUMI).parent}{os.pathsep}{VENV_BIN}{os.pathsep}/usr/bin:/bin")
+    monkeypatch.delenv("PULUMI_HOME", raising=False)
+    monkeypatch.setenv("HOME", os.environ.get("MLOX_REAL_HOME", "/root"))
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", PASSPHRASE)
+    path = mlox_project / "stacks" / f"Pulumi.{example}.yaml"
+    document = yaml.safe_load(path.read_text())
+    secrets = {}
+    for dotted in list(_secure_paths(document["config"])):
+        key, _, rest = dotted.partition(".")
+        parent = document["config"][key]
+        parts = rest.split(".")
+        for part in parts[:-1]:
+            parent = parent[part]
+        del parent[parts[-1]]
+        secrets[f"{key}.{rest}"] = f"dummy-{parts[-1]}"
+    path.write_text(yaml.safe_dump(document))
+    automation.set_secrets(example, {"hcloud:token": "0" * 64, **secrets},
+                           path_keys=tuple(k for k in secrets if "." in k), project_dir=mlox_project)
+    result = automation.preview(example, project_dir=mlox_project)
+    assert set(result.changes) == {"create"}, result.changes
+    plan = subprocess.run([sys.executable, "-m", "mlox_iac.cli.main", "plan", "--stack", example, "--json"],
+                          cwd=mlox_project, capture_output=True, text=True, check=True)
+    assert result.changes["create"] == len(json.loads(plan.stdout)) + 1, plan.stdout[:300]  # + the Stack itself
