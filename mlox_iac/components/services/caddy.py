@@ -14,12 +14,16 @@ password per service (bcrypt hash in Caddy's env file, never in the bundle).
 
 from __future__ import annotations
 
-import pulumi
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
 from mlox_iac.components.services.base import (
     Context, Data, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
 )
+
+if TYPE_CHECKING:
+    import pulumi
 
 NAME = "caddy"
 IMAGE = "caddy:2.11.7"
@@ -149,7 +153,7 @@ def data(ctx: Context) -> Data:
     return Data(volumes=("caddy-data",), not_kept={"caddy-config": "Caddy's autosave, rewritten from the Caddyfile at start"})
 
 
-class Caddy(pulumi.ComponentResource, ServiceComponent):
+class Caddy(ServiceComponent):
     """The proxy: one generated UI password per basic-auth route, hashes in its env file."""
 
     ui_user: str
