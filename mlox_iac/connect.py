@@ -152,6 +152,39 @@ def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None,
     return env
 
 
+PROFILE_FORMAT = 1
+
+
+def profile_dir() -> Path:
+    """Where mlox-client looks for profiles: ``$XDG_CONFIG_HOME/mlox`` (default ``~/.config/mlox``;
+    on Windows ``%APPDATA%/mlox``). The client package has the same rule (mlox_client.profile)."""
+    if os.name == "nt" and os.environ.get("APPDATA"):
+        return Path(os.environ["APPDATA"]) / "mlox"
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "mlox"
+
+
+def write_profile(stack: str, env: Mapping[str, str], directory: Path | None = None) -> Path:
+    """Write ``<profile_dir>/<stack>.json``: the exports, secrets included, for mlox-client.
+
+    Mode 0600 from the start (created so, never widened), in a 0700 directory; written to a
+    temporary file and renamed, so a reader never sees half a profile.
+    """
+    directory = Path(directory) if directory is not None else profile_dir()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / f"{stack}.json"
+    tmp = directory / f".{stack}.json.tmp"
+    tmp.unlink(missing_ok=True)
+    document = {"format": PROFILE_FORMAT, "stack": stack, "env": dict(env)}
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        if hasattr(os, "fchmod"):  # not on Windows, where the mode means little
+            os.fchmod(handle.fileno(), 0o600)  # whatever the umask
+        json.dump(document, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    tmp.replace(path)
+    return path
+
+
 def ca_bundle_path(ca_path: str | Path) -> Path:
     """Where :func:`write_ca_bundle` puts the combined bundle for ``ca_path``."""
     return Path(f"{ca_path}.bundle.pem")

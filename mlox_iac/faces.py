@@ -34,6 +34,7 @@ STACK_SETTINGS: dict[str, tuple[str, str | None]] = {
     "ssh_host": ("MLOX_SSH_HOST", "server_address"),
     "ssh_user": ("MLOX_SSH_USER", "ssh_user"),
     "ssh_port": ("MLOX_SSH_PORT", "ssh_port"),
+    "ssh_identity": ("MLOX_SSH_IDENTITY", None),  # the user's key, when given to mlox-iac env --identity
 }
 # Where the settings file of the stack's containers is in the bundle, and where they see it.
 INSIDE_FILE = "client/settings.json"
