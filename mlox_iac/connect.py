@@ -6,7 +6,9 @@ content (``pulumi stack output --json --show-secrets``), so the end-to-end suite
 against a real host without the Pulumi CLI. The keys used are the ones
 ``mlox_iac.components.stack`` exports: ``server_address``, ``ssh_user``, ``ssh_port``,
 ``services``, ``urls``, ``tls``, ``ui_user``, ``ui_passwords``, ``s3_endpoint``,
-``s3_access_key``, ``s3_secret_key``, ``s3_buckets``, ``mlflow_tracking_uri``.
+``s3_access_key``, ``s3_secret_key``, ``s3_buckets``, ``mlflow_tracking_uri``, and for the
+exports the sources the services' client faces name (``login_passwords``, ``api_tokens``,
+``client_secrets``: see ``mlox_iac/faces.py``).
 
 The builders (:func:`env_exports`, :func:`render_exports`, :func:`ssh_argv`,
 :func:`logs_argv`, :func:`fetch_ca_argv`) are pure; :func:`probe` and :func:`fetch_ca` do I/O.

@@ -1,4 +1,5 @@
-"""Caddy: the reverse proxy, and the only container that publishes ports (80 and 443).
+"""Caddy: the reverse proxy, and the only container that publishes ports (80 and 443) beyond
+the server's loopback (where Postgres and Redis meet users' SSH tunnels).
 
 With ``mlox:domain`` set, every route is its own subdomain (``mlflow.<domain>``,
 ``s3.<domain>``) with automatic HTTPS from Let's Encrypt, or from the ACME CA at
