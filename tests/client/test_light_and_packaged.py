@@ -9,9 +9,7 @@ import os
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
-import pytest
 from client_helpers import clean, exported, write_profile  # noqa: F401 (clean: a fixture)
 
 from conftest import ROOT

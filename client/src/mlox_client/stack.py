@@ -44,6 +44,7 @@ class Stack:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._services: dict[str, Service] = {}
         self._tunnels: dict[str, Tunnel] = {}
 
     @property
@@ -112,11 +113,10 @@ class Stack:
         return self.settings.routes("model-*")
 
     def _once(self, key: str, make):
-        cache = self.__dict__.setdefault("_services", {})
-        if key not in cache:
+        if key not in self._services:
             self.settings.face(key)  # NotInStack, with the setting that enables it
-            cache[key] = make(self)
-        return cache[key]
+            self._services[key] = make(self)
+        return self._services[key]
 
     # ----- tunnels ----------------------------------------------------------------------
 
