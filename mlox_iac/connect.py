@@ -6,7 +6,9 @@ content (``pulumi stack output --json --show-secrets``), so the end-to-end suite
 against a real host without the Pulumi CLI. The keys used are the ones
 ``mlox_iac.components.stack`` exports: ``server_address``, ``ssh_user``, ``ssh_port``,
 ``services``, ``urls``, ``tls``, ``ui_user``, ``ui_passwords``, ``s3_endpoint``,
-``s3_access_key``, ``s3_secret_key``, ``s3_buckets``, ``mlflow_tracking_uri``.
+``s3_access_key``, ``s3_secret_key``, ``s3_buckets``, ``mlflow_tracking_uri``, and for the
+exports the sources the services' client faces name (``login_passwords``, ``api_tokens``,
+``client_secrets``: see ``mlox_iac/faces.py``).
 
 The builders (:func:`env_exports`, :func:`render_exports`, :func:`ssh_argv`,
 :func:`logs_argv`, :func:`fetch_ca_argv`) are pure; :func:`probe` and :func:`fetch_ca` do I/O.
@@ -27,29 +29,26 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
+from mlox_iac import faces
+from mlox_iac.components.services.base import SECRET_SOURCES
 from mlox_iac.errors import ConfigError, MloxError
 
 SECRET = "[secret]"
 # Outputs that are secrets (the stack marks them so; a JSON outputs file has them in clear).
-SECRET_OUTPUTS = frozenset({"ui_passwords", "login_passwords", "api_tokens", "s3_access_key", "s3_secret_key",
-                            "backup_password"})
+SECRET_OUTPUTS = SECRET_SOURCES | {"backup_password"}
 # Where Caddy keeps the root certificate of its internal CA on every server.
 CA_PATH_ON_SERVER = "/mnt/mlox-data/volumes/caddy-data/caddy/pki/authorities/local/root.crt"
 # The compose project on every server (see mlox_iac.render.commands.COMPOSE).
 COMPOSE_ARGS = ("docker", "compose", "--project-name", "mlox", "--project-directory", "/opt/mlox/bundle",
                 "-f", "/opt/mlox/bundle/compose.yaml")
-# Health paths under a route's URL; other routes are probed at their root.
-HEALTH_PATHS = {"mlflow": "/health", "prometheus": "/-/healthy", "alertmanager": "/-/healthy"}
-MODEL_HEALTH_PATH = "/ping"  # every served model's route (503 until a version is served)
 SHELLS = ("sh", "fish", "powershell")
-# Exports that carry a secret (masked unless asked for).
-SECRET_EXPORTS = frozenset({"MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                            "FEAST_FEATURE_SERVER_PASSWORD"})
+# Exports that carry a secret (masked unless asked for): what the services' faces say.
+SECRET_EXPORTS = faces.secret_variables()
 
 
 def is_secret_export(key: str) -> bool:
-    """A credential among the exports (the fixed ones, and each served model's password)."""
-    return key in SECRET_EXPORTS or (key.startswith("MLOX_MODEL_") and key.endswith("_PASSWORD"))
+    """A credential among the exports (the faces' fixed ones, and each served model's password)."""
+    return faces.is_secret_variable(key)
 
 
 # ----- outputs ------------------------------------------------------------------------
@@ -125,57 +124,67 @@ def _need(outputs: Mapping[str, Any], key: str, why: str) -> Any:
 
 # ----- env ----------------------------------------------------------------------------
 
-def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None) -> dict[str, str]:
-    """Environment variables that let MLflow, boto3, the AWS CLI and notebooks connect.
+def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None,
+                stack: str | None = None) -> dict[str, str]:
+    """Environment variables that let MLflow, boto3, the AWS CLI, notebooks and mlox-client connect.
 
-    MLflow: tracking URI, basic-auth user and password (artifacts go through the tracking
-    server, so no S3 settings are needed for MLflow). S3: ``AWS_ENDPOINT_URL_S3`` (read by
-    boto3 >= 1.28 and the AWS CLI; it affects S3 only, not other AWS services) and the keys.
+    Each service's face (``mlox_iac/faces.py``) says which variables it needs and where their
+    values are in the outputs: MLflow's tracking URI and basic auth (artifacts go through the
+    tracking server, so MLflow needs no S3 settings); S3's endpoint (``AWS_ENDPOINT_URL_S3``,
+    read by boto3 >= 1.28 and the AWS CLI, for S3 only) and keys; Feast's feature server and
+    what a FeatureStore needs; each served model's URL, user and password
+    (``MLOX_MODEL_<NAME>_*``); Postgres, Airflow and Label Studio for mlox-client. Besides:
+    ``MLOX_STACK`` (``stack``), the services, and the SSH target (mlox-client's tunnels).
     With ``ca_path`` (the root that issued the server's certificates: the internal CA's
-    without a domain, a custom ACME CA's with one): ``MLFLOW_TRACKING_SERVER_CERT_PATH``
-    and ``AWS_CA_BUNDLE`` point at it, and ``REQUESTS_CA_BUNDLE`` at :func:`ca_bundle_path`
-    (the system's roots plus it: MLflow downloads artifacts from presigned S3 URLs with
-    plain requests, which honours only that variable). Feast: the feature server's URL and
-    basic-auth credentials (its Postgres and Redis stay internal to the server). Each served model:
-    ``MLOX_MODEL_<NAME>_URL``, ``_USER`` and ``_PASSWORD``.
+    without a domain, a custom ACME CA's with one): ``MLOX_CA_FILE``,
+    ``MLFLOW_TRACKING_SERVER_CERT_PATH`` and ``AWS_CA_BUNDLE`` point at it, and
+    ``REQUESTS_CA_BUNDLE`` at :func:`ca_bundle_path` (the system's roots plus it: MLflow
+    downloads artifacts from presigned S3 URLs with plain requests, which honours only that
+    variable).
     """
     env: dict[str, str] = {}
-    if outputs.get("mlflow_tracking_uri"):
-        env["MLFLOW_TRACKING_URI"] = str(outputs["mlflow_tracking_uri"])
-        env.update(_basic_auth(outputs, "mlflow", "MLFLOW_TRACKING"))
-    urls = outputs.get("urls")
-    if isinstance(urls, Mapping) and urls.get("feast"):
-        # Feast's feature server (POST $FEAST_FEATURE_SERVER_URL/get-online-features, basic auth).
-        env["FEAST_FEATURE_SERVER_URL"] = str(urls["feast"])
-        env.update(_basic_auth(outputs, "feast", "FEAST_FEATURE_SERVER"))
-    for route, url in sorted((urls if isinstance(urls, Mapping) else {}).items()):
-        if route.startswith("model-"):  # served models: URL, user and generated password each
-            prefix = "MLOX_" + route.upper().replace("-", "_")
-            env[f"{prefix}_URL"] = str(url)
-            env.update(_basic_auth(outputs, route, prefix, user_suffix="_USER"))
-    if outputs.get("s3_endpoint"):
-        env["AWS_ENDPOINT_URL_S3"] = str(outputs["s3_endpoint"])
-        for key, name in (("s3_access_key", "AWS_ACCESS_KEY_ID"), ("s3_secret_key", "AWS_SECRET_ACCESS_KEY")):
-            if outputs.get(key):
-                env[name] = str(outputs[key])
+    if stack:
+        env[faces.STACK_SETTINGS["name"][0]] = stack
+    env.update(faces.env_exports(outputs))
     if ca_path is not None:
+        env[faces.STACK_SETTINGS["ca_file"][0]] = str(ca_path)
         env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(ca_path)
         env["AWS_CA_BUNDLE"] = str(ca_path)
         env["REQUESTS_CA_BUNDLE"] = str(ca_bundle_path(ca_path))
     return env
 
 
-def _basic_auth(outputs: Mapping[str, Any], route: str, prefix: str, user_suffix: str = "_USERNAME") -> dict[str, str]:
-    """``<prefix>_USERNAME`` (or ``user_suffix``) / ``_PASSWORD`` of a route behind the proxy's basic auth."""
-    env: dict[str, str] = {}
-    if outputs.get("ui_user"):
-        env[f"{prefix}{user_suffix}"] = str(outputs["ui_user"])
-    passwords = outputs.get("ui_passwords")
-    if isinstance(passwords, Mapping) and passwords.get(route):
-        env[f"{prefix}_PASSWORD"] = str(passwords[route])
-    elif passwords == SECRET:
-        env[f"{prefix}_PASSWORD"] = SECRET
-    return env
+PROFILE_FORMAT = 1
+
+
+def profile_dir() -> Path:
+    """Where mlox-client looks for profiles: ``$XDG_CONFIG_HOME/mlox`` (default ``~/.config/mlox``;
+    on Windows ``%APPDATA%/mlox``). The client package has the same rule (mlox_client.profile)."""
+    if os.name == "nt" and os.environ.get("APPDATA"):
+        return Path(os.environ["APPDATA"]) / "mlox"
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "mlox"
+
+
+def write_profile(stack: str, env: Mapping[str, str], directory: Path | None = None) -> Path:
+    """Write ``<profile_dir>/<stack>.json``: the exports, secrets included, for mlox-client.
+
+    Mode 0600 from the start (created so, never widened), in a 0700 directory; written to a
+    temporary file and renamed, so a reader never sees half a profile.
+    """
+    directory = Path(directory) if directory is not None else profile_dir()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / f"{stack}.json"
+    tmp = directory / f".{stack}.json.tmp"
+    tmp.unlink(missing_ok=True)
+    document = {"format": PROFILE_FORMAT, "stack": stack, "env": dict(env)}
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        if hasattr(os, "fchmod"):  # not on Windows, where the mode means little
+            os.fchmod(handle.fileno(), 0o600)  # whatever the umask
+        json.dump(document, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    tmp.replace(path)
+    return path
 
 
 def ca_bundle_path(ca_path: str | Path) -> Path:
@@ -571,7 +580,7 @@ def probe(
     """Probe every route in ``outputs["urls"]`` through the proxy.
 
     A route behind basic auth (it has a password in ``ui_passwords``) gets a GET of its
-    health path (MLflow: ``<url>/health``) with those credentials and is up on 2xx/3xx. A
+    health path (its face's: MLflow's ``<url>/health``) with those credentials and is up on 2xx/3xx. A
     route that authenticates itself (S3) gets a GET of ``<url>/`` and is up on any answer
     below 500 (anonymous S3 answers 403). For HTTPS, the peer certificate is verified
     (against ``ca_path`` when given, else the system store) and its expiry reported.
@@ -587,7 +596,7 @@ def probe(
     results = []
     for name, url in urls.items():
         auth = (user, str(passwords[name])) if name in passwords else None
-        path = HEALTH_PATHS.get(name) or (MODEL_HEALTH_PATH if name.startswith("model-") else "/")
+        path = faces.health_path(name)
         results.append(_probe_one(name, str(url), path, auth, ca_path=ca_path, timeout=timeout, now=now))
     return results
 

@@ -12,6 +12,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# This tree's mlox-client, before any installed copy (tests/client).
+sys.path.insert(0, str(ROOT / "client" / "src"))
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZ7eBjBSRNkuS+BTDG+3vvqteolSI3QO1RHW674qdPL test@ci"
 

@@ -36,6 +36,11 @@ def read_outputs(stack: Optional[str], outputs_file: Optional[Path], show_secret
     return values if show_secrets else connect.mask_outputs(values)
 
 
+def stack_key(stack: Optional[str], outputs: dict) -> str:
+    """The stack's name, or (outputs from a file without --stack) its server's address as a name."""
+    return stack or re.sub(r"[^A-Za-z0-9._-]", "_", str(outputs.get("server_address") or "server"))
+
+
 def ca_file(outputs: dict, stack: Optional[str], ca: Optional[Path], identity: Optional[Path], refresh: bool) -> Optional[Path]:
     """The root certificate to trust: ``--ca`` when given (with a domain: a custom ACME CA's
     root; without: the internal CA's); without a domain, else ``.mlox/<stack>/caddy-root.crt``
@@ -46,7 +51,7 @@ def ca_file(outputs: dict, stack: Optional[str], ca: Optional[Path], identity: O
         return connect.check_ca_file(ca)
     if outputs.get("tls") != "internal":
         return None
-    key = stack or re.sub(r"[^A-Za-z0-9._-]", "_", str(outputs.get("server_address") or "server"))
+    key = stack_key(stack, outputs)
     try:
         base = project_dir() / ".mlox"
     except MloxError:  # outside the project (a notebook's directory, say): a per-user cache
@@ -61,6 +66,10 @@ def ca_file(outputs: dict, stack: Optional[str], ca: Optional[Path], identity: O
 
 
 RefreshCaOpt = typer.Option(False, "--refresh-ca", help="Fetch the server's CA certificate again (after a rebuild)")
+WriteProfileOpt = typer.Option(
+    False, "--write-profile",
+    help="Write the settings, secrets included, to the profile mlox-client reads (mode 600, in the user's config "
+    "directory) instead of printing them")
 
 
 def outputs(
@@ -110,22 +119,29 @@ def env(
     shell: str = typer.Option("sh", "--shell", help="Syntax: sh (bash, zsh), fish or powershell"),
     outputs_file: Optional[Path] = OutputsFileOpt, ca: Optional[Path] = CaOpt,
     identity: Optional[Path] = IdentityOpt, refresh_ca: bool = RefreshCaOpt,
+    write_profile: bool = WriteProfileOpt,
 ) -> None:
-    """Print shell exports so MLflow, boto3 and notebooks connect at once.
+    """Print shell exports so MLflow, boto3, notebooks and mlox-client connect at once.
 
-    Sets MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME/PASSWORD,
-    AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and,
-    for stacks without a domain, MLFLOW_TRACKING_SERVER_CERT_PATH and
-    AWS_CA_BUNDLE (the server's CA certificate, fetched over SSH once
-    into .mlox/<stack>/caddy-root.crt; or give it with --ca); with a
-    domain and a custom ACME CA, the same from --ca (that CA's root).
+    Sets what each service's clients read: MLFLOW_TRACKING_URI and
+    MLFLOW_TRACKING_USERNAME/PASSWORD, AWS_ENDPOINT_URL_S3,
+    AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, the feature server's,
+    each served model's (MLOX_MODEL_<NAME>_*), and MLOX_STACK with the
+    rest mlox-client needs. For stacks without a domain also
+    MLOX_CA_FILE, MLFLOW_TRACKING_SERVER_CERT_PATH and AWS_CA_BUNDLE
+    (the server's CA certificate, fetched over SSH once into
+    .mlox/<stack>/caddy-root.crt; or give it with --ca); with a domain
+    and a custom ACME CA, the same from --ca (that CA's root).
     Passwords and keys are printed only with --show-secrets, else as
-    comments.
+    comments. With --write-profile the settings go, secrets included,
+    to the profile mlox_client.connect() reads (mode 600:
+    $XDG_CONFIG_HOME/mlox/<stack>.json, by default ~/.config/mlox/).
 
     Examples:
       eval "$(mlox-iac env --stack prod --show-secrets)"
       mlox-iac env --stack prod --show-secrets --shell fish | source
       mlox-iac env --stack prod --json
+      mlox-iac env --stack prod --write-profile
     """
     from mlox_iac import connect
 
@@ -133,8 +149,18 @@ def env(
     values = read_outputs(stack, outputs_file, show_secrets=True)
     ca_path = ca_file(values, stack, ca, identity, refresh_ca)
     if ca_path is not None:
+        ca_path = Path(ca_path).resolve()  # the exports and the profile are used from other directories
         connect.write_ca_bundle(ca_path)
-    exports = connect.env_exports(values, ca_path)
+    exports = connect.env_exports(values, ca_path, stack=stack_key(stack, values))
+    if identity is not None:  # the key mlox-client's tunnels use too
+        exports["MLOX_SSH_IDENTITY"] = str(Path(identity).expanduser().resolve())
+    if write_profile:
+        path = connect.write_profile(stack_key(stack, values), exports)
+        if as_json:
+            out.data({"profile": str(path)})
+        else:
+            out.err.print(f"wrote {path} (mode 600): mlox_client.connect() reads it", highlight=False)
+        return
     if not show_secrets:
         exports = {k: (connect.SECRET if connect.is_secret_export(k) else v) for k, v in exports.items()}
     if as_json:

@@ -128,6 +128,7 @@ class MloxStack(pulumi.ComponentResource):
 
 def _stack_outputs(config: StackConfig, ctx: Context, name: str, server: Server, services: dict, bundle: Bundle) -> dict:
     """Service URLs and user names in clear; passwords and keys as secrets."""
+    from mlox_iac import faces
     from mlox_iac.components.services import caddy
 
     address = server.public_address
@@ -164,6 +165,11 @@ def _stack_outputs(config: StackConfig, ctx: Context, name: str, server: Server,
     out["login_passwords"] = pulumi.Output.secret(logins)
     tokens = {n: s.api_token for n, s in services.items() if getattr(s, "api_token", None) is not None}
     out["api_tokens"] = pulumi.Output.secret(tokens)
+    # The credentials a client face reads from no other output (databases for mlox-client).
+    wanted = faces.client_secret_names()
+    secrets = {k: v for s in services.values() for k, v in (getattr(s, "client_secrets", None) or {}).items()
+               if k in wanted}
+    out["client_secrets"] = pulumi.Output.secret(secrets)
     return out
 
 

@@ -55,6 +55,7 @@ def _check_bucket_names(ctx: Context) -> None:
 
 def render_bundle(ctx: Context) -> dict[str, str]:
     """Every file of the bundle, relative path -> text, sorted by path."""
+    from mlox_iac import faces
     from mlox_iac.render.backup import backup_files
 
     compose = render_compose(ctx)
@@ -63,6 +64,8 @@ def render_bundle(ctx: Context) -> dict[str, str]:
     for name in ctx.config.enabled_services():
         for path, text in SERVICES[name].files(ctx).items():
             files[path] = text
+    # mlox-client's settings in the containers that run user code (no secrets).
+    files[faces.INSIDE_FILE] = faces.inside_settings(ctx)
     files.update(backup_files(ctx, compose))
     return dict(sorted(files.items()))
 

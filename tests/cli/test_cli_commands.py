@@ -301,6 +301,38 @@ def test_env_with_the_internal_ca(cli, mlox_project, outputs_file, tmp_path):
     assert f"set -gx AWS_CA_BUNDLE '{ca}'\n" in result.stdout
 
 
+def test_env_write_profile_is_private_and_what_mlox_client_reads(cli, mlox_project, outputs_file, tmp_path,
+                                                                 monkeypatch):
+    import os
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("MLOX_STACK", raising=False)
+    ca = make_tls(tmp_path / "tls").ca_path
+    path = str(outputs_file(outputs_for(443)))
+    stale = tmp_path / "config" / "mlox" / "dev.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
+    stale.chmod(0o644)  # an older, readable profile is replaced, never left readable
+    result = cli("env", "--stack", "dev", "--outputs-file", path, "--ca", str(ca), "--identity", "~/.ssh/mine",
+                 "--write-profile")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""  # nothing to evaluate, no secret on the terminal
+    assert result.stderr == f"wrote {stale} (mode 600): mlox_client.connect() reads it\n"
+    assert stale.stat().st_mode & 0o777 == 0o600
+    profile = json.loads(stale.read_text())
+    assert (profile["format"], profile["stack"]) == (1, "dev")
+    assert profile["env"]["MLFLOW_TRACKING_PASSWORD"] == "ui-pass" and profile["env"]["MLOX_CA_FILE"] == str(ca)
+    assert profile["env"]["MLOX_SSH_IDENTITY"] == os.path.expanduser("~/.ssh/mine")
+    monkeypatch.setenv("MLOX_CLIENT_SETTINGS", str(tmp_path / "none.json"))
+    import mlox_client
+
+    stack = mlox_client.connect("dev", configure_mlflow=False)
+    assert (stack.name, stack.s3.endpoint, stack.mlflow.tracking_uri) == ("dev", "https://127.0.0.1:443",
+                                                                          "https://127.0.0.1:443/mlflow")
+    as_json = cli("env", "--stack", "dev", "--outputs-file", path, "--ca", str(ca), "--write-profile", "--json")
+    assert json.loads(as_json.stdout) == {"profile": str(stale)}
+
+
 def test_env_fetches_the_ca_once_over_ssh(cli, mlox_project, outputs_file, monkeypatch):
     import subprocess
 

@@ -17,13 +17,25 @@ OUTPUTS = outputs_for(443)
 # ----- env ----------------------------------------------------------------------------
 
 def test_env_exports_for_a_stack_without_a_domain():
-    assert connect.env_exports(OUTPUTS, ca_path="/p/caddy-root.crt") == {
+    assert connect.env_exports(OUTPUTS, ca_path="/p/caddy-root.crt", stack="dev") == {
+        # The stack, and how mlox-client reaches its server for SSH tunnels.
+        "MLOX_STACK": "dev",
+        "MLOX_SERVICES": "postgres,seaweedfs,mlflow,caddy",
+        "MLOX_SSH_HOST": "127.0.0.1",
+        "MLOX_SSH_USER": "root",
+        "MLOX_SSH_PORT": "22",
+        # The team's database, through a tunnel (its password is in outputs of newer stacks).
+        "MLOX_POSTGRES_TUNNEL": "127.0.0.1:15432",
+        "MLOX_POSTGRES_DATABASE": "data",
+        "MLOX_POSTGRES_USER": "data",
         "MLFLOW_TRACKING_URI": "https://127.0.0.1:443/mlflow",
         "MLFLOW_TRACKING_USERNAME": "admin",
         "MLFLOW_TRACKING_PASSWORD": "ui-pass",
         "AWS_ENDPOINT_URL_S3": "https://127.0.0.1:443",
         "AWS_ACCESS_KEY_ID": "AKTEST",
         "AWS_SECRET_ACCESS_KEY": "SKTEST",
+        "MLOX_S3_BUCKETS": "mlflow,data",
+        "MLOX_CA_FILE": "/p/caddy-root.crt",
         "MLFLOW_TRACKING_SERVER_CERT_PATH": "/p/caddy-root.crt",
         "AWS_CA_BUNDLE": "/p/caddy-root.crt",
         "REQUESTS_CA_BUNDLE": "/p/caddy-root.crt.bundle.pem",

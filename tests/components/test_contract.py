@@ -49,7 +49,7 @@ def test_databases_and_buckets_come_from_the_services_that_declare_them():
     from mlox_iac.components.services import postgres, seaweedfs
 
     ctx = everything_ctx()
-    assert postgres.databases(ctx) == ["mlflow", "feast", "labelstudio", "airflow"]
+    assert postgres.databases(ctx) == ["data", "mlflow", "feast", "labelstudio", "airflow"]  # data: the team's own
     assert seaweedfs.buckets(ctx) == ["data", "mlflow-artifacts", "labelstudio", "airflow-logs", "model-logs"]
 
 
@@ -69,6 +69,11 @@ def _compose_with(mutate):
         return part
 
     return dataclasses.replace(good, compose=compose)
+
+
+def _with_face(**changes):
+    good = _good()
+    return dataclasses.replace(good, faces=(dataclasses.replace(good.faces[0], **changes),))
 
 
 class _NotAComponent:
@@ -92,8 +97,22 @@ STATIC_CASES = {
                             "service 'seaweedfs': requires unknown service 'nginx'"),
     "settings_without_summary": (dataclasses.replace(_good(), settings=_NoDoc),
                                  "service 'seaweedfs': settings class needs a docstring (its first line is the service's summary)"),
+    "face_with_unknown_auth": (_with_face(auth="oauth"),
+                               "service 'seaweedfs': face 's3': auth must be one of basic, s3, login, token, "
+                               "password, none"),
+    "face_setting_from_an_unknown_output": (
+        _with_face(settings={"url": ("AWS_ENDPOINT_URL_S3", "s3_url")}),
+        "service 'seaweedfs': face 's3': url: source 's3_url' is not a stack output clients read (allowed: "
+        "api_tokens, client_secrets, login_passwords, mlflow_tracking_uri, s3_access_key, s3_buckets, s3_endpoint, "
+        "s3_secret_key, ui_passwords, ui_user, urls, '=literal' or None)"),
+    "face_setting_not_a_variable": (_with_face(settings={"url": ("aws-endpoint", "s3_endpoint")}),
+                                    "service 'seaweedfs': face 's3': url: 'aws-endpoint' is not an environment "
+                                    "variable name"),
+    "face_template_without_a_template_route": (_with_face(key="s3-*"),
+                                               "service 'seaweedfs': face 's3-*': a key ending in '*' needs a route "
+                                               "ending in '*', and only it"),
     "component_not_a_resource": (dataclasses.replace(_good(), component=_NotAComponent),
-                                 "service 'seaweedfs': component must be a pulumi.ComponentResource"),
+                                 "service 'seaweedfs': component must be a ServiceComponent (a Pulumi component built when deploying)"),
 }
 
 
@@ -127,6 +146,11 @@ RENDER_CASES = {
                                      "service 'seaweedfs': long-running containers' memory limits sum to 1024M, not memory_mb 512"),
     "no_main_container": (_compose_with(lambda p: p["services"].update({"weed": p["services"].pop("seaweedfs")})),
                           "service 'seaweedfs': compose part has no container named 'seaweedfs'"),
+    "face_of_a_route_it_lacks": (_with_face(route="objects"),
+                                 "service 'seaweedfs': face 's3': route 'objects' is not one of its routes"),
+    "face_inside_sets_an_undeclared_setting": (
+        _with_face(inside=lambda ctx, route: {"region": "us-east-1"}),
+        "service 'seaweedfs': face 's3': inside sets 'region', which is not one of its settings"),
 }
 
 
@@ -136,6 +160,36 @@ def test_rendered_contract_violations(case):
     with pytest.raises(ContractError) as err:
         check_compose(service, everything_ctx())
     assert str(err.value) == message
+
+
+def test_registry_refuses_a_client_face_declared_twice():
+    from mlox_iac.components.services import registry
+
+    twin = dataclasses.replace(SERVICES["mlflow"], name="mlflow-twin", faces=SERVICES["mlflow"].faces)
+    with pytest.raises(ValueError, match="a client face is declared twice"):
+        registry._checked([*SERVICES.values(), twin])
+
+
+def test_every_service_that_a_client_reaches_declares_its_face():
+    """Every route has a face (its health path at least); every face a client package reads
+    names an extra, and route-less faces (reached through a tunnel) have one."""
+    from mlox_iac import faces
+
+    ctx = everything_ctx()
+    for name in ctx.config.enabled_services():
+        for route in SERVICES[name].routes(ctx):
+            assert faces.face_for_route(route.name) is not None, route.name
+    client = faces.client_faces()["faces"]
+    assert sorted(client) == ["airflow", "feast", "label-studio", "mlflow", "model-*", "postgres", "s3"]
+    assert {face["extra"] for face in client.values()} == {"airflow", "feast", "labelstudio", "mlflow", None, "s3", "sql"}
+
+
+def test_the_client_package_ships_the_current_faces():
+    """mlox-client cannot import this package; its faces.json is generated from the faces."""
+    from mlox_iac import faces
+
+    assert faces.CLIENT_FACES.read_text() == faces.render_client_faces(), \
+        "client/src/mlox_client/faces.json is stale: run python -m mlox_iac.faces"
 
 
 def test_registry_refuses_a_service_registered_twice():

@@ -19,7 +19,8 @@ def children_of(resources, parent_name):
 
 def test_each_service_is_a_component_with_its_secrets_and_env_file(record):
     resources, _ = record(settings())
-    assert children_of(resources, "postgres") == ["postgres-db-mlflow", "postgres-env", "postgres-superuser"]
+    assert children_of(resources, "postgres") == ["postgres-db-data", "postgres-db-mlflow", "postgres-env",
+                                                  "postgres-superuser"]
     assert children_of(resources, "seaweedfs") == ["seaweedfs-access-key", "seaweedfs-env", "seaweedfs-secret-key"]
     assert children_of(resources, "mlflow") == ["mlflow-env", "mlflow-flask-secret"]
     assert children_of(resources, "caddy") == ["caddy-env", "caddy-ui-mlflow"]
@@ -29,7 +30,8 @@ def test_each_service_is_a_component_with_its_secrets_and_env_file(record):
 
 
 @pytest.mark.parametrize("service, keys", [
-    ("postgres", ["MLOX_DB_PASSWORD_MLFLOW", "POSTGRES_DB", "POSTGRES_PASSWORD", "POSTGRES_USER"]),
+    ("postgres", ["MLOX_DB_PASSWORD_DATA", "MLOX_DB_PASSWORD_MLFLOW", "POSTGRES_DB", "POSTGRES_PASSWORD",
+                  "POSTGRES_USER"]),
     ("seaweedfs", ["S3_ACCESS_KEY", "S3_SECRET_KEY"]),
     ("mlflow", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_S3_ENDPOINT_URL",
                 "PGPASSWORD"]),
@@ -118,6 +120,9 @@ def test_outputs_name_every_service_url(record):
 
 
 FULL = settings("onprem", services={"preset": "full"})
+# What the full preset's client containers get for mlox-client (faces.inside_secrets).
+CLIENT_SECRETS = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "FEAST_DB_PASSWORD", "FEAST_REDIS_PASSWORD",
+                  "LABEL_STUDIO_API_KEY", "MLOX_AIRFLOW_PASSWORD", "MLOX_POSTGRES_PASSWORD"]
 
 
 @pytest.mark.parametrize("service, keys", [
@@ -125,11 +130,11 @@ FULL = settings("onprem", services={"preset": "full"})
     ("feast", ["FEAST_DB_PASSWORD", "FEAST_REDIS_PASSWORD"]),
     ("label-studio", ["CSRF_TRUSTED_ORIGINS", "LABEL_STUDIO_HOST", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN",
                       "POSTGRE_PASSWORD", "SECRET_KEY", "STORAGE_AWS_ACCESS_KEY_ID", "STORAGE_AWS_SECRET_ACCESS_KEY"]),
+    # Airflow and JupyterLab run user code: they also hold what mlox-client needs there.
     ("airflow", ["AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_CONN_AWS_DEFAULT", "AIRFLOW__API_AUTH__JWT_SECRET",
                  "AIRFLOW__API__BASE_URL", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__FERNET_KEY",
-                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]),
-    ("jupyter", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "FEAST_DB_PASSWORD", "FEAST_REDIS_PASSWORD",
-                 "MLOX_JUPYTER_PASSWORD"]),
+                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", *CLIENT_SECRETS]),
+    ("jupyter", sorted([*CLIENT_SECRETS, "MLOX_JUPYTER_PASSWORD"])),
 ])
 def test_full_preset_env_files_hold_the_service_credentials(record, service, keys):
     resources, _ = record(FULL)
@@ -161,10 +166,19 @@ def test_full_preset_shares_credentials_and_exports_logins_as_secrets(record):
     assert sorted(unwrap(outputs["ui_passwords"])) == ["alertmanager", "feast", "mlflow", "prometheus"]
     assert not [url for url in unwrap(outputs["urls"]) if url.startswith("model-")]
     assert unwrap(outputs["urls"])["feast"] == "https://192.0.2.50/feast"
-    # A change to Redis' password re-applies Feast and JupyterLab after Redis.
+    # A change to Redis' password re-applies Feast, then JupyterLab (which takes it from Feast's).
     feast_env = named(resources)["feast-env"]
     assert named(resources)["redis-env"].urn in feast_env.dependencies
-    assert named(resources)["redis-env"].urn in named(resources)["jupyter-env"].dependencies
+    assert feast_env.urn in named(resources)["jupyter-env"].dependencies
+    # mlox-client's credentials: the same values in the client containers and, for those no
+    # other output holds, in the client_secrets output.
+    assert is_secret(outputs["client_secrets"])
+    secrets = unwrap(outputs["client_secrets"])
+    assert sorted(secrets) == ["FEAST_DB_PASSWORD", "FEAST_REDIS_PASSWORD", "MLOX_POSTGRES_PASSWORD"]
+    assert env["jupyter"]["MLOX_POSTGRES_PASSWORD"] == env["postgres"]["MLOX_DB_PASSWORD_DATA"]
+    assert env["jupyter"]["MLOX_POSTGRES_PASSWORD"].strip("'") == secrets["MLOX_POSTGRES_PASSWORD"]
+    assert airflow["MLOX_AIRFLOW_PASSWORD"] == airflow["AIRFLOW_ADMIN_PASSWORD"]
+    assert env["jupyter"]["LABEL_STUDIO_API_KEY"].strip("'") == unwrap(outputs["api_tokens"])["label-studio"]
 
 
 def test_the_whole_catalogue_records_with_every_service_enabled(record):

@@ -142,8 +142,13 @@ def test_1_full_preset_comes_up(catalogue):
             d.fetch_ca()
     rows = _healthy(d)
     timed("full preset up", time.monotonic() - start)
-    published = {s for s, row in rows.items() if any(p.get("PublishedPort") for p in row.get("Publishers") or [])}
-    assert published == {"caddy"}
+    def published(loopback: bool) -> set:
+        return {s for s, row in rows.items() for p in row.get("Publishers") or []
+                if p.get("PublishedPort") and (p.get("URL") == "127.0.0.1") == loopback}
+
+    assert published(loopback=False) == {"caddy"}
+    # The ends of users' SSH tunnels (mlox-client): on the server's loopback only.
+    assert published(loopback=True) == {"postgres", "redis"}
     modes = d.host.ssh("stat -c '%a %U %n' /opt/mlox/secrets/*.env").stdout.split("\n")
     assert {line.split()[-1].rsplit("/", 1)[1] for line in modes if line} == {f"{s}.env" for s in FULL}  # one per service
     assert all(line.startswith("600 root ") for line in modes if line), modes
@@ -151,7 +156,8 @@ def test_1_full_preset_comes_up(catalogue):
 
 def test_2_redis_is_internal_password_protected_and_persistent(catalogue):
     d = catalogue
-    assert hosts.client_connect(d.host.address, 6379) == "refused"  # no published port, host firewall
+    for port in (6379, 16379):  # not published beyond the loopback; the host firewall
+        assert hosts.client_connect(d.host.address, port) == "refused", port
     anonymous = d.host.ssh(f"{COMPOSE} exec -T redis redis-cli set probe 1", check=False)
     assert "NOAUTH" in anonymous.stdout + anonymous.stderr
     marker = uuid.uuid4().hex

@@ -24,6 +24,8 @@ def test_plan_lists_every_service_data_and_its_writers():
     files = render_bundle(ctx_for(settings(backup=BACKUP)))
     plan = json.loads(files["backup/plan.json"])
     assert plan["services"] == {
+        # The team's database: written by users, from outside, like the user bucket.
+        "postgres": {"databases": ["data"], "buckets": [], "volumes": [], "writers": []},
         "mlflow": {"databases": ["mlflow"], "buckets": ["mlflow-artifacts"], "volumes": [], "writers": ["mlflow"]},
         "seaweedfs": {"databases": [], "buckets": ["data"], "volumes": [], "writers": []},
         "caddy": {"databases": [], "buckets": [], "volumes": ["caddy-data"], "writers": ["caddy"]},
@@ -37,7 +39,7 @@ def test_plan_lists_every_service_data_and_its_writers():
 def test_user_buckets_and_disabled_services_follow_the_settings():
     raw = settings(backup=BACKUP, services={"mlflow": {"enabled": False}, "seaweedfs": {"buckets": ["raw", "features"]}})
     plan = json.loads(render_bundle(ctx_for(raw))["backup/plan.json"])
-    assert sorted(plan["services"]) == ["caddy", "seaweedfs"]
+    assert sorted(plan["services"]) == ["caddy", "postgres", "seaweedfs"]
     assert plan["services"]["seaweedfs"]["buckets"] == ["raw", "features"]
 
 

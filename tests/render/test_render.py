@@ -117,12 +117,16 @@ def test_caddyfile_passes_caddy_validate(scenario, tmp_path):
     assert "Valid configuration" in result.stdout + result.stderr
 
 
-def test_only_the_proxy_publishes_ports():
+def test_only_the_proxy_publishes_ports_beyond_the_loopback():
     for scenario, raw in SCENARIOS.items():
         services = render_compose(ctx_for(raw))["services"]
-        published = {name for name, s in services.items() if s.get("ports")}
+        published = {name for name, s in services.items()
+                     if any(not p.startswith("127.0.0.1:") for p in s.get("ports", []))}
         assert published == {"caddy"}, scenario
         assert services["caddy"]["ports"] == ["80:80", "443:443"]
+        # The ends of users' SSH tunnels (mlox-client): on the server's loopback only.
+        assert services["postgres"]["ports"] == ["127.0.0.1:15432:5432"]
+        assert services.get("redis", {}).get("ports", ["127.0.0.1:16379:6379"]) == ["127.0.0.1:16379:6379"]
 
 
 def test_every_ui_has_a_route_with_auth():

@@ -21,13 +21,17 @@ operators wait until one is added.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-import pulumi
 from pydantic import Field
 
 from mlox_iac.components.services.base import (
-    HOURS_PER_MONTH, Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits, provisioner,
+    HOURS_PER_MONTH, Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits,
+    provisioner, Face, digest,
 )
+
+if TYPE_CHECKING:
+    import pulumi
 
 NAME = "airflow"
 IMAGE = "apache/airflow:3.3.2"
@@ -105,17 +109,22 @@ def environment(ctx: Context) -> dict[str, str]:
 
 
 def _container(ctx: Context, command: list[str], health: list[str], memory_mb: int, every: str = "10s",
-               timeout: str = "5s", **extra) -> dict:
+               timeout: str = "5s", volumes: tuple[str, ...] = ()) -> dict:
+    from mlox_iac import faces
+
     return {
         "image": IMAGE,
         "restart": "unless-stopped",
         "env_file": ctx.env_files(NAME),
         "environment": environment(ctx),
         "command": command,
+        # mlox-client's settings for tasks (faces.INSIDE_PATH); the secrets are in the env file.
+        "volumes": [*volumes, faces.inside_mount()],
+        # A changed mounted file changes this label, so Compose recreates the container.
+        "labels": {"org.mlox.config-hash": digest(faces.inside_settings(ctx))},
         "healthcheck": {**hc(health, start_period="90s"), "interval": every, "timeout": timeout},
         "depends_on": {"airflow-init": {"condition": "service_healthy"}},
         "deploy": limits(memory_mb),
-        **extra,
     }
 
 
@@ -124,7 +133,7 @@ def _python_get(url: str) -> list[str]:
 
 
 def compose(ctx: Context) -> dict:
-    dags = {} if ctx.config.service(NAME).dags_repo else {"volumes": [f"airflow-dags:{DAGS}"]}
+    dags = {} if ctx.config.service(NAME).dags_repo else {"volumes": (f"airflow-dags:{DAGS}",)}
     part = {
         "services": {
             "airflow-init": {
@@ -159,6 +168,17 @@ def routes(ctx: Context) -> list[Route]:
     return [Route(NAME, f"{NAME}:{PORT}", auth="own", strip_prefix=False)]
 
 
+# Airflow's own login: the REST API (/api/v2) takes a JWT that /auth/token gives for the
+# admin's user name and password.
+FACE = Face(
+    "airflow", route=NAME, auth="login", health="/api/v2/monitor/health", extra="airflow",
+    settings={"url": ("MLOX_AIRFLOW_URL", "urls.airflow"),
+              "user": ("MLOX_AIRFLOW_USERNAME", f"={ADMIN}"),
+              "password": ("MLOX_AIRFLOW_PASSWORD", "login_passwords.airflow")},
+    inside=lambda ctx, route: {"url": f"http://{NAME}:{PORT}{prefix(ctx)}", "user": ADMIN},
+)
+
+
 def files(ctx: Context) -> dict[str, str]:
     return {}
 
@@ -185,7 +205,7 @@ def managed(ctx: Context) -> tuple[Managed, ...]:
     )
 
 
-class Airflow(pulumi.ComponentResource, ServiceComponent):
+class Airflow(ServiceComponent):
     """The Airflow service: Fernet key, API and JWT secrets, admin password, connections."""
 
     login_password: pulumi.Output[str]
@@ -193,11 +213,13 @@ class Airflow(pulumi.ComponentResource, ServiceComponent):
     def __init__(self, name: str, ctx: Context, server, deps: dict, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlox:service:Airflow", name, {}, opts)
         self._setup(name, server)
+        import pulumi
         import pulumi_random as random
 
         # A Fernet key is 32 random bytes in URL-safe base64.
         fernet = random.RandomBytes(f"{name}-fernet-key", length=32, opts=self._child)
         self.login_password = self.password("admin", length=24).result
+        self.client_secrets = {"MLOX_AIRFLOW_PASSWORD": self.login_password}
         route = routes(ctx)[0]
         # With a trailing slash: Airflow mounts its auth routes at the base URL's path + "auth".
 
@@ -205,6 +227,7 @@ class Airflow(pulumi.ComponentResource, ServiceComponent):
             return target.public_address.apply(lambda address: ctx.public_url(route, address) + "/")
 
         db_password = deps["postgres"].database_password(DATABASE)
+        clients, client_deps = self.client_env(ctx, deps)
         aws = pulumi.Output.all(deps["seaweedfs"].access_key, deps["seaweedfs"].secret_key).apply(
             lambda keys: json.dumps({"conn_type": "aws", "login": keys[0], "password": keys[1], "extra": {
                 "endpoint_url": "http://seaweedfs:8333", "region_name": "us-east-1"}}, sort_keys=True))
@@ -219,14 +242,15 @@ class Airflow(pulumi.ComponentResource, ServiceComponent):
                 "AIRFLOW__API__BASE_URL": base_url,
                 "AIRFLOW_ADMIN_PASSWORD": self.login_password,
                 "AIRFLOW_CONN_AWS_DEFAULT": aws,
+                **clients,  # what mlox-client in a task needs
             },
             ["airflow-init", "airflow", "airflow-scheduler", "airflow-dag-processor"],
-            after=[deps["postgres"], deps["seaweedfs"]],
+            after=list(dict.fromkeys([deps["postgres"], deps["seaweedfs"], *client_deps])),
         )
         self.register_outputs({"login_password": self.login_password})
 
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("postgres", "seaweedfs", "caddy"), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Airflow, managed=managed,
+    compose=compose, routes=routes, files=files, data=data, component=Airflow, managed=managed, faces=(FACE,),
 )

@@ -12,7 +12,12 @@ A service is one module in this package that defines, top to bottom:
   migration keep; every named volume it mounts is declared there;
 - ``managed(ctx)``: the :class:`Managed` offers that do what it does, with dated list
   prices (``mlox-iac cost`` sets them beside what the stack costs);
-- a ``ComponentResource`` that generates its credentials and writes its env files;
+- its client faces (:class:`Face`): what a client needs of it (endpoint, auth, settings,
+  health path), read by ``mlox-iac env`` and ``status``, the stack's own containers and the
+  ``mlox-client`` package (``mlox_iac/faces.py``);
+- a :class:`ServiceComponent` (a Pulumi ``ComponentResource`` once built) that generates its
+  credentials and writes its env files. Nothing else in the file imports Pulumi, so loading
+  a stack's config or reading the faces stays light;
 
 and ends with ``SERVICE = Service(...)`` tying them together. ``registry.py`` lists the
 ``SERVICE`` of each module and checks each one when it loads (:func:`check_service`);
@@ -23,6 +28,7 @@ Adding a service = one such file + one line in ``registry.py``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +76,79 @@ class Route:
     auth: Literal["basic", "own"]  # basic: Caddy basic auth, generated password; own: the service authenticates
     catch_all: bool = False
     strip_prefix: bool = True
+
+
+# Stack outputs whose values are credentials (a face's setting read from one is a secret).
+SECRET_SOURCES = frozenset({"ui_passwords", "login_passwords", "api_tokens", "s3_access_key", "s3_secret_key",
+                            "client_secrets"})
+# How a client authenticates to a face: the proxy's basic auth (``ui_user`` and the route's
+# generated password); the stack's S3 keys (signed requests); the service's own user and
+# password (exchanged for a token: Airflow); an API token; a database login; nothing.
+FACE_AUTH = ("basic", "s3", "login", "token", "password", "none")
+
+
+@dataclass(frozen=True)
+class Face:
+    """What a client needs of a service, declared once beside its routes.
+
+    ``mlox-iac env`` and ``status``, the in-stack client settings, the ``mlox-client``
+    package (through its generated ``faces.json``) and the UI read it; none of them names
+    services one by one (``mlox_iac/faces.py`` has the readers).
+
+    - ``key``: what clients call it (``mlflow``, ``s3``, ``postgres``); ``model-*`` stands for
+      every route whose name starts ``model-`` (one per served model);
+    - ``route``: the proxy route it is reached at from outside, or None: not published (a client
+      outside the stack reaches it through an SSH tunnel to an address on the server);
+    - ``auth``: one of :data:`FACE_AUTH`;
+    - ``settings``: role -> (environment variable, source). The source says where the value is
+      in the stack's outputs: ``<output>`` or ``<output>.<key>`` (``urls.mlflow``, ``ui_user``,
+      ``ui_passwords.mlflow``, ``client_secrets.<VARIABLE>``), ``=<literal>``, or None for a
+      setting that exists only inside the stack. In a ``model-*`` face ``{route}`` stands for
+      the route's name and ``{ROUTE}`` for it in upper case with ``_`` for ``-``;
+    - ``health``: the path under the route's URL that ``status`` probes;
+    - ``inside(ctx, route)``: role -> value inside the stack's containers, where clients reach
+      the service on the Compose network, past the proxy: the non-secret settings. The secret
+      ones reach those containers' env files under the same variable names (all but the
+      proxy's basic-auth password, which the Compose network does not ask for);
+    - ``extra``: the ``mlox-client`` extra that uses it.
+    """
+
+    key: str
+    route: str | None
+    auth: Literal["basic", "s3", "login", "token", "password", "none"]
+    settings: Mapping[str, tuple[str, str | None]] = field(default_factory=lambda: MappingProxyType({}))
+    health: str = "/"
+    inside: Callable[["Context", str | None], Mapping[str, str]] | None = None
+    extra: str | None = None
+
+    @property
+    def templated(self) -> bool:
+        return self.key.endswith("*")
+
+    def matches(self, route: str) -> bool:
+        """Whether ``route`` is this face's route (for ``model-*``: any route with that prefix)."""
+        if self.route is None:
+            return False
+        return route.startswith(self.route[:-1]) if self.templated else route == self.route
+
+    def secret(self, role: str) -> bool:
+        """Whether the setting ``role`` holds a credential."""
+        source = self.settings[role][1]
+        return source is not None and source.split(".", 1)[0] in SECRET_SOURCES
+
+    def variable(self, role: str, route: str | None = None) -> str:
+        """The environment variable of ``role`` (for a ``model-*`` face, of that route)."""
+        return _fill(self.settings[role][0], route)
+
+    def source(self, role: str, route: str | None = None) -> str | None:
+        source = self.settings[role][1]
+        return None if source is None else _fill(source, route)
+
+
+def _fill(template: str, route: str | None) -> str:
+    if route is None:
+        return template
+    return template.replace("{route}", route).replace("{ROUTE}", route.upper().replace("-", "_"))
 
 
 @dataclass(frozen=True)
@@ -162,14 +241,32 @@ def per_server(name: str, server: str) -> str:
     return name if server == "main" else f"{name}-on-{server}"
 
 
-class ServiceComponent:
-    """Mixin for service components: generated passwords and the env-file writer.
+@functools.cache
+def _resource_class(component: type) -> type:
+    """``component`` with Pulumi's ComponentResource joined in (made once per class)."""
+    import pulumi
 
-    Subclasses are ``pulumi.ComponentResource``s; they call :meth:`password` for each
-    credential and :meth:`write_env` once with their env file's content. ``servers`` is the
-    list of targets the service runs on (two while a migration runs): the credentials are
-    generated once and the env file is written on every server.
+    return type(component.__name__, (component, pulumi.ComponentResource),
+                {"__module__": component.__module__, "__qualname__": component.__qualname__})
+
+
+class ServiceComponent:
+    """Base of service components: generated passwords and the env-file writer.
+
+    Each instance is a ``pulumi.ComponentResource``, but a service file names only this
+    class: Pulumi's base joins when the component is built (:meth:`__new__`), so declaring
+    a service, loading a stack's config and reading the client faces import no Pulumi.
+    Subclasses call ``super().__init__(type_token, name, {}, opts)`` (ComponentResource's),
+    :meth:`password` for each credential and :meth:`write_env` once with their env file's
+    content. ``servers`` is the list of targets the service runs on (two while a migration
+    runs): the credentials are generated once and the env file is written on every server.
     """
+
+    def __new__(cls, *args, **kwargs):
+        import pulumi
+
+        real = cls if issubclass(cls, pulumi.ComponentResource) else _resource_class(cls)
+        return object.__new__(real)
 
     def _setup(self, name: str, servers) -> None:
         import pulumi
@@ -184,6 +281,25 @@ class ServiceComponent:
         import pulumi_random as random
 
         return random.RandomPassword(f"{self._prefix}-{key}", length=length, special=False, opts=self._child)
+
+    def client_env(self, ctx: Context, deps: dict) -> tuple[dict, list]:
+        """For a service whose containers run user code (notebooks, tasks, models): the
+        credentials a client there needs (``faces.inside_secrets``), from the components that
+        generated them (each lists its own in ``client_secrets``), and those components."""
+        from mlox_iac import faces
+
+        wanted = faces.inside_secrets(ctx)
+        values: dict = {}
+        after: list = []
+        for component in [*deps.values(), self]:
+            mine = {k: v for k, v in (getattr(component, "client_secrets", None) or {}).items() if k in wanted}
+            values.update(mine)
+            if mine and component is not self:
+                after.append(component)
+        missing = [name for name in wanted if name not in values]
+        if missing:
+            raise ContractError(f"no component provides {missing[0]} (a client face's secret) in client_secrets")
+        return values, after
 
     def write_env(self, service: str, values: dict, compose_services: list[str], after: list = ()):
         """Write ``/opt/mlox/secrets/<service>.env`` (0600) on every server, content sent as a secret on stdin.
@@ -275,11 +391,13 @@ class Service:
     routes: Callable[[Context], list[Route]]
     files: Callable[[Context], dict[str, str]]
     data: Callable[[Context], Data]
-    component: type  # pulumi.ComponentResource(name, ctx, servers, deps, opts)
+    component: type  # a ServiceComponent: (name, ctx, servers, deps, opts), a pulumi.ComponentResource when built
     managed: Callable[[Context], tuple[Managed, ...]]  # managed equivalents, at least one
     preset: str = "full"  # the smallest preset that enables it (PRESETS)
     # A budget that grows with the settings (one per served model); memory_mb is then its floor.
     memory: Callable[[Context], int] | None = None
+    # What clients need of it (Face): endpoint, auth, settings, health path.
+    faces: tuple[Face, ...] = ()
 
     def memory_for(self, ctx: Context) -> int:
         """The main container's memory limit for this config."""
@@ -299,8 +417,6 @@ _FLOATING_TAGS = {"latest", "stable", "main", "master", "edge", "nightly"}
 
 def check_service(service: Service, known: set[str]) -> None:
     """Check the static part of a service's contract; raise ContractError naming what is missing."""
-    import pulumi
-
     def fail(problem: str) -> None:
         raise ContractError(f"service {service.name!r}: {problem}")
 
@@ -320,11 +436,37 @@ def check_service(service: Service, known: set[str]) -> None:
         fail(f"preset must be one of {', '.join(PRESETS)}")
     if not service.summary:
         fail("settings class needs a docstring (its first line is the service's summary)")
-    if not (isinstance(service.component, type) and issubclass(service.component, pulumi.ComponentResource)):
-        fail("component must be a pulumi.ComponentResource")
+    if not (isinstance(service.component, type) and issubclass(service.component, ServiceComponent)):
+        fail("component must be a ServiceComponent (a Pulumi component built when deploying)")
     for fn in ("compose", "routes", "files", "data", "managed"):
         if not callable(getattr(service, fn)):
             fail(f"{fn} must be a function of the context")
+    for face in service.faces:
+        _check_face(face, fail)
+
+
+# Where a face's setting may come from: the stack outputs clients read (see components/stack.py).
+FACE_SOURCES = frozenset({"urls", "mlflow_tracking_uri", "s3_endpoint", "ui_user", "ui_passwords", "login_passwords",
+                          "api_tokens", "s3_access_key", "s3_secret_key", "s3_buckets", "client_secrets"})
+
+
+def _check_face(face: Face, fail: Callable[[str], None]) -> None:
+    import re
+
+    if not isinstance(face, Face):
+        fail("faces must hold Face declarations")
+    if face.auth not in FACE_AUTH:
+        fail(f"face {face.key!r}: auth must be one of {', '.join(FACE_AUTH)}")
+    if face.templated != (face.route is not None and face.route.endswith("*")):
+        fail(f"face {face.key!r}: a key ending in '*' needs a route ending in '*', and only it")
+    if not face.health.startswith("/"):
+        fail(f"face {face.key!r}: health must be a path starting with '/'")
+    for role, (variable, source) in face.settings.items():
+        if not re.fullmatch(r"[A-Z][A-Z0-9_]*(\{ROUTE\}[A-Z0-9_]*)?", variable):
+            fail(f"face {face.key!r}: {role}: {variable!r} is not an environment variable name")
+        if source is not None and not source.startswith("=") and source.split(".", 1)[0] not in FACE_SOURCES:
+            fail(f"face {face.key!r}: {role}: source {source!r} is not a stack output clients read "
+                 f"(allowed: {', '.join(sorted(FACE_SOURCES))}, '=literal' or None)")
 
 
 def check_managed(service: Service, ctx: Context) -> None:
@@ -395,6 +537,16 @@ def check_compose(service: Service, ctx: Context) -> None:
     total = sum(int(str(m).rstrip("M")) for m in running.values())
     if total != budget:
         fail(f"long-running containers' memory limits sum to {total}M, not memory_mb {budget}")
-    for route in service.routes(ctx):
+    routes = service.routes(ctx)
+    for route in routes:
         if route.auth not in ("basic", "own"):
             fail(f"route {route.name!r} has no authentication (auth must be 'basic' or 'own')")
+    for face in service.faces:
+        ways_in = [r.name for r in routes if face.matches(r.name)] if face.route is not None else [None]
+        if face.route is not None and not face.templated and not ways_in:
+            fail(f"face {face.key!r}: route {face.route!r} is not one of its routes")
+        for route in ways_in:
+            inside = face.inside(ctx, route) if face.inside is not None else {}
+            unknown = sorted(set(inside) - set(face.settings))
+            if unknown:
+                fail(f"face {face.key!r}: inside sets {unknown[0]!r}, which is not one of its settings")

@@ -1,4 +1,5 @@
-"""Caddy: the reverse proxy, and the only container that publishes ports (80 and 443).
+"""Caddy: the reverse proxy, and the only container that publishes ports (80 and 443) beyond
+the server's loopback (where Postgres and Redis meet users' SSH tunnels).
 
 With ``mlox:domain`` set, every route is its own subdomain (``mlflow.<domain>``,
 ``s3.<domain>``) with automatic HTTPS from Let's Encrypt, or from the ACME CA at
@@ -14,12 +15,16 @@ password per service (bcrypt hash in Caddy's env file, never in the bundle).
 
 from __future__ import annotations
 
-import pulumi
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
 from mlox_iac.components.services.base import (
     HOURS_PER_MONTH, Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
 )
+
+if TYPE_CHECKING:
+    import pulumi
 
 NAME = "caddy"
 IMAGE = "caddy:2.11.7"
@@ -164,7 +169,7 @@ def managed(ctx: Context) -> tuple[Managed, ...]:
     )
 
 
-class Caddy(pulumi.ComponentResource, ServiceComponent):
+class Caddy(ServiceComponent):
     """The proxy: one generated UI password per basic-auth route, hashes in its env file."""
 
     ui_user: str

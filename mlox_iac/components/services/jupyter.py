@@ -10,11 +10,15 @@ The container has a memory limit; a kernel that exceeds it is killed, not the se
 
 from __future__ import annotations
 
-import pulumi
+from typing import TYPE_CHECKING
 
 from mlox_iac.components.services.base import (
     HOURS_PER_MONTH, Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
+    Face,
 )
+
+if TYPE_CHECKING:
+    import pulumi
 
 NAME = "jupyter"
 IMAGE = "ghcr.io/mlox-iac/jupyterlab:4.6.6-1"
@@ -81,13 +85,15 @@ def _feast_on(ctx: Context) -> bool:
 
 
 def compose(ctx: Context) -> dict:
+    from mlox_iac import faces
     from mlox_iac.components.services import feast
 
-    mounts = ["jupyter-work:" + WORK, "./jupyter/jupyter_server_config.py:" + CONFIG + ":ro"]
-    config_hash = digest(SERVER_CONFIG)
+    # mlox-client's settings for the stack (faces.INSIDE_PATH); the secrets are in the env file.
+    mounts = ["jupyter-work:" + WORK, "./jupyter/jupyter_server_config.py:" + CONFIG + ":ro", faces.inside_mount()]
+    config_hash = digest(SERVER_CONFIG, faces.inside_settings(ctx))
     if _feast_on(ctx):
         mounts.append(f"./feast/feature_store.yaml:{feast.CONFIG}:ro")
-        config_hash = digest(SERVER_CONFIG, feast.feature_store_yaml(ctx))
+        config_hash = digest(SERVER_CONFIG, faces.inside_settings(ctx), feast.feature_store_yaml(ctx))
     health = f"http://127.0.0.1:{PORT}{base_url(ctx)}api"  # Jupyter's version endpoint needs no login
     return {
         "services": {
@@ -118,6 +124,9 @@ def routes(ctx: Context) -> list[Route]:
     return [Route(NAME, f"{NAME}:{PORT}", auth="own", strip_prefix=False)]
 
 
+FACE = Face("jupyter", route=NAME, auth="login")  # a browser's; clients need nothing of it
+
+
 def files(ctx: Context) -> dict[str, str]:
     return {"jupyter/jupyter_server_config.py": SERVER_CONFIG}
 
@@ -142,8 +151,8 @@ def managed(ctx: Context) -> tuple[Managed, ...]:
     )
 
 
-class Jupyter(pulumi.ComponentResource, ServiceComponent):
-    """The JupyterLab service: its login password, and the stack's keys for the kernels."""
+class Jupyter(ServiceComponent):
+    """The JupyterLab service: its login password, and the stack's credentials for the kernels."""
 
     login_password: pulumi.Output[str]
 
@@ -151,22 +160,14 @@ class Jupyter(pulumi.ComponentResource, ServiceComponent):
         super().__init__("mlox:service:Jupyter", name, {}, opts)
         self._setup(name, server)
         self.login_password = self.password("login", length=24).result
-        values = {"MLOX_JUPYTER_PASSWORD": self.login_password}
-        after = []
-        if "seaweedfs" in deps:
-            values.update({"AWS_ACCESS_KEY_ID": deps["seaweedfs"].access_key,
-                           "AWS_SECRET_ACCESS_KEY": deps["seaweedfs"].secret_key})
-            after.append(deps["seaweedfs"])
-        if "feast" in deps:  # the passwords the feature_store.yaml reads
-            from mlox_iac.components.services import feast
-
-            values.update(feast.client_env(deps))
-            after += [deps["postgres"], deps["redis"]]
-        self.write_env(NAME, values, [NAME], after=after)
+        # The kernels' clients: the stack's S3 keys, the passwords the feature_store.yaml reads,
+        # and every other credential mlox-client needs here.
+        values, after = self.client_env(ctx, deps)
+        self.write_env(NAME, {"MLOX_JUPYTER_PASSWORD": self.login_password, **values}, [NAME], after=after)
         self.register_outputs({"login_password": self.login_password})
 
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("seaweedfs", "caddy"), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Jupyter, managed=managed,
+    compose=compose, routes=routes, files=files, data=data, component=Jupyter, managed=managed, faces=(FACE,),
 )

@@ -11,13 +11,15 @@ with Label Studio's own login. Error reports to Sentry and usage analytics are o
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import pulumi
-
 from mlox_iac.components.services.base import (
-    Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits,
+    Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits, Face,
 )
+
+if TYPE_CHECKING:
+    import pulumi
 
 NAME = "label-studio"
 IMAGE = "heartexlabs/label-studio:1.23.2"
@@ -95,6 +97,15 @@ def routes(ctx: Context) -> list[Route]:
     return [Route(NAME, f"{NAME}:{PORT}", auth="own")]
 
 
+# The SDK's variables; the token is the admin's (``Authorization: Token ...``).
+FACE = Face(
+    "label-studio", route=NAME, auth="token", health="/health", extra="labelstudio",
+    settings={"url": ("LABEL_STUDIO_URL", "urls.label-studio"),
+              "token": ("LABEL_STUDIO_API_KEY", "api_tokens.label-studio")},
+    inside=lambda ctx, route: {"url": f"http://{NAME}:{PORT}"},
+)
+
+
 def files(ctx: Context) -> dict[str, str]:
     return {}
 
@@ -117,7 +128,7 @@ def managed(ctx: Context) -> tuple[Managed, ...]:
     )
 
 
-class LabelStudio(pulumi.ComponentResource, ServiceComponent):
+class LabelStudio(ServiceComponent):
     """The Label Studio service: admin password and API token, database and S3 credentials."""
 
     login_password: pulumi.Output[str]
@@ -128,6 +139,7 @@ class LabelStudio(pulumi.ComponentResource, ServiceComponent):
         self._setup(name, server)
         self.login_password = self.password("admin", length=24).result
         self.api_token = self.password("api-token", length=40).result
+        self.client_secrets = {"LABEL_STUDIO_API_KEY": self.api_token}
         route = routes(ctx)[0]
 
         def host(target):  # per server: a migration runs it on two
@@ -153,5 +165,5 @@ class LabelStudio(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("postgres", "seaweedfs", "caddy"), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=LabelStudio, managed=managed,
+    compose=compose, routes=routes, files=files, data=data, component=LabelStudio, managed=managed, faces=(FACE,),
 )

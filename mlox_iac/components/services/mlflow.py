@@ -13,14 +13,17 @@ The Flask secret is generated.
 
 from __future__ import annotations
 
-import pulumi
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from mlox_iac.components.services.base import (
-    Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits,
+    Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits, Face,
 )
 from mlox_iac.components.services import caddy
+
+if TYPE_CHECKING:
+    import pulumi
 
 NAME = "mlflow"
 IMAGE = "ghcr.io/mlflow/mlflow:v3.17.2-full"
@@ -102,6 +105,21 @@ def routes(ctx: Context) -> list[Route]:
     return [Route(NAME, f"{NAME}:{PORT}", auth="basic", strip_prefix=False)]
 
 
+def tracking_uri(ctx: Context) -> str:
+    """The tracking server on the Compose network (no proxy, so no basic auth)."""
+    return f"http://{NAME}:{PORT}{prefix(ctx)}"
+
+
+# The MLflow client reads these variables itself; behind the proxy it sends basic auth.
+FACE = Face(
+    "mlflow", route=NAME, auth="basic", health="/health", extra="mlflow",
+    settings={"url": ("MLFLOW_TRACKING_URI", "mlflow_tracking_uri"),
+              "user": ("MLFLOW_TRACKING_USERNAME", "ui_user"),
+              "password": ("MLFLOW_TRACKING_PASSWORD", "ui_passwords.mlflow")},
+    inside=lambda ctx, route: {"url": tracking_uri(ctx)},
+)
+
+
 def files(ctx: Context) -> dict[str, str]:
     return {}
 
@@ -124,7 +142,7 @@ def managed(ctx: Context) -> tuple[Managed, ...]:
     )
 
 
-class Mlflow(pulumi.ComponentResource, ServiceComponent):
+class Mlflow(ServiceComponent):
     """The MLflow service: Flask secret, database and S3 credentials in its env file."""
 
     def __init__(self, name: str, ctx: Context, servers, deps: dict, opts: pulumi.ResourceOptions | None = None):
@@ -155,5 +173,5 @@ class Mlflow(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("postgres", "seaweedfs", "caddy"), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Mlflow, managed=managed, preset="core",
+    compose=compose, routes=routes, files=files, data=data, component=Mlflow, managed=managed, preset="core", faces=(FACE,),
 )

@@ -34,16 +34,19 @@ blackbox-exporter 0.23), which are also what the tests run.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import pulumi
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from mlox_iac.components.services import programs
 from mlox_iac.components.services.base import (
     MLOX_DIR, Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
-    provisioner,
+    provisioner, Face,
 )
+
+if TYPE_CHECKING:
+    import pulumi
 
 NAME = "monitoring"
 IMAGE = "prom/prometheus:v2.42.0"
@@ -412,6 +415,11 @@ def routes(ctx: Context) -> list[Route]:
             Route("alertmanager", "alertmanager:9093", auth="basic", strip_prefix=False)]
 
 
+# Browsers' and Prometheus' own tools'; for clients, only the health paths status probes.
+FACES = (Face("prometheus", route="prometheus", auth="basic", health="/-/healthy"),
+         Face("alertmanager", route="alertmanager", auth="basic", health="/-/healthy"))
+
+
 def files_of(ctx: Context) -> dict[str, str]:
     return {
         "monitoring/prometheus.yml": render_prometheus(ctx),
@@ -450,10 +458,12 @@ def managed(ctx: Context) -> tuple[Managed, ...]:
     )
 
 
-class Monitoring(pulumi.ComponentResource, ServiceComponent):
+class Monitoring(ServiceComponent):
     """Monitoring: the server's address (for links and probes) and the Postgres login of the exporter."""
 
     def __init__(self, name: str, ctx: Context, servers, deps: dict, opts: pulumi.ResourceOptions | None = None):
+        import pulumi
+
         super().__init__("mlox:service:Monitoring", name, {}, opts)
         self._setup(name, servers)
         from mlox_iac.components.services import caddy
@@ -482,5 +492,5 @@ class Monitoring(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("caddy",), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Monitoring, managed=managed,
+    compose=compose, routes=routes, files=files, data=data, component=Monitoring, managed=managed, faces=FACES,
 )

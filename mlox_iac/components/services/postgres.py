@@ -1,23 +1,35 @@
 """PostgreSQL: one database and one user per service that needs one, on the data volume.
 
-Not reachable from outside the server: no published port; services reach it as
-``postgres:5432`` on the Compose network. Roles and databases are created (and
-passwords rotated) by the ``postgres-provision`` step whenever its env file changes.
+Besides the services' databases, one for the team's own tables: ``data`` (role ``data``).
+Not reachable from outside the server: services reach it as ``postgres:5432`` on the
+Compose network, and it is published on the server's loopback only
+(``127.0.0.1:15432``), where a user's SSH tunnel reaches it (``mlox-client`` opens one
+with the user's own key; only the admin networks reach port 22). Roles and databases are
+created (and passwords rotated) by the ``postgres-provision`` step whenever its env file
+changes.
 """
 
 from __future__ import annotations
 
-import pulumi
+from typing import TYPE_CHECKING
 
 from mlox_iac.components.services.base import (
     HOURS_PER_MONTH, Context, Data, Managed, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
-    provisioner,
+    provisioner, Face,
 )
+
+if TYPE_CHECKING:
+    import pulumi
 
 NAME = "postgres"
 IMAGE = "postgres:15.18-bookworm"
 MEMORY_MB = 512
 SUPERUSER = "postgres"
+PORT = 5432
+USER_DATABASE = "data"  # the team's own tables; kept like every service's database
+# Published on the server's loopback (not its network): the end of a user's SSH tunnel. Not
+# 5432, which an on-prem host may already use for a Postgres of its own.
+TUNNEL_PORT = 15432
 
 
 class Settings(ServiceSettings):
@@ -25,10 +37,11 @@ class Settings(ServiceSettings):
 
 
 def databases(ctx: Context) -> list[str]:
-    """One database (and a login role of the same name) per database an enabled service declares."""
+    """One database (and a login role of the same name) per database an enabled service declares
+    (this one's own first: the team's)."""
     from mlox_iac.components.services.registry import SERVICES
 
-    wanted = [db for n in ctx.config.enabled_services() if n != NAME for db in SERVICES[n].data(ctx).databases]
+    wanted = [db for n in ctx.config.enabled_services() for db in SERVICES[n].data(ctx).databases]
     return list(dict.fromkeys(wanted))
 
 
@@ -64,6 +77,7 @@ def compose(ctx: Context) -> dict:
                 "restart": "unless-stopped",
                 "env_file": env_file,
                 "volumes": ["postgres-data:/var/lib/postgresql/data"],
+                "ports": [f"127.0.0.1:{TUNNEL_PORT}:{PORT}"],
                 "healthcheck": hc(["CMD", "pg_isready", "-U", SUPERUSER, "-d", "postgres"]),
                 "deploy": limits(MEMORY_MB),
             },
@@ -87,13 +101,27 @@ def routes(ctx: Context) -> list:
     return []  # internal only
 
 
+# The team's database: directly on the Compose network inside the stack; from outside
+# through an SSH tunnel to the loopback address (no route: the proxy speaks HTTP only).
+FACE = Face(
+    "postgres", route=None, auth="password", extra="sql",
+    settings={"address": ("MLOX_POSTGRES_ADDRESS", None),
+              "tunnel": ("MLOX_POSTGRES_TUNNEL", f"=127.0.0.1:{TUNNEL_PORT}"),
+              "database": ("MLOX_POSTGRES_DATABASE", f"={USER_DATABASE}"),
+              "user": ("MLOX_POSTGRES_USER", f"={USER_DATABASE}"),
+              "password": ("MLOX_POSTGRES_PASSWORD", "client_secrets.MLOX_POSTGRES_PASSWORD")},
+    inside=lambda ctx, route: {"address": f"{NAME}:{PORT}", "database": USER_DATABASE, "user": USER_DATABASE},
+)
+
+
 def files(ctx: Context) -> dict[str, str]:
     return {"postgres/provision.sh": PROVISION_SH}
 
 
 def data(ctx: Context) -> Data:
-    # The databases belong to the services that declare them; each is kept as a dump.
-    return Data(not_kept={"postgres-data": "cluster files: each service's databases are kept as dumps, with their roles"})
+    # Every other database belongs to the service that declares it; each is kept as a dump.
+    return Data(databases=(USER_DATABASE,),
+                not_kept={"postgres-data": "cluster files: each service's databases are kept as dumps, with their roles"})
 
 
 READ_ON = "2026-11-26"  # when the managed equivalents' prices below were read
@@ -110,7 +138,7 @@ def managed(ctx: Context) -> tuple[Managed, ...]:
     )
 
 
-class Postgres(pulumi.ComponentResource, ServiceComponent):
+class Postgres(ServiceComponent):
     """The Postgres service: superuser and per-service passwords, and its env file."""
 
     superuser_password: pulumi.Output[str]
@@ -121,6 +149,8 @@ class Postgres(pulumi.ComponentResource, ServiceComponent):
         superuser = self.password("superuser")
         self.database_passwords = {db: self.password(f"db-{db}") for db in databases(ctx)}
         self.superuser_password = superuser.result
+        # What clients in the stack's containers get in their env files (the face's secret).
+        self.client_secrets = {"MLOX_POSTGRES_PASSWORD": self.database_password(USER_DATABASE)}
         values = {"POSTGRES_USER": SUPERUSER, "POSTGRES_PASSWORD": superuser.result, "POSTGRES_DB": "postgres"}
         values.update({password_variable(db): p.result for db, p in self.database_passwords.items()})
         self.write_env(NAME, values, ["postgres", "postgres-provision"])
@@ -132,5 +162,5 @@ class Postgres(pulumi.ComponentResource, ServiceComponent):
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=(), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Postgres, managed=managed, preset="core",
+    compose=compose, routes=routes, files=files, data=data, component=Postgres, managed=managed, preset="core", faces=(FACE,),
 )

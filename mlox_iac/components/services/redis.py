@@ -1,7 +1,8 @@
 """Redis: the key-value store behind Feast's online store (and any service that needs a cache).
 
-Internal only: no published port and no proxy route; services reach it as ``redis:6379``
-on the Compose network with a generated password. The password reaches Redis through
+Internal only: no proxy route; services reach it as ``redis:6379`` on the Compose network
+with a generated password, and a user's SSH tunnel at ``127.0.0.1:16379`` on the server's
+loopback (Feast's online store from outside the stack). The password reaches Redis through
 a config file written inside the container at start from the env file (mode 0600 in
 ``/tmp``), so it is never in a command line or in the bundle. Persistent: an
 append-only file plus snapshots on the data volume, so the online store survives a
@@ -10,16 +11,20 @@ restart or reboot without a new ``feast materialize``.
 
 from __future__ import annotations
 
-import pulumi
+from typing import TYPE_CHECKING
 
 from mlox_iac.components.services.base import (
     HOURS_PER_MONTH, Context, Data, Managed, Service, ServiceComponent, ServiceSettings, hc, limits,
 )
 
+if TYPE_CHECKING:
+    import pulumi
+
 NAME = "redis"
 IMAGE = "redis:7.0.15-bookworm"
 MEMORY_MB = 128
 PORT = 6379
+TUNNEL_PORT = 16379  # on the server's loopback only: the end of a user's SSH tunnel
 # Redis evicts nothing: a full online store is an error the user sees, not silent data loss.
 MAXMEMORY_MB = MEMORY_MB - 32
 
@@ -52,6 +57,7 @@ def compose(ctx: Context) -> dict:
                 "env_file": ctx.env_files(NAME),
                 "entrypoint": ["/bin/sh", "-c", _START],
                 "volumes": ["redis-data:/data"],
+                "ports": [f"127.0.0.1:{TUNNEL_PORT}:{PORT}"],
                 # redis-cli reads the password from REDISCLI_AUTH, never from its arguments.
                 "healthcheck": hc(["CMD", "sh", "-c", "REDISCLI_AUTH=\"$$REDIS_PASSWORD\" redis-cli ping | grep -q PONG"],
                                   start_period="5s"),
@@ -90,7 +96,7 @@ def managed(ctx: Context) -> tuple[Managed, ...]:
     )
 
 
-class Redis(pulumi.ComponentResource, ServiceComponent):
+class Redis(ServiceComponent):
     """The Redis service: its generated password and env file."""
 
     password_value: pulumi.Output[str]

@@ -32,6 +32,9 @@ def _checked(services: list[Service]) -> dict[str, Service]:
         raise ValueError(f"a service is registered twice: {names}")
     for service in services:
         check_service(service, set(names))
+    keys = [face.key for service in services for face in service.faces]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a client face is declared twice: {keys}")
     return {s.name: s for s in services}
 
 

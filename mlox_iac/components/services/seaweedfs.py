@@ -8,12 +8,16 @@ the container at start from the env file, so no credential lands in the bundle.
 
 from __future__ import annotations
 
-import pulumi
+from typing import TYPE_CHECKING
+
 from pydantic import Field, field_validator
 
 from mlox_iac.components.services.base import (
-    Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits, provisioner,
+    Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits, provisioner, Face,
 )
+
+if TYPE_CHECKING:
+    import pulumi
 
 NAME = "seaweedfs"
 IMAGE = "chrislusf/seaweedfs:4.48"
@@ -142,6 +146,17 @@ def routes(ctx: Context) -> list[Route]:
     return [Route("s3", f"seaweedfs:{S3_PORT}", auth="own", catch_all=True)]
 
 
+# Path-style requests signed with the stack's one S3 identity (boto3 reads these variables).
+FACE = Face(
+    "s3", route="s3", auth="s3", extra="s3",
+    settings={"url": ("AWS_ENDPOINT_URL_S3", "s3_endpoint"),
+              "access_key": ("AWS_ACCESS_KEY_ID", "s3_access_key"),
+              "secret_key": ("AWS_SECRET_ACCESS_KEY", "s3_secret_key"),
+              "buckets": ("MLOX_S3_BUCKETS", "s3_buckets")},
+    inside=lambda ctx, route: {"url": f"http://{NAME}:{S3_PORT}", "buckets": ",".join(buckets(ctx))},
+)
+
+
 def files(ctx: Context) -> dict[str, str]:
     return {}
 
@@ -162,7 +177,7 @@ def managed(ctx: Context) -> tuple[Managed, ...]:
                          store.read_on, store.note) for store in OBJECT_STORAGE.values())
 
 
-class Seaweedfs(pulumi.ComponentResource, ServiceComponent):
+class Seaweedfs(ServiceComponent):
     """The SeaweedFS service: generated S3 keys and its env file."""
 
     access_key: pulumi.Output[str]
@@ -173,11 +188,12 @@ class Seaweedfs(pulumi.ComponentResource, ServiceComponent):
         self._setup(name, servers)
         self.access_key = self.password("access-key", length=20).result
         self.secret_key = self.password("secret-key", length=40).result
+        self.client_secrets = {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
         self.write_env(NAME, {"S3_ACCESS_KEY": self.access_key, "S3_SECRET_KEY": self.secret_key}, ["seaweedfs"])
         self.register_outputs({"access_key": self.access_key, "secret_key": self.secret_key})
 
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("caddy",), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Seaweedfs, managed=managed, preset="core",
+    compose=compose, routes=routes, files=files, data=data, component=Seaweedfs, managed=managed, preset="core", faces=(FACE,),
 )

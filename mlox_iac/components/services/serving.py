@@ -33,14 +33,18 @@ from __future__ import annotations
 
 import json
 import re
+from typing import TYPE_CHECKING
 
-import pulumi
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mlox_iac.components.services import programs
 from mlox_iac.components.services.base import (
     HOURS_PER_MONTH, Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
+    Face,
 )
+
+if TYPE_CHECKING:
+    import pulumi
 
 NAME = "serving"
 IMAGE = "ghcr.io/mlflow/mlflow:v3.17.2-full"  # the tracking server's image: same MLflow version
@@ -116,9 +120,10 @@ def _server_ca(ctx: Context) -> list[str]:
 
 
 def compose(ctx: Context) -> dict:
+    from mlox_iac import faces
     from mlox_iac.components.services import seaweedfs
 
-    files_ = files(ctx)
+    files_ = {**files(ctx), faces.INSIDE_FILE: faces.inside_settings(ctx)}
     return {
         "services": {
             "serving": {
@@ -134,7 +139,8 @@ def compose(ctx: Context) -> dict:
                 },
                 "command": ["python3", "/mlox/model_server.py"],
                 "volumes": ["serving-cache:/cache", "./serving/model_server.py:/mlox/model_server.py:ro",
-                            "./serving/models.json:/mlox/models.json:ro", *_server_ca(ctx)],
+                            "./serving/models.json:/mlox/models.json:ro", *_server_ca(ctx),
+                            faces.inside_mount()],  # mlox-client's settings for the models' own code
                 "labels": {"org.mlox.config-hash": digest(*(files_[k] for k in sorted(files_)))},
                 # Healthy once the model server runs; each model's route answers 503 until a version is up.
                 "healthcheck": hc(["CMD", "python3", "-c", "import urllib.request; "
@@ -150,6 +156,21 @@ def compose(ctx: Context) -> dict:
 
 def routes(ctx: Context) -> list[Route]:
     return [Route(route_name(m.name), f"serving:{FIRST_PORT + i}", auth="basic") for i, m in enumerate(_models(ctx))]
+
+
+def _port(ctx: Context, route: str | None) -> int:
+    return next(FIRST_PORT + i for i, m in enumerate(_models(ctx)) if route_name(m.name) == route)
+
+
+# One per served model: POST <url>/invocations (MLflow's scoring protocol) with basic auth;
+# inside the stack straight to the model's port.
+FACE = Face(
+    "model-*", route="model-*", auth="basic", health="/ping",
+    settings={"url": ("MLOX_{ROUTE}_URL", "urls.{route}"),
+              "user": ("MLOX_{ROUTE}_USER", "ui_user"),
+              "password": ("MLOX_{ROUTE}_PASSWORD", "ui_passwords.{route}")},
+    inside=lambda ctx, route: {"url": f"http://{NAME}:{_port(ctx, route)}"},
+)
 
 
 def files(ctx: Context) -> dict[str, str]:
@@ -176,22 +197,21 @@ def managed(ctx: Context) -> tuple[Managed, ...]:
     )
 
 
-class Serving(pulumi.ComponentResource, ServiceComponent):
-    """Model serving: S3 keys for the request log in its env file (route passwords are Caddy's)."""
+class Serving(ServiceComponent):
+    """Model serving: S3 keys for the request log, and the credentials of mlox-client for the
+    models' code, in its env file (route passwords are Caddy's)."""
 
     def __init__(self, name: str, ctx: Context, servers, deps: dict, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlox:service:Serving", name, {}, opts)
         self._setup(name, servers)
-        self.write_env(
-            NAME,
-            {"AWS_ACCESS_KEY_ID": deps["seaweedfs"].access_key, "AWS_SECRET_ACCESS_KEY": deps["seaweedfs"].secret_key},
-            [NAME],
-            after=[deps["seaweedfs"]],
-        )
+        # The S3 keys (the request log) are among the credentials mlox-client needs in a model's code.
+        values, after = self.client_env(ctx, deps)
+        self.write_env(NAME, values, [NAME], after=after)
         self.register_outputs({})
 
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("mlflow", "seaweedfs", "caddy"), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Serving, managed=managed, memory=memory,
+    compose=compose, routes=routes, files=files, data=data, component=Serving, memory=memory,
+    managed=managed, faces=(FACE,),
 )
