@@ -437,7 +437,12 @@ def _engine_call(operation: str, stack: str, run: Callable[[], Any]) -> Any:
             f"(if none is running, remove the lock: pulumi cancel --stack {stack})"
         ) from None
     except auto.CommandError as exc:
-        raise EngineError(f"pulumi {operation} failed: {_first_error(exc)}") from None
+        first = _first_error(exc)
+        if "pending operation" in first.lower():
+            # An update that was killed (not cancelled) left operations the engine cannot finish.
+            first += (f" (an earlier update was killed midway; check the server, then run: "
+                      f"pulumi refresh --stack {stack} --clear-pending-creates --yes, or mlox-iac refresh)")
+        raise EngineError(f"pulumi {operation} failed: {first}") from None
 
 
 def up(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -17,19 +19,49 @@ from mlox_iac.errors import MloxError
 ORDER = ("create", "update", "replace", "create-replacement", "delete-replaced", "delete", "refresh", "read", "same")
 
 
-def _run(out: Out, title: str, operation: str, call: Callable[[Any], Any], expected_total: int | None = None):
-    """Run one automation call under a progress display; on failure show the engine's errors."""
+class Interrupted(MloxError):
+    """Ctrl-C during an engine operation: the engine stopped after the steps under way."""
+
+    exit_code = 130
+
+
+def _run(out: Out, title: str, operation: str, call: Callable[[Any], Any], expected_total: int | None = None,
+         stack: str = ""):
+    """Run one automation call under a progress display; on failure show the engine's errors.
+
+    Ctrl-C reaches the Pulumi CLI too (same process group): it finishes the steps under way,
+    saves the state and stops. This process waits for that instead of dying first (which
+    would cut the engine's output pipe and could leave operations pending in the state)."""
     from mlox_iac.automation import EngineError
     from mlox_iac.cli.progress import ProgressDisplay, ProgressState
 
     state = ProgressState(operation, expected_total)
-    with ProgressDisplay(out.err, state, title) as display:
-        try:
-            return call(display.on_event)
-        except EngineError:
-            for line in state.errors[-5:]:
-                out.err.print(f"  {line}", markup=False)
-            raise
+    interrupted: list[bool] = []
+
+    def on_sigint(signum, frame) -> None:
+        if not interrupted:
+            out.err.print("interrupting: the engine finishes the steps under way, then stops (a second Ctrl-C "
+                          "forces it, which can leave operations pending)", markup=False)
+        elif len(interrupted) == 1:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+    try:
+        with ProgressDisplay(out.err, state, title) as display:
+            try:
+                return call(display.on_event)
+            except EngineError:
+                if interrupted:
+                    raise Interrupted(f"interrupted: the engine stopped after the steps under way and saved the "
+                                      f"state; run mlox-iac {'up' if operation == 'update' else operation} "
+                                      f"--stack {stack} to complete it") from None
+                for line in state.errors[-5:]:
+                    out.err.print(f"  {line}", markup=False)
+                raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _changes_text(changes: dict[str, int], planned: bool = False) -> str:
@@ -134,14 +166,14 @@ def up(stack: Optional[str] = StackOpt, yes: bool = YesOpt, as_json: bool = Json
     expected = None
     if not yes:
         preview = _run(out, f"Previewing {name}", "preview", lambda on_event: automation.preview(
-            name, project_dir=project, on_event=on_event, pulumi_command=cli, passphrase_prompt=prompt))
+            name, project_dir=project, on_event=on_event, pulumi_command=cli, passphrase_prompt=prompt), stack=name)
         out.err.print(f"Changes: {_changes_text(preview.changes, planned=True)}")
         if preview.changed and not typer.confirm("Apply these changes?", default=False, err=True):
             raise automation.Aborted("aborted: nothing was changed")
         expected = sum(preview.changes.values())
     result = _run(out, f"Deploying {name}", "update", lambda on_event: automation.up(
         name, project_dir=project, on_event=on_event, show_secrets=show_secrets, pulumi_command=cli,
-        passphrase_prompt=prompt, replace=replace or None), expected)
+        passphrase_prompt=prompt, replace=replace or None), expected, stack=name)
     if drift:
         found.unlink()
     out.data(result.to_dict(), render_summary)
@@ -162,7 +194,7 @@ def preview(stack: Optional[str] = StackOpt, as_json: bool = JsonOpt) -> None:
     out = Out(as_json)
     name, project, cli, prompt = _prepare(stack, "mlox-iac preview")
     result = _run(out, f"Previewing {name}", "preview", lambda on_event: automation.preview(
-        name, project_dir=project, on_event=on_event, pulumi_command=cli, passphrase_prompt=prompt))
+        name, project_dir=project, on_event=on_event, pulumi_command=cli, passphrase_prompt=prompt), stack=name)
     out.data(result.to_dict(), render_summary)
 
 
@@ -187,7 +219,7 @@ def refresh(stack: Optional[str] = StackOpt, yes: bool = YesOpt, as_json: bool =
         if not typer.confirm(f"Refresh the state of stack {name} from the real resources?", default=False, err=True):
             raise automation.Aborted("aborted: nothing was changed")
     result = _run(out, f"Refreshing {name}", "refresh", lambda on_event: automation.refresh(
-        name, project_dir=project, on_event=on_event, pulumi_command=cli, passphrase_prompt=prompt))
+        name, project_dir=project, on_event=on_event, pulumi_command=cli, passphrase_prompt=prompt), stack=name)
     data = result.to_dict()
     try:
         outputs, drift = server_drift(name, project, cli, prompt, identity)
@@ -226,5 +258,5 @@ def destroy(stack: Optional[str] = StackOpt, yes: bool = YesOpt, as_json: bool =
         if typed.strip() != name:
             raise automation.Aborted(f"aborted: {typed.strip()!r} is not {name!r}; nothing was deleted")
     result = _run(out, f"Destroying {name}", "destroy", lambda on_event: automation.destroy(
-        name, project_dir=project, on_event=on_event, pulumi_command=cli, passphrase_prompt=prompt))
+        name, project_dir=project, on_event=on_event, pulumi_command=cli, passphrase_prompt=prompt), stack=name)
     out.data(result.to_dict(), render_summary)

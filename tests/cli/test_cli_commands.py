@@ -605,3 +605,27 @@ def test_drift_is_a_long_running_service_without_a_running_container(case, ps, e
 
     config = '{"services": {"mlflow": {"restart": "unless-stopped"}, "seed": {"restart": "no"}}}'
     assert connect.parse_drift(f"{config}\n@@mlox-drift@@\n{ps}\n") == expected
+
+
+def test_ctrl_c_during_up_lets_the_engine_stop_and_says_what_to_run(cli, engine, monkeypatch):
+    """Ctrl-C reaches the Pulumi CLI too: this process does not die first (which would cut the
+    engine's pipes); it waits for the cancelled update and says in one line how to complete it."""
+    import os
+    import signal
+
+    real_run = engine.run
+
+    def run(args, *rest, **kw):
+        if "up" in args[:3]:
+            os.kill(os.getpid(), signal.SIGINT)  # the terminal's Ctrl-C, seen by this process
+            engine.fail["up"] = "error: update canceled"
+        return real_run(args, *rest, **kw)
+
+    monkeypatch.setattr(engine, "run", run)
+    result = cli("up", "--stack", "dev", "--yes")
+    assert result.exit_code == 130, result.stderr
+    assert "interrupting: the engine finishes the steps under way, then stops" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: interrupted: the engine stopped after the steps under way and saved the state; "
+        "run mlox-iac up --stack dev to complete it")
+    assert "Traceback" not in result.stderr
