@@ -114,8 +114,12 @@ def test_2_mlox_iac_up_brings_the_core_stack_up(deployment):
         assert rows[service]["Health"] == "healthy", (service, rows.get(service))
     for step in ("postgres-provision", "seaweedfs-buckets"):  # provisioned, then idle
         assert rows[step]["Health"] == "healthy", rows[step]
-    published = {s for s, row in rows.items() if row.get("Publishers") and any(p.get("PublishedPort") for p in row["Publishers"])}
-    assert published == {"caddy"}
+    def published(loopback: bool) -> set[str]:
+        return {s for s, row in rows.items() for p in row.get("Publishers") or []
+                if p.get("PublishedPort") and (p.get("URL") == "127.0.0.1") == loopback}
+
+    assert published(loopback=False) == {"caddy"}
+    assert published(loopback=True) == {"postgres"}  # the end of mlox-client's SSH tunnel, nothing more
     env = d.host.ssh("stat -c '%a %U' /opt/mlox/secrets/mlflow.env /opt/mlox/secrets/caddy.env").stdout.split("\n")
     assert [line for line in env if line] == ["600 root", "600 root"]
 
