@@ -80,14 +80,14 @@ def test_1_backup_holds_every_service_and_no_secret_leaks(stack):
     timed("backup: first backup", d.first_backup_s)
     result = _json(done)
     assert result["ok"] is True and result["check"].startswith("ok")
-    assert result["services"] == ["caddy", "mlflow", "seaweedfs"]
+    assert result["services"] == ["caddy", "mlflow", "postgres", "seaweedfs"]
     assert result["total_bytes"] > lab.BIG_OBJECT_MB * 1_000_000
     assert "[upload]" in done.stderr and "[dump] database mlflow" in done.stderr  # progress on stderr
     d.first = result
 
     listed = _json(lab.mlox(d, "backups", "--json"))
     assert [s["full_id"] for s in listed] == [result["snapshot"]]
-    assert listed[0]["services"] == ["caddy", "mlflow", "seaweedfs"] and listed[0]["check"].startswith("ok")
+    assert listed[0]["services"] == ["caddy", "mlflow", "postgres", "seaweedfs"] and listed[0]["check"].startswith("ok")
     assert listed[0]["size"] == result["total_bytes"]
 
     # The repository password exists only in state (here: the password store), the 0600 env file
