@@ -242,7 +242,8 @@ class Service:
     """One service's declaration: the answers every service gives, in the same order."""
 
     name: str
-    image: str  # pinned: repository:version, never a floating tag
+    image: str  # pinned (repository:version, never a floating tag): what the server pulls for it;
+    # for an image built on the server (jupyter), the base its Dockerfile starts FROM
     memory_mb: int  # sum of its long-running containers' memory limits; counted against the server size
     requires: tuple[str, ...]  # services that must be enabled with it
     settings: type[ServiceSettings]  # its mlox:services.<name> block; the docstring is its summary
