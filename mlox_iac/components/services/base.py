@@ -68,6 +68,10 @@ class Route:
     auth: Literal["basic", "own"]  # basic: Caddy basic auth, generated password; own: the service authenticates
     catch_all: bool = False
     strip_prefix: bool = True
+    # False: a new connection to the upstream per request, for a server that closes its
+    # connection after each response without saying so (uWSGI's HTTP router): a reused
+    # connection would fail the next request with 502.
+    keepalive: bool = True
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ lock, ``label-studio init`` creating the admin user from ``LABEL_STUDIO_USERNAME
 (HTTP on port 8000), not Django's development server (``label-studio start``). Static
 files are collected in the image at build time and served by Label Studio's own static
 view under uWSGI; upstream's optional nginx container adds nothing here, Caddy is the
-proxy. Two uWSGI worker processes of four threads each fit the memory budget.
+proxy. uWSGI's HTTP router closes the connection after each response (as upstream's nginx,
+Caddy opens a new one per request: a reused one failed an upload with 502 in the
+end-to-end test). Two uWSGI worker processes of four threads each fit the memory budget.
 """
 
 from __future__ import annotations
@@ -107,8 +109,9 @@ def compose(ctx: Context) -> dict:
 
 def routes(ctx: Context) -> list[Route]:
     # Label Studio's own login; it builds its links from LABEL_STUDIO_HOST and expects the
-    # proxy to strip the path prefix.
-    return [Route(NAME, f"{NAME}:{PORT}", auth="own")]
+    # proxy to strip the path prefix. uWSGI's HTTP router closes the connection after each
+    # response (upstream's nginx opens one per request too), so Caddy must not reuse it.
+    return [Route(NAME, f"{NAME}:{PORT}", auth="own", keepalive=False)]
 
 
 def files(ctx: Context) -> dict[str, str]:
