@@ -196,7 +196,9 @@ if [ "$DOCKER_SOURCE" = docker ]; then
     printf 'deb [arch=%s signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/%s %s stable\\n' \\
       "$(dpkg --print-architecture)" "$ID" "$VERSION_CODENAME" > /etc/apt/sources.list.d/docker.list
     apt-get -o DPkg::Lock::Timeout=600 update -q
-    apt_install docker-ce docker-ce-cli containerd.io docker-compose-plugin
+    # buildx: Compose builds JupyterLab's image with it (without it Compose falls back to
+    # its older built-in builder, with a warning).
+    apt_install docker-ce docker-ce-cli containerd.io docker-compose-plugin docker-buildx-plugin
   fi
 else
   dpkg -s docker.io >/dev/null 2>&1 || apt_install docker.io

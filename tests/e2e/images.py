@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +63,15 @@ class Standin:
     context_name: str | None = None  # ... copied into the build context under this name
     needs_ca: bool = False  # build context gets this machine's CA bundle as build-ca.crt
     go_package: str | None = None  # package@version built with `go install` (binary cached) ...
+    # Files the build context gets from mlox_iac itself (name -> text), e.g. what the bundle
+    # builds on top of this image; they are part of the recipe.
+    context_files: Callable[[], dict[str, str]] | None = None
+
+
+def _jupyter_requirements() -> dict[str, str]:
+    from mlox_iac.components.services import jupyter
+
+    return {"mlox-requirements.txt": jupyter.requirements()}
 
 
 STANDINS: dict[str, Standin] = {
@@ -76,8 +85,9 @@ STANDINS: dict[str, Standin] = {
         Standin("ghcr.io/mlflow/mlflow:v3.17.2-full", "mlflow", ("mlflow", "--version"), "version 3.17.2",
                 needs_ca=True),
         Standin("redis:7.0.15-bookworm", "redis", ("redis-server", "--version"), "v=7.0.15"),
-        Standin("ghcr.io/mlox-iac/jupyterlab:4.6.6-1", "jupyterlab", ("jupyter", "lab", "--version"), "4.6.6",
-                needs_ca=True),
+        # The base the bundle's jupyter/image/Dockerfile builds from on the host.
+        Standin("quay.io/jupyter/minimal-notebook:lab-4.6.6", "minimal-notebook", ("jupyter", "lab", "--version"),
+                "4.6.6", needs_ca=True, context_files=_jupyter_requirements),
         Standin("quay.io/feastdev/feature-server:0.67.0", "feast", ("feast", "version"), "0.67.0", needs_ca=True),
         # (`label-studio version` migrates a SQLite database first: minutes, so the package is asked.)
         Standin("heartexlabs/label-studio:1.23.2", "label-studio",
@@ -265,6 +275,8 @@ def recipe_hash(s: Standin) -> str:
     h.update(f"{s.tag}\n{s.pypi}\n{s.pypi_member}\n{s.expect}\n{_base_recipe()}\n".encode())
     if s.go_package:
         h.update(f"go {s.go_package}\n".encode())
+    for name, text in sorted((s.context_files() if s.context_files else {}).items()):
+        h.update(f"file {name}\0{text}\0".encode())
     d = STANDINS_DIR / s.directory
     for f in sorted(p for p in d.rglob("*") if p.is_file()):
         h.update(str(f.relative_to(d)).encode() + b"\0" + f.read_bytes() + b"\0")
@@ -349,6 +361,8 @@ def _build_image(tag: str, force: bool) -> str:
             _go_binary(s, ctx)
         if s.needs_ca:
             shutil.copy2(hosts.HOST_CA_BUNDLE, ctx / "build-ca.crt")  # temporary context only
+        for name, text in (s.context_files() if s.context_files else {}).items():
+            (ctx / name).write_text(text)
         logfile = hosts.cache_dir() / f"build-{_slug(tag)}.log"
         with phase(f"{tag}: docker build"):
             with open(logfile, "w") as lf:

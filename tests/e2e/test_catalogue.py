@@ -9,7 +9,8 @@ file order and build on each other: stack up, each service used the way a user w
 (from outside, through the proxy, with the generated credentials only), unauthenticated
 requests refused, idle memory measured, an unchanged redeploy, a reboot.
 
-Its images (the full preset's nine stand-ins) build in the background while the host boots
+Its images (the full preset's nine stand-ins; for JupyterLab the base that the bundle's
+Dockerfile builds on, on the host) build in the background while the host boots
 (``images.BackgroundBuild``); warm, the module takes 8 to 12 minutes, most of it loading
 the images onto the host and the services' first start.
 """
@@ -25,6 +26,7 @@ import uuid
 
 import pytest
 
+from mlox_iac.components.services import jupyter
 from mlox_iac.components.services.registry import SERVICES
 
 try:
@@ -152,6 +154,11 @@ def test_1_full_preset_comes_up(catalogue):
     modes = d.host.ssh("stat -c '%a %U %n' /opt/mlox/secrets/*.env").stdout.split("\n")
     assert {line.split()[-1].rsplit("/", 1)[1] for line in modes if line} == {f"{s}.env" for s in FULL}  # one per service
     assert all(line.startswith("600 root ") for line in modes if line), modes
+    # JupyterLab's image was built on the host from the bundle's Dockerfile, on the loaded base.
+    assert d.host.ssh(f"docker inspect -f '{{{{.Config.Image}}}}' mlox-jupyter-1").stdout.strip() \
+        == jupyter.LOCAL_IMAGE
+    history = d.host.ssh(f"docker history --no-trunc --format '{{{{.CreatedBy}}}}' {jupyter.LOCAL_IMAGE}").stdout
+    assert "pip install --no-cache-dir --requirement /tmp/mlox-requirements.txt" in history, history[-2000:]
 
 
 def test_2_redis_is_internal_password_protected_and_persistent(catalogue):
@@ -378,6 +385,13 @@ def test_4a_label_studio_project_and_imported_file_in_the_bucket(catalogue):
     assert len(exported) == 1, exported
     snapshot = json.loads(d.s3().get_object(Bucket="labelstudio", Key=exported[0])["Body"].read())
     assert len(snapshot) == 1 and marker in snapshot[0]["data"]["image"], snapshot
+    # Under uWSGI, as the upstream image runs in production (not Django's development
+    # server), and the static files collected in the image are served through the proxy.
+    cmdline = d.host.ssh(f"{COMPOSE} exec -T label-studio cat /proc/1/cmdline").stdout.replace("\0", " ")
+    assert "uwsgi --ini /label-studio/deploy/uwsgi.ini" in cmdline, cmdline
+    css = requests.get(f"{base}/static/css/main.css", verify=str(d.ca_path), timeout=60)
+    assert css.status_code == 200 and css.headers["Content-Type"].startswith("text/css") and len(css.content) > 1000, \
+        (css.status_code, css.headers)
     unauthenticated = requests.get(f"{base}/api/projects", verify=str(d.ca_path), timeout=30)
     assert unauthenticated.status_code in (401, 403), unauthenticated.status_code
     wrong = requests.get(f"{base}/api/projects", headers={"Authorization": "Token " + "x" * 40},

@@ -76,6 +76,10 @@ class Route:
     auth: Literal["basic", "own"]  # basic: Caddy basic auth, generated password; own: the service authenticates
     catch_all: bool = False
     strip_prefix: bool = True
+    # False: a new connection to the upstream per request, for a server that closes its
+    # connection after each response without saying so (uWSGI's HTTP router): a reused
+    # connection would fail the next request with 502.
+    keepalive: bool = True
 
 
 # Stack outputs whose values are credentials (a face's setting read from one is a secret).
@@ -383,7 +387,8 @@ class Service:
     """One service's declaration: the answers every service gives, in the same order."""
 
     name: str
-    image: str  # pinned: repository:version, never a floating tag
+    image: str  # pinned (repository:version, never a floating tag): what the server pulls for it;
+    # for an image built on the server (jupyter), the base its Dockerfile starts FROM
     memory_mb: int  # sum of its long-running containers' memory limits; counted against the server size
     requires: tuple[str, ...]  # services that must be enabled with it
     settings: type[ServiceSettings]  # its mlox:services.<name> block; the docstring is its summary

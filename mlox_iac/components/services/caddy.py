@@ -54,8 +54,9 @@ def auth_variable(route: Route) -> str:
 def _proxy(route: Route, indent: str) -> list[str]:
     # 64 KiB socket buffers to the upstream instead of Caddy's 4 KiB: 16 times fewer reads
     # and writes per object streamed through the proxy (see benchmarks/load.py).
+    keepalive = [] if route.keepalive else [f"{indent}\t\tkeepalive off"]
     transport = [f"{indent}\ttransport http {{", f"{indent}\t\tread_buffer 64KiB", f"{indent}\t\twrite_buffer 64KiB",
-                 f"{indent}\t}}"]
+                 *keepalive, f"{indent}\t}}"]
     # Keep the client's Host header for the routes with their own auth: S3 signatures cover it.
     host = [] if route.auth == "own" else [f"{indent}\theader_up Host {{upstream_hostport}}"]
     return [f"{indent}reverse_proxy {route.upstream} {{", *host, *transport, f"{indent}}}"]

@@ -7,6 +7,17 @@ bucket URL needs to be public). An admin user (``admin@<stack>.mlox``) with a ge
 password and a generated API token (``Authorization: Token ...``) is created at start.
 Behind the proxy at ``label-studio.<domain>`` or ``https://<address>/label-studio/``
 with Label Studio's own login. Error reports to Sentry and usage analytics are off.
+
+It runs as the upstream image runs in production: its entrypoint with the command
+``label-studio-uwsgi``, which runs the image's start steps (database migrations under a
+lock, ``label-studio init`` creating the admin user from ``LABEL_STUDIO_USERNAME`` /
+``_PASSWORD`` / ``_USER_TOKEN``) and then uWSGI with the image's ``deploy/uwsgi.ini``
+(HTTP on port 8000), not Django's development server (``label-studio start``). Static
+files are collected in the image at build time and served by Label Studio's own static
+view under uWSGI; upstream's optional nginx container adds nothing here, Caddy is the
+proxy. uWSGI's HTTP router closes the connection after each response (as upstream's nginx,
+Caddy opens a new one per request: a reused one failed an upload with 502 in the
+end-to-end test). Two uWSGI worker processes of four threads each fit the memory budget.
 """
 
 from __future__ import annotations
@@ -24,7 +35,8 @@ if TYPE_CHECKING:
 NAME = "label-studio"
 IMAGE = "heartexlabs/label-studio:1.23.2"
 MEMORY_MB = 768
-PORT = 8080
+PORT = 8000  # uWSGI's HTTP socket in the image's deploy/uwsgi.ini (upstream's nginx proxies to it)
+ENTRYPOINT = "/label-studio/deploy/docker-entrypoint.sh"  # the image's own
 DATABASE = "labelstudio"
 # Uploaded media and exports. Not "label-studio": on a bare address the S3 API shares the
 # path space with the routes, and /label-studio/... is Label Studio's (see render_compose).
@@ -33,13 +45,14 @@ DATA = "/label-studio/data"  # local caches and exports in progress
 UID = 1001  # the upstream image's user
 
 # As root: own the data volume and everything in it (the volume is created by root on the
-# host; a restore or a migration writes its files as root), then drop to the image's user.
-# Label Studio creates media/upload/<project> locally before it stores an upload in the
-# bucket, so the whole tree must be its user's. It holds only caches and exports in
-# progress: small, quick to walk at each start.
+# host; a restore or a migration writes its files as root), then, as the image's user (the
+# user the image itself runs as), its entrypoint in production mode. Label Studio creates
+# media/upload/<project> locally before it stores an upload in the bucket, so the whole
+# tree must be its user's. It holds only caches and exports in progress: small, quick to
+# walk at each start.
 _START = (
     f"chown -R {UID} {DATA} && exec setpriv --reuid={UID} --regid=0 --clear-groups "
-    "label-studio start --no-browser --internal-host 0.0.0.0 --port 8080 --enable-legacy-api-token"
+    f"{ENTRYPOINT} label-studio-uwsgi"
 )
 
 
@@ -63,6 +76,11 @@ def compose(ctx: Context) -> dict:
         "USE_NGINX_FOR_UPLOADS": "false",  # stream files from the bucket through Label Studio
         "SSRF_PROTECTION_ENABLED": "true", "COLLECT_ANALYTICS": "false",
         "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "", "LATEST_VERSION_CHECK": "false",
+        # The admin's generated token authenticates as "Authorization: Token ..." (legacy tokens).
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        # uWSGI: deploy/uwsgi.ini reads these; its default (two processes per core) would not
+        # fit the memory budget, threads serve concurrent requests in little memory.
+        "UWSGI_PROCESSES": "2", "UWSGI_NUMBER_OF_THREADS": "4",
     }
     return {
         "services": {
@@ -93,8 +111,9 @@ def compose(ctx: Context) -> dict:
 
 def routes(ctx: Context) -> list[Route]:
     # Label Studio's own login; it builds its links from LABEL_STUDIO_HOST and expects the
-    # proxy to strip the path prefix.
-    return [Route(NAME, f"{NAME}:{PORT}", auth="own")]
+    # proxy to strip the path prefix. uWSGI's HTTP router closes the connection after each
+    # response (upstream's nginx opens one per request too), so Caddy must not reuse it.
+    return [Route(NAME, f"{NAME}:{PORT}", auth="own", keepalive=False)]
 
 
 # The SDK's variables; the token is the admin's (``Authorization: Token ...``).
