@@ -40,10 +40,10 @@ cgroups: this machine has a cgroup v1 (hybrid) layout. nspawn mounts the v1 cont
 read-only inside the container, so Docker inside fails with ``mkdir
 /sys/fs/cgroup/cpuset/docker/...: read-only file system``. After every boot each
 controller is remounted read-write inside the container's mount namespace with nsenter.
-The container sees the whole v1 hierarchy, so its Docker puts containers at the top of it
-(``/docker/<id>``), outside the machine's own cgroup: a machine with a memory limit
-(``memory_mb``) therefore gets a cgroup of its own, ``/mlox-sandbox-<name>``, which holds the
-nspawn process and, through Docker's ``--cgroup-parent``, every container inside.
+Inside, each hierarchy's root is the cgroup nspawn started in, so Docker's containers
+are nested under it: a machine with a memory limit (``memory_mb``) starts nspawn in a
+memory cgroup of its own, ``mlox-sandbox-<name>``, whose limit then holds for the whole
+machine, its containers included; its Docker names that cgroup as every container's parent.
 
 Stdlib only. Every phase prints its wall time to stderr (``[<tag>] ...: 1.23s``, the tag
 from ``MLOX_HOSTS_LOG_TAG``) and is recorded in ``TIMINGS``.
@@ -279,9 +279,13 @@ def rootfs_path() -> Path:
     return cache_dir() / "rootfs" / f"{SUITE}-v{ROOTFS_VERSION}"
 
 
-def ensure_rootfs(force: bool = False) -> Path:
-    """The pristine target root filesystem, built with debootstrap on first use."""
-    ensure_host_tools()
+def ensure_rootfs(force: bool = False, install_tools: bool = True) -> Path:
+    """The pristine target root filesystem, built with debootstrap on first use.
+
+    ``install_tools``: apt-get install what the harness needs and lacks (the tests do; the
+    sandbox checks for its tools instead and says which are missing)."""
+    if install_tools:
+        ensure_host_tools()
     path = rootfs_path()
     marker = path / ".mlox-e2e-complete"
     if marker.exists() and not force:
@@ -633,13 +637,15 @@ class TargetHost:
             self._docker_cgroup_parent()
 
     def _docker_cgroup_parent(self) -> None:
-        """Docker inside puts its containers under the machine's own cgroup, so the machine's
-        memory limit covers them (see the module doc). A drop-in for Debian's docker.io unit
-        (its ``$DOCKER_OPTS``): the bootstrap owns ``/etc/docker/daemon.json``."""
+        """Docker inside puts its containers' cgroups under the machine's own name in every v1
+        hierarchy, not under ``/docker`` beside this machine's own Docker's (in the hierarchies
+        where nspawn stays in the root cgroup), so removing the machine's cgroup removes all
+        of them. A drop-in for Debian's docker.io unit (its ``$DOCKER_OPTS``): the bootstrap
+        owns ``/etc/docker/daemon.json``."""
         drop_in = self.rootfs / "etc/systemd/system/docker.service.d/10-mlox-sandbox.conf"
         drop_in.parent.mkdir(parents=True, exist_ok=True)
         drop_in.write_text(
-            "# mlox-iac sandbox: containers join the machine's cgroup, which holds its memory limit.\n"
+            "# mlox-iac sandbox: the containers' cgroups go under the machine's own (see mlox_iac/sandbox/hosts.py).\n"
             f'[Service]\nEnvironment="DOCKER_OPTS=--cgroup-parent=/{cgroup_name(self.name)}"\n'
         )
 
