@@ -280,7 +280,10 @@ def workspace_options(
         (project_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
         env_vars["PULUMI_BACKEND_URL"] = url
     secrets_provider = env.get("MLOX_SECRETS_PROVIDER") or DEFAULT_SECRETS_PROVIDER
-    if "PULUMI_CONFIG_PASSPHRASE" in env:  # an empty passphrase is allowed when set explicitly
+    own = sandbox_passphrase(project_dir, stack)
+    if own is not None:  # a sandbox's own, whatever passphrase the user's other stacks use
+        env_vars["PULUMI_CONFIG_PASSPHRASE"] = Redacted(own)
+    elif "PULUMI_CONFIG_PASSPHRASE" in env:  # an empty passphrase is allowed when set explicitly
         env_vars["PULUMI_CONFIG_PASSPHRASE"] = Redacted(env["PULUMI_CONFIG_PASSPHRASE"])
     elif env.get("PULUMI_CONFIG_PASSPHRASE_FILE"):
         env_vars["PULUMI_CONFIG_PASSPHRASE_FILE"] = env["PULUMI_CONFIG_PASSPHRASE_FILE"]
@@ -298,6 +301,20 @@ def workspace_options(
         secrets_provider=secrets_provider,
         pulumi_command=pulumi_command,
     )
+
+
+def sandbox_passphrase(project_dir: Path, stack: str) -> str | None:
+    """The passphrase ``mlox-iac sandbox up`` made for a sandbox's secrets (beside its record,
+    mode 0600), so every command works on a sandbox without one; None for other stacks."""
+    from mlox_iac.sandbox.spec import passphrase_path, record_path
+
+    path = passphrase_path(project_dir, stack)
+    if not record_path(project_dir, stack).is_file() or not path.is_file():
+        return None
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
 
 
 def default_pulumi_command(command: str = "this command", env: Mapping[str, str] | None = None) -> "auto.PulumiCommand":
@@ -550,6 +567,39 @@ def destroy(
                    passphrase_prompt=passphrase_prompt, command="mlox-iac destroy")
     result = _engine_call("destroy", stack, lambda: s.destroy(on_event=on_event, color="never", show_secrets=False))
     return RunResult("destroy", stack, _changes(result.summary.resource_changes), duration_s=time.monotonic() - started)
+
+
+def stack_exists(
+    stack: str,
+    *,
+    project_dir: Path | None = None,
+    pulumi_command: Optional["auto.PulumiCommand"] = None,
+    command: str = "mlox-iac",
+) -> bool:
+    """Whether the backend holds the stack (``pulumi stack ls``); its file need not exist."""
+    from pulumi import automation as auto
+
+    project_dir = (project_dir or find_project_dir()).resolve()
+    cli = pulumi_command or default_pulumi_command(command)
+    opts = workspace_options(project_dir, stack, pulumi_command=cli)
+    workspace = auto.LocalWorkspace(work_dir=opts.work_dir, env_vars=opts.env_vars, pulumi_command=cli)
+    return any(summary.name == stack for summary in _engine_call("stack ls", stack, workspace.list_stacks))
+
+
+def remove(
+    stack: str,
+    *,
+    project_dir: Path | None = None,
+    force: bool = False,
+    pulumi_command: Optional["auto.PulumiCommand"] = None,
+    passphrase_prompt: Optional[PassphrasePrompt] = None,
+    command: str = "mlox-iac",
+) -> None:
+    """``pulumi stack rm``: forget the stack (its state, and its file). Refused by the engine
+    while resources are left, unless ``force`` (their state is then dropped, not the resources)."""
+    s = open_stack(stack, project_dir=project_dir, validate=False, pulumi_command=pulumi_command,
+                   passphrase_prompt=passphrase_prompt, command=command)
+    _engine_call("stack rm", stack, lambda: s.workspace.remove_stack(stack, force=force))
 
 
 def outputs(

@@ -6,7 +6,9 @@ import sys
 
 import typer
 
-from mlox_iac.cli import backup_cmds, config_cmds, connect_cmds, cost_cmd, engine_cmds, init_cmd, migrate_cmd, plan
+from mlox_iac.cli import (
+    backup_cmds, config_cmds, connect_cmds, cost_cmd, engine_cmds, init_cmd, migrate_cmd, plan, sandbox_cmds,
+)
 
 app = typer.Typer(
     name="mlox-iac",
@@ -28,6 +30,7 @@ for command in (backup_cmds.backup, backup_cmds.backups, backup_cmds.restore):
     app.command()(command)
 
 app.command()(migrate_cmd.migrate)
+app.add_typer(sandbox_cmds.app, name="sandbox")
 
 _state = {"verbose": False}
 

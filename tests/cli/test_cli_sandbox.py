@@ -1,0 +1,143 @@
+"""``mlox-iac sandbox`` through the real entry point: the refusals, each one line, before
+anything is created; the sandbox's passphrase for every command. (Booting a machine and
+deploying onto it: tests/e2e/test_sandbox.py, with the real engine.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cli_helpers import cli  # noqa: F401 (fixture used by name)
+
+from mlox_iac.sandbox import manage, spec
+
+INSTEAD = "without it, preview a stack with the engine instead (scripts/quickstart does)"
+
+
+@pytest.fixture
+def all_tools(monkeypatch):
+    """This machine has every tool, and is root, whatever it really is."""
+    monkeypatch.setattr(manage.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(manage.sys, "platform", "linux")
+    monkeypatch.setattr(manage.shutil, "which", lambda exe, path=None: f"/usr/bin/{exe}")
+
+
+def make_sandbox(project, name: str = "sandbox", preset: str = "core") -> spec.Record:
+    """A sandbox's record, as `sandbox up` writes it first."""
+    r = spec.Record(name=name, machine="mlxsb0000000", network="10.79", index=1, memory_mb=4096, preset=preset,
+                    images="pull")
+    spec.sandbox_dir(project, name).mkdir(parents=True)
+    manage.save_record(project, r)
+    return r
+
+
+def nothing_created(project) -> bool:
+    return not (project / ".mlox" / "sandbox").exists() and not (project / "stacks" / "Pulumi.sandbox.yaml").exists()
+
+
+@pytest.mark.parametrize("command", ["up", "status", "down"])
+def test_help_has_examples(cli, command):
+    result = cli("sandbox", command, "--help")
+    assert result.exit_code == 0 and "Example" in result.stdout and "--name" in result.stdout
+
+
+@pytest.mark.parametrize("command", [("up",), ("down", "--yes")])
+def test_a_name_of_a_stack_that_is_not_a_sandbox_is_refused(cli, mlox_project, all_tools, command):
+    result = cli("sandbox", *command, "--name", "dev")  # mlox_project has stacks/Pulumi.dev.yaml
+    assert result.exit_code == 2
+    assert result.stderr == ("--name: dev is a stack that is not a sandbox (stacks/Pulumi.dev.yaml exists, "
+                             ".mlox/sandbox/dev/sandbox.json does not); choose another name\n")
+    assert (mlox_project / "stacks" / "Pulumi.dev.yaml").is_file()
+
+
+def test_without_root_up_says_what_it_needs_in_one_line(cli, mlox_project, all_tools, monkeypatch):
+    monkeypatch.setattr(manage.os, "geteuid", lambda: 1000)
+    result = cli("sandbox", "up")
+    assert result.exit_code == 1
+    assert result.stderr == ("error: sandbox: needs root to boot a systemd-nspawn machine and give it a network and "
+                             f"firewall rules (run: sudo mlox-iac sandbox up); {INSTEAD}\n")
+    assert nothing_created(mlox_project)
+
+
+def test_without_systemd_nspawn_up_names_the_package(cli, mlox_project, all_tools, monkeypatch):
+    monkeypatch.setattr(manage.shutil, "which", lambda exe, path=None: None if exe == "systemd-nspawn" else f"/bin/{exe}")
+    result = cli("sandbox", "up", "--preset", "full")
+    assert result.exit_code == 1
+    assert result.stderr == f"error: sandbox: needs systemd-nspawn (apt-get install systemd-container); {INSTEAD}\n"
+    assert nothing_created(mlox_project)
+
+
+def test_on_macos_up_points_at_the_docs(cli, mlox_project, all_tools, monkeypatch):
+    monkeypatch.setattr(manage.sys, "platform", "darwin")
+    result = cli("sandbox", "up")
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert "docs/sandbox.md" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--preset", "huge"), "--preset: 'huge' is not allowed (allowed: core, full)"),
+    (("--name", "a/b"), "--name: 'a/b' is not allowed (allowed: 1-40 letters, digits, '_', '.' and '-', "
+                        "starting with a letter or digit)"),
+    (("--memory", "1024"), "--memory: 1024 MiB is too little for the core preset (allowed: "
+                           f"{manage.needed_memory_mb('core')} or more)"),
+], ids=["preset", "name", "memory"])
+def test_bad_options_exit_2_before_anything_is_made(cli, mlox_project, all_tools, args, message):
+    result = cli("sandbox", "up", *args)
+    assert (result.exit_code, result.stderr) == (2, message + "\n")
+    assert nothing_created(mlox_project)
+
+
+def test_a_sandbox_keeps_its_preset(cli, mlox_project, all_tools):
+    make_sandbox(mlox_project)
+    result = cli("sandbox", "up", "--preset", "full")
+    assert result.exit_code == 2
+    assert result.stderr == ("--preset: sandbox sandbox has core; to change it, remove the sandbox first "
+                             "(mlox-iac sandbox down --name sandbox) or edit stacks/Pulumi.sandbox.yaml\n")
+
+
+def test_down_and_status_without_a_sandbox(cli, mlox_project, all_tools):
+    down = cli("sandbox", "down", "--yes")
+    assert (down.exit_code, down.stdout) == (0, "no sandbox sandbox in this project: nothing to remove\n")
+    status = cli("sandbox", "status", "--json")
+    assert status.exit_code == 1
+    assert status.stderr == ("error: no sandbox sandbox in this project "
+                             "(create it: sudo mlox-iac sandbox up --name sandbox)\n")
+
+
+def test_down_without_yes_and_without_a_terminal_suggests_yes(cli, mlox_project, all_tools):
+    make_sandbox(mlox_project, "lab")
+    result = cli("sandbox", "down", "--name", "lab")
+    assert result.exit_code == 2
+    assert result.stderr == ("mlox-iac sandbox down needs confirmation and stdin is not a terminal: "
+                             "pass --yes to go ahead without asking\n")
+    assert spec.record_path(mlox_project, "lab").is_file()
+
+
+def test_every_command_on_a_sandbox_uses_its_own_passphrase(mlox_project, monkeypatch):
+    from mlox_iac import automation
+
+    folder = spec.sandbox_dir(mlox_project, "sandbox")
+    folder.mkdir(parents=True)
+    spec.passphrase_path(mlox_project, "sandbox").write_text("the sandbox's own\n")
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "the user's for other stacks")
+    opts = automation.workspace_options(mlox_project, "sandbox")
+    assert opts.env_vars["PULUMI_CONFIG_PASSPHRASE"] == "the user's for other stacks"  # no record: not a sandbox
+    (folder / spec.RECORD).write_text(json.dumps({}))
+    opts = automation.workspace_options(mlox_project, "sandbox")
+    assert opts.env_vars["PULUMI_CONFIG_PASSPHRASE"] == "the sandbox's own"
+    assert repr(opts.env_vars["PULUMI_CONFIG_PASSPHRASE"]) == "'[secret]'"
+    assert automation.workspace_options(mlox_project, "dev").env_vars["PULUMI_CONFIG_PASSPHRASE"] == \
+        "the user's for other stacks"
+
+
+def test_registry_check_can_be_decided_by_the_environment(monkeypatch):
+    monkeypatch.setenv("MLOX_SANDBOX_IMAGES", "standins")
+    assert manage.registry_reachable() == (False, "MLOX_SANDBOX_IMAGES=standins")
+    monkeypatch.setenv("MLOX_SANDBOX_IMAGES", "pull")
+    assert manage.registry_reachable()[0] is True
+
+
+def test_sandbox_images_of_a_preset_are_the_compose_files():
+    assert manage.preset_images("core") == sorted(["caddy:2.11.7", "chrislusf/seaweedfs:4.48",
+                                                   "ghcr.io/mlflow/mlflow:v3.17.2-full", "postgres:15.18-bookworm"])
+    assert set(manage.preset_images("core")) < set(manage.preset_images("full"))
