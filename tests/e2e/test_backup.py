@@ -145,8 +145,8 @@ def test_3_disaster_everything_comes_back(stack):
     assert "reading the objects back to verify them" in done.stderr
     assert "through S3" not in done.stderr, done.stderr[-2000:]
     kinds = {(item["kind"], item["name"]) for item in result["restored"]}
-    assert kinds == {("database", "mlflow"), ("bucket", "mlflow-artifacts"), ("bucket", lab.USER_BUCKET),
-                     ("volume", "caddy-data")}
+    assert kinds == {("database", "mlflow"), ("database", "data"), ("bucket", "mlflow-artifacts"),
+                     ("bucket", lab.USER_BUCKET), ("volume", "caddy-data")}
     assert d.wait_healthy()["mlflow"]["Health"] == "healthy"
     after = lab.fingerprint(d)
     assert after["tables"] == d.before["tables"]

@@ -366,9 +366,14 @@ def test_5c_ci_deploys_with_python_m_mlox_iac_ci(deployment):
     d.raw["services"] = {"mlflow": {"workers": 2}}
     d.write_stack_file()
     with d.environment() as env:
-        ci = subprocess.run([sys.executable, "-m", "mlox_iac.ci", "--stack", d.stack], cwd=d.project,
-                            capture_output=True, text=True, timeout=600,
-                            env={**os.environ, **env, "HOME": str(d.work / "home"), "CI": "true"})
+        run_env = {**os.environ, **env, "HOME": str(d.work / "home"), "CI": "true"}
+        refused = subprocess.run([sys.executable, "-m", "mlox_iac.ci", "--stack", d.stack], cwd=d.project,
+                                 capture_output=True, text=True, timeout=600, env=run_env)
+        # On CI a state in the checkout is lost after the job: refused unless asked for.
+        assert refused.returncode == 1 and refused.stderr.startswith(
+            "error: on CI the default state backend (.mlox/state in the checkout) is lost after the job"), refused.stderr
+        ci = subprocess.run([sys.executable, "-m", "mlox_iac.ci", "--stack", d.stack, "--local-state"], cwd=d.project,
+                            capture_output=True, text=True, timeout=600, env=run_env)
     assert ci.returncode == 0, (ci.stdout + ci.stderr)[-4000:]
     assert "Traceback" not in ci.stderr
     for step in ("validate", "plan", "preview", "up"):
