@@ -34,7 +34,7 @@ NO_SERVER = {"validate", "plan", "schema", "cost"}
 NEEDS_NETWORK = {"--live"}  # cost --live asks the provider's API
 SHELL_BLOCK = {"bash", "sh", "shell", "console"}
 OPERATORS = {"|", "||", "&&", ";", ">", ">>", "<", "2>", "&"}
-USER_FILES = {"stacks/Pulumi.prod.yaml"}  # the reader's own stack, which `mlox-iac init` writes
+USER_FILES = {"stacks/Pulumi.prod.yaml", "stacks/Pulumi.sandbox.yaml"}  # the reader's own stacks (`init`, `sandbox up` write them)
 PATH_PREFIXES = ("scripts", "stacks", "docs", "examples", "mlox_iac", "tests", "benchmarks")
 _PATH = re.compile(r"(?<![\w./~$-])((?:%s)/[\w.<>*-]*(?:/[\w.<>*-]+)*/?)" % "|".join(PATH_PREFIXES))
 
@@ -113,8 +113,12 @@ def mention_problem(command: str) -> str | None:
     group = _cli()
     if len(words) < 2 or words[1] not in group.commands:
         return f"{command}: no command {words[1] if len(words) > 1 else ''!r}"
-    options = {opt for param in group.commands[words[1]].params for opt in (*param.opts, *param.secondary_opts)}
-    unknown = [w for w in words[2:] if w.startswith("--") and w.split("=")[0] not in options and w != "--"]
+    command_ = group.commands[words[1]]
+    rest = words[2:]
+    if hasattr(command_, "commands") and rest and rest[0] in command_.commands:  # a group: `sandbox up ...`
+        command_, rest = command_.commands[rest[0]], rest[1:]
+    options = {opt for param in command_.params for opt in (*param.opts, *param.secondary_opts)}
+    unknown = [w for w in rest if w.startswith("--") and w.split("=")[0] not in options and w != "--"]
     return f"{command}: no option {', '.join(unknown)}" if unknown else None
 
 
