@@ -16,9 +16,12 @@ import json
 import os
 import tempfile
 import uuid
+import warnings
 from pathlib import Path
 
 import mlflow
+
+warnings.filterwarnings("ignore", message="Add type hints", category=UserWarning)  # a demo model needs none
 
 
 class Doubler(mlflow.pyfunc.PythonModel):

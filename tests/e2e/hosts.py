@@ -2,8 +2,9 @@
 with the tests' cache (``MLOX_E2E_CACHE``, default ``~/.cache/mlox-iac-e2e``) and log tag."""
 
 import os
+from pathlib import Path
 
-os.environ.setdefault("MLOX_HOSTS_CACHE", os.environ.get("MLOX_E2E_CACHE") or "~/.cache/mlox-iac-e2e")
+os.environ.setdefault("MLOX_HOSTS_CACHE", str(Path(os.environ.get("MLOX_E2E_CACHE") or "~/.cache/mlox-iac-e2e").expanduser()))
 os.environ.setdefault("MLOX_HOSTS_LOG_TAG", "e2e")
 
 from mlox_iac.sandbox.hosts import *  # noqa: E402,F403
