@@ -68,7 +68,9 @@ def main() -> None:
         noop_s = time.monotonic() - start
         assert noop.changed() == [], noop.changed()
 
-        resources, _ = record_program(d.raw | {"onprem": {**d.raw["onprem"], "host": b.address}},
+        # The same script as A's, rendered for B (its address, its admin network for SSH).
+        resources, _ = record_program(d.raw | {"onprem": {**d.raw["onprem"], "host": b.address},
+                                               "ssh": {**d.raw["ssh"], "admin_cidrs": [b.subnet]}},
                                       {"onprem.private_key"}, "bench")
         script = unwrap(next(r for r in resources if r.name == "main-bootstrap").inputs["stdin"])
         start = time.monotonic()
