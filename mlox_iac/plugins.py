@@ -40,11 +40,17 @@ class Plugin:
 
 
 def default_dir(project_dir: Path, env: Mapping[str, str] | None = None) -> Path:
-    """``MLOX_PULUMI_PLUGINS``, else ``../shared/pulumi-plugins`` beside the project."""
+    """``MLOX_PULUMI_PLUGINS``, else the first ``shared/pulumi-plugins`` beside the project or
+    beside a folder above it (``../shared/pulumi-plugins`` for a checkout next to it)."""
     env = os.environ if env is None else env
     if env.get("MLOX_PULUMI_PLUGINS"):
         return Path(env["MLOX_PULUMI_PLUGINS"])
-    return project_dir.resolve().parent / "shared" / "pulumi-plugins"
+    project_dir = project_dir.resolve()
+    for folder in project_dir.parents:
+        candidate = folder / "shared" / "pulumi-plugins"
+        if candidate.is_dir():
+            return candidate
+    return project_dir.parent / "shared" / "pulumi-plugins"
 
 
 def bundled(folder: Path) -> dict[str, Plugin]:

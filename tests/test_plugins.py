@@ -90,3 +90,11 @@ def test_the_installed_sdks_are_the_pinned_ones():
     found = plugins.installed_sdks()
     for name in ("command", "random", "tls"):
         assert found[name] == PINNED[name], name
+
+
+def test_the_plugin_folder_is_found_beside_the_project_or_a_folder_above(tmp_path):
+    (tmp_path / "shared" / "pulumi-plugins").mkdir(parents=True)
+    deep = tmp_path / "ci" / "run-7" / "checkout"
+    deep.mkdir(parents=True)
+    assert plugins.default_dir(deep, env={}) == tmp_path / "shared" / "pulumi-plugins"
+    assert plugins.default_dir(deep, env={"MLOX_PULUMI_PLUGINS": "/x"}) == Path("/x")
