@@ -9,7 +9,8 @@ root), the core preset's stand-in images built first:
   update.
 - host B, the floor: the same bootstrap script piped to ``bash -s`` over ssh, the images
   loaded (not timed), then the bundle and env files the engine wrote on A copied over
-  (``tar | ssh``) and ``docker compose up -d --wait``.
+  (``tar | ssh``) and the engine's own compose step (volume folders, ``docker compose up
+  --wait``).
 
 Prints seconds for each and the ratio engine / floor (goals: no-op up <= 10 s; bare host to
 serving <= 60 s; overhead <= 1.3x), as one JSON line at the end.
@@ -73,6 +74,7 @@ def main() -> None:
                                                "ssh": {**d.raw["ssh"], "admin_cidrs": [b.subnet]}},
                                       {"onprem.private_key"}, "bench")
         script = unwrap(next(r for r in resources if r.name == "main-bootstrap").inputs["stdin"])
+        compose_up = unwrap(next(r for r in resources if r.name == "main-bundle-compose-up").inputs["create"])
         start = time.monotonic()
         b.ssh("bash -s", input=script, timeout=900)
         floor_bootstrap = time.monotonic() - start
@@ -83,7 +85,7 @@ def main() -> None:
                               f"{' '.join(b.ssh_argv())} tar -C / -xf -", shell=True, capture_output=True, text=True)
         if copy.returncode != 0:
             raise SystemExit(f"copy failed: {copy.stderr[-2000:]}")
-        b.ssh(f"{COMPOSE} up -d --wait --remove-orphans", timeout=900)
+        b.ssh(compose_up, timeout=900)  # the engine's own step: volume folders, then docker compose up --wait
         healthy(b)
         floor_up = time.monotonic() - start
 
