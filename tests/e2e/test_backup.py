@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -308,7 +309,11 @@ def test_5_the_schedule_backs_up_by_itself(stack):
 def test_6_server_lost_a_fresh_host_restores_from_the_repository_alone(stack, tmp_path_factory):
     a = stack
     fresh = lab.BackupDeployment(a.spare, tmp_path_factory.mktemp("backup-c"), a.store)
-    fresh.passwords = a.passwords  # the same stack: the same secrets from its state
+    # The same stack on a new server: the same state (so the same secrets) and stack file,
+    # pointed at the new address, as a user redeploys after losing the server.
+    shutil.copytree(a.project / ".mlox" / "state", fresh.project / ".mlox" / "state")
+    shutil.copy(a.stack_file(), fresh.stack_file())
+    fresh._set_secrets = dict(a._set_secrets)
     fresh.raw["onprem"]["host"] = a.spare.address
     fresh.raw["ssh"]["admin_cidrs"] = [a.spare.subnet]
     fresh.deploy()
