@@ -59,7 +59,10 @@ class Bundle(pulumi.ComponentResource):
             connection=server.connection,
             source=pulumi.FileArchive(str(local)),
             remote_path=MLOX_DIR,
-            triggers=[self.bundle_hash],
+            # pulumi-command copies again on an update only when the source changed: a new
+            # server (another address, or new host keys at the same one, as after a lost server
+            # is replaced under the same state) must replace the copy to receive the bundle.
+            triggers=[self.bundle_hash, server.public_address, server.host_keys],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[prepare]),
         )
         self._name, self._ctx, self._server = name, ctx, server
