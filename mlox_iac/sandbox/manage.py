@@ -292,8 +292,18 @@ def fetch_ca(project: Path, record: Record, outputs: Mapping[str, Any]) -> Path 
 
     if outputs.get("tls") != "internal":
         return None
+    from mlox_iac.errors import MloxError
+
     dest = Path(project) / ".mlox" / record.name / "caddy-root.crt"
-    path = connect.fetch_ca(outputs, dest, identity=spec.key_path(project, record.name), refresh=True)
+    for attempt in range(3):
+        # A machine that has just booted, on a busy computer, can be slow to answer ssh.
+        try:
+            path = connect.fetch_ca(outputs, dest, identity=spec.key_path(project, record.name), refresh=True,
+                                    timeout=60)
+            break
+        except MloxError as error:
+            if "timed out" not in str(error) or attempt == 2:
+                raise
     connect.write_ca_bundle(path)
     return path
 
