@@ -420,6 +420,34 @@ def provider_change_problem(stack: str, deployed: Mapping[str, Any], provider: s
             f"mlox-iac migrate --stack {stack} --to {provider})")
 
 
+def part_change_problem(stack: str, deployed: Mapping[str, Any], config: Any, source: str) -> str | None:
+    """The one-line refusal when the stack file puts a deployed part (objects, postgres) on the
+    other side (external or the server's own) without ``mlox-iac migrate --part``: the services
+    would start on a store that does not hold their data. None when nothing is deployed, the
+    sides match, or a move of that part is in progress (migrate switches the sides itself)."""
+    from mlox_iac.config.model import PARTS
+
+    provider = deployed.get("provider")
+    if getattr(provider, "value", provider) in (None, SECRET):
+        return None  # not deployed yet
+    parts = deployed.get("parts")
+    parts = getattr(parts, "value", parts)
+    parts = parts if isinstance(parts, Mapping) else {}  # deployed before parts could be external: all local
+    for part, service in PARTS.items():
+        if not config.service_enabled(service) or (config.part_move is not None and config.part_move.part == part):
+            continue
+        running = (parts.get(part) or {}).get("uses", "local")
+        wanted = "external" if config.part_external(part) else "local"
+        if running != wanted:
+            where = {"external": "on an external store", "local": "on the server"}
+            what = "buckets" if part == "objects" else "databases"
+            return (f"{source}: mlox:services.{service}.external: stack {stack} keeps its {what} {where[running]}; "
+                    f"this file puts them {where[wanted]}, where the services would find none of their data "
+                    f"(allowed: the deployed side; to move the data run: mlox-iac migrate --stack {stack} "
+                    f"--part {part} --to {wanted})")
+    return None
+
+
 def refuse_provider_change(stack: str, deployed: Mapping[str, Any], *, project_dir: Path | None = None) -> None:
     """Raise :class:`ConfigError` (exit 2) with :func:`provider_change_problem`'s line."""
     from mlox_iac.errors import ConfigError
@@ -428,7 +456,8 @@ def refuse_provider_change(stack: str, deployed: Mapping[str, Any], *, project_d
     config = validate_stack(stack, project_dir=project_dir)
     path = stack_file(project_dir, stack)
     shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
-    problem = provider_change_problem(stack, deployed, config.provider, str(shown))
+    problem = (provider_change_problem(stack, deployed, config.provider, str(shown))
+               or part_change_problem(stack, deployed, config, str(shown)))
     if problem:
         raise ConfigError([problem])
 

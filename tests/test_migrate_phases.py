@@ -328,13 +328,20 @@ def test_the_program_asks_the_running_cli_what_is_deployed(tmp_path, monkeypatch
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
     monkeypatch.setattr(pulumi.runtime.settings, "get_monitor", lambda: object())  # not the mock monitor
+    from conftest import secret_keys, settings
+    from mlox_iac.config.loader import validate
+
+    def config(provider):
+        raw = settings(provider)
+        return validate(raw, secret_keys(raw), "stacks/Pulumi.dev.yaml", "dev")
+
     with pytest.raises(pulumi.RunError) as caught:
-        program._refuse_provider_change("dev", "hetzner")
+        program._refuse_provider_change("dev", config("hetzner"))
     assert str(caught.value) == (
         "stacks/Pulumi.dev.yaml: mlox:provider: stack dev runs on onprem; changing the provider here would start an "
         "empty server on hetzner (allowed: onprem; to move the stack and its data run: "
         "mlox-iac migrate --stack dev --to hetzner)")
-    program._refuse_provider_change("dev", "onprem")  # unchanged: no objection
+    program._refuse_provider_change("dev", config("onprem"))  # unchanged: no objection
 
 
 def test_the_program_skips_the_check_under_mocks_and_for_new_stacks():

@@ -179,8 +179,9 @@ def status(
     """Probe every service endpoint of a deployed stack through the proxy.
 
     Checks each service's health over HTTPS (with the UI credentials
-    where the proxy asks for them) and when its TLS certificate expires.
-    Exits 1 when any endpoint is down.
+    where the proxy asks for them) and when its TLS certificate expires;
+    an external S3 store or Postgres the stack uses is probed at its own
+    endpoint, its TLS verified. Exits 1 when any endpoint is down.
 
     Examples:
       mlox-iac status --stack prod
@@ -191,6 +192,7 @@ def status(
     out = Out(as_json)
     values = read_outputs(stack, outputs_file, show_secrets=True)
     results = connect.probe(values, ca_file(values, stack, ca, identity, refresh_ca), timeout=timeout)
+    results += connect.probe_parts(values, timeout=timeout)
     backup = _backup_status(values, identity) if values.get("backup_repository") else None
 
     def table(console, rows):
