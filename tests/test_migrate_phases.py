@@ -1,4 +1,4 @@
-"""``mlox_iac.migrate``: the phases, their record, resume, verification failure, finish and abort.
+"""``mlox_iac.migrations.stack``: the phases, their record, resume, verification failure, finish and abort.
 
 The engine is a double that keeps the stack file's config as ``pulumi config set --path``
 would and answers outputs the way the program exports them; the servers are a double that
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlox_iac import migrate
+from mlox_iac.migrations import stack as migrate
 from mlox_iac.errors import ConfigError, MloxError
 from pulumi_double import RecordingPulumiCommand
 

@@ -340,24 +340,27 @@ class StackConfig(Strict):
         return self
 
     def part_external(self, part: str) -> bool:
-        """Whether the services use the external store for ``part`` (objects, postgres)."""
-        if self.service(PARTS[part]).external is None:
+        """Whether the services use the external store for ``part`` (objects, postgres): its
+        ``in_use``, or during a move of that part, the side the move has reached."""
+        external = self.service(PARTS[part]).external
+        if external is None:
             return False
         move = self.part_move
         if move is None or move.part != part:
-            return True
+            return external.in_use
         return (move.to == "external") == (move.state == "cutover")
 
     def part_local(self, part: str) -> bool:
-        """Whether the server runs its own store for ``part``: without an external one, and
+        """Whether the server runs its own store for ``part``: when the services use it, and
         throughout a move of that part (its data kept until ``--finish``)."""
-        return self.service(PARTS[part]).external is None or (self.part_move is not None and self.part_move.part == part)
+        moving = self.part_move is not None and self.part_move.part == part
+        return moving or not self.part_external(part)
 
     def warnings(self) -> list[tuple[str, str]]:
         """(key, message) for settings that are valid but risky."""
         out = []
         for part, service in PARTS.items():
-            if self.service(service).external is not None:
+            if self.part_external(part):
                 what = "buckets" if part == "objects" else "databases"
                 out.append((f"services.{service}.external", f"backups do not cover the {what} on the external "
                             f"{'store' if part == 'objects' else 'server'}: protect them with the provider's own "

@@ -112,9 +112,10 @@ def parts_plan(ctx: Context, who: dict[str, list[str]]) -> dict:
     store = ctx.config.service(seaweedfs.NAME).external
     if store is not None and seaweedfs.NAME in enabled:
         out["objects"] = {
-            "buckets": {b: seaweedfs.bucket_name(ctx, b, store) for b in seaweedfs.buckets(ctx)},
+            "buckets": seaweedfs.buckets(ctx),
             "writers": sorted({c for n in enabled if SERVICES[n].data(ctx).buckets for c in who[n]}),
-            "external": {"endpoint": store.endpoint, "region": store.region, "env_file": ctx.env_file(seaweedfs.NAME),
+            "external": {"endpoint": store.endpoint, "region": store.region, "bucket_prefix": store.bucket_prefix,
+                         "env_file": ctx.env_file(seaweedfs.NAME),
                          "access_key_var": "EXTERNAL_S3_ACCESS_KEY", "secret_key_var": "EXTERNAL_S3_SECRET_KEY",
                          "ca": f"{BUNDLE_DIR}/{seaweedfs.CA_FILE}" if store.ca else None},
             "uses": "external" if seaweedfs.external(ctx) is not None else "local",
@@ -123,6 +124,7 @@ def parts_plan(ctx: Context, who: dict[str, list[str]]) -> dict:
     if server is not None and postgres.NAME in enabled:
         out["postgres"] = {
             "databases": postgres.databases(ctx),
+            "image": postgres.IMAGE,  # the helper that reaches the external server: the same client tools
             "writers": sorted({c for n in enabled if SERVICES[n].data(ctx).databases for c in who[n]}),
             "external": {"host": server.host, "port": server.port, "user": server.admin_user,
                          "database": server.admin_database, "sslmode": server.sslmode,

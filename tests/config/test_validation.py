@@ -524,6 +524,7 @@ def test_external_parts_say_plainly_that_backups_do_not_cover_them(tmp_path):
 @pytest.mark.parametrize("move, external, local", [
     # (part_move, services use the external store, the server runs its own)
     (None, True, False),
+    ("not_in_use", False, True),  # the settings kept, the buckets on the server (after a move home)
     ({"part": "objects", "to": "external", "state": "copying"}, False, True),
     ({"part": "objects", "to": "external", "state": "cutover"}, True, True),
     ({"part": "objects", "to": "local", "state": "copying"}, True, True),
@@ -531,7 +532,8 @@ def test_external_parts_say_plainly_that_backups_do_not_cover_them(tmp_path):
     ({"part": "postgres", "to": "external", "state": "copying"}, True, False),  # another part moves
 ])
 def test_which_side_each_part_uses_during_a_move(tmp_path, move, external, local):
-    raw = settings(services={"seaweedfs": {"external": S3}, "postgres": {"external": PG}},
-                   **({"part_move": move} if move else {}))
+    s3 = {**S3, "in_use": False} if move == "not_in_use" else S3
+    raw = settings(services={"seaweedfs": {"external": s3}, "postgres": {"external": PG}},
+                   **({"part_move": move} if isinstance(move, dict) else {}))
     config = load_file(write_stack(tmp_path, raw))
     assert (config.part_external("objects"), config.part_local("objects")) == (external, local)

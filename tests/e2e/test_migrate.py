@@ -3,7 +3,7 @@
 Two systemd-nspawn hosts (prefix ``mlxmig``, indices 91 and 92). The stack is deployed on A
 by replaying the program (as in test_deploy.py) and filled with real data (MLflow runs,
 artifacts and model versions, a 1 GiB object and 1,000 small ones, volume files). Then
-:func:`mlox_iac.migrate.run` moves it with the real phases: each engine ``up`` is the program
+:func:`mlox_iac.migrations.stack.run` moves it with the real phases: each engine ``up`` is the program
 under mocks replayed over SSH (as in test_deploy.py); every data step runs for real on the
 hosts (``mlox_data move-*`` over SSH, A sending straight to B). One lab serves the tests,
 which run in order and build on each other:
@@ -36,7 +36,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlox_iac import connect, migrate
+from mlox_iac import connect
+from mlox_iac.migrations import stack as migrate
 from mlox_iac.components.services.registry import SERVICES
 from mlox_iac.plan import record_program, unwrap
 
@@ -66,7 +67,7 @@ NEEDED_IMAGES = lab.LAB_IMAGES  # the core stack's and the data tooling's (rclon
 
 class MoveDeployment(Deployment):
     """A test_deploy Deployment whose settings also live in a stack file, and an
-    :class:`mlox_iac.migrate.Engine` whose ``up`` replays the program on the hosts."""
+    :class:`mlox_iac.migrations.stack.Engine` whose ``up`` replays the program on the hosts."""
 
     def __init__(self, a: hosts.TargetHost, b: hosts.TargetHost, work: Path):
         super().__init__(a, work)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from mlox_iac import migrate
+from mlox_iac.migrations import stack as migrate
 from mlox_iac.plan import record_program, unwrap
 
 try:

@@ -60,6 +60,8 @@ class ExternalPostgres(BaseModel):
     sslmode: Literal["verify-full", "verify-ca"] = Field(
         "verify-full", description="How the server's certificate is checked (TLS is never off)")
     ca: str = Field(description="PEM CA certificate(s) that signed the server's certificate (the provider's CA file)")
+    in_use: bool = Field(True, description="Whether the services use this server (mlox-iac migrate --part sets it; "
+                         "false keeps these settings while the databases live on the server)")
 
     @field_validator("host")
     @classmethod
@@ -112,11 +114,14 @@ def tls_mounts(ctx: Context) -> list[str]:
     return [f"./{CA_FILE}:{CA_PATH}:ro"] if external(ctx) is not None else []
 
 
+def _tls(server: ExternalPostgres | None) -> dict[str, str]:
+    return {"PGSSLMODE": server.sslmode, "PGSSLROOTCERT": CA_PATH} if server is not None else {}
+
+
 def tls_environment(ctx: Context) -> dict[str, str]:
     """libpq's ``PGSSLMODE`` and ``PGSSLROOTCERT`` (psycopg, psycopg2 and asyncpg read them) for
     a container that connects to an external server; nothing for the stack's own."""
-    server = external(ctx)
-    return {"PGSSLMODE": server.sslmode, "PGSSLROOTCERT": CA_PATH} if server is not None else {}
+    return _tls(external(ctx))
 
 
 def memory(ctx: Context) -> int:
@@ -178,27 +183,30 @@ done
 """
 
 
-def _external_provision(ctx: Context) -> dict:
-    server = external(ctx)
-    assert server is not None
+def _external_provision(ctx: Context, server: ExternalPostgres) -> dict:
     return {
         "image": IMAGE,
         **provisioner("/bin/sh /mlox/provision.sh"),
         "env_file": ctx.env_files(NAME),
         "environment": {"MLOX_DATABASES": " ".join(databases(ctx)), "MLOX_PGHOST": server.host,
                         "MLOX_PGPORT": str(server.port), "MLOX_PGUSER": server.admin_user,
-                        "MLOX_PGDATABASE": server.admin_database, **tls_environment(ctx)},
-        "volumes": ["./postgres/provision-external.sh:/mlox/provision.sh:ro", *tls_mounts(ctx)],
+                        "MLOX_PGDATABASE": server.admin_database, **_tls(server)},
+        "volumes": ["./postgres/provision-external.sh:/mlox/provision.sh:ro", f"./{CA_FILE}:{CA_PATH}:ro"],
         "labels": {"org.mlox.config-hash": digest(EXTERNAL_PROVISION_SH, server.ca)},
         "deploy": limits(64),
     }
 
 
 def compose(ctx: Context) -> dict:
+    """The provisioning step of the side the services use is ``postgres-provision`` (what they
+    wait for); while a move keeps both, the other side's is ``-external`` or ``-local``."""
     env_file = ctx.env_files(NAME)
     part: dict = {"services": {}}
-    if external(ctx) is not None:
-        part["services"]["postgres-provision"] = _external_provision(ctx)
+    server = ctx.config.service(NAME).external
+    in_use = external(ctx) is not None
+    if server is not None:
+        part["services"]["postgres-provision" if in_use else "postgres-provision-external"] = \
+            _external_provision(ctx, server)
     if not local(ctx):
         return part
     own = {
@@ -226,8 +234,8 @@ def compose(ctx: Context) -> dict:
         },
         "volumes": {"postgres-data": ctx.volume("postgres-data")},
     }
-    if external(ctx) is not None:  # kept running for a move, not used: provisioning is the external one's
-        del own["services"]["postgres-provision"]
+    if in_use:  # kept running for a move: its own provisioning step under another name
+        own["services"]["postgres-provision-local"] = own["services"].pop("postgres-provision")
     part["services"].update(own["services"])
     part["volumes"] = own["volumes"]
     return part
@@ -299,7 +307,7 @@ class Postgres(ServiceComponent):
         server = ctx.config.service(NAME).external
         if server is not None:
             values["EXTERNAL_POSTGRES_PASSWORD"] = pulumi.Output.secret(server.admin_password.get_secret_value())
-        self.write_env(NAME, values, [c for c in ("postgres", "postgres-provision") if c in compose(ctx)["services"]])
+        self.write_env(NAME, values, sorted(compose(ctx)["services"]))
         self.register_outputs({"superuser_password": self.superuser_password})
 
     def database_password(self, database: str) -> pulumi.Output[str]:

@@ -119,6 +119,8 @@ class ExternalS3(BaseModel):
     access_key_id: SecretStr = Field(description="Access key (a Pulumi secret)")
     secret_access_key: SecretStr = Field(description="Secret key (a Pulumi secret)")
     ca: str | None = Field(None, description="PEM CA certificate(s) of the endpoint, when not publicly trusted")
+    in_use: bool = Field(True, description="Whether the services use this store (mlox-iac migrate --part sets it; "
+                         "false keeps these settings while the buckets live on the server)")
 
     @field_validator("endpoint")
     @classmethod
@@ -244,27 +246,29 @@ _EXTERNAL_BUCKETS = (
 )
 
 
-def _external_buckets(ctx: Context) -> dict:
-    store = external(ctx)
-    assert store is not None
+def _external_buckets(ctx: Context, store: ExternalS3) -> dict:
     return {
         "image": RCLONE_IMAGE,
         **provisioner(_EXTERNAL_BUCKETS),
         "env_file": ctx.env_files(NAME),
-        "environment": {"MLOX_BUCKETS": " ".join(bucket_name(ctx, b) for b in buckets(ctx)),
+        "environment": {"MLOX_BUCKETS": " ".join(bucket_name(ctx, b, store) for b in buckets(ctx)),
                         "RCLONE_CONFIG_STORE_TYPE": "s3", "RCLONE_CONFIG_STORE_PROVIDER": "Other",
                         "RCLONE_CONFIG_STORE_ENDPOINT": store.endpoint, "RCLONE_CONFIG_STORE_REGION": store.region,
                         "RCLONE_CONFIG_STORE_ENV_AUTH": "false", **({"SSL_CERT_FILE": CA_PATH} if store.ca else {})},
-        **({"volumes": ca_mounts(ctx)} if store.ca else {}),
+        **({"volumes": [f"./{CA_FILE}:{CA_PATH}:ro"]} if store.ca else {}),
         "deploy": limits(64),
     }
 
 
 def compose(ctx: Context) -> dict:
+    """The buckets step of the store the services use is ``seaweedfs-buckets`` (what they wait
+    for); while a move keeps both stores, the other one's is ``-external`` or ``-local``."""
     env_file = ctx.env_files(NAME)
     part: dict = {"services": {}}
-    if external(ctx) is not None:
-        part["services"]["seaweedfs-buckets"] = _external_buckets(ctx)
+    store = ctx.config.service(NAME).external
+    in_use = external(ctx) is not None
+    if store is not None:
+        part["services"]["seaweedfs-buckets" if in_use else "seaweedfs-buckets-external"] = _external_buckets(ctx, store)
     if not local(ctx):
         return part
     own = {
@@ -289,8 +293,8 @@ def compose(ctx: Context) -> dict:
         },
         "volumes": {"seaweedfs-data": ctx.volume("seaweedfs-data")},
     }
-    if external(ctx) is not None:  # kept running for a move, not used: its buckets step is the external one
-        del own["services"]["seaweedfs-buckets"]
+    if in_use:  # kept running for a move: its own buckets step under another name
+        own["services"]["seaweedfs-buckets-local"] = own["services"].pop("seaweedfs-buckets")
     part["services"].update(own["services"])
     part["volumes"] = own["volumes"]
     return part
@@ -366,8 +370,7 @@ class Seaweedfs(ServiceComponent):
         self.access_key = values["EXTERNAL_S3_ACCESS_KEY"] if in_use else self.local_access_key
         self.secret_key = values["EXTERNAL_S3_SECRET_KEY"] if in_use else self.local_secret_key
         self.client_secrets = {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
-        containers = [c for c in ("seaweedfs", "seaweedfs-buckets") if c in compose(ctx)["services"]]
-        self.write_env(NAME, values, containers)
+        self.write_env(NAME, values, sorted(compose(ctx)["services"]))
         self.register_outputs({"access_key": self.access_key, "secret_key": self.secret_key})
 
 
