@@ -140,7 +140,8 @@ def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None,
     ``MLFLOW_TRACKING_SERVER_CERT_PATH`` and ``AWS_CA_BUNDLE`` point at it, and
     ``REQUESTS_CA_BUNDLE`` at :func:`ca_bundle_path` (the system's roots plus it: MLflow
     downloads artifacts from presigned S3 URLs with plain requests, which honours only that
-    variable).
+    variable). With an external S3 store, ``AWS_CA_BUNDLE`` is that bundle too (written by
+    :func:`write_ca_bundle` with the store's own CA, if it has one).
     """
     env: dict[str, str] = {}
     if stack:
@@ -151,6 +152,9 @@ def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None,
         env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(ca_path)
         env["AWS_CA_BUNDLE"] = str(ca_path)
         env["REQUESTS_CA_BUNDLE"] = str(ca_bundle_path(ca_path))
+        if external_s3(outputs):
+            # boto3 talks to the external store: the public roots and its own CA, in the bundle.
+            env["AWS_CA_BUNDLE"] = str(ca_bundle_path(ca_path))
     return env
 
 
@@ -192,8 +196,21 @@ def ca_bundle_path(ca_path: str | Path) -> Path:
     return Path(f"{ca_path}.bundle.pem")
 
 
-def write_ca_bundle(ca_path: str | Path) -> Path:
-    """The system's trusted roots plus the server's internal CA in one file.
+def external_s3_ca(outputs: Mapping[str, Any]) -> str | None:
+    """The private CA of the external S3 store the stack uses (its ``parts`` output), if any."""
+    parts = outputs.get("parts") if isinstance(outputs.get("parts"), Mapping) else {}
+    objects = parts.get("objects") or {}
+    return objects.get("ca") if objects.get("uses") == "external" else None
+
+
+def external_s3(outputs: Mapping[str, Any]) -> bool:
+    parts = outputs.get("parts") if isinstance(outputs.get("parts"), Mapping) else {}
+    return (parts.get("objects") or {}).get("uses") == "external"
+
+
+def write_ca_bundle(ca_path: str | Path, extra: str | None = None) -> Path:
+    """The system's trusted roots plus the server's internal CA in one file (and ``extra``:
+    an external S3 store's private CA).
 
     ``REQUESTS_CA_BUNDLE`` replaces the trust store of every ``requests`` call in the
     shell, so it must keep the public roots too (pip, model hubs).
@@ -205,7 +222,7 @@ def write_ca_bundle(ca_path: str | Path) -> Path:
             roots = Path(candidate).read_text()
             break
     bundle = ca_bundle_path(ca_path)
-    bundle.write_text(roots.rstrip("\n") + "\n" + Path(ca_path).read_text())
+    bundle.write_text(roots.rstrip("\n") + "\n" + Path(ca_path).read_text() + (("\n" + extra) if extra else ""))
     return bundle
 
 

@@ -150,7 +150,7 @@ def env(
     ca_path = ca_file(values, stack, ca, identity, refresh_ca)
     if ca_path is not None:
         ca_path = Path(ca_path).resolve()  # the exports and the profile are used from other directories
-        connect.write_ca_bundle(ca_path)
+        connect.write_ca_bundle(ca_path, connect.external_s3_ca(values))
     exports = connect.env_exports(values, ca_path, stack=stack_key(stack, values))
     if identity is not None:  # the key mlox-client's tunnels use too
         exports["MLOX_SSH_IDENTITY"] = str(Path(identity).expanduser().resolve())

@@ -361,7 +361,8 @@ def abort(kind: PartKind, stack: str, *, project_dir: Path, engine: Engine,
         record.frozen_at = time.time()
         record.done.pop("cutover", None)
         save_record(project_dir, record)
-    elif record is not None and record.frozen_at is not None:
+    elif record is not None and "prepare" in record.done:
+        # Frozen, or perhaps frozen by a run interrupted during its freeze: serve again (harmless if not).
         say("abort: the stack serves again")
         server.verb("part-unfreeze", ("--part", kind.part))
         record.frozen_at = None

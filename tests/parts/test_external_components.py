@@ -99,3 +99,20 @@ DEPLOYED_LOCAL = {"provider": "hetzner", "parts": {"objects": {"uses": "local"},
 ])
 def test_up_refuses_to_switch_a_deployed_part_without_migrate(case, deployed, raw, expected):
     assert part_change_problem("prod", deployed, _config(raw), "stacks/Pulumi.prod.yaml") == expected
+
+
+def test_env_points_boto3_at_a_bundle_with_the_external_stores_ca(tmp_path):
+    from mlox_iac import connect
+
+    caddy = tmp_path / "caddy-root.crt"
+    caddy.write_text(root_ca("caddy local").cert_pem)
+    outputs = {"s3_endpoint": "https://s3.provider.example", "s3_access_key": "a", "s3_secret_key": "b",
+               "parts": {"objects": {"uses": "external", "endpoint": "https://s3.provider.example", "ca": CA}}}
+    bundle = connect.write_ca_bundle(caddy, connect.external_s3_ca(outputs))
+    env = connect.env_exports(outputs, caddy)
+    assert env["AWS_ENDPOINT_URL_S3"] == "https://s3.provider.example"
+    assert env["AWS_CA_BUNDLE"] == str(bundle) and CA in bundle.read_text() and caddy.read_text() in bundle.read_text()
+    # The server's own store: boto3 trusts the server's CA alone, as before.
+    local = {**outputs, "parts": {"objects": {"uses": "local"}}}
+    assert connect.env_exports(local, caddy)["AWS_CA_BUNDLE"] == str(caddy)
+    assert connect.external_s3_ca(local) is None
