@@ -169,6 +169,7 @@ def pytest_terminal_summary(terminalreporter):
 # overlapping): migrate 35 min, migrate_cloud 30, catalogue 19, backup 16, load 10, deploy 9,
 # serving 8, domain 4; everything else is shorter.
 SLOW_FIRST = ("tests/e2e/test_migrate.py", "tests/e2e/test_migrate_cloud.py", "tests/e2e/test_backup.py",
+              "tests/e2e/test_parts.py",
               "tests/e2e/test_deploy.py", "tests/e2e/test_catalogue.py", "tests/e2e/test_serving.py",
               "tests/e2e/test_load.py", "tests/e2e/test_sandbox.py", "tests/e2e/test_domain.py")
 
