@@ -40,6 +40,9 @@ PARTS = ("objects", "postgres")
 SIDES = ("external", "local")
 LOCK_FILE = "/run/mlox-part-move.lock"
 HELPER = "mlox-part-postgres"
+# A store that stops answering fails the copy within about a minute (rclone's defaults retry
+# for many minutes), so a frozen stack is unfrozen on its old data soon.
+BOUNDED = ["--retries", "2", "--low-level-retries", "3", "--contimeout", "15s", "--timeout", "60s"]
 
 
 def _part(host: Host, part: str) -> dict[str, Any]:
@@ -92,6 +95,9 @@ def _copy_objects(host: Host, src: str, dst: str) -> dict[str, Any]:
         side_env, side_mounts = objects.store_env(name, _store(host, side))
         env.update(side_env)
         mounts += [m for m in side_mounts if m not in mounts]
+    for name, side in (("src", src), ("dst", dst)):  # an unreachable store fails here, in seconds
+        objects.rclone(host, ["lsd", f"{name}:", "--retries", "1", "--low-level-retries", "1", "--contimeout", "10s",
+                              "--timeout", "30s"], env, mounts, what=f"reaching the {side} store")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     before = _bucket(host, dst, objects.BEFORE_BUCKET)
     moved = []
@@ -103,7 +109,7 @@ def _copy_objects(host: Host, src: str, dst: str) -> dict[str, Any]:
         # large files before their upload (every object is read back by part-verify).
         objects.rclone(host, ["sync", f"src:{source}", f"dst:{target}", "--checksum", "--s3-disable-checksum",
                               "--backup-dir", f"dst:{before}/{stamp}/{target}", "--checkers", "16",
-                              "--transfers", "8", "--retries", "3"], env, mounts,
+                              "--transfers", "8", *BOUNDED], env, mounts,
                        what=f"copying bucket {bucket} to the {dst} store")
         moved.append(bucket)
     return {"buckets": moved}
