@@ -349,10 +349,11 @@ def test_1_objects_out_resume_unreachable_corrupted_then_cutover(lab_):
         def kill():
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
-                # The copy's own rclone containers (docker run --rm), not the stack's buckets step.
-                out = d.host.ssh("docker ps --filter ancestor=rclone/rclone:1.60.1 "
-                                 "--format '{{.ID}} {{.Label \"com.docker.compose.project\"}}'", check=False).stdout
-                ids = [line.split()[0] for line in out.splitlines() if len(line.split()) == 1]
+                # The copy's own rclone sync (docker run --rm), not its reachability probes (lsd)
+                # nor the stack's buckets step.
+                out = d.host.ssh("docker ps --no-trunc --filter ancestor=rclone/rclone:1.60.1 "
+                                 "--format '{{.ID}} {{.Command}}'", check=False).stdout
+                ids = [line.split()[0] for line in out.splitlines() if " sync " in f" {line} "]
                 if ids:
                     time.sleep(4)
                     d.host.ssh(f"docker kill {' '.join(ids)}", check=False)
