@@ -199,3 +199,43 @@ def pytest_collection_modifyitems(session, config, items):
         return rank[FULL_GROUP] if path.startswith(FULL_GROUP) else rank.get(path, len(rank))
 
     items.sort(key=file_rank)  # stable: order within a file kept
+
+
+# ----- the deployed full stack that every tests/e2e/test_full_* module shares -----------------
+_full_stacks: list = []
+
+
+@pytest.fixture(scope="session")
+def full_stack(tmp_path_factory):
+    """``mlox-iac sandbox up --preset full --name shared`` (tests/e2e/full_stack.py), deployed
+    once, removed after the last test_full_* test (not at the end of the session, so that its
+    memory is free for the modules this worker runs next)."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.fail("the end-to-end tests need root: they boot Debian hosts with systemd-nspawn")
+    sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+    from full_stack import FullStack
+
+    stack = FullStack(tmp_path_factory.mktemp("full-stack"))
+    _full_stacks.append(stack)
+    try:
+        stack.deploy()
+        yield stack
+    finally:
+        _remove_full_stacks()
+
+
+def _remove_full_stacks() -> None:
+    while _full_stacks:
+        _full_stacks.pop().tear_down()
+
+
+def _in_full_group(item) -> bool:
+    return item is not None and item.nodeid.startswith(FULL_GROUP)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    if _in_full_group(item) and not _in_full_group(nextitem):
+        _remove_full_stacks()

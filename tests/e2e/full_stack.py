@@ -8,7 +8,7 @@ repository's ``stacks/`` and ``.mlox/`` untouched.
 :class:`FullStack` is ``mlox-iac sandbox up --preset full --name shared``: every service of
 the catalogue on one local machine, deployed once per test run and shared by every module
 named ``tests/e2e/test_full_*.py`` (tests/conftest.py sends them all to one pytest-xdist
-worker, so the session fixture ``full_stack`` in tests/e2e/conftest.py deploys it once). The
+worker, so the session fixture ``full_stack`` there deploys it once). The
 client package, the pipeline template and the UI test against it: a full stack takes about
 ten minutes to deploy cold, and each module booting its own would not fit CI's budget.
 
