@@ -13,7 +13,7 @@ client package, the pipeline template and the UI test against it: a full stack t
 ten minutes to deploy cold, and each module booting its own would not fit CI's budget.
 
 On top of the sandbox's own stack file the shared stack has what those modules need, set as
-a user would (edit the stack file, ``mlox-iac up``): one served model (``mlox-day-one``) and a
+a user would (edit the stack file, ``mlox-iac sandbox up`` again): one served model (``mlox-day-one``) and a
 backup repository on the machine's own disk (``local:``; off-site backups are
 test_backup.py's). Tests that use it must leave it working for the others: no destroy, no
 restore but of what they made themselves.
@@ -127,7 +127,9 @@ class FullStack(SandboxUser):
                                           "log_sample": 1.0}]}
         config["mlox:backup"] = {"repository": "local:/var/backups/mlox", "schedule": "daily"}
         path.write_text(yaml.safe_dump(document, sort_keys=False))
-        self.ok("up", "--stack", self.NAME, "--yes", "--json", timeout=1800)
+        # `sandbox up` again (not `mlox-iac up`): it loads the images the stack now needs
+        # (restic, rclone), then updates the stack with the engine.
+        self.ok("sandbox", "up", "--name", self.NAME, "--json", timeout=1800)
         down = [s for s in json.loads(self.ok("status", "--stack", self.NAME, "--json").stdout) if not s["up"]]
         assert not down, down
 
