@@ -96,3 +96,7 @@ def install(pip: str, owner: str) -> str:
         f"RUN {pip} install --no-cache-dir --requirement /tmp/mlox-requirements.txt \\\n"
         f" && {pip} install --no-cache-dir --no-deps --no-build-isolation /tmp/mlox-client\n"
     )
+
+
+if __name__ == "__main__":  # scripts/setup --e2e: the same pins for the tests' laptop venv
+    print(requirements(), end="")

@@ -37,6 +37,8 @@ except ImportError:  # pragma: no cover
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = ROOT / "client" / "examples"
+# A laptop's Python: mlox-client[all] at the images' pins, no Pulumi (scripts/setup --e2e).
+LAPTOP_PYTHON = ROOT / ".venv-client" / "bin" / "python"
 DAGS = "/opt/airflow/dags"
 WORK = "/home/jovyan/work"
 PARQUET_MB = 100
@@ -89,7 +91,7 @@ def test_1_day_one_from_a_laptop_with_a_profile_and_in_an_airflow_task(full_stac
     # A laptop: the profile only (no MLFLOW_/AWS_ exports), the user's key for the SSH tunnel.
     laptop = {k: v for k, v in full_stack.env.items() if k != "PYTHONPATH"}
     laptop["MLOX_SSH_IDENTITY"] = str(full_stack.folder / "id_ed25519")
-    done = subprocess.run([sys.executable, str(EXAMPLES / "day_one.py"), "--stack", full_stack.stack, "--model",
+    done = subprocess.run([str(LAPTOP_PYTHON), str(EXAMPLES / "day_one.py"), "--stack", full_stack.stack, "--model",
                            full_stack.MODEL, "--parquet-mb", str(PARQUET_MB), "--dag", "mlox_day_one",
                            "--timeout", "900"],
                           cwd=full_stack.project, env=laptop, capture_output=True, text=True, timeout=1800)
@@ -109,7 +111,7 @@ def test_2_the_airflow_task_ran_every_step_in_the_stack(full_stack):
             "with mlox_client.connect(sys.argv[1]) as s:\n"
             "    print(json.dumps(s.airflow.task_logs('mlox_day_one', sys.argv[2])))\n")
     laptop = {k: v for k, v in full_stack.env.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", code, full_stack.stack, run_id], env=laptop, capture_output=True,
+    done = subprocess.run([str(LAPTOP_PYTHON), "-c", code, full_stack.stack, run_id], env=laptop, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     log = "\n".join(json.loads(done.stdout).values())
@@ -165,3 +167,25 @@ def test_4_the_three_runs_are_there_seen_from_outside(full_stack):
         assert seen["versions"].get(run["run_id"]) == run["version"], (where, run, seen["versions"])
         # 8 columns of random float64: Parquet cannot compress them much.
         assert steps["s3-parquet"]["bytes"] > PARQUET_MB * 0.9 * 1_000_000, (where, steps["s3-parquet"])
+
+
+def test_5_label_studio_through_its_sdk_from_a_laptop(full_stack):
+    """The SDK's client that mlox-client makes (the admin's token, the stack's CA): a project,
+    tasks imported, listed back, the project removed."""
+    code = (
+        "import json, sys, mlox_client\n"
+        "with mlox_client.connect(sys.argv[1]) as s:\n"
+        "    ls = s.label_studio.client()\n"
+        "    config = '<View><Text name=\"t\" value=\"$text\"/><Choices name=\"c\" toName=\"t\">'\\\n"
+        "             '<Choice value=\"yes\"/><Choice value=\"no\"/></Choices></View>'\n"
+        "    project = ls.projects.create(title='mlox-client e2e', label_config=config)\n"
+        "    ls.projects.import_tasks(id=project.id, request=[{'text': f'task {i}'} for i in range(3)])\n"
+        "    texts = sorted(t.data['text'] for t in ls.tasks.list(project=project.id))\n"
+        "    ls.projects.delete(id=project.id)\n"
+        "    print(json.dumps({'texts': texts}))\n"
+    )
+    laptop = {k: v for k, v in full_stack.env.items() if k != "PYTHONPATH"}
+    done = subprocess.run([str(LAPTOP_PYTHON), "-c", code, full_stack.stack], env=laptop, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"texts": ["task 0", "task 1", "task 2"]}
