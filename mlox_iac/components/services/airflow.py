@@ -154,14 +154,16 @@ def _container(ctx: Context, command: list[str], health: list[str], memory_mb: i
         "volumes": [*volumes, faces.inside_mount()],
         # A changed mounted file changes this label, so Compose recreates the container.
         "labels": {"org.mlox.config-hash": digest(faces.inside_settings(ctx))},
-        "healthcheck": {**hc(health, start_period="90s"), "interval": every, "timeout": timeout},
+        # Airflow's processes import for a minute or more on a busy 2-core server (the API
+        # server was still starting after 90 s with every service of the full preset starting).
+        "healthcheck": {**hc(health, start_period="180s"), "interval": every, "timeout": timeout},
         "depends_on": {"airflow-init": {"condition": "service_healthy"}},
         "deploy": limits(memory_mb),
     }
 
 
 def _python_get(url: str) -> list[str]:
-    return ["CMD", "python", "-c", f"import urllib.request; urllib.request.urlopen('{url}', timeout=4)"]
+    return ["CMD", "python", "-c", f"import urllib.request; urllib.request.urlopen('{url}', timeout=8)"]
 
 
 def compose(ctx: Context) -> dict:
@@ -178,7 +180,8 @@ def compose(ctx: Context) -> dict:
                 "deploy": limits(512),
             },
             "airflow": _container(ctx, ["airflow", "api-server", "--port", str(PORT)],
-                                  _python_get(f"http://127.0.0.1:{PORT}{prefix(ctx)}/api/v2/monitor/health"), API_MB),
+                                  _python_get(f"http://127.0.0.1:{PORT}{prefix(ctx)}/api/v2/monitor/health"), API_MB,
+                                  timeout="10s"),
             "airflow-scheduler": _container(ctx, ["airflow", "scheduler"],
                                             _python_get(f"http://127.0.0.1:{SCHEDULER_HEALTH_PORT}/health"),
                                             SCHEDULER_MB, **dags),
