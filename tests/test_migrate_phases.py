@@ -264,6 +264,38 @@ def test_abort_after_the_cutover_keeps_the_new_server_when_the_copy_back_differs
     assert engine.deployed["server_address"] == NEW and migrate.load_record(project, "dev").cut_over
 
 
+def test_abort_after_the_cutover_of_a_sandbox_is_refused_before_anything_changes(project, monkeypatch):
+    # The old server is a sandbox (198.51.100.0/31 holds OLD, not NEW): the new server cannot copy back into it.
+    engine, servers = FakeEngine(project), FakeServers()
+    run(project, engine, servers)
+    monkeypatch.setattr(migrate, "_sandbox_subnet", lambda project_dir, stack: "198.51.100.0/31")
+    servers.calls.clear()
+    ups = len(engine.ups())
+    with pytest.raises(migrate.MigrationError) as refused:
+        migrate.abort("dev", project_dir=project, engine=engine, servers_for=servers)
+    assert str(refused.value) == (
+        f"stack dev runs on its new server {NEW} since the cutover, and that server cannot send its data back into "
+        "the sandbox (nothing outside this machine can connect into a sandbox): nothing was changed; keep the new "
+        "server (mlox-iac migrate --stack dev --finish)")
+    assert servers.calls == [] and len(engine.ups()) == ups
+    assert engine.deployed["server_address"] == NEW and migrate.load_record(project, "dev").cut_over
+
+
+BEHIND_NAT_CASES = {
+    # src, dst, sandbox subnet -> behind this machine's NAT?
+    "not-a-sandbox": ("198.51.100.2", "203.0.113.9", None, False),
+    "sandbox-to-a-server-elsewhere": ("10.79.1.2", "203.0.113.9", "10.79.1.0/24", True),
+    "sandbox-to-its-own-network": ("10.79.1.2", "10.79.1.9", "10.79.1.0/24", False),
+    "server-to-the-sandbox": ("203.0.113.9", "10.79.1.2", "10.79.1.0/24", False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BEHIND_NAT_CASES))
+def test_behind_nat(case):
+    src, dst, subnet, expected = BEHIND_NAT_CASES[case]
+    assert migrate.behind_nat(src, dst, subnet) is expected
+
+
 def test_missing_target_settings_stop_at_preflight_naming_the_key(mlox_project):
     engine, servers = FakeEngine(mlox_project), FakeServers()
     with pytest.raises(ConfigError) as caught:
