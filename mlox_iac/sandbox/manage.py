@@ -77,6 +77,14 @@ def _stack_config(project: Path, name: str) -> dict[str, Any] | None:
     return config if isinstance(config, dict) else {}
 
 
+def own_key(project: Path, name: str) -> Path | None:
+    """The sandbox's own SSH key, for a command that logs in to its machine without --identity
+    (None for other stacks). The stack's ``mlox:ssh.public_keys`` hold its public half, so a
+    server the stack moves to admits it too."""
+    key = spec.key_path(project, name)
+    return key if spec.record_path(project, name).is_file() and key.is_file() else None
+
+
 def stack_target(project: Path, name: str) -> tuple[str | None, str | None]:
     """(provider, on-prem host) the stack file names, to see whether the stack moved; (None,
     None) without a stack file."""

@@ -229,3 +229,27 @@ def test_down_of_a_moved_stack_keeps_its_passphrase_for_every_later_command(mlox
         "the sandbox's own"
     assert automation.workspace_options(mlox_project, "dev").env_vars["PULUMI_CONFIG_PASSPHRASE"] == \
         "the user's for other stacks"
+
+
+def test_migrate_of_a_sandbox_logs_in_with_its_own_key_unless_told_otherwise(cli, mlox_project, monkeypatch):
+    from conftest import write_stack
+
+    from mlox_iac import automation, migrate
+
+    record = make_sandbox(mlox_project)
+    spec.key_path(mlox_project, "sandbox").write_text("KEY\n")
+    settings = spec.stack_settings(record, ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZ7eBjBSRNkuS+BTDG+3vvqteolSI3QO1RHW674qdPL t"])
+    settings["onprem"]["private_key"] = "KEY"
+    settings["ssh"]["admin_cidrs"].append("198.51.100.7/32")  # the user's own address: not refused
+    write_stack(mlox_project / "stacks", settings, name="sandbox")
+    used = []
+
+    def fake_run(stack, to, *, project_dir, engine, servers_for, say):
+        used.append(servers_for({"old": {}}).identity)
+        return migrate.Record(stack, "onprem", to, "main", "b", done={p: 0.0 for p in migrate.PHASES})
+
+    monkeypatch.setattr(automation, "default_pulumi_command", lambda command: None)
+    monkeypatch.setattr(migrate, "run", fake_run)
+    assert cli("migrate", "--stack", "sandbox", "--to", "hetzner", "--yes").exit_code == 0
+    assert cli("migrate", "--stack", "sandbox", "--to", "hetzner", "--yes", "--identity", "/keys/mine").exit_code == 0
+    assert used == [str(spec.key_path(mlox_project, "sandbox")), "/keys/mine"]
