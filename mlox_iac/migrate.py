@@ -277,7 +277,9 @@ class Move:
         if outputs.get("provider") != config.provider:
             raise MigrationError(f"stack {record.stack} runs on {outputs.get('provider')} but its file says "
                                  f"mlox:provider {config.provider}: put mlox:provider back to {outputs.get('provider')}")
-        old = {k: outputs.get(k) for k in ("server_address", "ssh_user", "ssh_port")}
+        # With its recorded host keys: checked against them, never trusted on first use through
+        # the user's ~/.ssh/known_hosts (a sandbox's address is given again to the next sandbox).
+        old = {k: outputs.get(k) for k in ("server_address", "ssh_user", "ssh_port", "ssh_host_keys")}
         self.servers_for({"old": old}).ping("old")
 
     # 2

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlox_iac import migrate
+from mlox_iac import connect, migrate
 from mlox_iac.errors import ConfigError, MloxError
 from pulumi_double import RecordingPulumiCommand
 
@@ -158,6 +158,21 @@ def test_a_move_runs_every_phase_in_order_and_ends_on_the_new_server(project):
     assert send[2] == ("--to", NEW, "--port", "22", "--user", "root")
     assert record.downtime_s is not None and any("downtime" in line for line in lines)
     assert "--finish" in lines[-1]
+
+
+def test_the_preflight_reaches_the_old_server_with_its_recorded_host_keys(project):
+    engine, seen = FakeEngine(project), []
+    engine.deployed["ssh_host_keys"] = ["ssh-ed25519 AAAAHOST root@old"]
+
+    def servers_for(migration):
+        seen.append(migration)
+        raise migrate.MigrationError("stop after the preflight's ping")
+
+    with pytest.raises(migrate.MigrationError):
+        migrate.run("dev", "digitalocean", project_dir=project, engine=engine, servers_for=servers_for)
+    assert seen == [{"old": {"server_address": OLD, "ssh_user": "root", "ssh_port": 22,
+                             "ssh_host_keys": ["ssh-ed25519 AAAAHOST root@old"]}}]
+    assert connect.known_hosts_lines(seen[0]["old"]) == [f"{OLD} ssh-ed25519 AAAAHOST"]
 
 
 def test_an_interrupted_copy_resumes_at_the_copy(project):
