@@ -277,7 +277,9 @@ class Move:
         if outputs.get("provider") != config.provider:
             raise MigrationError(f"stack {record.stack} runs on {outputs.get('provider')} but its file says "
                                  f"mlox:provider {config.provider}: put mlox:provider back to {outputs.get('provider')}")
-        old = {k: outputs.get(k) for k in ("server_address", "ssh_user", "ssh_port")}
+        # With its recorded host keys: checked against them, never trusted on first use through
+        # the user's ~/.ssh/known_hosts (a sandbox's address is given again to the next sandbox).
+        old = {k: outputs.get(k) for k in ("server_address", "ssh_user", "ssh_port", "ssh_host_keys")}
         self.servers_for({"old": old}).ping("old")
 
     # 2
@@ -302,11 +304,9 @@ class Move:
         """Where the move's key may be used from: the sending server's address, or for a
         sandbox sending to a server outside its network, the addresses its traffic leaves
         this machine with (NAT): the user's own, in mlox:ssh.admin_cidrs."""
-        from mlox_iac.sandbox import manage
-
-        sandbox = manage.load_record(self.project_dir, self.record.stack)
         cidrs = self.config.ssh.admin_cidrs if self.config is not None else ()
-        return key_source(_ip_of(src_address), _ip_of(dst_address), sandbox.subnet if sandbox else None, cidrs)
+        return key_source(_ip_of(src_address), _ip_of(dst_address), _sandbox_subnet(self.project_dir, self.record.stack),
+                          cidrs)
 
     def _send_delta(self, phase: str, src: str = "old", dst: str = "new") -> None:
         """Stage on ``src``, send to ``dst`` what it lacks (the move's key allowed only from ``src``)."""
@@ -492,15 +492,32 @@ def wait_for_dns(names: list[str], address: str, *, timeout_s: float, say: Say =
         sleep(every_s)
 
 
+def _sandbox_subnet(project_dir: Path, stack: str) -> str | None:
+    """The network of the sandbox the stack was made on (``mlox-iac sandbox``), None for others."""
+    from mlox_iac.sandbox import manage
+
+    sandbox = manage.load_record(project_dir, stack)
+    return sandbox.subnet if sandbox is not None else None
+
+
+def behind_nat(src: str, dst: str, sandbox_subnet: str | None) -> bool:
+    """Whether ``src`` is on the sandbox's network and ``dst`` outside it: ``src``'s connections
+    reach ``dst`` through this machine's NAT, and ``dst`` cannot open one to ``src``."""
+    import ipaddress
+
+    if sandbox_subnet is None:
+        return False
+    own = ipaddress.ip_network(sandbox_subnet)
+    return ipaddress.ip_address(src) in own and ipaddress.ip_address(dst) not in own
+
+
 def key_source(src: str, dst: str, sandbox_subnet: str | None, admin_cidrs: Sequence[str]) -> str:
     """The ``from=`` of the move's key on the receiving server (see ``Move._key_source``)."""
     import ipaddress
 
-    if sandbox_subnet is None:
-        return src
-    own = ipaddress.ip_network(sandbox_subnet)
-    if ipaddress.ip_address(src) not in own or ipaddress.ip_address(dst) in own:
-        return src  # not behind this machine's NAT, or the receiver is on the sandbox's network
+    if not behind_nat(src, dst, sandbox_subnet):
+        return src  # not a sandbox, or the receiver is on the sandbox's network
+    own = ipaddress.ip_network(str(sandbox_subnet))
     outside = [c for c in admin_cidrs if not (ipaddress.ip_network(c, strict=False).version == own.version
                                               and ipaddress.ip_network(c, strict=False).subnet_of(own))]
     if not outside:
@@ -638,7 +655,16 @@ def abort(
     if record is None and config.migration is None:
         raise MigrationError(f"stack {stack}: no move in progress")
     if record is not None and record.cut_over:
-        # The new server has served users since the cutover: its data goes back first.
+        # The new server has served users since the cutover: its data goes back first, sent
+        # by the new server, which cannot reach a sandbox behind this machine's NAT.
+        moved = engine.outputs().get("migration")
+        old, new = ((_ip_of(str(moved[role]["server_address"])) for role in ("old", "new"))
+                    if isinstance(moved, Mapping) else ("", ""))
+        if old and behind_nat(old, new, _sandbox_subnet(project_dir, stack)):
+            raise MigrationError(f"stack {stack} runs on its new server {new} since the cutover, and that server cannot "
+                                 f"send its data back into the sandbox (nothing outside this machine can connect into "
+                                 f"a sandbox): nothing was changed; keep the new server (mlox-iac migrate --stack "
+                                 f"{stack} --finish)")
         move = Move(project_dir, record, engine, servers_for, say, config)
         move.copy_back()
         record.frozen_at = None

@@ -159,7 +159,8 @@ def pytest_terminal_summary(terminalreporter):
 FULL_GROUP = "tests/e2e/test_full_"
 SLOW_FIRST = ("tests/e2e/test_migrate.py", FULL_GROUP, "tests/e2e/test_migrate_cloud.py", "tests/e2e/test_backup.py",
               "tests/e2e/test_deploy.py", "tests/e2e/test_catalogue.py", "tests/e2e/test_serving.py",
-              "tests/e2e/test_load.py", "tests/e2e/test_sandbox.py", "tests/e2e/test_domain.py")
+              "tests/e2e/test_sandbox_move.py", "tests/e2e/test_load.py", "tests/e2e/test_sandbox.py",
+              "tests/e2e/test_domain.py")
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -69,6 +69,10 @@ def migrate(
         if not typer.confirm(question, default=False, err=True):
             raise automation.Aborted("aborted: nothing was changed")
     engine = engine_steps.AutomationEngine(name, project, cli, passphrase_prompt())
+    if identity is None:  # a sandbox's machine (and the new server, which authorizes its key too)
+        from mlox_iac.sandbox import manage
+
+        identity = manage.own_key(project, name)
     servers = engine_steps.default_servers(str(identity) if identity else None, tuple(ssh_options()),
                                            lambda event: out.progress(f"  {event.get('message', '')}"))
     if finish:

@@ -94,6 +94,13 @@ def passphrase_path(project: Path, name: str) -> Path:
     return sandbox_dir(project, name) / "passphrase"
 
 
+def kept_passphrase_path(project: Path, name: str) -> Path:
+    """Where ``sandbox down`` keeps the passphrase of a stack that was migrated off its sandbox:
+    its secrets stay encrypted with it (``.mlox/<name>/.passphrase``; no sandbox is named
+    with a leading dot, so it cannot be another sandbox's folder)."""
+    return Path(project) / ".mlox" / name / ".passphrase"
+
+
 def machine_dir(project: Path, name: str) -> Path:
     return sandbox_dir(project, name) / "machine"
 
@@ -148,6 +155,17 @@ def moved_problem(record: Record, provider: str | None, host: str | None) -> str
     where = f"{provider} server" if provider != "onprem" else f"server {host}"
     return (f"stack {record.name} now runs on a {where}, not on its sandbox machine {record.address} "
             "(it was migrated)")
+
+
+def moving_problem(name: str, moving_to: str | None) -> str | None:
+    """One line when the sandbox's stack is in the middle of a migration: until ``--finish``
+    its file still names the sandbox, and removing the sandbox would destroy the stack with
+    its new server."""
+    if moving_to is None:
+        return None
+    return (f"sandbox {name}: its stack is being migrated (to {moving_to}); finish the move first "
+            f"(mlox-iac migrate --stack {name} --finish, then sandbox down removes only the machine) "
+            f"or go back to the sandbox (mlox-iac migrate --stack {name} --abort)")
 
 
 def move_problem(record: Record, admin_cidrs: Sequence[str], target_host: str | None, stack_path: str) -> str | None:
@@ -286,6 +304,7 @@ class Cleanup:
     rootfs: Path
     paths: list[Path]  # files and directories, removed if present
     stack: str | None  # the stack to destroy and remove, None when it moved off the sandbox
+    keep: list[tuple[Path, Path]] = field(default_factory=list)  # (from, to) moved out before removal
 
     def describe(self) -> list[str]:
         lines = [f"machine {self.machine} (systemd-nspawn)", f"network interface {self.veth}",
@@ -310,7 +329,13 @@ def cleanup_list(project: Path, record: Record, *, stack_moved: bool = False, bu
     host = TargetHost(record.machine, record.index, key_path(project, record.name), subnet_prefix=record.network,
                       machine_dir=machine_dir(project, record.name), routed=False)
     paths = [sandbox_dir(project, record.name)]
-    if not stack_moved:
+    keep: list[tuple[Path, Path]] = []
+    if stack_moved:
+        # The stack lives on: its secrets stay encrypted with the sandbox's passphrase. The
+        # machine's recorded host key goes with the machine.
+        keep.append((passphrase_path(project, record.name), kept_passphrase_path(project, record.name)))
+        paths.append(project / ".mlox" / "known_hosts" / f"{record.address}_22")
+    else:
         per_stack = project / ".mlox" / record.name  # (for the name "sandbox", the sandboxes' own directory)
         paths += [stack_file(project, record.name),
                   *(per_stack / f for f in ("caddy-root.crt", "caddy-root.crt.bundle.pem", "drift.json")),
@@ -320,4 +345,4 @@ def cleanup_list(project: Path, record: Record, *, stack_moved: bool = False, bu
         if own_state:
             paths += state_leftovers(project, record.name, project_name)
     return Cleanup(record.machine, host.veth, host.firewall_rules(), cgroup_name(record.machine), host.rootfs, paths,
-                   None if stack_moved else record.name)
+                   None if stack_moved else record.name, keep)

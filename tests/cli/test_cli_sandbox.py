@@ -137,15 +137,17 @@ def test_registry_check_can_be_decided_by_the_environment(monkeypatch):
     assert manage.registry_reachable()[0] is True
 
 
-def test_sandbox_images_of_a_preset_are_the_compose_files():
+def test_sandbox_images_of_a_preset_are_the_compose_files_and_the_data_tools():
+    # rclone: a migrate (or restore) stages the buckets with it, on the sandbox as on a server.
     assert manage.preset_images("core") == sorted(["caddy:2.11.7", "chrislusf/seaweedfs:4.48",
-                                                   "ghcr.io/mlflow/mlflow:v3.17.2-full", "postgres:15.18-bookworm"])
+                                                   "ghcr.io/mlflow/mlflow:v3.17.2-full", "postgres:15.18-bookworm",
+                                                   "rclone/rclone:1.60.1"])
     assert set(manage.preset_images("core")) < set(manage.preset_images("full"))
     # Images built on the machine are not pulled: what it needs is what they start FROM.
     full = manage.preset_images("full")
     assert {"apache/airflow:3.3.2", "quay.io/jupyter/minimal-notebook:lab-4.6.6"} <= set(full)
     assert not [image for image in full if image.startswith("mlox-iac/")]
-    assert not {"restic/restic:0.19.1", "rclone/rclone:1.60.1"} & set(full)  # no backup configured
+    assert "restic/restic:0.19.1" not in full  # only a stack that backs up needs it
 
 
 MOVE_CASES = {
@@ -186,3 +188,72 @@ def test_migrate_of_a_locked_in_sandbox_is_one_line_and_changes_nothing(cli, mlo
                                     "from its own network (10.79.1.0/24)")
     assert result.stderr.count("\n") == 1 and path.read_text() == before
     assert not (mlox_project / ".mlox" / "sandbox").joinpath("migrations").exists()
+
+
+@pytest.mark.parametrize("how", ["record", "stack-file"])
+def test_down_during_a_move_is_refused_in_one_line_and_removes_nothing(cli, mlox_project, all_tools, how):
+    # Until --finish the stack file still names the sandbox: down would destroy the stack and its new server.
+    from conftest import write_stack
+
+    from mlox_iac import migrate
+
+    record = make_sandbox(mlox_project)
+    settings = spec.stack_settings(record, ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZ7eBjBSRNkuS+BTDG+3vvqteolSI3QO1RHW674qdPL t"])
+    settings["onprem"]["private_key"] = "KEY"
+    if how == "record":
+        migrate.save_record(mlox_project, migrate.Record("sandbox", "onprem", "onprem", "main", "b"))
+    else:  # a record lost, the move's settings still in the file
+        settings["migration"] = {"to": "hetzner", "server": "b", "state": "cutover"}
+    write_stack(mlox_project / "stacks", settings, name="sandbox")
+    result = cli("sandbox", "down", "--yes")
+    assert result.exit_code == 1
+    to = "onprem" if how == "record" else "hetzner"
+    assert result.stderr == (f"error: sandbox sandbox: its stack is being migrated (to {to}); finish the move first "
+                             "(mlox-iac migrate --stack sandbox --finish, then sandbox down removes only the machine) "
+                             "or go back to the sandbox (mlox-iac migrate --stack sandbox --abort)\n")
+    assert spec.record_path(mlox_project, "sandbox").is_file()
+    assert (mlox_project / "stacks" / "Pulumi.sandbox.yaml").is_file()
+
+
+def test_down_of_a_moved_stack_keeps_its_passphrase_for_every_later_command(mlox_project, monkeypatch):
+    from mlox_iac import automation
+
+    record = make_sandbox(mlox_project, "trial")
+    spec.passphrase_path(mlox_project, "trial").write_text("the sandbox's own\n")
+    known = mlox_project / ".mlox" / "known_hosts" / f"{record.address}_22"
+    known.parent.mkdir(parents=True)
+    known.write_text("10.79.1.2 ssh-ed25519 AAAA\n")
+    cleanup = spec.cleanup_list(mlox_project, record, stack_moved=True)
+    manage.remove_paths(mlox_project, cleanup)
+    assert not [p for p in cleanup.paths if p.exists()]
+    kept = spec.kept_passphrase_path(mlox_project, "trial")
+    assert kept.read_text() == "the sandbox's own\n" and kept.stat().st_mode & 0o777 == 0o600
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "the user's for other stacks")
+    assert automation.workspace_options(mlox_project, "trial").env_vars["PULUMI_CONFIG_PASSPHRASE"] == \
+        "the sandbox's own"
+    assert automation.workspace_options(mlox_project, "dev").env_vars["PULUMI_CONFIG_PASSPHRASE"] == \
+        "the user's for other stacks"
+
+
+def test_migrate_of_a_sandbox_logs_in_with_its_own_key_unless_told_otherwise(cli, mlox_project, monkeypatch):
+    from conftest import write_stack
+
+    from mlox_iac import automation, migrate
+
+    record = make_sandbox(mlox_project)
+    spec.key_path(mlox_project, "sandbox").write_text("KEY\n")
+    settings = spec.stack_settings(record, ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZ7eBjBSRNkuS+BTDG+3vvqteolSI3QO1RHW674qdPL t"])
+    settings["onprem"]["private_key"] = "KEY"
+    settings["ssh"]["admin_cidrs"].append("198.51.100.7/32")  # the user's own address: not refused
+    write_stack(mlox_project / "stacks", settings, name="sandbox")
+    used = []
+
+    def fake_run(stack, to, *, project_dir, engine, servers_for, say):
+        used.append(servers_for({"old": {}}).identity)
+        return migrate.Record(stack, "onprem", to, "main", "b", done={p: 0.0 for p in migrate.PHASES})
+
+    monkeypatch.setattr(automation, "default_pulumi_command", lambda command: None)
+    monkeypatch.setattr(migrate, "run", fake_run)
+    assert cli("migrate", "--stack", "sandbox", "--to", "hetzner", "--yes").exit_code == 0
+    assert cli("migrate", "--stack", "sandbox", "--to", "hetzner", "--yes", "--identity", "/keys/mine").exit_code == 0
+    assert used == [str(spec.key_path(mlox_project, "sandbox")), "/keys/mine"]

@@ -68,9 +68,12 @@ class SandboxUser:
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         })
 
+    # How the CLI is started: this checkout's, as the user's `mlox-iac` would run it.
+    program: tuple[str, ...] = ("-m", "mlox_iac.cli.main")
+
     def cli(self, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "mlox_iac.cli.main", *args], cwd=self.project, env=self.env,
+        done = subprocess.run([sys.executable, *self.program, *args], cwd=self.project, env=self.env,
                               capture_output=True, text=True, timeout=timeout)
         timed(f"mlox-iac {' '.join(args)} (exit {done.returncode})", time.monotonic() - started)
         sys.stderr.write(done.stderr[-3000:])
