@@ -122,6 +122,16 @@ class FullStack(SandboxUser):
         up = self.ok("sandbox", "up", "--preset", "full", "--name", self.NAME, "--memory", str(self.MEMORY_MB),
                      "--json", timeout=3600)
         self.sandbox_up = json.loads(up.stdout)
+        # A served model needs a version to serve: register one (x -> 2x) as `champion` first,
+        # with the real MLflow client, or the model's route never answers.
+        serving_client = Path(__file__).resolve().parent / "serving_client.py"
+        registered = subprocess.run([sys.executable, str(serving_client), "register", self.MODEL, "2"],
+                                    env=self.client_env, capture_output=True, text=True, timeout=600)
+        assert registered.returncode == 0, registered.stderr[-3000:]
+        version = json.loads(registered.stdout.strip().splitlines()[-1])["version"]
+        aliased = subprocess.run([sys.executable, str(serving_client), "alias", self.MODEL, "champion", version],
+                                 env=self.client_env, capture_output=True, text=True, timeout=300)
+        assert aliased.returncode == 0, aliased.stderr[-3000:]
         path = self.project / "stacks" / f"Pulumi.{self.NAME}.yaml"
         document = yaml.safe_load(path.read_text())
         config = document["config"]
