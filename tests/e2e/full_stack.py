@@ -49,7 +49,7 @@ CLEAN = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE", "PULUMI_BA
 class SandboxUser:
     """The throwaway project, the user's environment, and what the sandbox's record says."""
 
-    def __init__(self, work: Path, name: str = "sandbox"):
+    def __init__(self, work: Path, name: str = "sandbox", network: str | None = None):
         self.name = name
         self.project = work / "project"
         (self.project / "stacks").mkdir(parents=True)
@@ -67,6 +67,12 @@ class SandboxUser:
             "MLOX_HOSTS_CACHE": str(hosts.cache_dir()),  # the tests' root filesystem and images, not a cold cache
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         })
+        # Modules that run at the same time (pytest-xdist workers) each take their own /16:
+        # two sandboxes created in the same second could otherwise pick the same free /24.
+        if network:
+            self.env["MLOX_SANDBOX_NETWORK"] = network
+        else:
+            self.env.pop("MLOX_SANDBOX_NETWORK", None)
 
     # How the CLI is started: this checkout's, as the user's `mlox-iac` would run it.
     program: tuple[str, ...] = ("-m", "mlox_iac.cli.main")
@@ -115,8 +121,10 @@ class FullStack(SandboxUser):
     MODEL = "mlox-day-one"
     MEMORY_MB = 11 * 1024  # the full preset (8 GiB) and a served model, with headroom for the tests' clients
 
+    NETWORK = "10.78"  # test_sandbox.py: 10.79 (the default), test_sandbox_move.py: 10.76, the hosts: 10.77
+
     def __init__(self, work: Path):
-        super().__init__(work, self.NAME)
+        super().__init__(work, self.NAME, self.NETWORK)
 
     def deploy(self) -> None:
         up = self.ok("sandbox", "up", "--preset", "full", "--name", self.NAME, "--memory", str(self.MEMORY_MB),

@@ -2,7 +2,7 @@
 ``mlox-iac migrate``; ``sandbox down`` then removes the machine and keeps the moved stack.
 
 Engine: the real Pulumi engine throughout, driven by ``mlox-iac`` (this checkout's CLI) in a
-throwaway project, as in test_sandbox.py. The sandbox (``tryout``) is a /24 of 10.79.0.0/16;
+throwaway project, as in test_sandbox.py. The sandbox (``tryout``) is a /24 of 10.76.0.0/16;
 the "real server" is a harness host on the tests' 10.77 network (prefix ``mlxsbm``, index
 105: 10.77.105.2), outside the sandbox's network, so the sandbox reaches it through this
 machine's NAT, as a laptop's sandbox reaches a server on the internet. The server is bare
@@ -16,7 +16,7 @@ The tests build on each other:
 1. ``sandbox up`` (core); an MLflow run with an artifact and a registered model version, and
    a 200 MiB object, put from this machine through the proxy (configured by ``mlox-iac env``);
 2. the server sees the sandbox's connections from this machine's address on its network
-   (10.77.105.1), not from the sandbox's own (10.79.x.2): NAT;
+   (10.77.105.1), not from the sandbox's own (10.76.x.2): NAT;
 3. ``migrate --to onprem`` while ``mlox:ssh.admin_cidrs`` names only the sandbox's network:
    refused in one line (exit 2), nothing changed;
 4. the user adds the address the server sees (10.77.105.1/32) and ``mlox:target.onprem``
@@ -55,6 +55,7 @@ except ImportError:  # pragma: no cover
 
 pytestmark = pytest.mark.e2e
 NAME = "tryout"
+NETWORK = "10.76"  # its own /16: test_sandbox.py's sandbox (10.79) may be created at the same time
 PREFIX, INDEX = "mlxsbm", 105  # the server: 10.77.105.2, this machine on its network 10.77.105.1
 OBJECT_MB = 200
 E2E = ROOT / "tests" / "e2e"
@@ -64,7 +65,7 @@ class Mover(Sandbox):
     """The sandbox's user, who later moves it to ``server``."""
 
     def __init__(self, work: Path, server: hosts.TargetHost):
-        super().__init__(work, NAME)
+        super().__init__(work, NAME, NETWORK)
         self.server = server
 
     def standin_cli(self, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
