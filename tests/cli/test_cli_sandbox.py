@@ -5,6 +5,7 @@ deploying onto it: tests/e2e/test_sandbox.py, with the real engine.)"""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from cli_helpers import cli  # noqa: F401 (fixture used by name)
@@ -257,3 +258,15 @@ def test_migrate_of_a_sandbox_logs_in_with_its_own_key_unless_told_otherwise(cli
     assert cli("migrate", "--stack", "sandbox", "--to", "hetzner", "--yes").exit_code == 0
     assert cli("migrate", "--stack", "sandbox", "--to", "hetzner", "--yes", "--identity", "/keys/mine").exit_code == 0
     assert used == [str(spec.key_path(mlox_project, "sandbox")), "/keys/mine"]
+
+
+def test_commands_that_log_in_use_a_sandboxs_own_key_without_identity(mlox_project, monkeypatch):
+    from mlox_iac.cli.common import identity_for
+
+    monkeypatch.chdir(mlox_project)
+    make_sandbox(mlox_project)
+    key = spec.key_path(mlox_project, "sandbox")
+    key.write_text("KEY")
+    assert identity_for(None, "sandbox") == key
+    assert identity_for(Path("/keys/mine"), "sandbox") == Path("/keys/mine")  # --identity wins
+    assert identity_for(None, "dev") is None  # not a sandbox: ssh's own keys
