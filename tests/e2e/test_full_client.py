@@ -26,6 +26,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,18 @@ def test_1_day_one_from_a_laptop_with_a_profile_and_in_an_airflow_task(full_stac
     # processor share it); the DAG processor parses new files within its refresh interval.
     for name in ("day_one.py", "day_one_dag.py"):
         _copy_in(full_stack, "airflow-dag-processor", EXAMPLES / name, f"{DAGS}/{name}")
+    # Parse it now rather than at the bundle's next refresh (minutes), and wait until Airflow
+    # lists it: a DAG it does not know yet cannot be triggered.
+    full_stack.compose("exec", "-T", "airflow-dag-processor", "airflow", "dags", "reserialize", timeout=900,
+                       check=False)
+    deadline = time.monotonic() + 600
+    while True:
+        listed = full_stack.compose("exec", "-T", "airflow-scheduler", "airflow", "dags", "list", "-o", "plain",
+                                    timeout=300, check=False)
+        if "mlox_day_one" in listed.stdout:
+            break
+        assert time.monotonic() < deadline, f"Airflow did not list the DAG mlox_day_one: {listed.stdout[-2000:]}"
+        time.sleep(10)
 
     written = full_stack.ok("env", "--stack", full_stack.stack, "--write-profile")
     profile = Path(full_stack.env["HOME"]) / ".config" / "mlox" / f"{full_stack.stack}.json"
