@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mlox_iac.cli.common import IdentityOpt, JsonOpt, Out, StackOpt, YesOpt, require_terminal, ssh_options
+from mlox_iac.cli.common import IdentityOpt, JsonOpt, identity_for, Out, StackOpt, YesOpt, require_terminal, ssh_options
 from mlox_iac.providers import PROVIDERS
 
 ToOpt = typer.Option(None, "--to", help=f"Provider of the new server ({', '.join(PROVIDERS)})")
@@ -69,10 +69,7 @@ def migrate(
         if not typer.confirm(question, default=False, err=True):
             raise automation.Aborted("aborted: nothing was changed")
     engine = engine_steps.AutomationEngine(name, project, cli, passphrase_prompt())
-    if identity is None:  # a sandbox's machine (and the new server, which authorizes its key too)
-        from mlox_iac.sandbox import manage
-
-        identity = manage.own_key(project, name)
+    identity = identity_for(identity, name)  # a sandbox's key: the new server authorizes it too
     servers = engine_steps.default_servers(str(identity) if identity else None, tuple(ssh_options()),
                                            lambda event: out.progress(f"  {event.get('message', '')}"))
     if finish:
