@@ -122,10 +122,23 @@ def mlox_project(tmp_path, monkeypatch) -> Path:
 FILE_SPANS: dict[str, list[float]] = {}  # test file -> [first start, last stop], epoch seconds
 
 
+# The least free disk seen after any e2e test, and where: hosts, image stores and seeds share
+# the machine's disk, and SeaweedFS refuses writes when it runs low (a CI run lost S3 writes so).
+LEAST_FREE: list = []  # [bytes, test id]
+
+
 def pytest_runtest_logreport(report):
     # Runs in the main process under xdist too (workers send their reports there).
-    span = FILE_SPANS.setdefault(report.nodeid.split("::")[0], [report.start, report.stop])
+    name = report.nodeid.split("::")[0]
+    span = FILE_SPANS.setdefault(name, [report.start, report.stop])
     span[0], span[1] = min(span[0], report.start), max(span[1], report.stop)
+    if name.startswith("tests/e2e/") and report.when == "teardown":
+        from mlox_iac.sandbox import hosts
+
+        where = hosts.cache_dir()
+        free = shutil.disk_usage(where if where.exists() else "/").free
+        if not LEAST_FREE or free < LEAST_FREE[0]:
+            LEAST_FREE[:] = [free, report.nodeid]
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -138,6 +151,8 @@ def pytest_terminal_summary(terminalreporter):
         begin = min(start for start, _ in e2e.values())
         for name, (start, stop) in sorted(e2e.items(), key=lambda item: item[1][0]):
             terminalreporter.write_line(f"{stop - start:8.1f}s  {name}  (from +{start - begin:.0f} s to +{stop - begin:.0f} s)")
+        if LEAST_FREE:
+            terminalreporter.write_line(f"least free disk after a test: {LEAST_FREE[0] / 2**30:.1f} GiB ({LEAST_FREE[1]})")
     hosts = sys.modules.get("hosts")  # tests/e2e/hosts.py, once an e2e test imported it
     timings = getattr(hosts, "TIMINGS", None)
     if not timings:
