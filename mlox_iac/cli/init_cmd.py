@@ -107,7 +107,7 @@ def build_config(
         unknown = [s for s in services if s not in SERVICES]
         if unknown:
             raise ConfigError([f"--services: {', '.join(map(repr, unknown))} not allowed (allowed: {', '.join(SERVICES)})"])
-        raw_services = services_block(set(services) | {"caddy"})  # the proxy is always on: it is the only way in
+        raw_services = services_block(set(services) | {"caddy", "home"})  # the proxy is the only way in; home: the stack's front page
         if raw_services:
             raw["services"] = raw_services
     return raw, extra
