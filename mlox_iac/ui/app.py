@@ -12,6 +12,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
@@ -79,8 +80,9 @@ def create_app(backend: Backend, guard: Guard) -> FastAPI:
                 return PlainTextResponse("refused: request from another site", 403, headers=NO_STORE)
             given_csrf = request.headers.get(CSRF_HEADER)
             if given_csrf is None and request.headers.get("content-type", "").startswith(
-                    ("application/x-www-form-urlencoded", "multipart/form-data")):
-                given_csrf = (await request.form()).get(CSRF_FIELD)
+                    "application/x-www-form-urlencoded"):
+                # The body, read here, is replayed to the endpoint (Starlette caches it).
+                given_csrf = (parse_qs((await request.body()).decode("utf-8", "replace")).get(CSRF_FIELD) or [None])[0]
             if not guard.csrf_ok(given_csrf):
                 return PlainTextResponse("refused: missing or wrong CSRF token (reload the page)", 403, headers=NO_STORE)
         response = await call_next(request)

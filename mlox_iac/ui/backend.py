@@ -59,8 +59,9 @@ class StackRow:
 class Backend:
     """The UI's view of a project: its stacks and what can be done to them."""
 
-    def __init__(self, project: Path, *, identity: Optional[Path] = None, timeout: float = 5.0):
+    def __init__(self, project: Path, *, identity: Optional[Path] = None, timeout: float = 5.0, pulumi_command=None):
         self.project = Path(project)
+        self.pulumi_command = pulumi_command  # None: the Pulumi CLI on PATH (tests give a recording double)
         self.identity = identity
         self.timeout = timeout
         self._outputs: dict[str, tuple[float, dict]] = {}
@@ -94,7 +95,8 @@ class Backend:
             cached = self._outputs.get(name)
         if cached and time.monotonic() - cached[0] < OUTPUTS_TTL_S:
             return cached[1]
-        values = automation.outputs(name, project_dir=self.project, show_secrets=True)
+        values = automation.outputs(name, project_dir=self.project, show_secrets=True,
+                                    pulumi_command=self.pulumi_command)
         if not values.get("urls"):
             raise MloxError(f"stack {name} has not been deployed yet: run mlox-iac up --stack {name}")
         with self._lock:
@@ -274,13 +276,14 @@ class Backend:
         """``mlox-iac preview``: the engine's events go to ``on_event``."""
         from mlox_iac import automation
 
-        return automation.preview(name, project_dir=self.project, on_event=on_event)
+        return automation.preview(name, project_dir=self.project, on_event=on_event,
+                                  pulumi_command=self.pulumi_command)
 
     def up(self, name: str, on_event) -> Any:
         """``mlox-iac up --yes``."""
         from mlox_iac import automation
 
-        result = automation.up(name, project_dir=self.project, on_event=on_event)
+        result = automation.up(name, project_dir=self.project, on_event=on_event, pulumi_command=self.pulumi_command)
         self.forget(name)
         return result
 
@@ -295,7 +298,8 @@ class Backend:
         if to is not None and to not in PROVIDERS:
             raise ConfigError([f"--to: {to!r} is not a provider (allowed: {', '.join(PROVIDERS)})"])
         automation.validate_stack(name, project_dir=self.project)
-        engine = steps.AutomationEngine(name, self.project, automation.default_pulumi_command("mlox-iac migrate"), None)
+        cli = self.pulumi_command or automation.default_pulumi_command("mlox-iac migrate")
+        engine = steps.AutomationEngine(name, self.project, cli, None)
         servers = steps.default_servers(str(self.identity) if self.identity else None, tuple(ssh_options()),
                                         lambda event: say(str(event.get("message", ""))))
         try:
