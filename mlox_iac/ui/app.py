@@ -57,6 +57,9 @@ def create_app(backend: Backend, guard: Guard) -> FastAPI:
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals.update(twin=actions.twin, ACTIONS=actions.ACTIONS, csrf=guard.csrf, CSRF_FIELD=CSRF_FIELD)
+    from mlox_iac.connect import format_bytes
+
+    templates.env.filters["bytes"] = format_bytes
     jobs = Jobs()
     app.state.jobs = jobs
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
@@ -88,7 +91,7 @@ def create_app(backend: Backend, guard: Guard) -> FastAPI:
         response = await call_next(request)
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Referrer-Policy"] = "same-origin"  # no-referrer would make Origin "null"
         response.headers["Content-Security-Policy"] = ("default-src 'self'; img-src 'self' data:; style-src 'self'; "
                                                        "script-src 'self'; frame-ancestors 'none'; form-action 'self'")
         return response
