@@ -7,13 +7,14 @@ from typing import Optional
 
 import typer
 
-from mlox_iac.cli.common import IdentityOpt, project_dir
+from mlox_iac.cli.common import CaOpt, IdentityOpt, project_dir
 
 PortOpt = typer.Option(0, "--port", min=0, max=65535, help="Port on 127.0.0.1 (0: a free one)")
 NoBrowserOpt = typer.Option(False, "--no-browser", help="Print the URL without opening a browser")
 
 
-def ui(port: int = PortOpt, no_browser: bool = NoBrowserOpt, identity: Optional[Path] = IdentityOpt) -> None:
+def ui(port: int = PortOpt, no_browser: bool = NoBrowserOpt, identity: Optional[Path] = IdentityOpt,
+       ca: Optional[Path] = CaOpt) -> None:
     """Open the web UI: the project's stacks, their health, backups, cost and changes.
 
     Serves on 127.0.0.1 only and prints a URL with a random token (as
@@ -39,7 +40,7 @@ def ui(port: int = PortOpt, no_browser: bool = NoBrowserOpt, identity: Optional[
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))  # loopback only, whatever the machine's other addresses
     guard = Guard(new_token(), sock.getsockname()[1])
-    app = create_app(Backend(project, identity=identity), guard)
+    app = create_app(Backend(project, identity=identity, ca=ca), guard)
     url = guard.url()
     typer.echo(f"mlox-iac ui for {project}: {url}", err=True)
     typer.echo("(the token in the URL is the only key: do not share it; Ctrl-C stops the UI)", err=True)

@@ -59,8 +59,10 @@ class StackRow:
 class Backend:
     """The UI's view of a project: its stacks and what can be done to them."""
 
-    def __init__(self, project: Path, *, identity: Optional[Path] = None, timeout: float = 5.0, pulumi_command=None):
+    def __init__(self, project: Path, *, identity: Optional[Path] = None, ca: Optional[Path] = None,
+                 timeout: float = 5.0, pulumi_command=None):
         self.project = Path(project)
+        self.ca = ca  # --ca / MLOX_CA_FILE, as for mlox-iac status and env
         self.pulumi_command = pulumi_command  # None: the Pulumi CLI on PATH (tests give a recording double)
         self.identity = identity
         self.timeout = timeout
@@ -117,7 +119,7 @@ class Backend:
         """The root to trust (``mlox-iac env``/``status``: fetched over SSH once without a domain)."""
         from mlox_iac.cli.connect_cmds import ca_file
 
-        return ca_file(outputs, name, None, self.identity, False)
+        return ca_file(outputs, name, self.ca, self.identity, False)
 
     def probe(self, name: str, outputs: dict) -> list:
         """``mlox-iac status``: every route's health and certificate."""
