@@ -32,7 +32,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 from mlox_iac.errors import ConfigError, MloxError
 
@@ -298,13 +298,24 @@ class Move:
         self.say("copy: restoring on the new server")
         self.servers.verb("new", "move-apply")
 
+    def _key_source(self, src_address: str, dst_address: str) -> str:
+        """Where the move's key may be used from: the sending server's address, or for a
+        sandbox sending to a server outside its network, the addresses its traffic leaves
+        this machine with (NAT): the user's own, in mlox:ssh.admin_cidrs."""
+        from mlox_iac.sandbox import manage
+
+        sandbox = manage.load_record(self.project_dir, self.record.stack)
+        cidrs = self.config.ssh.admin_cidrs if self.config is not None else ()
+        return key_source(_ip_of(src_address), _ip_of(dst_address), sandbox.subnet if sandbox else None, cidrs)
+
     def _send_delta(self, phase: str, src: str = "old", dst: str = "new") -> None:
         """Stage on ``src``, send to ``dst`` what it lacks (the move's key allowed only from ``src``)."""
         servers, migration = self.servers, self._migration or self.engine.outputs()["migration"]
         self._migration = migration
         if not self.record.key_installed:
             key = servers.verb(src, "move-keygen")["public_key"]
-            servers.authorize(dst, key, _ip_of(str(migration[src]["server_address"])))
+            servers.authorize(dst, key, self._key_source(str(migration[src]["server_address"]),
+                                                         str(migration[dst]["server_address"])))
             self.record.key_installed = True
             self.save()
         self.say(f"{phase}: staging the data on the {src} server")
@@ -479,6 +490,23 @@ def wait_for_dns(names: list[str], address: str, *, timeout_s: float, say: Say =
                                  f"(the move is done; {change}; clients follow once they resolve)")
         say(f"DNS: waiting for {len(pending)} of {len(names)} records: {detail}")
         sleep(every_s)
+
+
+def key_source(src: str, dst: str, sandbox_subnet: str | None, admin_cidrs: Sequence[str]) -> str:
+    """The ``from=`` of the move's key on the receiving server (see ``Move._key_source``)."""
+    import ipaddress
+
+    if sandbox_subnet is None:
+        return src
+    own = ipaddress.ip_network(sandbox_subnet)
+    if ipaddress.ip_address(src) not in own or ipaddress.ip_address(dst) in own:
+        return src  # not behind this machine's NAT, or the receiver is on the sandbox's network
+    outside = [c for c in admin_cidrs if not (ipaddress.ip_network(c, strict=False).version == own.version
+                                              and ipaddress.ip_network(c, strict=False).subnet_of(own))]
+    if not outside:
+        raise MigrationError(f"the sandbox's traffic reaches {dst} from this machine's address, which "
+                             "mlox:ssh.admin_cidrs does not name: add it, then run migrate again")
+    return ",".join(outside)
 
 
 def _ip_of(address: str) -> str:

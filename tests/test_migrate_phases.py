@@ -455,3 +455,28 @@ def test_the_system_resolver_asks_for_a_and_aaaa_records(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     assert migrate.resolve_a_and_aaaa("m.ex.com") == {"2001:db8::10"}
     assert asked == [socket.AF_INET, socket.AF_INET6]
+
+
+KEY_SOURCE_CASES = {
+    # src, dst, sandbox subnet, admin_cidrs -> from=
+    "two-servers": ("198.51.100.2", "203.0.113.9", None, ["192.0.2.7/32"], "198.51.100.2"),
+    "sandbox-to-a-server-behind-nat": ("10.79.1.2", "203.0.113.9", "10.79.1.0/24",
+                                       ["10.79.1.0/24", "192.0.2.7/32", "2001:db8::/64"], "192.0.2.7/32,2001:db8::/64"),
+    "sandbox-to-a-machine-on-its-network": ("10.79.1.2", "10.79.1.9", "10.79.1.0/24", ["10.79.1.0/24"], "10.79.1.2"),
+    "back-from-the-server-to-the-sandbox": ("203.0.113.9", "10.79.1.2", "10.79.1.0/24", ["10.79.1.0/24"], "203.0.113.9"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(KEY_SOURCE_CASES))
+def test_the_moves_key_is_usable_from_where_the_sender_is_seen(case):
+    from mlox_iac.migrate import key_source
+
+    src, dst, subnet, cidrs, expected = KEY_SOURCE_CASES[case]
+    assert key_source(src, dst, subnet, cidrs) == expected
+
+
+def test_a_sandbox_without_an_outside_admin_address_cannot_send_to_a_server():
+    from mlox_iac.migrate import MigrationError, key_source
+
+    with pytest.raises(MigrationError, match="mlox:ssh.admin_cidrs does not name"):
+        key_source("10.79.1.2", "203.0.113.9", "10.79.1.0/24", ["10.79.1.0/24"])

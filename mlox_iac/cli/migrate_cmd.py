@@ -57,7 +57,9 @@ def migrate(
     if to is not None and to not in PROVIDERS:
         raise ConfigError([f"--to: {to!r} is not a provider (allowed: {', '.join(PROVIDERS)})"])
     project = project_dir()
-    automation.validate_stack(name, project_dir=project)
+    config = automation.validate_stack(name, project_dir=project)
+    if to is not None:
+        _refuse_a_sandbox_locked_out(project, name, to, config)
     cli = automation.default_pulumi_command("mlox-iac migrate")
     if not yes:
         require_terminal("mlox-iac migrate")
@@ -84,3 +86,21 @@ def migrate(
         out.data(engine_steps.project_record_summary(project, name),
                  lambda console, d: console.print(f"Stack {name} runs on its new server ({record.to}); "
                                                   f"downtime {record.downtime_s or 0:.0f}s"))
+
+
+def _refuse_a_sandbox_locked_out(project: Path, name: str, to: str, config) -> None:
+    """A sandbox admits SSH only from its own network: moving it to a server needs the user's
+    own address in mlox:ssh.admin_cidrs first (one line, nothing changed)."""
+    from mlox_iac.errors import ConfigError
+    from mlox_iac.paths import stack_file
+    from mlox_iac.sandbox import manage, spec
+
+    record = manage.load_record(project, name)
+    if record is None:
+        return
+    target = config.target.onprem if to == "onprem" and config.target is not None else None
+    host = target.host if target is not None else None
+    problem = spec.move_problem(record, config.ssh.admin_cidrs, host,
+                                str(stack_file(project, name).relative_to(project)))
+    if problem:
+        raise ConfigError([problem])

@@ -150,6 +150,32 @@ def moved_problem(record: Record, provider: str | None, host: str | None) -> str
             "(it was migrated)")
 
 
+def move_problem(record: Record, admin_cidrs: Sequence[str], target_host: str | None, stack_path: str) -> str | None:
+    """One line when moving the sandbox's stack to a server would lock this machine out: a
+    sandbox admits SSH only from its own network (``mlox:ssh.admin_cidrs``), which reaches no
+    server elsewhere; the new server's firewall would then refuse the move's own connections.
+    ``target_host``: the new server's address when known (an on-prem target)."""
+    import ipaddress
+
+    own = ipaddress.ip_network(record.subnet)
+
+    def in_sandbox(cidr: str) -> bool:
+        network = ipaddress.ip_network(cidr, strict=False)
+        return network.version == own.version and network.subnet_of(own)  # type: ignore[arg-type]
+
+    if not all(in_sandbox(c) for c in admin_cidrs):
+        return None
+    if target_host is not None:
+        try:
+            if ipaddress.ip_address(target_host) in own:
+                return None  # another machine on this sandbox's network: reached as the sandbox is
+        except ValueError:
+            pass
+    return (f"{stack_path}: mlox:ssh.admin_cidrs: sandbox {record.name} admits SSH only from its own network "
+            f"({record.subnet}), so a server it moves to would refuse this machine; add the address you reach servers "
+            "from (for example your public address as /32), then run migrate again")
+
+
 def privilege_problem(platform: str, euid: int, have: Sequence[str]) -> str | None:
     """The one line saying what a sandbox needs and this machine lacks (None: nothing).
 

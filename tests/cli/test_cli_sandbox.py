@@ -141,3 +141,43 @@ def test_sandbox_images_of_a_preset_are_the_compose_files():
     assert manage.preset_images("core") == sorted(["caddy:2.11.7", "chrislusf/seaweedfs:4.48",
                                                    "ghcr.io/mlflow/mlflow:v3.17.2-full", "postgres:15.18-bookworm"])
     assert set(manage.preset_images("core")) < set(manage.preset_images("full"))
+
+
+MOVE_CASES = {
+    # admin_cidrs, target host (on-prem move), refused?
+    "only-the-sandbox-network": (["10.79.1.0/24"], None, True),
+    "a-narrower-part-of-it": (["10.79.1.1/32"], None, True),
+    "the-users-own-address-too": (["10.79.1.0/24", "198.51.100.7/32"], None, False),
+    "another-machine-on-the-sandbox-network": (["10.79.1.0/24"], "10.79.1.9", False),
+    "a-server-elsewhere": (["10.79.1.0/24"], "192.0.2.50", True),
+    "ipv6-admin-address": (["10.79.1.0/24", "2001:db8::7/128"], None, False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MOVE_CASES))
+def test_moving_a_sandbox_that_would_lock_this_machine_out_is_refused(case, tmp_path):
+    cidrs, host, refused = MOVE_CASES[case]
+    record = make_sandbox(tmp_path)
+    problem = spec.move_problem(record, cidrs, host, "stacks/Pulumi.sandbox.yaml")
+    assert (problem is not None) == refused
+    if refused:
+        assert problem == ("stacks/Pulumi.sandbox.yaml: mlox:ssh.admin_cidrs: sandbox sandbox admits SSH only from its "
+                           "own network (10.79.1.0/24), so a server it moves to would refuse this machine; add the "
+                           "address you reach servers from (for example your public address as /32), then run migrate "
+                           "again")
+
+
+def test_migrate_of_a_locked_in_sandbox_is_one_line_and_changes_nothing(cli, mlox_project):
+    from conftest import write_stack
+
+    record = make_sandbox(mlox_project)
+    settings = spec.stack_settings(record, ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZ7eBjBSRNkuS+BTDG+3vvqteolSI3QO1RHW674qdPL t"])
+    settings["onprem"]["private_key"] = "KEY"  # a secure: value in the file
+    path = write_stack(mlox_project / "stacks", settings, name="sandbox")
+    before = path.read_text()
+    result = cli("migrate", "--stack", "sandbox", "--to", "hetzner", "--yes")
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.startswith("stacks/Pulumi.sandbox.yaml: mlox:ssh.admin_cidrs: sandbox sandbox admits SSH only "
+                                    "from its own network (10.79.1.0/24)")
+    assert result.stderr.count("\n") == 1 and path.read_text() == before
+    assert not (mlox_project / ".mlox" / "sandbox").joinpath("migrations").exists()
