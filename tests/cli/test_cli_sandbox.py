@@ -141,6 +141,11 @@ def test_sandbox_images_of_a_preset_are_the_compose_files():
     assert manage.preset_images("core") == sorted(["caddy:2.11.7", "chrislusf/seaweedfs:4.48",
                                                    "ghcr.io/mlflow/mlflow:v3.17.2-full", "postgres:15.18-bookworm"])
     assert set(manage.preset_images("core")) < set(manage.preset_images("full"))
+    # Images built on the machine are not pulled: what it needs is what they start FROM.
+    full = manage.preset_images("full")
+    assert {"apache/airflow:3.3.2", "quay.io/jupyter/minimal-notebook:lab-4.6.6"} <= set(full)
+    assert not [image for image in full if image.startswith("mlox-iac/")]
+    assert not {"restic/restic:0.19.1", "rclone/rclone:1.60.1"} & set(full)  # no backup configured
 
 
 MOVE_CASES = {
