@@ -167,7 +167,8 @@ def engine_events(job: Job, operation: str, diffs: bool) -> Callable:
             if diff is not None:
                 job.add("diff", **diff)
         if finished is not None and (finished.op != "same" or finished.failed):
-            job.say(finished.describe(done=True))
+            planned = operation == "preview" and not finished.failed
+            job.say(f"would {finished.op} {finished.name} ({finished.type})" if planned else finished.describe(done=True))
         if event.diagnostic_event is not None and event.diagnostic_event.severity == "error":
             message = (event.diagnostic_event.message or "").strip()
             if message and not event.diagnostic_event.ephemeral:
