@@ -224,10 +224,13 @@ def create_app(backend: Backend, guard: Guard) -> FastAPI:
         return page(request, "job.html", job=job)
 
     @app.get("/jobs/{job_id}/events")
-    def job_events(job_id: str, start: int = 0):
+    def job_events(request: Request, job_id: str, start: int = 0):
         job = jobs.get(job_id)
         if job is None:
             return PlainTextResponse("no such job", 404)
+        last = request.headers.get("last-event-id", "")
+        if last.isdigit():  # the browser reconnected: go on after the last event it has
+            start = int(last) + 1
 
         def stream():
             for index, item in job.follow(start):
@@ -258,7 +261,7 @@ def stack_view(backend: Backend, jobs: Jobs, name: str, problem: Optional[str] =
     cost = _attempt(lambda: backend.cost(config))[0] if config is not None else None
     outputs, outputs_problem = _attempt(lambda: backend.outputs(name))
     view: dict[str, Any] = {"name": name, "problem": problem, "config_problem": config_problem, "cost": cost,
-                            "outputs_problem": outputs_problem, "migration": backend.migration(name),
+                            "outputs_problem": outputs_problem, "migration": _attempt(lambda: backend.migration(name))[0],
                             "jobs": list(reversed(jobs.for_stack(name)))[:5], "running": jobs.running(name),
                             "phases": PHASES}
     if outputs is None:

@@ -228,7 +228,10 @@ class Backend:
         row.size = "-" if size is None else f"{size} MiB" if config.provider == "onprem" else str(size)
         report = self.cost(config)
         row.monthly, row.currency, row.managed = report.total, report.currency, report.summary.managed
-        row.migration = self.migration(name)
+        try:
+            row.migration = self.migration(name)
+        except MloxError as error:  # an unreadable record: said, and the rest of the row still shown
+            row.problem = error_line(error)
         try:
             outputs = self.outputs(name)
         except MloxError as error:

@@ -243,3 +243,25 @@ def test_new_stack_form_writes_what_init_writes(client, guard, ui_env, tmp_path,
     assert result.exit_code == 0, result.output
     assert (project / "stacks" / "Pulumi.dev2.yaml").read_text() == written.replace("Stack dev,", "Stack dev2,") \
         .replace("--stack dev\n", "--stack dev2\n")
+
+
+def test_a_reconnecting_browser_gets_only_the_events_it_missed(client, guard):
+    response = client.post("/stacks/prod/backup", data={"csrf": guard.csrf}, follow_redirects=False)
+    everything = _wait_job(client, response.headers["location"])
+    with client.stream("GET", f"{response.headers['location']}/events", headers={"Last-Event-ID": "2"}) as again:
+        ids = [int(line[4:]) for line in again.iter_lines() if line.startswith("id: ")]
+    assert ids[0] == 3 and len(ids) == len(everything) - 3
+
+
+def test_a_migration_record_shows_its_phases(client, ui_env):
+    from mlox_iac import migrate
+
+    project, _ = ui_env
+    record = migrate.Record("prod", "hetzner", "digitalocean", "main", "main2", done={"preflight": 1.0, "provision": 2.0})
+    migrate.save_record(project, record)
+    text = client.get("/stacks/prod").text
+    assert '<li class="done">provision</li>' in text and '<li class="next">copy</li>' in text
+    assert "rerun `mlox-iac migrate --stack prod --to digitalocean` to resume at copy" in text
+    assert 'data-stack="prod"' in client.get("/").text and "running: next copy" in client.get("/").text
+    (project / migrate.RECORD_DIR / "prod.json").write_text("{not json")
+    assert "not a migration record" in client.get("/").text and client.get("/stacks/prod").status_code == 200
