@@ -35,7 +35,9 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def ui(full_stack):
     """The UI process, and the URL with its token."""
-    proc = subprocess.Popen([sys.executable, "-m", "mlox_iac.cli.main", "ui", "--no-browser"], cwd=full_stack.project,
+    # The sandbox's key, as its user passes it to every command that uses SSH (backups, logs, the CA).
+    key = full_stack.folder / "id_ed25519"
+    proc = subprocess.Popen([sys.executable, "-m", "mlox_iac.cli.main", "ui", "--no-browser", "--identity", str(key)],
                             env=full_stack.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     url = None
