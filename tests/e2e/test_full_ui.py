@@ -38,6 +38,7 @@ def ui(full_stack):
     # The sandbox's key, as its user passes it to every command that uses SSH (backups, logs, the CA).
     key = full_stack.folder / "id_ed25519"
     proc = subprocess.Popen([sys.executable, "-m", "mlox_iac.cli.main", "ui", "--no-browser", "--identity", str(key)],
+                            cwd=full_stack.project,
                             env=full_stack.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     url = None
