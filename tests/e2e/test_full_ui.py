@@ -77,6 +77,14 @@ def _base(ui: str) -> str:
     return ui.split("/?token=")[0]
 
 
+def _job_ends(page, timeout_ms: int) -> str:
+    """Wait for the job page's job to end (done or failed, not a fixed text); its state."""
+    page.wait_for_function("document.getElementById('job').dataset.state !== 'running'", timeout=timeout_ms)
+    state = page.locator("#job").get_attribute("data-state")
+    assert state == "done", (page.locator("#job-state").inner_text(), page.locator("#job-log").inner_text()[-3000:])
+    return state
+
+
 def _secrets(outputs: dict) -> list[str]:
     values = []
     for key in ("ui_passwords", "login_passwords", "api_tokens"):
@@ -127,8 +135,6 @@ def test_a_request_without_the_token_is_refused(ui, full_stack):
 
 
 def test_preview_of_a_changed_setting_shows_the_diff(browser_page, ui, full_stack, tmp_path):
-    from playwright.sync_api import expect
-
     path = full_stack.project / "stacks" / f"Pulumi.{full_stack.stack}.yaml"
     original = path.read_text()
     document = yaml.safe_load(original)
@@ -142,7 +148,7 @@ def test_preview_of_a_changed_setting_shows_the_diff(browser_page, ui, full_stac
         page.goto(f"{_base(ui)}/stacks/{full_stack.stack}")
         page.click("#preview")
         page.wait_for_url("**/jobs/*")
-        expect(page.locator("#job-state")).to_have_text("done", timeout=900_000)
+        _job_ends(page, 900_000)
         blocks = page.locator(".diff-resource")
         assert blocks.count() >= 1, page.locator("#job-log").inner_text()
         rows = page.locator(".diff-resource .add, .diff-resource .del, .diff-resource .chg").all_inner_texts()
@@ -153,8 +159,6 @@ def test_preview_of_a_changed_setting_shows_the_diff(browser_page, ui, full_stac
 
 
 def test_back_up_now_produces_a_snapshot_the_page_lists(browser_page, ui, full_stack, tmp_path):
-    from playwright.sync_api import expect
-
     page = browser_page
     page.goto(f"{_base(ui)}/stacks/{full_stack.stack}")
     if not full_stack.outputs.get("backup_repository"):
@@ -163,7 +167,7 @@ def test_back_up_now_produces_a_snapshot_the_page_lists(browser_page, ui, full_s
     before = set(page.locator("#snapshots tbody tr").evaluate_all("rows => rows.map(r => r.dataset.snapshot)"))
     page.click("#backup-now")
     page.wait_for_url("**/jobs/*")
-    expect(page.locator("#job-state")).to_have_text("done", timeout=1_200_000)
+    _job_ends(page, 1_200_000)
     screenshot(page, artifacts_dir(tmp_path), "e2e-backup")
     page.goto(f"{_base(ui)}/stacks/{full_stack.stack}")
     after = set(page.locator("#snapshots tbody tr").evaluate_all("rows => rows.map(r => r.dataset.snapshot)"))
