@@ -89,7 +89,7 @@ def test_1_sandbox_up_deploys_the_core_stack_and_it_is_used_from_here(sandbox):
     up = json.loads(done.stdout)
     assert "no container registry answers from here: building the images from tests/standins" in done.stderr
     assert up["changes"].get("create", 0) >= 10, up["changes"]
-    assert set(up["urls"]) == {"mlflow", "s3"} and up["ui_user"] == "admin"
+    assert set(up["urls"]) == {"mlflow", "s3", "home"} and up["ui_user"] == "admin"
     record = sb.record
     assert record["done"] == ["host", "stack", "bootstrap", "images", "deploy"] and record["images"] == "standins"
     assert up["address"] == sb.address and up["network"].startswith(f"{sb.address.rsplit('.', 2)[0]}.")
@@ -115,7 +115,7 @@ def test_1_sandbox_up_deploys_the_core_stack_and_it_is_used_from_here(sandbox):
     # The machine outlived the CLI that booted it; status sees it healthy.
     status = json.loads(sb.ok("sandbox", "status", "--json").stdout)
     assert status["healthy"] and status["machine"]["running"], status
-    assert {s["name"]: s["up"] for s in status["services"]} == {"mlflow": True, "s3": True}
+    assert {s["name"]: s["up"] for s in status["services"]} == {"mlflow": True, "s3": True, "home": True}
 
     # From this machine, configured only by `mlox-iac env`: a run with a model and an artifact,
     # an object put and read back (scripts/smoke.py, the quickstart's smoke test).

@@ -213,7 +213,7 @@ def test_3_registered_model_is_served_and_an_alias_move_fails_no_request(stack):
     from mlox_iac import connect
 
     probes = {p.name: (p.up, p.detail) for p in connect.probe(d.outputs, d.ca_path)}  # what `mlox-iac status` checks
-    assert probes == {name: (True, "ok") for name in ("s3", "mlflow", ROUTE, "prometheus", "alertmanager")}, probes
+    assert probes == {name: (True, "ok") for name in ("s3", "mlflow", ROUTE, "prometheus", "alertmanager", "home")}, probes
 
     # A client polls throughout the switch; every answer must be a 200 from one of the versions.
     seen: list[tuple[int, str, object]] = []
