@@ -154,7 +154,10 @@ def pytest_terminal_summary(terminalreporter):
 # whichever worker is free first. Measured in a full run on 2 cores (3 workers, everything
 # overlapping): migrate 35 min, migrate_cloud 30, catalogue 19, backup 16, load 10, deploy 9,
 # serving 8, domain 4; everything else is shorter.
-SLOW_FIRST = ("tests/e2e/test_migrate.py", "tests/e2e/test_migrate_cloud.py", "tests/e2e/test_backup.py",
+# Every tests/e2e/test_full_* module shares one deployed full stack (tests/e2e/full_stack.py):
+# they are one unit of work, FULL_GROUP, given to one worker, which deploys the stack once.
+FULL_GROUP = "tests/e2e/test_full_"
+SLOW_FIRST = ("tests/e2e/test_migrate.py", FULL_GROUP, "tests/e2e/test_migrate_cloud.py", "tests/e2e/test_backup.py",
               "tests/e2e/test_deploy.py", "tests/e2e/test_catalogue.py", "tests/e2e/test_serving.py",
               "tests/e2e/test_load.py", "tests/e2e/test_sandbox.py", "tests/e2e/test_domain.py")
 
@@ -171,6 +174,10 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadFileScheduling
 
     class LastTestLookahead(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            # The modules that share the deployed full stack are one unit: one worker, one deploy.
+            return FULL_GROUP if nodeid.startswith(FULL_GROUP) else super()._split_scope(nodeid)
+
         def _reschedule(self, node) -> None:
             if node.shutting_down:
                 return
@@ -186,4 +193,49 @@ def pytest_xdist_make_scheduler(config, log):
 
 def pytest_collection_modifyitems(session, config, items):
     rank = {path: i for i, path in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: order within a file kept
+
+    def file_rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return rank[FULL_GROUP] if path.startswith(FULL_GROUP) else rank.get(path, len(rank))
+
+    items.sort(key=file_rank)  # stable: order within a file kept
+
+
+# ----- the deployed full stack that every tests/e2e/test_full_* module shares -----------------
+_full_stacks: list = []
+
+
+@pytest.fixture(scope="session")
+def full_stack(tmp_path_factory):
+    """``mlox-iac sandbox up --preset full --name shared`` (tests/e2e/full_stack.py), deployed
+    once, removed after the last test_full_* test (not at the end of the session, so that its
+    memory is free for the modules this worker runs next)."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.fail("the end-to-end tests need root: they boot Debian hosts with systemd-nspawn")
+    sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+    from full_stack import FullStack
+
+    stack = FullStack(tmp_path_factory.mktemp("full-stack"))
+    _full_stacks.append(stack)
+    try:
+        stack.deploy()
+        yield stack
+    finally:
+        _remove_full_stacks()
+
+
+def _remove_full_stacks() -> None:
+    while _full_stacks:
+        _full_stacks.pop().tear_down()
+
+
+def _in_full_group(item) -> bool:
+    return item is not None and item.nodeid.startswith(FULL_GROUP)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    if _in_full_group(item) and not _in_full_group(nextitem):
+        _remove_full_stacks()

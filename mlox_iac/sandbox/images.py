@@ -69,10 +69,11 @@ class Standin:
     context_files: Callable[[], dict[str, str]] | None = None
 
 
-def _jupyter_requirements() -> dict[str, str]:
-    from mlox_iac.components.services import jupyter
+def _client_requirements() -> dict[str, str]:
+    """mlox-client's pinned libraries, which the bundle's JupyterLab and Airflow builds install."""
+    from mlox_iac.render import client_image
 
-    return {"mlox-requirements.txt": jupyter.requirements()}
+    return {"mlox-requirements.txt": client_image.requirements()}
 
 
 STANDINS: dict[str, Standin] = {
@@ -88,13 +89,15 @@ STANDINS: dict[str, Standin] = {
         Standin("redis:7.0.15-bookworm", "redis", ("redis-server", "--version"), "v=7.0.15"),
         # The base the bundle's jupyter/image/Dockerfile builds from on the host.
         Standin("quay.io/jupyter/minimal-notebook:lab-4.6.6", "minimal-notebook", ("jupyter", "lab", "--version"),
-                "4.6.6", needs_ca=True, context_files=_jupyter_requirements),
+                "4.6.6", needs_ca=True, context_files=_client_requirements),
         Standin("quay.io/feastdev/feature-server:0.67.0", "feast", ("feast", "version"), "0.67.0", needs_ca=True),
         # (`label-studio version` migrates a SQLite database first: minutes, so the package is asked.)
         Standin("heartexlabs/label-studio:1.23.2", "label-studio",
                 ("python3", "-c", "import label_studio; print('label-studio', label_studio.__version__)"), "1.23.2",
                 needs_ca=True),
-        Standin("apache/airflow:3.3.2", "airflow", ("airflow", "version"), "3.3.2", needs_ca=True),
+        # The base the bundle's airflow/image/Dockerfile builds from on the host.
+        Standin("apache/airflow:3.3.2", "airflow", ("airflow", "version"), "3.3.2", needs_ca=True,
+                context_files=_client_requirements),
         Standin("restic/restic:0.19.1", "restic", ("restic", "version"), "restic 0.19.1",
                 go_package="github.com/restic/restic/cmd/restic@v0.19.1", context_name="restic"),
         Standin("rclone/rclone:1.60.1", "rclone", ("rclone", "version"), "rclone v1.60.1"),

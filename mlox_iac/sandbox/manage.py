@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -120,10 +121,25 @@ def needed_memory_mb(preset: str) -> int:
 
 
 def _compose_images(config) -> list[str]:
+    """What the host must have: each service's image, or for one built on the host (``build``),
+    the images its Dockerfile starts FROM; and the backup's images when the stack backs up."""
     from mlox_iac.components.services.base import Context
-    from mlox_iac.render.bundle import render_compose
+    from mlox_iac.render.bundle import render_bundle, render_compose
 
-    return sorted({str(s["image"]) for s in render_compose(Context(config))["services"].values() if s.get("image")})
+    ctx = Context(config)
+    bundle = render_bundle(ctx)
+    images: set[str] = set()
+    for service in render_compose(ctx)["services"].values():
+        if service.get("build"):
+            dockerfile = bundle[f"{service['build']['context'].removeprefix('./')}/Dockerfile"]
+            images.update(re.findall(r"^FROM\s+(\S+)", dockerfile, re.M))
+        elif service.get("image"):
+            images.add(str(service["image"]))
+    if config.backup is not None:  # restic and rclone run as containers of their own, not in compose
+        from mlox_iac.render.backup import IMAGES as BACKUP_IMAGES
+
+        images.update(BACKUP_IMAGES)
+    return sorted(images)
 
 
 def preset_images(preset: str) -> list[str]:
