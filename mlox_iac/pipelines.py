@@ -101,8 +101,12 @@ def content_hash(project: Path, files: Sequence[Path]) -> str:
 def requirements_hash(requirements: str, platform: Mapping[str, str], client_wheel: Path | None) -> str:
     digest = hashlib.sha256(requirements.encode())
     digest.update(json.dumps(dict(platform), sort_keys=True).encode())
-    if client_wheel is not None:
-        digest.update(client_wheel.read_bytes())
+    if client_wheel is not None:  # its files, not the zip's timestamps (a rebuilt wheel is the same wheel)
+        import zipfile
+
+        with zipfile.ZipFile(client_wheel) as wheel:
+            for member in sorted(wheel.namelist()):
+                digest.update(member.encode() + b"\0" + wheel.read(member))
     return digest.hexdigest()[:16]
 
 
@@ -144,7 +148,7 @@ def build_client_wheel(out: Path) -> Path | None:
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("mlox_client-*.whl"):
         old.unlink()
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
                            "-w", str(out), str(CLIENT_DIR)], capture_output=True, text=True)
     if done.returncode != 0:
         raise MloxError(f"building mlox-client's wheel failed: {done.stderr.strip()[-500:]}")
@@ -204,7 +208,10 @@ class Server:
     shell: Callable[[str, bytes | None], subprocess.CompletedProcess]  # (command, stdin) on the host, as root
     compose: str  # the stack's `docker compose ...` on the host
     host_code: str  # the volume airflow-code on the host
+    host_dags: str  # the volume airflow-dags on the host
     scheduler: str = "airflow-scheduler"
+    code: str = release_script.CODE_DIR  # the same volume in the scheduler
+    dags: str = release_script.DAGS_DIR  # the folder Airflow scans, in the scheduler
 
     def run(self, command: str, stdin: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
         done = self.shell(command, stdin)
@@ -251,10 +258,15 @@ def push(project: Path, server: Server, *, progress: Callable[[str], None] = lam
     progress(f"copying release {release}")
     target = code / name / "releases" / release
     quoted = shlex.quote(str(target))
-    server.run(f"rm -rf {quoted} && mkdir -p {quoted} && tar -xz -C {quoted} && "
-               f"chown -R {AIRFLOW_USER} {shlex.quote(str(code))}", release_tarball(project, files))
+    owned = " ".join(shlex.quote(str(p)) for p in (code, code / "venvs", code / "wheels", code / name, code / name / "releases"))
+    server.run(f"rm -rf {quoted} && mkdir -p {quoted} {owned} && tar -xz -C {quoted} && chown {AIRFLOW_USER} {owned} && "
+               f"chown -R {AIRFLOW_USER} {quoted} {shlex.quote(str(wheels_on_server))} && "
+               # the Airflow user links the project's folder into the DAG folder (group 0 is its group)
+               f"chgrp 0 {shlex.quote(server.host_dags)} && chmod g+w {shlex.quote(server.host_dags)}",
+               release_tarball(project, files))
     progress("building its environment and parsing its DAGs with Airflow")
-    done = server.in_scheduler(["python", "-", *release_script.argv(name, release, requirements)],
+    done = server.in_scheduler(["python", "-", *release_script.argv(name, release, requirements, code=server.code,
+                                                                            dags=server.dags)],
                                release_script.SCRIPT.encode(), check=False)
     lines = [line for line in _text(done.stdout).splitlines() if line.startswith("{")]
     if not lines:

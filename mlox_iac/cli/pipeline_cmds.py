@@ -66,7 +66,8 @@ def _server(values: dict, identity: Optional[Path]):
         except FileNotFoundError:
             raise MloxError("ssh is not installed: install the OpenSSH client") from None
 
-    return pipelines.Server(shell=shell, compose=COMPOSE, host_code=f"{DATA_DIR}/volumes/airflow-code")
+    return pipelines.Server(shell=shell, compose=COMPOSE, host_code=f"{DATA_DIR}/volumes/airflow-code",
+                            host_dags=f"{DATA_DIR}/volumes/airflow-dags")
 
 
 def _check_stack(stack: Optional[str], values: dict, model: str) -> list[str]:

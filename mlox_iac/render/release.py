@@ -68,10 +68,13 @@ link = release / "venv"
 if not link.is_symlink():
     link.symlink_to(venv)
 
-# 2. Airflow's own parse of the release's DAGs (the DAG processor's; examples left out)
-from airflow.models.dagbag import DagBag
+# 2. Airflow's own parse of the release's DAGs (the DAG processor's)
+try:  # Airflow 3.1+; before, airflow.models
+    from airflow.dag_processing.dagbag import DagBag
+except ImportError:
+    from airflow.models.dagbag import DagBag
 
-bag = DagBag(dag_folder=str(release / "dags"), include_examples=False, safe_mode=False)
+bag = DagBag(dag_folder=str(release / "dags"), safe_mode=False)
 errors = {os.path.relpath(k, release): v for k, v in bag.import_errors.items()}
 if not errors and not bag.dag_ids:
     errors = {"dags/": "no DAG found"}

@@ -11,13 +11,14 @@ import pandas as pd
 
 
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
-    """Population stability index of ``current`` against ``reference``: bins at the reference's
-    quantiles; 0 for the same distribution, above 0.25 a large shift (the usual reading)."""
+    """Population stability index of ``current`` against ``reference``: 0 for the same
+    distribution, above 0.25 a large shift (the usual reading). The bins split the
+    reference's quantiles halfway, so a feature of few values (counts) gets one bin per value."""
     reference, current = np.asarray(reference, float), np.asarray(current, float)
     if len(reference) == 0 or len(current) == 0:
         return float("nan")
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)))
-    edges[0], edges[-1] = -np.inf, np.inf
+    points = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)))
+    edges = np.concatenate(([-np.inf], (points[:-1] + points[1:]) / 2, [np.inf]))
     expected = np.histogram(reference, edges)[0] / len(reference)
     actual = np.histogram(current, edges)[0] / len(current)
     expected, actual = np.clip(expected, 1e-4, None), np.clip(actual, 1e-4, None)
