@@ -78,6 +78,15 @@ def main() -> int:
     import mlox_client
 
     stack = mlox_client.connect()
+    deadline = time.monotonic() + 600
+    while True:  # a new release is parsed by the DAG processor within its refresh interval
+        try:
+            stack.airflow.api("GET", f"/dags/{dag}")
+            break
+        except mlox_client.RemoteError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(5)
     started = time.perf_counter()
     run_id = stack.airflow.trigger(dag, {"date": args.day})
     stack.airflow.wait(dag, run_id, timeout=3600, poll=2)

@@ -87,8 +87,10 @@ def _check_stack(stack: Optional[str], values: dict, model: str) -> list[str]:
             raise ConfigError([f"stacks/Pulumi.{stack}.yaml: mlox:services.airflow.dags_repo: set, so Airflow reads its "
                                "DAGs from that repository (allowed: push the project there, or remove dags_repo to use "
                                "mlox-iac code push)"])
+    from mlox_iac.components.services.serving import route_name
+
     warnings = []
-    if f"model-{model}".lower().replace("_", "-") not in {str(k).lower() for k in (values.get("urls") or {})}:
+    if route_name(model) not in (values.get("urls") or {}):
         warnings.append(f"the stack serves no model {model!r} yet: add {{name: {model}, log_sample: 1.0}} to "
                         "mlox:services.serving.models and run mlox-iac up (the pipeline's deploy_check needs it)")
     return warnings

@@ -54,6 +54,21 @@ class Pipeline:
         return self.fs.cli("code", "push", str(self.folder), "--stack", self.fs.stack, "--identity",
                            str(self.fs.folder / "id_ed25519"), *extra, timeout=3600)
 
+    def wait_for_dags(self, timeout: float = 600) -> None:
+        """The DAG processor parses a pushed release within its refresh interval."""
+        import mlox_client
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                for dag in (DAG, MONITOR):
+                    self.stack.airflow.api("GET", f"/dags/{dag}")
+                return
+            except mlox_client.RemoteError as error:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"Airflow has not parsed {DAG} and {MONITOR} after {timeout:.0f}s: {error}")
+                time.sleep(5)
+
     def run(self, name: str, conf: dict, dag: str = DAG, timeout: float = 2400) -> str:
         run_id = self.stack.airflow.trigger(dag, conf)
         state = self.stack.airflow.wait(dag, run_id, timeout=timeout, check=False)
@@ -136,6 +151,7 @@ def test_1_push_is_idempotent_refuses_a_broken_dag_and_the_pipeline_runs(pipe):
     current = pipe.fs.ssh(f"cat /mnt/mlox-data/volumes/airflow-code/{PROJECT}/current").stdout.strip()
     assert current == release["release"]
 
+    pipe.wait_for_dags()
     pipe.run("first", {"date": DAY.isoformat()})
 
 

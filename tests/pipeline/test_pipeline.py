@@ -204,3 +204,15 @@ def test_release_contents_and_platform():
     platforms = [args[i + 1] for i, a in enumerate(args) if a == "--platform"]
     assert platforms[0] == "manylinux_2_28_aarch64" and "manylinux_2_17_aarch64" in platforms
     assert "manylinux2014_aarch64" in platforms and "manylinux_2_29_aarch64" not in platforms
+
+
+def test_code_push_refuses_a_stack_without_airflow(default_project, tmp_path):
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({"services": ["postgres", "seaweedfs", "mlflow", "caddy"], "server_address": "192.0.2.1",
+                                   "ssh_user": "root", "ssh_port": 22, "urls": {}}))
+    result = invoke("code", "push", str(default_project), "--outputs-file", str(outputs), "--stack", "lab")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("--stack lab: runs no Airflow (allowed: a stack with mlox:services.airflow.enabled: "
+                                     "true or preset: full)")
+    missing = invoke("code", "push", str(tmp_path), "--outputs-file", str(outputs))
+    assert missing.exit_code == 2 and f"{tmp_path}/.copier-answers.yml: missing" in missing.stderr
