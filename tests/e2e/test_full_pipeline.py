@@ -2,7 +2,7 @@
 
 The stack gets what the project's README asks of a user: its model served with request
 logging and an alert receiver (a webhook this test runs), set in the stack file and applied
-with ``sandbox up``; both are taken away again at the end. Then, with the real clients from
+with ``mlox-iac up``; both are taken away again at the end. Then, with the real clients from
 this machine:
 
 1. ``new`` renders the project; ``code push`` ships it (wheels downloaded here, the
@@ -117,7 +117,9 @@ def pipe(full_stack, tmp_path_factory):
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     saved = dict(os.environ)
     try:
-        fs.ok("sandbox", "up", "--name", fs.stack, "--json", timeout=1800)
+        # `up`, not `sandbox up`: the images are there, and the new model has no version
+        # before the pipeline's first run (sandbox up waits for every model to answer).
+        fs.ok("up", "--stack", fs.stack, "--yes", timeout=1800)
         os.environ.update({k: v for k, v in fs.client_env.items() if k.startswith(("MLOX_", "MLFLOW_", "AWS_"))})
         folder = tmp_path_factory.mktemp("pipeline") / PROJECT
         fs.ok("new", "pipeline", str(folder), "--stack", fs.stack, "--model-name", MODEL, "--schedule", "none")
@@ -128,7 +130,7 @@ def pipe(full_stack, tmp_path_factory):
         os.environ.clear()
         os.environ.update(saved)
         path.write_text(original)
-        fs.cli("sandbox", "up", "--name", fs.stack, "--json", timeout=1800)
+        fs.cli("up", "--stack", fs.stack, "--yes", timeout=1800)
         webhook.server.shutdown()
 
 
