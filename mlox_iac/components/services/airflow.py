@@ -8,7 +8,14 @@ operators wait until one is added.
 
 - DAGs come from the git repository ``mlox:services.airflow.dags_repo`` names (a
   ``GitDagBundle``, refreshed every 30 s at ``dags_ref``); without one, from the kept
-  volume ``airflow-dags``.
+  volume ``airflow-dags``, where ``mlox-iac code push`` links each project's current
+  release; the releases and their Python environments live in the kept volume
+  ``airflow-code`` (``/opt/airflow/code``), outside the folder Airflow scans.
+- With monitoring, tasks can leave Prometheus metrics in the scheduler's
+  ``/opt/mlox/metrics`` (``MLOX_METRICS_DIR``): the host's textfile directory that
+  node-exporter serves, made group-writable for the Airflow user (gid 0) with the sticky
+  bit by ``monitoring-init``, so a task cannot replace another writer's file (the pipeline
+  template's drift metric).
 - Task logs go to the bucket ``airflow-logs`` (remote logging), so the UI and API show
   them after the task's container-local copy is gone.
 - Generated: the Fernet key (connections' passwords encrypted in the database), the API
@@ -52,6 +59,8 @@ DATABASE = NAME
 BUCKET = "airflow-logs"
 ADMIN = "admin"
 DAGS = "/opt/airflow/dags"
+CODE = "/opt/airflow/code"  # mlox-iac code push: releases and their environments
+METRICS = "/opt/mlox/metrics"  # the host's textfile directory, inside the scheduler
 SCHEDULER_HEALTH_PORT = 8974
 
 # Upstream's image plus mlox-client in a virtualenv of its own, so that a task's libraries
@@ -127,6 +136,8 @@ def environment(ctx: Context) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(SCHEDULER_HEALTH_PORT),
         "AIRFLOW__API__WORKERS": "1",
     }
+    if "monitoring" in ctx.config.enabled_services():
+        env["MLOX_METRICS_DIR"] = METRICS
     if "mlflow" in ctx.config.enabled_services():
         env["AIRFLOW_CONN_MLFLOW_DEFAULT"] = json.dumps(
             {"conn_type": "http", "host": f"http://mlflow:{mlflow.PORT}{mlflow.prefix(ctx)}"}, sort_keys=True)
@@ -167,7 +178,11 @@ def _python_get(url: str) -> list[str]:
 
 
 def compose(ctx: Context) -> dict:
-    dags = {} if ctx.config.service(NAME).dags_repo else {"volumes": (f"airflow-dags:{DAGS}",)}
+    from mlox_iac.components.services import monitoring
+
+    dags = {} if ctx.config.service(NAME).dags_repo else {"volumes": (f"airflow-dags:{DAGS}", f"airflow-code:{CODE}")}
+    metrics = "monitoring" in ctx.config.enabled_services()
+    scheduler_volumes = (*dags.get("volumes", ()), *([f"{monitoring.TEXTFILE_DIR}:{METRICS}"] if metrics else []))
     part = {
         "services": {
             "airflow-init": {
@@ -184,7 +199,7 @@ def compose(ctx: Context) -> dict:
                                   timeout="10s"),
             "airflow-scheduler": _container(ctx, ["airflow", "scheduler"],
                                             _python_get(f"http://127.0.0.1:{SCHEDULER_HEALTH_PORT}/health"),
-                                            SCHEDULER_MB, **dags),
+                                            SCHEDULER_MB, volumes=scheduler_volumes),
             "airflow-dag-processor": _container(
                 ctx, ["airflow", "dag-processor"],
                 # `airflow jobs check` starts a Python process that imports Airflow: not every 10 s,
@@ -194,7 +209,7 @@ def compose(ctx: Context) -> dict:
         },
     }
     if dags:
-        part["volumes"] = {"airflow-dags": ctx.volume("airflow-dags")}
+        part["volumes"] = {"airflow-dags": ctx.volume("airflow-dags"), "airflow-code": ctx.volume("airflow-code")}
     return part
 
 
@@ -219,7 +234,7 @@ def files(ctx: Context) -> dict[str, str]:
 
 
 def data(ctx: Context) -> Data:
-    kept = () if ctx.config.service(NAME).dags_repo else ("airflow-dags",)
+    kept = () if ctx.config.service(NAME).dags_repo else ("airflow-dags", "airflow-code")
     return Data(databases=(DATABASE,), buckets=(BUCKET,), volumes=kept)
 
 
