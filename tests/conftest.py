@@ -243,8 +243,16 @@ def full_stack(tmp_path_factory):
 
 
 def _remove_full_stacks() -> None:
+    """Remove the shared stack; MLOX_E2E_KEEP_FULL_STACK=1 leaves it running (for the
+    benchmarks that need a deployed stack) and says where it is."""
+    import os
+
     while _full_stacks:
-        _full_stacks.pop().tear_down()
+        stack = _full_stacks.pop()
+        if os.environ.get("MLOX_E2E_KEEP_FULL_STACK") == "1":
+            print(f"\nthe shared full stack is kept (MLOX_E2E_KEEP_FULL_STACK=1): {stack.folder}", file=sys.stderr)
+            continue
+        stack.tear_down()
 
 
 def _in_full_group(item) -> bool:
