@@ -134,8 +134,8 @@ def pip_platform_args(platform: Mapping[str, str]) -> list[str]:
         raise MloxError(f"the server's C library is glibc {glibc}: only glibc 2.x is known")
     tags = [f"manylinux_2_{m}_{arch}" for m in range(minor, 16, -1)]
     tags += [f"manylinux2014_{arch}", f"manylinux2010_{arch}", f"manylinux1_{arch}"]
-    out = ["--only-binary=:all:", "--python-version", platform["python"], "--implementation", "cp",
-           "--abi", "cp" + platform["python"].replace(".", "")]
+    out = ["--only-binary=:all:", "--python-version", platform.get("python_full") or platform["python"],
+           "--implementation", "cp", "--abi", "cp" + platform["python"].replace(".", "")]
     for tag in tags:
         out += ["--platform", tag]
     return out
@@ -172,14 +172,89 @@ def wheelhouse(requirements: Path, platform: Mapping[str, str], client_wheel: Pa
     if client_wheel is not None:
         links = ["--find-links", str(client_wheel.parent)]
         (folder / client_wheel.name).write_bytes(client_wheel.read_bytes())
-    done = run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "-d", str(folder),
-                *links, *pip_platform_args(platform), "-r", str(requirements)], capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.splitlines() if line.startswith("ERROR")] or done.stderr.splitlines()[-3:]
-        raise MloxError(f"{requirements.name}: the wheels for the server (Python {platform['python']}, "
-                        f"{platform['machine']}) could not be downloaded: {' '.join(lines)[:800]}")
+    def download(*what: str) -> None:
+        done = run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "-d", str(folder),
+                    *links, *pip_platform_args(platform), *what], capture_output=True, text=True)
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.splitlines() if line.startswith("ERROR")] or done.stderr.splitlines()[-3:]
+            raise MloxError(f"{requirements.name}: the wheels for the server (Python {platform['python']}, "
+                            f"{platform['machine']}) could not be downloaded: {' '.join(lines)[:800]}")
+
+    download("-r", str(requirements))
+    # pip evaluates environment markers with this machine's Python, not the target's: a
+    # dependency only the server's needs (redis wants async-timeout on Python < 3.11.3, and
+    # Debian's 3.11 is 3.11.2) would be missing there. Add those until nothing is missing.
+    for _ in range(5):
+        missing = missing_for_server(folder, platform.get("markers") or {}, text.splitlines())
+        if not missing:
+            break
+        download(*missing)
     (folder / ".complete").touch()
     return key, folder
+
+
+def missing_for_server(folder: Path, markers: Mapping[str, str], requested: Sequence[str] = ()) -> list[str]:
+    """The requirements of the wheels in ``folder`` that apply on the server (its marker
+    environment, ``markers``) and that no wheel there provides, as pip requirement strings.
+    ``requested``: requirements.txt's lines (for the extras they ask of a distribution)."""
+    import zipfile
+    from email.parser import HeaderParser
+
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    metadata: dict[str, list[str]] = {}
+    for wheel in folder.glob("*.whl"):
+        with zipfile.ZipFile(wheel) as archive:
+            name = next((n for n in archive.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1), None)
+            if name is None:
+                continue
+            message = HeaderParser().parsestr(archive.read(name).decode("utf-8", "replace"))
+        metadata[canonicalize_name(message["Name"] or wheel.name.split("-")[0])] = message.get_all("Requires-Dist") or []
+    parsed: dict[str, list[Requirement]] = {}
+    for dist, lines in metadata.items():
+        parsed[dist] = []
+        for line in lines:
+            try:
+                parsed[dist].append(Requirement(line))
+            except InvalidRequirement:
+                continue
+    # The extras asked of each distribution: by requirements.txt, then by every requirement
+    # that applies (a package's own `pkg[a,b]; extra == "all"` included), until none is added.
+    extras: dict[str, set[str]] = {}
+    for line in requested:
+        line = line.split(" #")[0].strip()
+        if line and not line.startswith(("#", "-")):
+            try:
+                req = Requirement(line)
+            except InvalidRequirement:
+                continue
+            extras.setdefault(canonicalize_name(req.name), set()).update(req.extras)
+    reached = set(extras)  # what requirements.txt needs, then what those need (a wheel nothing needs is left out)
+
+    def applies(req: Requirement, dist: str) -> bool:
+        return req.marker is None or any(req.marker.evaluate({**markers, "extra": extra})
+                                         for extra in ("", *sorted(extras.get(dist, ()))))
+
+    grown = True
+    while grown:
+        grown = False
+        for dist, reqs in parsed.items():
+            for req in reqs if dist in reached else ():
+                name = canonicalize_name(req.name)
+                asked = extras.setdefault(name, set())
+                if applies(req, dist) and (name not in reached or not set(req.extras) <= asked):
+                    asked.update(req.extras)
+                    reached.add(name)
+                    grown = True
+    missing: dict[str, str] = {}
+    for dist, reqs in parsed.items():
+        for req in reqs if dist in reached else ():
+            name = canonicalize_name(req.name)
+            if name in metadata or name in missing or not applies(req, dist):
+                continue
+            missing[name] = f"{req.name}{'[' + ','.join(sorted(req.extras)) + ']' if req.extras else ''}{req.specifier}"
+    return sorted(missing.values())
 
 
 def wheels_tarball(folder: Path) -> bytes:
@@ -196,9 +271,18 @@ def wheels_tarball(folder: Path) -> bytes:
 # --------------------------------------------------------------------------- the server side
 
 
-PLATFORM_PROBE = ("import json, platform, sys; "
-                  "print(json.dumps({'python': '%d.%d' % sys.version_info[:2], 'machine': platform.machine(), "
-                  "'glibc': platform.libc_ver()[1] or '0.0'}))")
+# The server's Python: its version, machine and C library (pip's target), and its PEP 508
+# marker environment (what the wheels' dependencies are evaluated against).
+PLATFORM_PROBE = ("import json, os, platform, sys; "
+                  "v = '%d.%d.%d' % sys.version_info[:3]; "
+                  "print(json.dumps({'python': '%d.%d' % sys.version_info[:2], 'python_full': v, "
+                  "'machine': platform.machine(), 'glibc': platform.libc_ver()[1] or '0.0', 'markers': {"
+                  "'implementation_name': sys.implementation.name, 'implementation_version': v, 'os_name': os.name, "
+                  "'platform_machine': platform.machine(), 'platform_release': platform.release(), "
+                  "'platform_system': platform.system(), 'platform_version': platform.version(), "
+                  "'python_full_version': platform.python_version(), "
+                  "'platform_python_implementation': platform.python_implementation(), "
+                  "'python_version': '.'.join(platform.python_version_tuple()[:2]), 'sys_platform': sys.platform}}))")
 
 
 @dataclass

@@ -233,6 +233,10 @@ def full_stack(tmp_path_factory):
     sys.path.insert(0, str(ROOT / "tests" / "e2e"))
     from full_stack import FullStack
 
+    kept = os.environ.get("MLOX_E2E_FULL_STACK")
+    if kept:  # the stack an earlier run kept (MLOX_E2E_KEEP_FULL_STACK=1): used as it is, left running
+        yield FullStack(Path(kept), existing=True)
+        return
     stack = FullStack(tmp_path_factory.mktemp("full-stack"))
     _full_stacks.append(stack)
     try:
@@ -250,7 +254,8 @@ def _remove_full_stacks() -> None:
     while _full_stacks:
         stack = _full_stacks.pop()
         if os.environ.get("MLOX_E2E_KEEP_FULL_STACK") == "1":
-            print(f"\nthe shared full stack is kept (MLOX_E2E_KEEP_FULL_STACK=1): {stack.folder}", file=sys.stderr)
+            print(f"\nthe shared full stack is kept (MLOX_E2E_KEEP_FULL_STACK=1); MLOX_E2E_FULL_STACK="
+                  f"{stack.project.parent} runs the test_full_* modules against it", file=sys.stderr)
             continue
         stack.tear_down()
 

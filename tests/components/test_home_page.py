@@ -48,6 +48,11 @@ def test_listing_links_every_route_and_probes_it_past_the_proxy():
     assert by_name["mlflow"]["link"] == "/mlflow/" and by_name["mlflow"]["probe"] == "http://mlflow:5000/mlflow/health"
     assert by_name["feast"]["probe"] == "http://feast:6566/health"  # its prefix is stripped by the proxy
     assert by_name["s3"]["link"] is None and by_name["s3"]["api"] and by_name["s3"]["probe"] == "http://seaweedfs:8333/healthz"
+    # Feast's root answers 404 (an API, like a served model's): shown by its address, not linked.
+    assert by_name["feast"]["link"] is None and by_name["feast"]["api"] and by_name["feast"]["address"] == "/feast/"
+    served = home.listing(ctx(settings("onprem", services={"serving": {"enabled": True, "models": [{"name": "churn"}]}})))
+    model = next(r for r in served["routes"] if r["service"] == "serving")
+    assert model["link"] is None and model["api"] and model["address"] == f"/{model['name']}/"
     assert plain["monitoring"] == {"prometheus": "/prometheus/", "alertmanager": "/alertmanager/"}
     assert plain["internal"] == ["postgres", "redis", "serving"] and plain["backup"] is False
     domain = home.listing(ctx(settings("onprem", domain="ml.example.com", acme_email="ops@example.com")))
@@ -65,7 +70,9 @@ def test_page_shows_health_backup_and_monitoring(monkeypatch, tmp_path, upstream
                    {"name": "jupyter", "service": "jupyter", "version": "lab", "link": "/jupyter/", "api": False,
                     "auth": "own", "probe": f"http://{upstream}/jupyter/"},
                    {"name": "s3", "service": "seaweedfs", "version": "4.48", "link": None, "api": True, "auth": "own",
-                    "probe": "http://127.0.0.1:9/healthz"}]}
+                    "probe": "http://127.0.0.1:9/healthz"},
+                   {"name": "feast", "service": "feast", "version": "0.67", "link": None, "address": "/feast/",
+                    "api": True, "auth": "basic", "probe": f"http://{upstream}/health"}]}
     (tmp_path / "home.json").write_text(json.dumps(listing))
     state = tmp_path / "backup"
     state.mkdir()
@@ -81,6 +88,7 @@ def test_page_shows_health_backup_and_monitoring(monkeypatch, tmp_path, upstream
     assert data["backup"]["ok"] and 7100 < data["backup"]["age_s"] < 7300
     text = page.render(data, "192.0.2.50")
     assert '<a href="/mlflow/">/mlflow/</a>' in text and "https://192.0.2.50" in text
+    assert "<code>https://192.0.2.50/feast/</code>" in text and 'href="/feast/' not in text
     assert "last backup 2 h ago" in text and "4f2a91c0" in text and '<a href="/prometheus/">' in text
     assert "probe" not in json.dumps(data)  # where it probes stays on the server
 

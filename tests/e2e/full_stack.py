@@ -49,16 +49,18 @@ CLEAN = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE", "PULUMI_BA
 class SandboxUser:
     """The throwaway project, the user's environment, and what the sandbox's record says."""
 
-    def __init__(self, work: Path, name: str = "sandbox", network: str | None = None):
+    def __init__(self, work: Path, name: str = "sandbox", network: str | None = None, existing: bool = False):
+        """``existing``: the project of an earlier run, whose sandbox is still up (kept)."""
         self.name = name
         self.project = work / "project"
-        (self.project / "stacks").mkdir(parents=True)
-        for file in ("Pulumi.yaml", "__main__.py"):
-            shutil.copy(ROOT / file, self.project / file)
-        (self.project / ".venv").symlink_to(ROOT / ".venv" if (ROOT / ".venv").exists()
-                                            else Path(sys.executable).resolve().parents[1])
         home = work / "home"
-        (home / ".ssh").mkdir(parents=True)  # no key of the user's own: the sandbox's is used
+        if not existing:
+            (self.project / "stacks").mkdir(parents=True)
+            for file in ("Pulumi.yaml", "__main__.py"):
+                shutil.copy(ROOT / file, self.project / file)
+            (self.project / ".venv").symlink_to(ROOT / ".venv" if (ROOT / ".venv").exists()
+                                                else Path(sys.executable).resolve().parents[1])
+            (home / ".ssh").mkdir(parents=True)  # no key of the user's own: the sandbox's is used
         self.env = {k: v for k, v in os.environ.items() if k not in CLEAN and not k.startswith(("MLFLOW_", "AWS_"))}
         self.env.update({
             "HOME": str(home), "PULUMI_HOME": os.environ.get("PULUMI_HOME") or str(Path.home() / ".pulumi"),
@@ -123,8 +125,8 @@ class FullStack(SandboxUser):
 
     NETWORK = "10.78"  # test_sandbox.py: 10.79 (the default), test_sandbox_move.py: 10.76, the hosts: 10.77
 
-    def __init__(self, work: Path):
-        super().__init__(work, self.NAME, self.NETWORK)
+    def __init__(self, work: Path, existing: bool = False):
+        super().__init__(work, self.NAME, self.NETWORK, existing=existing)
 
     def deploy(self) -> None:
         up = self.ok("sandbox", "up", "--preset", "full", "--name", self.NAME, "--memory", str(self.MEMORY_MB),

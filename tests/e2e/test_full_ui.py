@@ -79,7 +79,9 @@ def _base(ui: str) -> str:
 
 def _job_ends(page, timeout_ms: int) -> str:
     """Wait for the job page's job to end (done or failed, not a fixed text); its state."""
-    page.wait_for_function("document.getElementById('job').dataset.state !== 'running'", timeout=timeout_ms)
+    # A locator, not wait_for_function: the UI's Content-Security-Policy (script-src 'self')
+    # forbids the eval that a string predicate needs.
+    page.locator('#job:not([data-state="running"])').wait_for(state="attached", timeout=timeout_ms)
     state = page.locator("#job").get_attribute("data-state")
     assert state == "done", (page.locator("#job-state").inner_text(), page.locator("#job-log").inner_text()[-3000:])
     return state
@@ -230,8 +232,8 @@ def test_home_page_lists_every_service_with_working_links(browser_page, full_sta
         route = next((r for r in routes if f"/{r}/" in url or url.startswith(f"https://{r}.")), None)
         auth = (user, passwords[route]) if route in passwords else None
         status, _ = _get(url, context, auth)
-        # A UI answers its page (or a redirect to its login); a served model's root is an API (404 is its answer).
-        assert status < 400 or (route or "").startswith("model-") and status not in (401, 502, 503), (url, status)
+        # A UI answers its page (or a redirect to its login). APIs (Feast, served models) are not linked.
+        assert status < 400, (url, status)
     # The S3 API still answers at the bare root: a signed request (boto3) lists the buckets.
     import boto3
 

@@ -216,3 +216,61 @@ def test_code_push_refuses_a_stack_without_airflow(default_project, tmp_path):
                                      "true or preset: full)")
     missing = invoke("code", "push", str(tmp_path), "--outputs-file", str(outputs))
     assert missing.exit_code == 2 and f"{tmp_path}/.copier-answers.yml: missing" in missing.stderr
+
+
+def fake_wheel(folder: Path, name: str, requires: list[str]) -> None:
+    import zipfile
+
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    with zipfile.ZipFile(folder / f"{name.replace('-', '_')}-1.0-py3-none-any.whl", "w") as wheel:
+        wheel.writestr(f"{name.replace('-', '_')}-1.0.dist-info/METADATA", meta)
+
+
+SERVER = {"python_full_version": "3.11.2", "python_version": "3.11", "sys_platform": "linux",
+          "platform_machine": "x86_64", "implementation_name": "cpython"}
+
+
+def test_dependencies_only_the_servers_python_needs_are_found(tmp_path):
+    # pip resolves markers with this machine's Python (3.11.7 here): redis' async-timeout
+    # (python_full_version < "3.11.3") was left out, and the server (Debian's 3.11.2) refused the push.
+    fake_wheel(tmp_path, "redis", ['async-timeout>=4.0.3; python_full_version < "3.11.3"',
+                                   'cryptography>=36; extra == "ocsp"'])
+    fake_wheel(tmp_path, "mlox-client", ['boto3>=1.40; extra == "s3"', 'feast; extra == "feast"'])
+    fake_wheel(tmp_path, "pandas", ['numpy>=1.23; python_version < "3.12"', 'tzdata'])
+    fake_wheel(tmp_path, "numpy", [])
+    fake_wheel(tmp_path, "tzdata", [])
+    fake_wheel(tmp_path, "boto3", ['botocore[crt]>=1.43; python_version >= "3.9"'])
+    fake_wheel(tmp_path, "unasked", ["everything"])  # a wheel nothing requires (the client's, copied always)
+    fake_wheel(tmp_path, "lib", ['lib[big]; extra == "all"', 'huge; extra == "big"', 'tiny; extra == "small"'])
+    missing = pipelines.missing_for_server(tmp_path, SERVER, ["mlox-client[s3]==0.1.0  # the stack's client", "redis"])
+    # async-timeout for the server's Python; botocore with the extra boto3 asks; not redis'
+    # ocsp extra nor the client's feast extra, which nothing asks for.
+    assert missing == ["async-timeout>=4.0.3", "botocore[crt]>=1.43"]
+    # A package's extra that asks for another of its extras.
+    assert pipelines.missing_for_server(tmp_path, SERVER, ["lib[all]"]) == ["huge"]
+    assert pipelines.missing_for_server(tmp_path, {**SERVER, "python_full_version": "3.11.7"}, ["mlox-client[s3]"]) == [
+        "botocore[crt]>=1.43"]
+
+
+def test_the_wheelhouse_downloads_what_the_server_alone_needs(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLOX_WHEEL_CACHE", str(tmp_path / "cache"))
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("redis\n")
+    calls = []
+
+    def pip(argv, **_):
+        folder = Path(argv[argv.index("-d") + 1])
+        what = ["-r"] if argv[-2] == "-r" else argv[-1:]  # requirements.txt, or what the server lacks
+        calls.append(what)
+        if what == ["-r"]:
+            fake_wheel(folder, "redis", ['async-timeout>=4.0.3; python_full_version < "3.11.3"'])
+        else:
+            fake_wheel(folder, "async-timeout", [])
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    platform = {"python": "3.11", "python_full": "3.11.2", "machine": "x86_64", "glibc": "2.36", "markers": SERVER}
+    _, folder = pipelines.wheelhouse(requirements, platform, None, run=pip)
+    assert calls == [["-r"], ["async-timeout>=4.0.3"]]
+    assert sorted(w.name for w in folder.glob("*.whl")) == ["async_timeout-1.0-py3-none-any.whl",
+                                                             "redis-1.0-py3-none-any.whl"]
+    assert pipelines.pip_platform_args(platform)[2] == "3.11.2"

@@ -82,6 +82,9 @@ class Route:
     # connection after each response without saying so (uWSGI's HTTP router): a reused
     # connection would fail the next request with 502.
     keepalive: bool = True
+    # An API for programs, not a page a person opens (its root answers 404): the home page
+    # shows its address, not a link.
+    api: bool = False
 
 
 # Stack outputs whose values are credentials (a face's setting read from one is a secret).

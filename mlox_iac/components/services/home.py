@@ -75,13 +75,16 @@ def listing(ctx: Context) -> dict:
         if route.name == NAME:
             continue
         health = faces.health_path(route.name)
+        where = None if route.catch_all else (f"https://{route.name}.{ctx.config.domain}/" if ctx.config.domain
+                                              else f"/{route.name}/")
         entries.append({
             "name": route.name, "service": owner[route.name],
             "version": SERVICES[owner[route.name]].image.rpartition(":")[2],
             # Relative links on the bare address (the page does not know it); a host per route with a domain.
-            "link": None if route.catch_all else (f"https://{route.name}.{ctx.config.domain}/" if ctx.config.domain
-                                                  else f"/{route.name}/"),
-            "api": route.catch_all,  # an API for clients (S3), not a page to open
+            # An API for clients (S3, Feast, a served model) is shown by its address, not linked.
+            "link": None if route.api else where,
+            "address": where if route.api else None,  # None for the S3 API: the bare address itself
+            "api": route.catch_all or route.api,
             "auth": route.auth,
             "probe": _internal_url(ctx, route, health),
         })

@@ -126,6 +126,9 @@ def render(data: dict, host: str) -> str:
         state = "up" if h["up"] else "down"
         if s.get("link"):
             where = f'<a href="{e(s["link"])}">{e(s["link"])}</a>'
+        elif s.get("address"):  # an API under its own path or host (Feast, a served model)
+            address = f"https://{host}{s['address']}" if s["address"].startswith("/") else s["address"]
+            where = f'<code>{e(address)}</code> <span class="muted">(API for clients)</span>'
         else:
             where = f'<code>https://{e(host)}</code> <span class="muted">(API for clients: signed requests)</span>'
         rows.append(f'<tr data-service="{e(s["name"])}"><td><span class="dot {state}"></span>{e(s["name"])}</td>'
