@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -361,13 +362,25 @@ def push(project: Path, server: Server, *, progress: Callable[[str], None] = lam
     return answer
 
 
+def parse_error_line(text: str) -> str:
+    """A DAG file's parse error in one line: Airflow reports the whole Python traceback; the
+    user needs the line of their file and the exception (``line 17: ImportError: ...``)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not any(line.startswith("Traceback") for line in lines):
+        return " ".join(" ".join(lines).split())[-600:]
+    frames = [re.search(r'^File "[^"]*/dags/[^"]*", line (\d+)', line) for line in lines]
+    numbers = [m.group(1) for m in frames if m]
+    last = lines[-1][-600:]
+    return f"line {numbers[-1]}: {last}" if numbers else last
+
+
 class PushRefused(MloxError):
     """The release's DAGs (or its requirements) failed on the server; the running release stays."""
 
     def __init__(self, release: str, errors: Mapping[str, str], previous: str | None):
         self.release, self.errors, self.previous = release, dict(errors), previous
         first = next(iter(self.errors.items()), ("?", "unknown error"))
-        detail = " ".join(str(first[1]).split())[-600:]
+        detail = parse_error_line(str(first[1]))
         kept = f"release {previous} keeps running" if previous else "nothing was running"
         more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
         super().__init__(f"push refused, {kept}: {first[0]}: {detail}{more}")
