@@ -237,7 +237,10 @@ def full_stack(tmp_path_factory):
     if kept:  # the stack an earlier run kept (MLOX_E2E_KEEP_FULL_STACK=1): used as it is, left running
         yield FullStack(Path(kept), existing=True)
         return
-    stack = FullStack(tmp_path_factory.mktemp("full-stack"))
+    keep = os.environ.get("MLOX_E2E_KEEP_FULL_STACK")  # a folder outside pytest's tmp, which pytest rotates away
+    if keep and Path(keep).exists() and any(Path(keep).iterdir()):
+        pytest.fail(f"MLOX_E2E_KEEP_FULL_STACK={keep}: not empty (a kept stack is there? MLOX_E2E_FULL_STACK uses it)")
+    stack = FullStack(Path(keep) if keep else tmp_path_factory.mktemp("full-stack"))
     _full_stacks.append(stack)
     try:
         stack.deploy()
@@ -247,14 +250,14 @@ def full_stack(tmp_path_factory):
 
 
 def _remove_full_stacks() -> None:
-    """Remove the shared stack; MLOX_E2E_KEEP_FULL_STACK=1 leaves it running (for the
-    benchmarks that need a deployed stack) and says where it is."""
+    """Remove the shared stack; MLOX_E2E_KEEP_FULL_STACK=DIR (where it was made) leaves it
+    running, for the benchmarks that need a deployed stack, and says where it is."""
     import os
 
     while _full_stacks:
         stack = _full_stacks.pop()
-        if os.environ.get("MLOX_E2E_KEEP_FULL_STACK") == "1":
-            print(f"\nthe shared full stack is kept (MLOX_E2E_KEEP_FULL_STACK=1); MLOX_E2E_FULL_STACK="
+        if os.environ.get("MLOX_E2E_KEEP_FULL_STACK"):
+            print(f"\nthe shared full stack is kept (MLOX_E2E_KEEP_FULL_STACK); MLOX_E2E_FULL_STACK="
                   f"{stack.project.parent} runs the test_full_* modules against it", file=sys.stderr)
             continue
         stack.tear_down()

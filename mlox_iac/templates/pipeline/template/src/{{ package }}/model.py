@@ -26,6 +26,15 @@ def _logistic(**params):
 
 MODELS = {"random_forest": _forest, "gradient_boosting": _boosting, "logistic_regression": _logistic}
 
+# MLflow saves scikit-learn models with skops, which loads only the types it is told to trust.
+# These are scikit-learn's own tree storage, in models this project trains itself (skops
+# reports exactly these as untrusted for each family; tests/test_model.py checks that).
+TRUSTED_TYPES = {
+    "random_forest": ["sklearn.tree._tree.Tree"],
+    "gradient_boosting": ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
+    "logistic_regression": [],
+}
+
 
 def build(name: str, params: dict[str, Any]):
     """An unfitted estimator."""

@@ -286,6 +286,7 @@ def train(stack, cfg: Config, day: date) -> dict[str, Any]:
         mlflow.log_metrics({"best_val_auc": best_score, "heldout_auc": heldout_auc})
         example = fit[names].head(5)
         info = mlflow.sklearn.log_model(best, name="model", registered_model_name=cfg.model_name,
+                                        skops_trusted_types=model.TRUSTED_TYPES[cfg.model],
                                         signature=infer_signature(example, best.predict(example)),
                                         pip_requirements=serving_requirements())
         version = str(info.registered_model_version)
