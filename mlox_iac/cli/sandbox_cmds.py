@@ -86,6 +86,9 @@ def up(
         raise ConfigError([f"--preset: {preset!r} is not allowed (allowed: {', '.join(spec.PRESETS)})"])
     record = manage.load_record(project, name)
     if record is not None:
+        moving = spec.moving_problem(name, manage.moving_to(project, name), command="up")
+        if moving:
+            raise MloxError(moving)
         moved = spec.moved_problem(record, *manage.stack_target(project, name))
         if moved:
             raise MloxError(f"{moved}: sandbox up would not deploy there; mlox-iac sandbox down --name {name} removes "

@@ -157,12 +157,17 @@ def moved_problem(record: Record, provider: str | None, host: str | None) -> str
             "(it was migrated)")
 
 
-def moving_problem(name: str, moving_to: str | None) -> str | None:
+def moving_problem(name: str, moving_to: str | None, command: str = "down") -> str | None:
     """One line when the sandbox's stack is in the middle of a migration: until ``--finish``
     its file still names the sandbox, and removing the sandbox would destroy the stack with
-    its new server."""
+    its new server; deploying the sandbox again (``command="up"``) would redeploy the stack
+    under the move, which owns it until --finish or --abort."""
     if moving_to is None:
         return None
+    if command == "up":
+        return (f"sandbox {name}: its stack is being migrated (to {moving_to}); sandbox up would deploy it under "
+                f"the move: finish the move (mlox-iac migrate --stack {name} --finish) or go back to the sandbox "
+                f"(mlox-iac migrate --stack {name} --abort)")
     return (f"sandbox {name}: its stack is being migrated (to {moving_to}); finish the move first "
             f"(mlox-iac migrate --stack {name} --finish, then sandbox down removes only the machine) "
             f"or go back to the sandbox (mlox-iac migrate --stack {name} --abort)")

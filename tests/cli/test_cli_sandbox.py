@@ -191,9 +191,9 @@ def test_migrate_of_a_locked_in_sandbox_is_one_line_and_changes_nothing(cli, mlo
     assert not (mlox_project / ".mlox" / "sandbox").joinpath("migrations").exists()
 
 
-@pytest.mark.parametrize("how", ["record", "stack-file"])
-def test_down_during_a_move_is_refused_in_one_line_and_removes_nothing(cli, mlox_project, all_tools, how):
-    # Until --finish the stack file still names the sandbox: down would destroy the stack and its new server.
+def sandbox_in_a_move(mlox_project, how: str) -> None:
+    """A sandbox whose stack is being migrated: a migration record, or (a record lost) the
+    move's settings still in the stack file."""
     from conftest import write_stack
 
     from mlox_iac import migrate
@@ -203,9 +203,15 @@ def test_down_during_a_move_is_refused_in_one_line_and_removes_nothing(cli, mlox
     settings["onprem"]["private_key"] = "KEY"
     if how == "record":
         migrate.save_record(mlox_project, migrate.Record("sandbox", "onprem", "onprem", "main", "b"))
-    else:  # a record lost, the move's settings still in the file
+    else:
         settings["migration"] = {"to": "hetzner", "server": "b", "state": "cutover"}
     write_stack(mlox_project / "stacks", settings, name="sandbox")
+
+
+@pytest.mark.parametrize("how", ["record", "stack-file"])
+def test_down_during_a_move_is_refused_in_one_line_and_removes_nothing(cli, mlox_project, all_tools, how):
+    # Until --finish the stack file still names the sandbox: down would destroy the stack and its new server.
+    sandbox_in_a_move(mlox_project, how)
     result = cli("sandbox", "down", "--yes")
     assert result.exit_code == 1
     to = "onprem" if how == "record" else "hetzner"
@@ -214,6 +220,24 @@ def test_down_during_a_move_is_refused_in_one_line_and_removes_nothing(cli, mlox
                              "or go back to the sandbox (mlox-iac migrate --stack sandbox --abort)\n")
     assert spec.record_path(mlox_project, "sandbox").is_file()
     assert (mlox_project / "stacks" / "Pulumi.sandbox.yaml").is_file()
+
+
+@pytest.mark.parametrize("how", ["record", "stack-file"])
+def test_up_during_a_move_is_refused_in_one_line_and_changes_nothing(cli, mlox_project, all_tools, how, monkeypatch):
+    # The move owns the stack until --finish or --abort: sandbox up would deploy it under the move.
+    from mlox_iac import automation
+
+    sandbox_in_a_move(mlox_project, how)
+    stack = mlox_project / "stacks" / "Pulumi.sandbox.yaml"
+    before = stack.read_text()
+    monkeypatch.setattr(automation, "up", lambda *a, **k: pytest.fail("sandbox up deployed during a move"))
+    result = cli("sandbox", "up")
+    assert result.exit_code == 1
+    to = "onprem" if how == "record" else "hetzner"
+    assert result.stderr == (f"error: sandbox sandbox: its stack is being migrated (to {to}); sandbox up would deploy "
+                             "it under the move: finish the move (mlox-iac migrate --stack sandbox --finish) or go back "
+                             "to the sandbox (mlox-iac migrate --stack sandbox --abort)\n")
+    assert stack.read_text() == before
 
 
 def test_down_of_a_moved_stack_keeps_its_passphrase_for_every_later_command(mlox_project, monkeypatch):
