@@ -231,6 +231,7 @@ def test_up_during_a_move_is_refused_in_one_line_and_changes_nothing(cli, mlox_p
     stack = mlox_project / "stacks" / "Pulumi.sandbox.yaml"
     before = stack.read_text()
     monkeypatch.setattr(automation, "up", lambda *a, **k: pytest.fail("sandbox up deployed during a move"))
+    monkeypatch.setattr(manage, "ensure_host", lambda *a, **k: pytest.fail("sandbox up booted its machine during a move"))
     result = cli("sandbox", "up")
     assert result.exit_code == 1
     to = "onprem" if how == "record" else "hetzner"
