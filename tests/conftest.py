@@ -271,3 +271,16 @@ def _in_full_group(item) -> bool:
 def pytest_runtest_teardown(item, nextitem):
     if _in_full_group(item) and not _in_full_group(nextitem):
         _remove_full_stacks()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _mlflow_uris_per_module():
+    """MLflow keeps a process-wide tracking and registry URI once anything sets them (mlox-client's
+    ``stack.mlflow.module()`` does). Each module starts and ends without one, so a module that
+    configures MLflow through the environment never talks to the stack of the module before it
+    on the same worker."""
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)

@@ -61,13 +61,16 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                for dag in (DAG, MONITOR):
-                    self.stack.airflow.api("GET", f"/dags/{dag}")
+                # A DAG Airflow knew before this release (its files since gone) is stale
+                # until the processor parses the new files: not triggerable yet.
+                waiting = [dag for dag in (DAG, MONITOR) if self.stack.airflow.api("GET", f"/dags/{dag}").get("is_stale")]
+            except mlox_client.RemoteError as error:  # not parsed yet
+                waiting = [str(error)]
+            if not waiting:
                 return
-            except mlox_client.RemoteError as error:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"Airflow has not parsed {DAG} and {MONITOR} after {timeout:.0f}s: {error}")
-                time.sleep(5)
+            if time.monotonic() > deadline:
+                pytest.fail(f"Airflow has not parsed {DAG} and {MONITOR} after {timeout:.0f}s: {waiting}")
+            time.sleep(5)
 
     def run(self, name: str, conf: dict, dag: str = DAG, timeout: float = 2400) -> str:
         run_id = self.stack.airflow.trigger(dag, conf)
@@ -120,7 +123,8 @@ def pipe(full_stack, tmp_path_factory):
         # `up`, not `sandbox up`: the images are there, and the new model has no version
         # before the pipeline's first run (sandbox up waits for every model to answer).
         fs.ok("up", "--stack", fs.stack, "--yes", timeout=1800)
-        os.environ.update({k: v for k, v in fs.client_env.items() if k.startswith(("MLOX_", "MLFLOW_", "AWS_"))})
+        # Every setting `mlox-iac env` exports (LABEL_STUDIO_URL too), as a user's shell has them.
+        os.environ.update({k: v for k, v in fs.client_env.items() if fs.env.get(k) != v})
         folder = tmp_path_factory.mktemp("pipeline") / PROJECT
         fs.ok("new", "pipeline", str(folder), "--stack", fs.stack, "--model-name", MODEL, "--schedule", "none")
         pipeline = Pipeline(fs, folder)

@@ -133,7 +133,7 @@ def mover(tmp_path_factory):
 def test_1_a_sandbox_with_a_run_and_a_200_mib_object(mover):
     mv = mover
     up = json.loads(mv.ok("sandbox", "up", "--preset", "core", "--name", NAME, "--json", timeout=2400).stdout)
-    assert up["images"] == "standins" and set(up["urls"]) == {"mlflow", "s3"}
+    assert up["images"] == "standins" and set(up["urls"]) == {"home", "mlflow", "s3"}
     mv.machine, mv.subnet = up["machine"], up["network"]
     assert mv.ssh("docker image inspect --format . rclone/rclone:1.60.1").strip() == "."  # the move stages with it
     mv.marker = uuid.uuid4().hex[:8]

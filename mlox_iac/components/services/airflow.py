@@ -141,6 +141,7 @@ def environment(ctx: Context) -> dict[str, str]:
     if "mlflow" in ctx.config.enabled_services():
         env["AIRFLOW_CONN_MLFLOW_DEFAULT"] = json.dumps(
             {"conn_type": "http", "host": f"http://mlflow:{mlflow.PORT}{mlflow.prefix(ctx)}"}, sort_keys=True)
+        env.update(mlflow.INSIDE_ENV)  # tasks' artifacts through the tracking server
     return env
 
 

@@ -98,6 +98,7 @@ def kernel_environment(ctx: Context) -> dict[str, str]:
     env = {"HOME": HOME, "MLOX_JUPYTER_BASE_URL": base_url(ctx), "AWS_DEFAULT_REGION": "us-east-1"}
     if "mlflow" in enabled:
         env["MLFLOW_TRACKING_URI"] = f"http://mlflow:{mlflow.PORT}{mlflow.prefix(ctx)}"
+        env.update(mlflow.INSIDE_ENV)
     if "seaweedfs" in enabled:
         s3 = f"http://seaweedfs:{seaweedfs.S3_PORT}"
         env.update({"AWS_ENDPOINT_URL_S3": s3, "MLFLOW_S3_ENDPOINT_URL": s3})
