@@ -135,8 +135,7 @@ def pytest_runtest_logreport(report):
     if name.startswith("tests/e2e/") and report.when == "teardown":
         from mlox_iac.sandbox import hosts
 
-        where = hosts.cache_dir()
-        free = shutil.disk_usage(where if where.exists() else "/").free
+        free = shutil.disk_usage(hosts.cache_dir()).free  # cache_dir() makes the folder
         if not LEAST_FREE or free < LEAST_FREE[0]:
             LEAST_FREE[:] = [free, report.nodeid]
 

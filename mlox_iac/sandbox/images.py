@@ -223,8 +223,8 @@ def _save(tag: str, recipe: str) -> Path | None:
 def _ensure_from_cache(tag: str, recipe: str) -> bool:
     """True if tag is present with this recipe (loading the cached tarball if needed)."""
     if image_label(tag) == recipe:
-        if keep_tarballs() and not tarball_path(tag, recipe).exists():
-            _save(tag, recipe)
+        if not tarball_path(tag, recipe).exists():
+            _save(tag, recipe)  # a no-op without MLOX_IMAGE_TARBALLS=1
         return True
     tar = tarball_path(tag, recipe)
     if tar.exists():
@@ -484,7 +484,7 @@ def load_images(host: hosts.TargetHost, names: Sequence[str] | None = None, forc
             _stream(host, missing)
         return missing
     wanted = {n: local[n] for n in names}
-    key = hashlib.sha256("".join(f"{n}={local[n]}\n" for n in sorted(names)).encode()).hexdigest()[:16]
+    key = hashlib.sha256("".join(f"{n}={i}\n" for n, i in sorted(wanted.items())).encode()).hexdigest()[:16]
     seed = _seeds_dir() / key
     with contextlib.ExitStack() as held:
         held.enter_context(hosts.file_lock(f"docker-seed-{key}"))  # one host builds a seed
