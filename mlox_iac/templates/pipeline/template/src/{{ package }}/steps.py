@@ -16,8 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import drift, labeling, model, schema, sources
+from . import drift, labeling, sources
 from .config import Config
+
+# `model` (scikit-learn) and `schema` (pandera) are imported by the one step that needs each:
+# every Airflow task is a fresh process, and those imports took 1.5 s of each task's start
+# on a 2-core server (benchmarks/pipeline.py).
 
 CHAMPION = "champion"
 
@@ -132,6 +136,8 @@ def ingest(stack, cfg: Config, day: date) -> dict[str, Any]:
 def validate(stack, cfg: Config, day: date) -> dict[str, Any]:
     """The day's raw rows checked with pandera; the clean ones to Postgres and the bucket."""
     raw = pd.read_parquet(_part_url(stack, cfg, "raw", day), storage_options=stack.s3.storage_options)
+    from . import schema
+
     features = feature_names(cfg, raw)
     clean, dropped = schema.validate(raw, features, cfg.label, cfg.entity)
     url = _part_url(stack, cfg, "clean", day)
@@ -259,6 +265,8 @@ def training_data(stack, cfg: Config) -> tuple[pd.DataFrame, int]:
 def train(stack, cfg: Config, day: date) -> dict[str, Any]:
     """A grid search as nested MLflow runs; the best registered; ``champion`` moved to it only
     if it beats the current champion on the held-out rows."""
+    from . import model
+
     mlflow = stack.mlflow.module()
     from mlflow.models import infer_signature
 
