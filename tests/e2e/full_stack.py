@@ -153,6 +153,7 @@ class FullStack(SandboxUser):
         # `sandbox up` again (not `mlox-iac up`): it loads the images the stack now needs
         # (restic, rclone), then updates the stack with the engine.
         self.ok("sandbox", "up", "--name", self.NAME, "--json", timeout=1800)
+        self.settings_changed()  # the served model's route is new
         down = [s for s in json.loads(self.ok("status", "--stack", self.NAME, "--json").stdout) if not s["up"]]
         assert not down, down
 
@@ -160,6 +161,12 @@ class FullStack(SandboxUser):
     def outputs(self) -> dict:
         """The stack's outputs, secrets revealed (what a test compares a page or a client against)."""
         return json.loads(self.ok("outputs", "--stack", self.NAME, "--json", "--show-secrets").stdout)
+
+    def settings_changed(self) -> None:
+        """After an ``up`` that changed the settings (a served model added or removed): the
+        next ``outputs``, ``exports`` and ``client_env`` ask the stack again."""
+        for name in ("outputs", "exports", "client_env"):
+            self.__dict__.pop(name, None)
 
     @cached_property
     def exports(self) -> str:

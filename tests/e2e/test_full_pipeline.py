@@ -123,6 +123,7 @@ def pipe(full_stack, tmp_path_factory):
         # `up`, not `sandbox up`: the images are there, and the new model has no version
         # before the pipeline's first run (sandbox up waits for every model to answer).
         fs.ok("up", "--stack", fs.stack, "--yes", timeout=1800)
+        fs.settings_changed()  # the new model's route: the modules before this one exported without it
         # Every setting `mlox-iac env` exports (LABEL_STUDIO_URL too), as a user's shell has them.
         os.environ.update({k: v for k, v in fs.client_env.items() if fs.env.get(k) != v})
         folder = tmp_path_factory.mktemp("pipeline") / PROJECT
@@ -135,6 +136,7 @@ def pipe(full_stack, tmp_path_factory):
         os.environ.update(saved)
         path.write_text(original)
         fs.cli("up", "--stack", fs.stack, "--yes", timeout=1800)
+        fs.settings_changed()
         webhook.server.shutdown()
 
 
