@@ -233,7 +233,7 @@ def full_stack(tmp_path_factory):
     from full_stack import FullStack
 
     kept = os.environ.get("MLOX_E2E_FULL_STACK")
-    if kept:  # the stack an earlier run kept (MLOX_E2E_KEEP_FULL_STACK=1): used as it is, left running
+    if kept:  # the stack an earlier run kept (MLOX_E2E_KEEP_FULL_STACK=DIR): used as it is, left running
         yield FullStack(Path(kept), existing=True)
         return
     keep = os.environ.get("MLOX_E2E_KEEP_FULL_STACK")  # a folder outside pytest's tmp, which pytest rotates away
