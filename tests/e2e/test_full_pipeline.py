@@ -7,7 +7,8 @@ this machine:
 
 1. ``new`` renders the project; ``code push`` ships it (wheels downloaded here, the
    environment built in the scheduler); a second push changes nothing; a broken DAG is refused
-   with its parse error and the running release stays; the pipeline runs and every task succeeds;
+   with its parse error and the running release stays; the pipeline runs and every task succeeds,
+   the tasks after training loading the champion from the cache training wrote;
 2. the model has a version with the alias ``champion`` and the endpoint answers with it;
 3. Label Studio has the project with tasks; labels given through its API reach the next
    training run (its ``human_labels``);
@@ -38,7 +39,6 @@ PROJECT, PACKAGE, MODEL = "pipe-e2e", "pipe_e2e", "pipe-e2e-model"
 DAG, MONITOR = f"{PACKAGE}_pipeline", f"{PACKAGE}_monitoring"
 WEBHOOK_PORT = 9787
 DAY = date(2026, 6, 1)
-TASKS = ["ingest", "validate", "features", "merge_labels", "train", "deploy_check", "send_for_labeling", "score_batch"]
 LABELED = 5
 
 
@@ -160,7 +160,12 @@ def test_1_push_is_idempotent_refuses_a_broken_dag_and_the_pipeline_runs(pipe):
     assert current == release["release"]
 
     pipe.wait_for_dags()
-    pipe.run("first", {"date": DAY.isoformat()})
+    run_id = pipe.run("first", {"date": DAY.isoformat()})
+    # train cached the version it registered: the tasks after it, new processes in the
+    # scheduler, load it from there, not from MLflow (registry.py).
+    logs = pipe.stack.airflow.task_logs(DAG, run_id)
+    for task in ("deploy_check", "send_for_labeling"):
+        assert '"champion_from": "cache"' in logs[task], logs[task][-3000:]
 
 
 def test_2_champion_is_served(pipe):

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import drift, labeling, sources
+from . import drift, labeling, registry, sources
 from .config import Config
 
 # `model` (scikit-learn) and `schema` (pandera) are imported by the one step that needs each:
@@ -67,15 +67,10 @@ def _clean_rows(stack, cfg: Config, day: date | None = None) -> pd.DataFrame:
 
 
 def _champion(stack, cfg: Config):
-    """(version, model) of the current champion, or (None, None)."""
-    mlflow = stack.mlflow.module()
-    try:
-        version = stack.mlflow.client().get_model_version_by_alias(cfg.model_name, CHAMPION).version
-    except Exception as error:  # noqa: BLE001 (no model, or no alias yet)
-        if "RESOURCE_DOES_NOT_EXIST" in str(error) or "not found" in str(error).lower():
-            return None, None
-        raise
-    return str(version), mlflow.sklearn.load_model(f"models:/{cfg.model_name}/{version}")
+    """(version, model, "cache" or "mlflow") of the current champion, or (None, None, None)
+    (registry.py: the version over REST, the model from the local cache when a task before
+    this one loaded it)."""
+    return registry.champion(stack, cfg.model_name)
 
 
 def _auc(estimator, frame: pd.DataFrame, features: list[str], label: str) -> float:
@@ -214,7 +209,7 @@ def merge_labels(stack, cfg: Config, day: date) -> dict[str, Any]:
 
 def send_for_labeling(stack, cfg: Config, day: date) -> dict[str, Any]:
     """The day's rows the champion is least sure about, as Label Studio tasks (once each)."""
-    version, champion = _champion(stack, cfg)
+    version, champion, source = _champion(stack, cfg)
     if champion is None:
         return {"imported": 0, "reason": "no champion yet"}
     clean = _clean_rows(stack, cfg, day)
@@ -236,7 +231,8 @@ def send_for_labeling(stack, cfg: Config, day: date) -> dict[str, Any]:
                       "probability": f"{probability[i]:.3f}", "version": version,
                       "summary": ", ".join(f"{n}={row[n]:.3g}" for n in names)})
     imported = studio.add(project, tasks)
-    return {"project": project, "imported": imported, "uncertain": len(picked), "tasks": len(known) + imported}
+    return {"project": project, "imported": imported, "uncertain": len(picked), "tasks": len(known) + imported,
+            "champion_from": source}
 
 
 # --------------------------------------------------------------------------- 5./6. training
@@ -298,7 +294,11 @@ def train(stack, cfg: Config, day: date) -> dict[str, Any]:
                                         signature=infer_signature(example, best.predict(example)),
                                         pip_requirements=serving_requirements())
         version = str(info.registered_model_version)
-        champion_version, champion = _champion(stack, cfg)
+        registered = client.get_model_version(cfg.model_name, version)
+        # The tasks after this one load the new version from the cache, not from MLflow.
+        registry.save(registry.Version(cfg.model_name, version, int(registered.creation_timestamp or 0),
+                                       registered.run_id or ""), best)
+        champion_version, champion, _ = _champion(stack, cfg)
         champion_auc = _auc(champion, heldout, names, cfg.label) if champion is not None else None
         promoted = champion is None or heldout_auc > champion_auc + cfg.min_improvement
         if champion_auc is not None:
@@ -323,7 +323,7 @@ def train(stack, cfg: Config, day: date) -> dict[str, Any]:
 
 def deploy_check(stack, cfg: Config, day: date) -> dict[str, Any]:
     """The served model answers with the champion's version, and as the champion does locally."""
-    version, champion = _champion(stack, cfg)
+    version, champion, source = _champion(stack, cfg)
     if champion is None:
         raise RuntimeError(f"{cfg.model_name} has no {CHAMPION} alias: nothing to serve")
     sample = _clean_rows(stack, cfg, day)
@@ -341,11 +341,12 @@ def deploy_check(stack, cfg: Config, day: date) -> dict[str, Any]:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{cfg.model_name} did not serve version {version} within {cfg.serving_timeout_s:.0f}s "
                                f"({last})")
-        time.sleep(5)
+        time.sleep(1)
     expected = [int(p) for p in champion.predict(sample)]
     if [int(p) for p in predictions] != expected:
         raise RuntimeError(f"served predictions {predictions} differ from the champion's own {expected}")
-    return {"version": version, "url": stack.model(cfg.model_name).url, "waited_s": round(time.monotonic() - started, 1)}
+    return {"version": version, "url": stack.model(cfg.model_name).url, "waited_s": round(time.monotonic() - started, 1),
+            "champion_from": source}
 
 
 def score_batch(stack, cfg: Config, day: date) -> dict[str, Any]:
@@ -394,7 +395,8 @@ def monitor(stack, cfg: Config, day: date) -> dict[str, Any]:
     answered them; the result as Prometheus metrics (alert FeatureDrift above the threshold)."""
     now = datetime.now(timezone.utc)
     lines = request_log(stack, cfg, now - timedelta(minutes=cfg.monitor_minutes))
-    version, reference = _champion(stack, cfg)[0], None
+    found, reference = registry.current(stack, cfg.model_name), None
+    version = found.version if found else None
     names: list[str] = []
     if version is not None:
         reference = pd.read_parquet(stack.s3.url(cfg.bucket, f"{cfg.prefix('reference')}/v{version}.parquet"),
