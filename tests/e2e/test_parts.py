@@ -72,6 +72,12 @@ SECRET_KEYS = ("onprem.private_key", "services.seaweedfs.external.access_key_id"
                "services.seaweedfs.external.secret_access_key", "services.postgres.external.admin_password")
 NEEDED_IMAGES = sorted(set(images.preset_images("core")) | set(IMAGES))
 VICTIM = "small/0007.txt"
+# The provider's PostgreSQL is the stack's own release (the postgres stand-in's Debian package):
+# Debian's newer 15.20 stores an attribute option (pg_attver) that 15.18 refuses, so a dump of
+# it does not restore into the stack's Postgres and the move home fails at the copy.
+PG_DEB_VERSION = next(line.split("=", 1)[1].strip() for line in
+                      (ROOT / "tests/standins/postgres/Dockerfile").read_text().splitlines()
+                      if line.startswith("ARG PG_DEB_VERSION="))
 
 
 class Provider:
@@ -125,7 +131,8 @@ class Provider:
 
     def _postgres(self) -> None:
         self.host.ssh("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && "
-                      "apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null", timeout=900)
+                      f"apt-get install -y -qq --no-install-recommends postgresql-15={PG_DEB_VERSION} "
+                      f"postgresql-client-15={PG_DEB_VERSION} >/dev/null", timeout=900)
         conf = "/etc/postgresql/15/main"
         self.host.ssh(
             f"install -o postgres -g postgres -m 0600 /etc/provider/tls.key {conf}/tls.key && "
