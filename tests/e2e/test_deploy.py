@@ -25,6 +25,7 @@ import uuid
 import pytest
 
 from mlox_iac.plan import record_program, unwrap
+from testca import root_ca
 
 try:
     from . import hosts, images
@@ -43,8 +44,21 @@ def deployment(tmp_path_factory):
         yield d
 
 
+# Docker Hub mirrors (mlox:docker.registry_mirrors) with a private CA: nothing is pulled on
+# these hosts (the images are loaded), so the mirrors need not answer; what is checked is
+# what Docker makes of the settings.
+MIRROR_CA = root_ca().cert_pem
+MIRRORS = ["https://mirror-a.mlox.test:5000"]
+
+
+def _docker_mirrors(d) -> list[str]:
+    out = d.host.ssh("docker info --format '{{json .RegistryConfig.Mirrors}}'").stdout
+    return [m.rstrip("/") for m in json.loads(out) or []]
+
+
 def test_1_bootstrap_hardens_a_bare_host(deployment):
     d = deployment
+    d.raw["docker"].update(registry_mirrors=MIRRORS, registry_ca=MIRROR_CA)
     start = time.monotonic()
     result = d.up(bootstrap_only=True)
     assert result.action("main-bootstrap") == "created"
@@ -74,6 +88,8 @@ def test_1_bootstrap_hardens_a_bare_host(deployment):
     assert host.ssh("systemctl is-enabled nftables").stdout.strip() == "enabled"
     assert host.ssh("test -f /etc/apt/apt.conf.d/20auto-upgrades && echo yes").stdout.strip() == "yes"
     assert "v2." in host.ssh("docker compose version").stdout
+    assert _docker_mirrors(d) == MIRRORS
+    assert host.ssh("cat /etc/docker/certs.d/mirror-a.mlox.test:5000/ca.crt").stdout.strip() == MIRROR_CA.strip()
 
     d.build.wait()
     start = time.monotonic()
@@ -288,6 +304,18 @@ def test_3e_refresh_reports_a_container_removed_by_hand_and_up_repairs_it(deploy
     assert d.wait_healthy()["mlflow"]["Health"] == "healthy"
     after = json.loads(_ok(d.mlox("refresh", "--stack", d.stack, "--yes", "--json")).stdout)
     assert after["drift"] == []
+
+
+def test_3f_a_changed_mirror_reloads_docker_and_restarts_no_container(deployment):
+    d = deployment
+    before = d.started_at()
+    d.raw["docker"]["registry_mirrors"] = ["https://mirror-b.mlox.test", *MIRRORS]
+    result = d.up()
+    assert [step.name for step in result.changed()] == ["main-bootstrap"], result.actions()
+    assert _docker_mirrors(d) == ["https://mirror-b.mlox.test", *MIRRORS]
+    assert d.host.ssh("test -f /etc/docker/certs.d/mirror-b.mlox.test/ca.crt && echo yes").stdout.strip() == "yes"
+    assert d.started_at() == before  # reloaded, not restarted
+    assert d.wait_healthy()["mlflow"]["Health"] == "healthy"
 
 
 def test_4_reboot_brings_everything_back_with_data(deployment):
