@@ -434,6 +434,7 @@ def test_7_destroy_keeps_the_data_and_a_new_up_with_new_secrets_finds_it(deploym
     d.raw["services"] = {}
     d.write_stack_file()
     _ok(d.mlox("up", "--stack", d.stack, "--yes", "--json"))  # MLflow again (test_6 removed it)
+    d.read_outputs()
     d.wait_healthy()
     old = {"superuser": _postgres_superuser_password(d), "s3": d.outputs["s3_secret_key"],
            "mlflow": d.outputs["ui_passwords"]["mlflow"]}
