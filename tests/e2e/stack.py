@@ -182,9 +182,13 @@ class Deployment(_OnHost):
     # ---- the engine's environment: the CLI from the venv, this project, its passphrase
     @contextlib.contextmanager
     def environment(self) -> Iterator[dict[str, str]]:
+        # PYTHONPATH: the engine runs the program from the throwaway project, where `import
+        # mlox_iac` would find whatever checkout the venv was installed from (a worktree
+        # shares its venv with another): the program must be this tree's, the one under test.
         env = {"PULUMI_CONFIG_PASSPHRASE": PASSPHRASE, "MLOX_PROJECT_DIR": str(self.project),
                "MLOX_BUILD_DIR": str(self.work / "build"), "PULUMI_SKIP_UPDATE_CHECK": "true",
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
