@@ -305,11 +305,14 @@ def workspace_options(
 
 def sandbox_passphrase(project_dir: Path, stack: str) -> str | None:
     """The passphrase ``mlox-iac sandbox up`` made for a sandbox's secrets (beside its record,
-    mode 0600), so every command works on a sandbox without one; None for other stacks."""
-    from mlox_iac.sandbox.spec import passphrase_path, record_path
+    mode 0600), so every command works on a sandbox without one; for a stack migrated off its
+    sandbox, the same passphrase where ``sandbox down`` kept it; None for other stacks."""
+    from mlox_iac.sandbox.spec import kept_passphrase_path, passphrase_path, record_path
 
     path = passphrase_path(project_dir, stack)
     if not record_path(project_dir, stack).is_file() or not path.is_file():
+        path = kept_passphrase_path(project_dir, stack)
+    if not path.is_file():
         return None
     try:
         return path.read_text().strip()

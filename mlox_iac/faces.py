@@ -34,6 +34,9 @@ STACK_SETTINGS: dict[str, tuple[str, str | None]] = {
     "ssh_host": ("MLOX_SSH_HOST", "server_address"),
     "ssh_user": ("MLOX_SSH_USER", "ssh_user"),
     "ssh_port": ("MLOX_SSH_PORT", "ssh_port"),
+    # The server's host keys, recorded at its bootstrap ("type base64", comma-separated): the
+    # client's tunnel trusts these and nothing else (no trust on first use).
+    "ssh_host_keys": ("MLOX_SSH_HOST_KEYS", "ssh_host_keys"),
     "ssh_identity": ("MLOX_SSH_IDENTITY", None),  # the user's key, when given to mlox-iac env --identity
 }
 # Where the settings file of the stack's containers is in the bundle, and where they see it.
@@ -92,7 +95,7 @@ def env_exports(outputs: Mapping[str, Any]) -> dict[str, str]:
     outputs have them: in clear, or ``[secret]`` when masked)."""
     env: dict[str, str] = {}
     services = [str(s) for s in outputs.get("services") or []]
-    for role in ("services", "ssh_host", "ssh_user", "ssh_port"):
+    for role in ("services", "ssh_host", "ssh_user", "ssh_port", "ssh_host_keys"):
         variable, source = STACK_SETTINGS[role]
         value = resolve(outputs, source)
         if value is not None:

@@ -32,7 +32,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 from mlox_iac.errors import ConfigError, MloxError
 
@@ -277,7 +277,9 @@ class Move:
         if outputs.get("provider") != config.provider:
             raise MigrationError(f"stack {record.stack} runs on {outputs.get('provider')} but its file says "
                                  f"mlox:provider {config.provider}: put mlox:provider back to {outputs.get('provider')}")
-        old = {k: outputs.get(k) for k in ("server_address", "ssh_user", "ssh_port")}
+        # With its recorded host keys: checked against them, never trusted on first use through
+        # the user's ~/.ssh/known_hosts (a sandbox's address is given again to the next sandbox).
+        old = {k: outputs.get(k) for k in ("server_address", "ssh_user", "ssh_port", "ssh_host_keys")}
         self.servers_for({"old": old}).ping("old")
 
     # 2
@@ -298,13 +300,22 @@ class Move:
         self.say("copy: restoring on the new server")
         self.servers.verb("new", "move-apply")
 
+    def _key_source(self, src_address: str, dst_address: str) -> str:
+        """Where the move's key may be used from: the sending server's address, or for a
+        sandbox sending to a server outside its network, the addresses its traffic leaves
+        this machine with (NAT): the user's own, in mlox:ssh.admin_cidrs."""
+        cidrs = self.config.ssh.admin_cidrs if self.config is not None else ()
+        return key_source(_ip_of(src_address), _ip_of(dst_address), _sandbox_subnet(self.project_dir, self.record.stack),
+                          cidrs)
+
     def _send_delta(self, phase: str, src: str = "old", dst: str = "new") -> None:
         """Stage on ``src``, send to ``dst`` what it lacks (the move's key allowed only from ``src``)."""
         servers, migration = self.servers, self._migration or self.engine.outputs()["migration"]
         self._migration = migration
         if not self.record.key_installed:
             key = servers.verb(src, "move-keygen")["public_key"]
-            servers.authorize(dst, key, _ip_of(str(migration[src]["server_address"])))
+            servers.authorize(dst, key, self._key_source(str(migration[src]["server_address"]),
+                                                         str(migration[dst]["server_address"])))
             self.record.key_installed = True
             self.save()
         self.say(f"{phase}: staging the data on the {src} server")
@@ -481,6 +492,40 @@ def wait_for_dns(names: list[str], address: str, *, timeout_s: float, say: Say =
         sleep(every_s)
 
 
+def _sandbox_subnet(project_dir: Path, stack: str) -> str | None:
+    """The network of the sandbox the stack was made on (``mlox-iac sandbox``), None for others."""
+    from mlox_iac.sandbox import manage
+
+    sandbox = manage.load_record(project_dir, stack)
+    return sandbox.subnet if sandbox is not None else None
+
+
+def behind_nat(src: str, dst: str, sandbox_subnet: str | None) -> bool:
+    """Whether ``src`` is on the sandbox's network and ``dst`` outside it: ``src``'s connections
+    reach ``dst`` through this machine's NAT, and ``dst`` cannot open one to ``src``."""
+    import ipaddress
+
+    if sandbox_subnet is None:
+        return False
+    own = ipaddress.ip_network(sandbox_subnet)
+    return ipaddress.ip_address(src) in own and ipaddress.ip_address(dst) not in own
+
+
+def key_source(src: str, dst: str, sandbox_subnet: str | None, admin_cidrs: Sequence[str]) -> str:
+    """The ``from=`` of the move's key on the receiving server (see ``Move._key_source``)."""
+    import ipaddress
+
+    if not behind_nat(src, dst, sandbox_subnet):
+        return src  # not a sandbox, or the receiver is on the sandbox's network
+    own = ipaddress.ip_network(str(sandbox_subnet))
+    outside = [c for c in admin_cidrs if not (ipaddress.ip_network(c, strict=False).version == own.version
+                                              and ipaddress.ip_network(c, strict=False).subnet_of(own))]
+    if not outside:
+        raise MigrationError(f"the sandbox's traffic reaches {dst} from this machine's address, which "
+                             "mlox:ssh.admin_cidrs does not name: add it, then run migrate again")
+    return ",".join(outside)
+
+
 def _ip_of(address: str) -> str:
     """An IP address for ``address`` (a host name is resolved: firewalls take addresses)."""
     import ipaddress
@@ -610,7 +655,16 @@ def abort(
     if record is None and config.migration is None:
         raise MigrationError(f"stack {stack}: no move in progress")
     if record is not None and record.cut_over:
-        # The new server has served users since the cutover: its data goes back first.
+        # The new server has served users since the cutover: its data goes back first, sent
+        # by the new server, which cannot reach a sandbox behind this machine's NAT.
+        moved = engine.outputs().get("migration")
+        old, new = ((_ip_of(str(moved[role]["server_address"])) for role in ("old", "new"))
+                    if isinstance(moved, Mapping) else ("", ""))
+        if old and behind_nat(old, new, _sandbox_subnet(project_dir, stack)):
+            raise MigrationError(f"stack {stack} runs on its new server {new} since the cutover, and that server cannot "
+                                 f"send its data back into the sandbox (nothing outside this machine can connect into "
+                                 f"a sandbox): nothing was changed; keep the new server (mlox-iac migrate --stack "
+                                 f"{stack} --finish)")
         move = Move(project_dir, record, engine, servers_for, say, config)
         move.copy_back()
         record.frozen_at = None

@@ -122,10 +122,22 @@ def mlox_project(tmp_path, monkeypatch) -> Path:
 FILE_SPANS: dict[str, list[float]] = {}  # test file -> [first start, last stop], epoch seconds
 
 
+# The least free disk seen after any e2e test, and where: hosts, image stores and seeds share
+# the machine's disk, and SeaweedFS refuses writes when it runs low (a CI run lost S3 writes so).
+LEAST_FREE: list = []  # [bytes, test id]
+
+
 def pytest_runtest_logreport(report):
     # Runs in the main process under xdist too (workers send their reports there).
-    span = FILE_SPANS.setdefault(report.nodeid.split("::")[0], [report.start, report.stop])
+    name = report.nodeid.split("::")[0]
+    span = FILE_SPANS.setdefault(name, [report.start, report.stop])
     span[0], span[1] = min(span[0], report.start), max(span[1], report.stop)
+    if name.startswith("tests/e2e/") and report.when == "teardown":
+        from mlox_iac.sandbox import hosts
+
+        free = shutil.disk_usage(hosts.cache_dir()).free  # cache_dir() makes the folder
+        if not LEAST_FREE or free < LEAST_FREE[0]:
+            LEAST_FREE[:] = [free, report.nodeid]
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -138,6 +150,8 @@ def pytest_terminal_summary(terminalreporter):
         begin = min(start for start, _ in e2e.values())
         for name, (start, stop) in sorted(e2e.items(), key=lambda item: item[1][0]):
             terminalreporter.write_line(f"{stop - start:8.1f}s  {name}  (from +{start - begin:.0f} s to +{stop - begin:.0f} s)")
+        if LEAST_FREE:
+            terminalreporter.write_line(f"least free disk after a test: {LEAST_FREE[0] / 2**30:.1f} GiB ({LEAST_FREE[1]})")
     hosts = sys.modules.get("hosts")  # tests/e2e/hosts.py, once an e2e test imported it
     timings = getattr(hosts, "TIMINGS", None)
     if not timings:
@@ -154,9 +168,13 @@ def pytest_terminal_summary(terminalreporter):
 # whichever worker is free first. Measured in a full run on 2 cores (3 workers, everything
 # overlapping): migrate 35 min, migrate_cloud 30, catalogue 19, backup 16, load 10, deploy 9,
 # serving 8, domain 4; everything else is shorter.
-SLOW_FIRST = ("tests/e2e/test_migrate.py", "tests/e2e/test_migrate_cloud.py", "tests/e2e/test_backup.py",
+# Every tests/e2e/test_full_* module shares one deployed full stack (tests/e2e/full_stack.py):
+# they are one unit of work, FULL_GROUP, given to one worker, which deploys the stack once.
+FULL_GROUP = "tests/e2e/test_full_"
+SLOW_FIRST = ("tests/e2e/test_migrate.py", FULL_GROUP, "tests/e2e/test_migrate_cloud.py", "tests/e2e/test_backup.py",
               "tests/e2e/test_deploy.py", "tests/e2e/test_catalogue.py", "tests/e2e/test_serving.py",
-              "tests/e2e/test_load.py", "tests/e2e/test_sandbox.py", "tests/e2e/test_domain.py")
+              "tests/e2e/test_sandbox_move.py", "tests/e2e/test_load.py", "tests/e2e/test_sandbox.py",
+              "tests/e2e/test_domain.py")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -171,6 +189,10 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadFileScheduling
 
     class LastTestLookahead(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            # The modules that share the deployed full stack are one unit: one worker, one deploy.
+            return FULL_GROUP if nodeid.startswith(FULL_GROUP) else super()._split_scope(nodeid)
+
         def _reschedule(self, node) -> None:
             if node.shutting_down:
                 return
@@ -186,4 +208,78 @@ def pytest_xdist_make_scheduler(config, log):
 
 def pytest_collection_modifyitems(session, config, items):
     rank = {path: i for i, path in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: order within a file kept
+
+    def file_rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return rank[FULL_GROUP] if path.startswith(FULL_GROUP) else rank.get(path, len(rank))
+
+    items.sort(key=file_rank)  # stable: order within a file kept
+
+
+# ----- the deployed full stack that every tests/e2e/test_full_* module shares -----------------
+_full_stacks: list = []
+
+
+@pytest.fixture(scope="session")
+def full_stack(tmp_path_factory):
+    """``mlox-iac sandbox up --preset full --name shared`` (tests/e2e/full_stack.py), deployed
+    once, removed after the last test_full_* test (not at the end of the session, so that its
+    memory is free for the modules this worker runs next)."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.fail("the end-to-end tests need root: they boot Debian hosts with systemd-nspawn")
+    sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+    from full_stack import FullStack
+
+    kept = os.environ.get("MLOX_E2E_FULL_STACK")
+    if kept:  # the stack an earlier run kept (MLOX_E2E_KEEP_FULL_STACK=DIR): used as it is, left running
+        yield FullStack(Path(kept), existing=True)
+        return
+    keep = os.environ.get("MLOX_E2E_KEEP_FULL_STACK")  # a folder outside pytest's tmp, which pytest rotates away
+    if keep and Path(keep).exists() and any(Path(keep).iterdir()):
+        pytest.fail(f"MLOX_E2E_KEEP_FULL_STACK={keep}: not empty (a kept stack is there? MLOX_E2E_FULL_STACK uses it)")
+    stack = FullStack(Path(keep) if keep else tmp_path_factory.mktemp("full-stack"))
+    _full_stacks.append(stack)
+    try:
+        stack.deploy()
+        yield stack
+    finally:
+        _remove_full_stacks()
+
+
+def _remove_full_stacks() -> None:
+    """Remove the shared stack; MLOX_E2E_KEEP_FULL_STACK=DIR (where it was made) leaves it
+    running, for the benchmarks that need a deployed stack, and says where it is."""
+    import os
+
+    while _full_stacks:
+        stack = _full_stacks.pop()
+        if os.environ.get("MLOX_E2E_KEEP_FULL_STACK"):
+            print(f"\nthe shared full stack is kept (MLOX_E2E_KEEP_FULL_STACK); MLOX_E2E_FULL_STACK="
+                  f"{stack.project.parent} runs the test_full_* modules against it", file=sys.stderr)
+            continue
+        stack.tear_down()
+
+
+def _in_full_group(item) -> bool:
+    return item is not None and item.nodeid.startswith(FULL_GROUP)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    if _in_full_group(item) and not _in_full_group(nextitem):
+        _remove_full_stacks()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _mlflow_uris_per_module():
+    """MLflow keeps a process-wide tracking and registry URI once anything sets them (mlox-client's
+    ``stack.mlflow.module()`` does). Each module starts and ends without one, so a module that
+    configures MLflow through the environment never talks to the stack of the module before it
+    on the same worker."""
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)

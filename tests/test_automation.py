@@ -332,7 +332,7 @@ def test_program_exports_what_env_and_status_read(example):
     assert exports["MLFLOW_TRACKING_PASSWORD"] == plain["ui_passwords"]["mlflow"]
     assert exports["AWS_ENDPOINT_URL_S3"] == plain["urls"]["s3"]
     assert exports.get("AWS_CA_BUNDLE") == ca
-    assert set(plain["urls"]) == {"mlflow", "s3"}
+    assert set(plain["urls"]) == {"mlflow", "s3", "home"}
 
 
 def test_project_program_entry_point_is_the_one_pulumi_runs():

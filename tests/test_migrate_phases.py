@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlox_iac import migrate
+from mlox_iac import connect, migrate
 from mlox_iac.errors import ConfigError, MloxError
 from pulumi_double import RecordingPulumiCommand
 
@@ -160,6 +160,21 @@ def test_a_move_runs_every_phase_in_order_and_ends_on_the_new_server(project):
     assert "--finish" in lines[-1]
 
 
+def test_the_preflight_reaches_the_old_server_with_its_recorded_host_keys(project):
+    engine, seen = FakeEngine(project), []
+    engine.deployed["ssh_host_keys"] = ["ssh-ed25519 AAAAHOST root@old"]
+
+    def servers_for(migration):
+        seen.append(migration)
+        raise migrate.MigrationError("stop after the preflight's ping")
+
+    with pytest.raises(migrate.MigrationError):
+        migrate.run("dev", "digitalocean", project_dir=project, engine=engine, servers_for=servers_for)
+    assert seen == [{"old": {"server_address": OLD, "ssh_user": "root", "ssh_port": 22,
+                             "ssh_host_keys": ["ssh-ed25519 AAAAHOST root@old"]}}]
+    assert connect.known_hosts_lines(seen[0]["old"]) == [f"{OLD} ssh-ed25519 AAAAHOST"]
+
+
 def test_an_interrupted_copy_resumes_at_the_copy(project):
     engine, servers = FakeEngine(project), FakeServers(fail_at=("move-send", 1))
     with pytest.raises(migrate.MigrationError, match="copy failed: old server: connection lost during move-send.*"
@@ -262,6 +277,38 @@ def test_abort_after_the_cutover_keeps_the_new_server_when_the_copy_back_differs
     tail = servers.verbs()[-4:]
     assert tail[:2] == [("old", "move-stop"), ("new", "move-unfreeze")] and servers.authorized == set()
     assert engine.deployed["server_address"] == NEW and migrate.load_record(project, "dev").cut_over
+
+
+def test_abort_after_the_cutover_of_a_sandbox_is_refused_before_anything_changes(project, monkeypatch):
+    # The old server is a sandbox (198.51.100.0/31 holds OLD, not NEW): the new server cannot copy back into it.
+    engine, servers = FakeEngine(project), FakeServers()
+    run(project, engine, servers)
+    monkeypatch.setattr(migrate, "_sandbox_subnet", lambda project_dir, stack: "198.51.100.0/31")
+    servers.calls.clear()
+    ups = len(engine.ups())
+    with pytest.raises(migrate.MigrationError) as refused:
+        migrate.abort("dev", project_dir=project, engine=engine, servers_for=servers)
+    assert str(refused.value) == (
+        f"stack dev runs on its new server {NEW} since the cutover, and that server cannot send its data back into "
+        "the sandbox (nothing outside this machine can connect into a sandbox): nothing was changed; keep the new "
+        "server (mlox-iac migrate --stack dev --finish)")
+    assert servers.calls == [] and len(engine.ups()) == ups
+    assert engine.deployed["server_address"] == NEW and migrate.load_record(project, "dev").cut_over
+
+
+BEHIND_NAT_CASES = {
+    # src, dst, sandbox subnet -> behind this machine's NAT?
+    "not-a-sandbox": ("198.51.100.2", "203.0.113.9", None, False),
+    "sandbox-to-a-server-elsewhere": ("10.79.1.2", "203.0.113.9", "10.79.1.0/24", True),
+    "sandbox-to-its-own-network": ("10.79.1.2", "10.79.1.9", "10.79.1.0/24", False),
+    "server-to-the-sandbox": ("203.0.113.9", "10.79.1.2", "10.79.1.0/24", False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BEHIND_NAT_CASES))
+def test_behind_nat(case):
+    src, dst, subnet, expected = BEHIND_NAT_CASES[case]
+    assert migrate.behind_nat(src, dst, subnet) is expected
 
 
 def test_missing_target_settings_stop_at_preflight_naming_the_key(mlox_project):
@@ -455,3 +502,28 @@ def test_the_system_resolver_asks_for_a_and_aaaa_records(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     assert migrate.resolve_a_and_aaaa("m.ex.com") == {"2001:db8::10"}
     assert asked == [socket.AF_INET, socket.AF_INET6]
+
+
+KEY_SOURCE_CASES = {
+    # src, dst, sandbox subnet, admin_cidrs -> from=
+    "two-servers": ("198.51.100.2", "203.0.113.9", None, ["192.0.2.7/32"], "198.51.100.2"),
+    "sandbox-to-a-server-behind-nat": ("10.79.1.2", "203.0.113.9", "10.79.1.0/24",
+                                       ["10.79.1.0/24", "192.0.2.7/32", "2001:db8::/64"], "192.0.2.7/32,2001:db8::/64"),
+    "sandbox-to-a-machine-on-its-network": ("10.79.1.2", "10.79.1.9", "10.79.1.0/24", ["10.79.1.0/24"], "10.79.1.2"),
+    "back-from-the-server-to-the-sandbox": ("203.0.113.9", "10.79.1.2", "10.79.1.0/24", ["10.79.1.0/24"], "203.0.113.9"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(KEY_SOURCE_CASES))
+def test_the_moves_key_is_usable_from_where_the_sender_is_seen(case):
+    from mlox_iac.migrate import key_source
+
+    src, dst, subnet, cidrs, expected = KEY_SOURCE_CASES[case]
+    assert key_source(src, dst, subnet, cidrs) == expected
+
+
+def test_a_sandbox_without_an_outside_admin_address_cannot_send_to_a_server():
+    from mlox_iac.migrate import MigrationError, key_source
+
+    with pytest.raises(MigrationError, match="mlox:ssh.admin_cidrs does not name"):
+        key_source("10.79.1.2", "203.0.113.9", "10.79.1.0/24", ["10.79.1.0/24"])

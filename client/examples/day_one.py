@@ -32,7 +32,10 @@ from datetime import datetime, timedelta, timezone
 
 import mlox_client
 
-WHERE = "airflow" if os.environ.get("AIRFLOW_CTX_DAG_ID") else ("jupyter" if os.environ.get("JPY_PARENT_PID") else "laptop")
+# Where this run is, for the run names and object keys (the DAG sets MLOX_DAY_ONE_WHERE: its
+# task runs in the stack's client virtualenv, a process of its own).
+WHERE = os.environ.get("MLOX_DAY_ONE_WHERE") or (
+    "airflow" if os.environ.get("AIRFLOW_CTX_DAG_ID") else ("jupyter" if os.environ.get("JPY_PARENT_PID") else "laptop"))
 
 
 def step(name):

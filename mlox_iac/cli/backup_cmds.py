@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from mlox_iac.cli.common import (
-    IdentityOpt, JsonOpt, Out, OutputsFileOpt, StackOpt, YesOpt, interactive, require_terminal, ssh_options,
+    IdentityOpt, JsonOpt, identity_for, Out, OutputsFileOpt, StackOpt, YesOpt, interactive, require_terminal, ssh_options,
 )
 from mlox_iac.cli.connect_cmds import read_outputs
 
@@ -23,7 +23,7 @@ def _run(verb: str, args: list[str], stack, outputs_file, identity, out: Out):
     from mlox_iac import connect
 
     values = read_outputs(stack, outputs_file, show_secrets=False)
-    argv = connect.backup_argv(values, verb, args, identity=identity, options=ssh_options())
+    argv = connect.backup_argv(values, verb, args, identity=identity_for(identity, stack), options=ssh_options())
 
     def show(event: dict) -> None:
         from rich.markup import escape

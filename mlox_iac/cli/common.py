@@ -51,6 +51,20 @@ def require_stack(stack: Optional[str]) -> str:
     return stack
 
 
+def identity_for(identity: Optional[Path], stack: Optional[str]) -> Optional[Path]:
+    """The SSH key to log in with: ``--identity`` (or ``MLOX_SSH_IDENTITY``), else for a sandbox
+    its own key (its machine admits it, and so does a server it moved to); None otherwise."""
+    if identity is not None or not stack:
+        return identity
+    from mlox_iac.errors import MloxError
+    from mlox_iac.sandbox import manage
+
+    try:
+        return manage.own_key(project_dir(), stack)
+    except MloxError:  # not in a project: no sandbox either
+        return None
+
+
 def require_terminal(what: str) -> None:
     """Never prompt without a terminal: exit 2 suggesting ``--yes`` instead."""
     if not interactive():

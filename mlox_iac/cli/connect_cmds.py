@@ -17,7 +17,7 @@ from typing import Any, Optional
 import typer
 
 from mlox_iac.cli.common import (
-    CaOpt, IdentityOpt, JsonOpt, Out, OutputsFileOpt, ShowSecretsOpt, StackOpt, passphrase_prompt, project_dir,
+    CaOpt, IdentityOpt, JsonOpt, identity_for, Out, OutputsFileOpt, ShowSecretsOpt, StackOpt, passphrase_prompt, project_dir,
     require_stack, ssh_options,
 )
 from mlox_iac.errors import MloxError
@@ -147,6 +147,7 @@ def env(
 
     out = Out(as_json)
     values = read_outputs(stack, outputs_file, show_secrets=True)
+    identity = identity_for(identity, stack)
     ca_path = ca_file(values, stack, ca, identity, refresh_ca)
     if ca_path is not None:
         ca_path = Path(ca_path).resolve()  # the exports and the profile are used from other directories
@@ -190,6 +191,7 @@ def status(
 
     out = Out(as_json)
     values = read_outputs(stack, outputs_file, show_secrets=True)
+    identity = identity_for(identity, stack)
     results = connect.probe(values, ca_file(values, stack, ca, identity, refresh_ca), timeout=timeout)
     backup = _backup_status(values, identity) if values.get("backup_repository") else None
 
@@ -267,7 +269,8 @@ def logs(
 
     values = read_outputs(stack, outputs_file, show_secrets=False)
     argv = connect.logs_argv(values, service, allowed=_compose_services(stack, values), tail=tail, follow=follow,
-                             tty=follow and sys.stdin.isatty(), identity=identity, options=ssh_options())
+                             tty=follow and sys.stdin.isatty(), identity=identity_for(identity, stack),
+                             options=ssh_options())
     try:
         code = subprocess.run(argv).returncode
     except FileNotFoundError:
@@ -293,7 +296,7 @@ def ssh(
     from mlox_iac import connect
 
     values = read_outputs(stack, outputs_file, show_secrets=False)
-    argv = connect.ssh_argv(values, command or None, identity=identity, options=ssh_options(),
+    argv = connect.ssh_argv(values, command or None, identity=identity_for(identity, stack), options=ssh_options(),
                             tty=bool(command) and sys.stdin.isatty())
     sys.stdout.flush()
     try:

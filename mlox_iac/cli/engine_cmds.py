@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from mlox_iac.cli.common import (
-    IdentityOpt, JsonOpt, Out, ShowSecretsOpt, StackOpt, YesOpt, passphrase_prompt, project_dir, require_stack,
+    IdentityOpt, JsonOpt, identity_for, Out, ShowSecretsOpt, StackOpt, YesOpt, passphrase_prompt, project_dir, require_stack,
     require_terminal, ssh_options,
 )
 from mlox_iac.errors import MloxError
@@ -222,7 +222,7 @@ def refresh(stack: Optional[str] = StackOpt, yes: bool = YesOpt, as_json: bool =
         name, project_dir=project, on_event=on_event, pulumi_command=cli, passphrase_prompt=prompt), stack=name)
     data = result.to_dict()
     try:
-        outputs, drift = server_drift(name, project, cli, prompt, identity)
+        outputs, drift = server_drift(name, project, cli, prompt, identity_for(identity, name))
     except MloxError as error:
         outputs, drift = {}, None
         out.err.print(f"not checked for drift on the server: {error}", markup=False)

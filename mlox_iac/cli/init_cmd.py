@@ -107,7 +107,7 @@ def build_config(
         unknown = [s for s in services if s not in SERVICES]
         if unknown:
             raise ConfigError([f"--services: {', '.join(map(repr, unknown))} not allowed (allowed: {', '.join(SERVICES)})"])
-        raw_services = services_block(set(services) | {"caddy"})  # the proxy is always on: it is the only way in
+        raw_services = services_block(set(services) | {"caddy", "home"})  # the proxy is the only way in; home: the stack's front page
         if raw_services:
             raw["services"] = raw_services
     return raw, extra
@@ -211,9 +211,7 @@ def init(
         --private-key ~/.ssh/id_ed25519 --size 8192 \\
         --ssh-key ~/.ssh/id_ed25519.pub --admin-cidr 192.0.2.0/24
     """
-    from mlox_iac import automation
     from mlox_iac.components.services.registry import SERVICES
-    from mlox_iac.config.loader import stack_name_of, validate
     from mlox_iac.providers import PROVIDERS
 
     out = Out(False)
@@ -252,17 +250,11 @@ def init(
     cidr_list = _split(cidrs if isinstance(cidrs, list) else [cidrs])
     service_list = _split([chosen]) if chosen else None
     private_key_path = Path(private_key).expanduser() if private_key else None
-    raw, extra = build_config(
-        provider, location=location, size=size, domain=domain, acme_email=acme_email, services=service_list,
-        ssh_keys=key_list, admin_cidrs=cidr_list, host=host, user=user, port=port, private_key=private_key_path is not None,
-    )
     project = project_dir()
-    path = automation.stack_file(project, name)
-    shown = path.relative_to(project) if path.is_relative_to(project) else path
-    secret = {f"{provider}.private_key"} if private_key_path else set()
-    validate(raw, secret, str(shown), stack_name_of(path))
-    if path.exists() and not force:
-        raise ConfigError([f"{shown}: already exists (pass --force to overwrite it)"])
+    path, shown, text = stack_file_text(
+        project, name, provider, location=location, size=size, domain=domain, acme_email=acme_email,
+        services=service_list, ssh_keys=key_list, admin_cidrs=cidr_list, host=host, user=user, port=port,
+        private_key=private_key_path is not None, force=force)
     secrets: dict[str, str] = {}
     if token:
         if provider not in TOKEN_KEY:
@@ -274,13 +266,36 @@ def init(
         except OSError as exc:
             raise ConfigError([f"--private-key: cannot read {private_key_path}: {exc.strerror}"]) from None
 
-    kept = _kept(path) if path.exists() else {}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_stack_file(name, raw, extra, kept))
+    path.write_text(text)
     out.info(f"wrote {shown}")
     if secrets:
         _store_secrets(out, name, project, secrets, private_key_path)
     out.info(f"next: mlox-iac plan --stack {name}  (offline), then mlox-iac up --stack {name}")
+
+
+def stack_file_text(
+    project: Path, name: str, provider: str, *, location: Optional[str], size: Optional[str], domain: Optional[str],
+    acme_email: Optional[str], services: Optional[list[str]], ssh_keys: list[str], admin_cidrs: list[str],
+    host: Optional[str] = None, user: Optional[str] = None, port: Optional[int] = None, private_key: bool = False,
+    force: bool = False,
+) -> tuple[Path, Path, str]:
+    """(path, path as shown, text) of a new stack file for these answers, validated as ``up``
+    validates it (:class:`ConfigError` with one line per problem), without writing it.
+    ``init`` and the UI's create form both write what this returns."""
+    from mlox_iac import automation
+    from mlox_iac.config.loader import stack_name_of, validate
+
+    raw, extra = build_config(
+        provider, location=location, size=size, domain=domain, acme_email=acme_email, services=services,
+        ssh_keys=ssh_keys, admin_cidrs=admin_cidrs, host=host, user=user, port=port, private_key=private_key,
+    )
+    path = automation.stack_file(project, name)
+    shown = path.relative_to(project) if path.is_relative_to(project) else path
+    validate(raw, {f"{provider}.private_key"} if private_key else set(), str(shown), stack_name_of(path))
+    if path.exists() and not force:
+        raise ConfigError([f"{shown}: already exists (pass --force to overwrite it)"])
+    return path, shown, render_stack_file(name, raw, extra, _kept(path) if path.exists() else {})
 
 
 def _store_secrets(out: Out, name: str, project: Path, secrets: dict[str, str], private_key_path: Optional[Path]) -> None:

@@ -7,7 +7,8 @@ import sys
 import typer
 
 from mlox_iac.cli import (
-    backup_cmds, config_cmds, connect_cmds, cost_cmd, engine_cmds, init_cmd, migrate_cmd, plan, sandbox_cmds,
+    backup_cmds, config_cmds, connect_cmds, cost_cmd, engine_cmds, init_cmd, migrate_cmd, pipeline_cmds, plan,
+    sandbox_cmds, ui_cmd,
 )
 
 app = typer.Typer(
@@ -30,7 +31,10 @@ for command in (backup_cmds.backup, backup_cmds.backups, backup_cmds.restore):
     app.command()(command)
 
 app.command()(migrate_cmd.migrate)
+app.command()(ui_cmd.ui)
 app.add_typer(sandbox_cmds.app, name="sandbox")
+app.add_typer(pipeline_cmds.new_app, name="new")
+app.add_typer(pipeline_cmds.code_app, name="code")
 
 _state = {"verbose": False}
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mlox_iac.cli.common import IdentityOpt, JsonOpt, Out, StackOpt, YesOpt, require_terminal, ssh_options
+from mlox_iac.cli.common import IdentityOpt, JsonOpt, identity_for, Out, StackOpt, YesOpt, require_terminal, ssh_options
 from mlox_iac.providers import PROVIDERS
 
 ToOpt = typer.Option(None, "--to", help=f"Provider of the new server ({', '.join(PROVIDERS)})")
@@ -57,7 +57,9 @@ def migrate(
     if to is not None and to not in PROVIDERS:
         raise ConfigError([f"--to: {to!r} is not a provider (allowed: {', '.join(PROVIDERS)})"])
     project = project_dir()
-    automation.validate_stack(name, project_dir=project)
+    config = automation.validate_stack(name, project_dir=project)
+    if to is not None:
+        _refuse_a_sandbox_locked_out(project, name, to, config)
     cli = automation.default_pulumi_command("mlox-iac migrate")
     if not yes:
         require_terminal("mlox-iac migrate")
@@ -67,6 +69,7 @@ def migrate(
         if not typer.confirm(question, default=False, err=True):
             raise automation.Aborted("aborted: nothing was changed")
     engine = engine_steps.AutomationEngine(name, project, cli, passphrase_prompt())
+    identity = identity_for(identity, name)  # a sandbox's key: the new server authorizes it too
     servers = engine_steps.default_servers(str(identity) if identity else None, tuple(ssh_options()),
                                            lambda event: out.progress(f"  {event.get('message', '')}"))
     if finish:
@@ -84,3 +87,21 @@ def migrate(
         out.data(engine_steps.project_record_summary(project, name),
                  lambda console, d: console.print(f"Stack {name} runs on its new server ({record.to}); "
                                                   f"downtime {record.downtime_s or 0:.0f}s"))
+
+
+def _refuse_a_sandbox_locked_out(project: Path, name: str, to: str, config) -> None:
+    """A sandbox admits SSH only from its own network: moving it to a server needs the user's
+    own address in mlox:ssh.admin_cidrs first (one line, nothing changed)."""
+    from mlox_iac.errors import ConfigError
+    from mlox_iac.paths import stack_file
+    from mlox_iac.sandbox import manage, spec
+
+    record = manage.load_record(project, name)
+    if record is None:
+        return
+    target = config.target.onprem if to == "onprem" and config.target is not None else None
+    host = target.host if target is not None else None
+    problem = spec.move_problem(record, config.ssh.admin_cidrs, host,
+                                str(stack_file(project, name).relative_to(project)))
+    if problem:
+        raise ConfigError([problem])

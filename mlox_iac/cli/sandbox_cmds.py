@@ -86,6 +86,9 @@ def up(
         raise ConfigError([f"--preset: {preset!r} is not allowed (allowed: {', '.join(spec.PRESETS)})"])
     record = manage.load_record(project, name)
     if record is not None:
+        moving = spec.moving_problem(name, manage.moving_to(project, name), command="up")
+        if moving:
+            raise MloxError(moving)
         moved = spec.moved_problem(record, *manage.stack_target(project, name))
         if moved:
             raise MloxError(f"{moved}: sandbox up would not deploy there; mlox-iac sandbox down --name {name} removes "
@@ -258,6 +261,9 @@ def down(name: str = NameOpt, yes: bool = YesOpt, as_json: bool = JsonOpt) -> No
     if record is None:
         out.info(f"no sandbox {name} in this project: nothing to remove")
         return
+    moving = spec.moving_problem(name, manage.moving_to(project, name))
+    if moving:
+        raise MloxError(moving)
     manage.check_privileges()
     if not yes:
         require_terminal("mlox-iac sandbox down")
@@ -288,11 +294,19 @@ def down(name: str = NameOpt, yes: bool = YesOpt, as_json: bool = JsonOpt) -> No
     left = manage.leftovers(project, cleanup)
     if left:
         raise MloxError(f"sandbox {name}: removed, but these are left: {'; '.join(left)}")
+    kept = [_relative(dest, project) for _, dest in cleanup.keep if dest.is_file()]
     data: dict[str, Any] = {"name": name, "removed": cleanup.describe(), "ip_forward_off": forwarding_off,
-                            "stack_kept": moved is not None}
-    out.data(data, lambda console, data: console.print(
-        f"Removed sandbox {name}: {len(data['removed'])} things (machine, network, firewall rules, cgroup, "
-        f"{'files' if moved else 'stack and files'}); nothing is left", markup=False))
+                            "stack_kept": moved is not None, "passphrase_kept": kept[0] if kept else None}
+
+    def human(console, data: dict) -> None:
+        console.print(f"Removed sandbox {name}: {len(data['removed'])} things (machine, network, firewall rules, cgroup, "
+                      f"{'files' if moved else 'stack and files'}); nothing is left", markup=False)
+        if data["passphrase_kept"]:
+            console.print(f"Stack {name} stays on its server; its secrets are encrypted with the passphrase now in "
+                          f"{data['passphrase_kept']} (mode 0600), which mlox-iac uses for it: keep that file",
+                          markup=False)
+
+    out.data(data, human)
 
 
 app.command()(up)

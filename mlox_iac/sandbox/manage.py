@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -63,19 +64,47 @@ def save_record(project: Path, record: Record) -> None:
     tmp.replace(path)
 
 
-def stack_target(project: Path, name: str) -> tuple[str | None, str | None]:
-    """(provider, on-prem host) the stack file names, to see whether the stack moved; (None,
-    None) without a stack file."""
+def _stack_config(project: Path, name: str) -> dict[str, Any] | None:
+    """The ``config`` of the stack file as written (None without a stack file)."""
     from mlox_iac.config import stack_yaml
     from mlox_iac.paths import stack_file
 
     path = stack_file(project, name)
     if not path.is_file():
-        return None, None
+        return None
     document = stack_yaml.load(path, str(path)) or {}
     config = document.get("config") or {} if isinstance(document, dict) else {}
+    return config if isinstance(config, dict) else {}
+
+
+def own_key(project: Path, name: str) -> Path | None:
+    """The sandbox's own SSH key, for a command that logs in to its machine without --identity
+    (None for other stacks). The stack's ``mlox:ssh.public_keys`` hold its public half, so a
+    server the stack moves to admits it too."""
+    key = spec.key_path(project, name)
+    return key if spec.record_path(project, name).is_file() and key.is_file() else None
+
+
+def stack_target(project: Path, name: str) -> tuple[str | None, str | None]:
+    """(provider, on-prem host) the stack file names, to see whether the stack moved; (None,
+    None) without a stack file."""
+    config = _stack_config(project, name)
+    if config is None:
+        return None, None
     onprem = config.get("mlox:onprem") or {}
     return config.get("mlox:provider"), onprem.get("host") if isinstance(onprem, dict) else None
+
+
+def moving_to(project: Path, name: str) -> str | None:
+    """The provider the stack is being migrated to (a migration record, or ``mlox:migration``
+    in its file), None when no move is under way."""
+    from mlox_iac import migrate
+
+    record = migrate.load_record(project, name)
+    if record is not None:
+        return record.to
+    migration = (_stack_config(project, name) or {}).get("mlox:migration")
+    return str(migration.get("to") or "new") if isinstance(migration, dict) else None
 
 
 def registry_reachable(timeout: float = 3.0) -> tuple[bool, str]:
@@ -120,10 +149,27 @@ def needed_memory_mb(preset: str) -> int:
 
 
 def _compose_images(config) -> list[str]:
+    """What the host must have: each service's image, or for one built on the host (``build``),
+    the images its Dockerfile starts FROM; rclone, which copies the buckets when the stack is
+    migrated or restored (a sandbox moved to a server stages its objects with it); and restic
+    too when the stack backs up."""
     from mlox_iac.components.services.base import Context
-    from mlox_iac.render.bundle import render_compose
+    from mlox_iac.render.bundle import render_bundle, render_compose
 
-    return sorted({str(s["image"]) for s in render_compose(Context(config))["services"].values() if s.get("image")})
+    ctx = Context(config)
+    bundle = render_bundle(ctx)
+    images: set[str] = set()
+    for service in render_compose(ctx)["services"].values():
+        if service.get("build"):
+            dockerfile = bundle[f"{service['build']['context'].removeprefix('./')}/Dockerfile"]
+            images.update(re.findall(r"^FROM\s+(\S+)", dockerfile, re.M))
+        elif service.get("image"):
+            images.add(str(service["image"]))
+    from mlox_iac.render.backup import IMAGES as BACKUP_IMAGES, RCLONE_IMAGE
+
+    # The data tools run as containers of their own, not in compose.
+    images.update(BACKUP_IMAGES if config.backup is not None else (RCLONE_IMAGE,))
+    return sorted(images)
 
 
 def preset_images(preset: str) -> list[str]:
@@ -373,6 +419,11 @@ def cleanup_of(project: Path, record: Record, *, stack_moved: bool) -> spec.Clea
 
 
 def remove_paths(project: Path, cleanup: spec.Cleanup) -> None:
+    for source, dest in cleanup.keep:
+        if source.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, dest)
+            dest.chmod(0o600)
     for path in cleanup.paths:
         if path.is_dir() and not path.is_symlink():
             subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=True)

@@ -94,6 +94,13 @@ def passphrase_path(project: Path, name: str) -> Path:
     return sandbox_dir(project, name) / "passphrase"
 
 
+def kept_passphrase_path(project: Path, name: str) -> Path:
+    """Where ``sandbox down`` keeps the passphrase of a stack that was migrated off its sandbox:
+    its secrets stay encrypted with it (``.mlox/<name>/.passphrase``; no sandbox is named
+    with a leading dot, so it cannot be another sandbox's folder)."""
+    return Path(project) / ".mlox" / name / ".passphrase"
+
+
 def machine_dir(project: Path, name: str) -> Path:
     return sandbox_dir(project, name) / "machine"
 
@@ -148,6 +155,48 @@ def moved_problem(record: Record, provider: str | None, host: str | None) -> str
     where = f"{provider} server" if provider != "onprem" else f"server {host}"
     return (f"stack {record.name} now runs on a {where}, not on its sandbox machine {record.address} "
             "(it was migrated)")
+
+
+def moving_problem(name: str, moving_to: str | None, command: str = "down") -> str | None:
+    """One line when the sandbox's stack is in the middle of a migration: until ``--finish``
+    its file still names the sandbox, and removing the sandbox would destroy the stack with
+    its new server; deploying the sandbox again (``command="up"``) would redeploy the stack
+    under the move, which owns it until --finish or --abort."""
+    if moving_to is None:
+        return None
+    if command == "up":
+        return (f"sandbox {name}: its stack is being migrated (to {moving_to}); sandbox up would deploy it under "
+                f"the move: finish the move (mlox-iac migrate --stack {name} --finish) or go back to the sandbox "
+                f"(mlox-iac migrate --stack {name} --abort)")
+    return (f"sandbox {name}: its stack is being migrated (to {moving_to}); finish the move first "
+            f"(mlox-iac migrate --stack {name} --finish, then sandbox down removes only the machine) "
+            f"or go back to the sandbox (mlox-iac migrate --stack {name} --abort)")
+
+
+def move_problem(record: Record, admin_cidrs: Sequence[str], target_host: str | None, stack_path: str) -> str | None:
+    """One line when moving the sandbox's stack to a server would lock this machine out: a
+    sandbox admits SSH only from its own network (``mlox:ssh.admin_cidrs``), which reaches no
+    server elsewhere; the new server's firewall would then refuse the move's own connections.
+    ``target_host``: the new server's address when known (an on-prem target)."""
+    import ipaddress
+
+    own = ipaddress.ip_network(record.subnet)
+
+    def in_sandbox(cidr: str) -> bool:
+        network = ipaddress.ip_network(cidr, strict=False)
+        return network.version == own.version and network.subnet_of(own)  # type: ignore[arg-type]
+
+    if not all(in_sandbox(c) for c in admin_cidrs):
+        return None
+    if target_host is not None:
+        try:
+            if ipaddress.ip_address(target_host) in own:
+                return None  # another machine on this sandbox's network: reached as the sandbox is
+        except ValueError:
+            pass
+    return (f"{stack_path}: mlox:ssh.admin_cidrs: sandbox {record.name} admits SSH only from its own network "
+            f"({record.subnet}), so a server it moves to would refuse this machine; add the address you reach servers "
+            "from (for example your public address as /32), then run migrate again")
 
 
 def privilege_problem(platform: str, euid: int, have: Sequence[str]) -> str | None:
@@ -260,6 +309,7 @@ class Cleanup:
     rootfs: Path
     paths: list[Path]  # files and directories, removed if present
     stack: str | None  # the stack to destroy and remove, None when it moved off the sandbox
+    keep: list[tuple[Path, Path]] = field(default_factory=list)  # (from, to) moved out before removal
 
     def describe(self) -> list[str]:
         lines = [f"machine {self.machine} (systemd-nspawn)", f"network interface {self.veth}",
@@ -284,7 +334,13 @@ def cleanup_list(project: Path, record: Record, *, stack_moved: bool = False, bu
     host = TargetHost(record.machine, record.index, key_path(project, record.name), subnet_prefix=record.network,
                       machine_dir=machine_dir(project, record.name), routed=False)
     paths = [sandbox_dir(project, record.name)]
-    if not stack_moved:
+    keep: list[tuple[Path, Path]] = []
+    if stack_moved:
+        # The stack lives on: its secrets stay encrypted with the sandbox's passphrase. The
+        # machine's recorded host key goes with the machine.
+        keep.append((passphrase_path(project, record.name), kept_passphrase_path(project, record.name)))
+        paths.append(project / ".mlox" / "known_hosts" / f"{record.address}_22")
+    else:
         per_stack = project / ".mlox" / record.name  # (for the name "sandbox", the sandboxes' own directory)
         paths += [stack_file(project, record.name),
                   *(per_stack / f for f in ("caddy-root.crt", "caddy-root.crt.bundle.pem", "drift.json")),
@@ -294,4 +350,4 @@ def cleanup_list(project: Path, record: Record, *, stack_moved: bool = False, bu
         if own_state:
             paths += state_leftovers(project, record.name, project_name)
     return Cleanup(record.machine, host.veth, host.firewall_rules(), cgroup_name(record.machine), host.rootfs, paths,
-                   None if stack_moved else record.name)
+                   None if stack_moved else record.name, keep)

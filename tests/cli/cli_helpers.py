@@ -98,7 +98,8 @@ def make_tls(directory: Path, days: int = 30) -> Tls:
 
 
 class Handler(BaseHTTPRequestHandler):
-    """MLflow's /mlflow/health behind basic auth, and an S3 root that denies anonymous access.
+    """MLflow's /mlflow/health behind basic auth, SeaweedFS' S3 /healthz, and an S3 root that denies
+    anonymous access.
     ``server.broken`` answers 502 everywhere, as Caddy does when the upstream is gone."""
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
@@ -111,6 +112,8 @@ class Handler(BaseHTTPRequestHandler):
             if self.headers.get("Authorization") != expected:
                 return self._send(401, b"unauthorized")
             return self._send(200, b"OK")
+        if self.path == "/healthz":
+            return self._send(200, b"")
         if self.path == "/":
             return self._send(403, b"<Error><Code>AccessDenied</Code></Error>")
         return self._send(404, b"not found")

@@ -358,7 +358,7 @@ def test_status_all_up(cli, mlox_project, https_server, outputs_file):
     result = cli("status", "--outputs-file", str(outputs_file(outputs_for(port))), "--ca", str(tls.ca_path), "--json")
     assert result.exit_code == 0, result.stderr
     rows = json.loads(result.stdout)
-    assert [(r["name"], r["up"], r["status"]) for r in rows] == [("mlflow", True, 200), ("s3", True, 403)]
+    assert [(r["name"], r["up"], r["status"]) for r in rows] == [("mlflow", True, 200), ("s3", True, 200)]
     human = cli("status", "--outputs-file", str(outputs_file(outputs_for(port))), "--ca", str(tls.ca_path))
     assert human.exit_code == 0 and "mlflow" in human.stdout and "DOWN" not in human.stdout
     assert "ui-pass" not in human.stdout
@@ -396,7 +396,7 @@ def test_status_with_a_bad_gateway(cli, mlox_project, https_server, outputs_file
 def test_logs_unknown_service_exits_2_naming_the_allowed_ones(cli, mlox_project, outputs_file):
     result = cli("logs", "jupyter", "--stack", "dev", "--outputs-file", str(outputs_file(outputs_for(443))))
     assert result.exit_code == 2
-    assert result.stderr.startswith("SERVICE: 'jupyter' is not a service of this stack (allowed: caddy, mlflow, ")
+    assert result.stderr.startswith("SERVICE: 'jupyter' is not a service of this stack (allowed: caddy, home, mlflow, ")
     assert "seaweedfs-buckets" in result.stderr  # the compose services of the stack file
 
 
@@ -438,17 +438,17 @@ def test_init_non_interactive_writes_a_valid_file(cli, mlox_project, no_pulumi):
     config = load_file(path)
     assert (config.provider, config.hetzner.location, config.hetzner.server_type) == ("hetzner", "nbg1", "cx33")
     assert config.ssh.admin_cidrs == ["203.0.113.7/32"]
-    assert config.enabled_services() == ["postgres", "seaweedfs", "caddy"]
+    assert config.enabled_services() == ["postgres", "seaweedfs", "home", "caddy"]
     assert config.domain is None
     assert cli("validate", "--stack", "prod").exit_code == 0
 
 
 @pytest.mark.parametrize("services, enabled", [
-    (None, ["postgres", "seaweedfs", "mlflow", "caddy"]),  # the core preset
-    ("postgres,seaweedfs,mlflow,jupyter", ["postgres", "seaweedfs", "mlflow", "jupyter", "caddy"]),
+    (None, ["postgres", "seaweedfs", "mlflow", "home", "caddy"]),  # the core preset
+    ("postgres,seaweedfs,mlflow,jupyter", ["postgres", "seaweedfs", "mlflow", "jupyter", "home", "caddy"]),
     ("postgres,seaweedfs,mlflow,redis,feast,label-studio,airflow,jupyter,serving,monitoring",
      ["postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "airflow", "jupyter", "serving",
-      "monitoring", "caddy"]),
+      "monitoring", "home", "caddy"]),
 ])
 def test_init_services_enables_exactly_the_listed_ones(cli, mlox_project, no_pulumi, services, enabled):
     result = cli("init", *HETZNER_FLAGS, *(["--services", services] if services else []))

@@ -221,9 +221,9 @@ def test_fetch_ca_failure_says_what_to_do(tmp_path):
 def test_probe_all_up(https_server):
     port, tls = https_server()
     results = connect.probe(outputs_for(port), ca_path=tls.ca_path)
-    assert [(r.name, r.up, r.status, r.detail) for r in results] == [("mlflow", True, 200, "ok"), ("s3", True, 403, "ok")]
+    assert [(r.name, r.up, r.status, r.detail) for r in results] == [("mlflow", True, 200, "ok"), ("s3", True, 200, "ok")]
     assert results[0].url == f"https://127.0.0.1:{port}/mlflow/health"
-    assert results[1].url == f"https://127.0.0.1:{port}/"
+    assert results[1].url == f"https://127.0.0.1:{port}/healthz"
     expected = tls.not_after.timestamp() - time.time()
     assert abs(results[0].cert_expires_in_s - expected) < 60
     assert connect.format_duration(results[0].cert_expires_in_s) in ("29d", "30d")

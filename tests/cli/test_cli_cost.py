@@ -88,7 +88,7 @@ def test_cost_text_for_hetzner(cli, tmp_path):
     assert result.stdout.startswith(HETZNER_TEXT.format(age=_age(hetzner)))
     *managed, last = result.stdout.split("smallest tier):\n", 1)[1].splitlines()
     assert [line.split()[0] for line in managed] == ["postgres", "postgres", "seaweedfs", "seaweedfs", "seaweedfs",
-                                                     "mlflow", "mlflow", "caddy", "caddy", "caddy"]
+                                                     "mlflow", "mlflow", "home", "caddy", "caddy", "caddy"]
     assert "Amazon RDS for PostgreSQL db.t4g.micro, single-AZ, 20 GB gp2" in managed[0] and "13.98 USD" in managed[0]
     assert "(https://aws.amazon.com/rds/postgresql/pricing/, read 2026-11-26; " in managed[0]
     assert "no flat price" in managed[5]
@@ -115,7 +115,7 @@ def test_cost_json_for_each_cloud_provider(cli, tmp_path, provider, lines, total
                                                                                    provider)
     assert data["read_on"] == PROVIDERS[provider].PRICES_READ_ON and data["age_days"] == _age(PROVIDERS[provider])
     assert [row["service"] for row in data["managed"]] == ["postgres", "postgres", "seaweedfs", "seaweedfs", "seaweedfs",
-                                                           "mlflow", "mlflow", "caddy", "caddy", "caddy"]
+                                                           "mlflow", "mlflow", "home", "caddy", "caddy", "caddy"]
     assert data["summary"] == {
         "here": {currency: total}, "here_complete": True, "managed": 26.44, "managed_currency": "USD",
         "managed_not_included": ["mlflow"],
@@ -133,7 +133,7 @@ def test_cost_for_onprem_prices_only_the_managed_equivalents(cli, tmp_path):
                                 "for the managed set.\n")
     data = json.loads(cli("cost", "--file", str(write_stack(tmp_path, raw)), "--json").stdout)
     assert (data["total"], data["totals"], data["currency"], data["read_on"]) == (None, {}, None, None)
-    assert {row["service"] for row in data["managed"]} == {"postgres", "seaweedfs", "caddy"}
+    assert {row["service"] for row in data["managed"]} == {"postgres", "seaweedfs", "home", "caddy"}
     assert (data["summary"]["here"], data["summary"]["managed"], data["summary"]["managed_not_included"]) == ({}, 26.44, [])
 
 
@@ -290,7 +290,7 @@ def _everything(preset_only: bool = False) -> dict:
 
 # The cheapest flat USD equivalent of each service when every one is enabled.
 CHEAPEST = {"postgres": 13.98, "seaweedfs": 0.46, "redis": 11.68, "airflow": 357.7, "jupyter": 36.5,
-            "serving": 83.95, "monitoring": 19.0, "caddy": 12.0}
+            "serving": 83.95, "monitoring": 19.0, "home": 0.0, "caddy": 12.0}
 
 
 def test_every_enabled_service_has_managed_equivalents_and_the_set_is_summed(cli, tmp_path):
@@ -421,7 +421,7 @@ def test_validate_warns_when_a_smaller_size_holds_the_services(cli, tmp_path):
     result = cli("validate", "--file", str(path))
     assert result.exit_code == 0
     assert result.stderr == (f"warning: {path}: mlox:hetzner.server_type: cx23 (4096 MiB, 5.99 EUR/month) also holds "
-                             "the enabled services (2688 MiB); cx43 costs 16.49\n")
+                             "the enabled services (2720 MiB); cx43 costs 16.49\n")
     assert result.stdout.startswith(f"ok: {path} is valid")
     quiet = cli("validate", "--file", str(write_stack(tmp_path, settings())))
     assert (quiet.exit_code, quiet.stderr) == (0, "")

@@ -243,7 +243,9 @@ def _airflow(states, failed_task=None):
         ("POST", "/airflow/api/v2/dags/train/dagRuns"): authed(lambda h, b: (200, {"dag_run_id": run, "conf": json.loads(b)["conf"]})),
         ("GET", f"/airflow/api/v2/dags/train/dagRuns/{quoted}"): authed(lambda h, b: (200, {"state": next(answers)})),
         ("GET", f"/airflow/api/v2/dags/train/dagRuns/{quoted}/taskInstances"): authed(lambda h, b: (200, {
-            "task_instances": [{"task_id": "fit", "state": task_state, "try_number": 1}]})),
+            "task_instances": [{"task_id": "fit", "state": task_state, "try_number": 1}]
+            # A task after a failed one never starts: no try, no log (its log answers 404).
+            + ([{"task_id": "deploy", "state": "upstream_failed", "try_number": 0}] if failed_task else [])})),
         ("GET", f"/airflow/api/v2/dags/train/dagRuns/{quoted}/taskInstances/fit/logs/1"): authed(lambda h, b: (200, {
             "content": [{"event": "starting"}, {"event": "MLOX fitted"}]})),
     }, run, issued
@@ -269,6 +271,7 @@ def test_airflow_failed_run_names_its_failed_tasks(clean, service):
         airflow.wait("train", run, poll=0.01)
     assert str(err.value) == (f"the run {run} of train failed (tasks: fit); stack.airflow.task_logs('train', "
                               f"{run!r}) has their logs")
+    assert airflow.task_logs("train", run) == {"fit": "starting\nMLOX fitted", "deploy": ""}
 
 
 def test_airflow_logs_in_again_when_the_token_expires(clean, service):

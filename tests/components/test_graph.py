@@ -32,7 +32,8 @@ PROVIDER_RESOURCES = {
 COMMON = Counter({
     "mlox:stack:Stack": 1, "mlox:server:Server": 1, "mlox:server:Bundle": 1,
     "mlox:service:Postgres": 1, "mlox:service:Seaweedfs": 1, "mlox:service:Mlflow": 1, "mlox:service:Caddy": 1,
-    "random:index/randomPassword:RandomPassword": 7,  # postgres superuser, data, mlflow; s3 keys; flask; ui
+    "mlox:service:Home": 1,
+    "random:index/randomPassword:RandomPassword": 8,  # postgres superuser, data, mlflow; s3 keys; flask; ui: mlflow, home
     "command:remote:Command": 8,  # bootstrap, host keys, 4 env files, bundle prepare, compose up
     "command:remote:CopyToRemote": 1,
 })

@@ -35,7 +35,7 @@ def test_two_servers_with_unique_names_and_one_set_of_credentials(record, source
     types = Counter(r.type for r in resources)
     assert types["mlox:server:Server"] == 2 and types["mlox:server:Bundle"] == 2
     # Credentials are generated once and written to both servers.
-    assert types["random:index/randomPassword:RandomPassword"] == 7
+    assert types["random:index/randomPassword:RandomPassword"] == 8
     by = names(resources)
     for service in ("postgres", "seaweedfs", "mlflow", "caddy"):
         old, new = by[f"{service}-env"], by[f"{service}-env-on-b"]

@@ -23,7 +23,7 @@ def test_each_service_is_a_component_with_its_secrets_and_env_file(record):
                                                   "postgres-superuser"]
     assert children_of(resources, "seaweedfs") == ["seaweedfs-access-key", "seaweedfs-env", "seaweedfs-secret-key"]
     assert children_of(resources, "mlflow") == ["mlflow-env", "mlflow-flask-secret"]
-    assert children_of(resources, "caddy") == ["caddy-env", "caddy-ui-mlflow"]
+    assert children_of(resources, "caddy") == ["caddy-env", "caddy-ui-home", "caddy-ui-mlflow"]
     assert children_of(resources, "main-bundle") == ["main-bundle-compose-up", "main-bundle-copy", "main-bundle-prepare"]
     types = {r.name: r.type for r in resources}
     assert types["mlflow"] == "mlox:service:Mlflow" and types["main"] == "mlox:server:Server"
@@ -35,7 +35,7 @@ def test_each_service_is_a_component_with_its_secrets_and_env_file(record):
     ("seaweedfs", ["S3_ACCESS_KEY", "S3_SECRET_KEY"]),
     ("mlflow", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_S3_ENDPOINT_URL",
                 "PGPASSWORD"]),
-    ("caddy", ["MLOX_ADDRESS", "MLOX_AUTH_MLFLOW", "MLOX_UI_USER"]),
+    ("caddy", ["MLOX_ADDRESS", "MLOX_AUTH_HOME", "MLOX_AUTH_MLFLOW", "MLOX_UI_USER"]),
 ])
 def test_env_files_hold_the_service_credentials(record, service, keys):
     resources, _ = record(settings())
@@ -99,7 +99,7 @@ def test_disabling_mlflow_removes_its_resources_and_database(record):
     names = named(resources)
     assert "mlflow" not in names and "postgres-db-mlflow" not in names and "caddy-ui-mlflow" not in names
     assert "mlflow_tracking_uri" not in outputs
-    assert set(outputs["urls"]) == {"s3"}
+    assert set(outputs["urls"]) == {"s3", "home"}
 
 
 def test_stack_delete_keeps_data_unless_told(record):
@@ -112,9 +112,11 @@ def test_stack_delete_keeps_data_unless_told(record):
 
 def test_outputs_name_every_service_url(record):
     _, outputs = record(settings(domain="ml.example.com", acme_email="ops@example.com"))
-    assert outputs["urls"] == {"s3": "https://s3.ml.example.com", "mlflow": "https://mlflow.ml.example.com"}
+    assert outputs["urls"] == {"s3": "https://s3.ml.example.com", "mlflow": "https://mlflow.ml.example.com",
+                              "home": "https://home.ml.example.com"}
     _, outputs = record(settings("onprem"))
-    assert outputs["urls"] == {"s3": "https://192.0.2.50", "mlflow": "https://192.0.2.50/mlflow"}
+    assert outputs["urls"] == {"s3": "https://192.0.2.50", "mlflow": "https://192.0.2.50/mlflow",
+                              "home": "https://192.0.2.50/"}
     assert outputs["tls"] == "internal" and outputs["ui_user"] == "admin"
     assert outputs["s3_buckets"] == ["data", "mlflow-artifacts"]
 
@@ -163,7 +165,7 @@ def test_full_preset_shares_credentials_and_exports_logins_as_secrets(record):
     assert env["postgres"]["MLOX_DB_PASSWORD_AIRFLOW"].strip("'") in airflow["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     assert sorted(unwrap(outputs["api_tokens"])) == ["label-studio"]
     # Monitoring's UIs are behind the proxy's basic auth; serving with no models has no route yet.
-    assert sorted(unwrap(outputs["ui_passwords"])) == ["alertmanager", "feast", "mlflow", "prometheus"]
+    assert sorted(unwrap(outputs["ui_passwords"])) == ["alertmanager", "feast", "home", "mlflow", "prometheus"]
     assert not [url for url in unwrap(outputs["urls"]) if url.startswith("model-")]
     assert unwrap(outputs["urls"])["feast"] == "https://192.0.2.50/feast"
     # A change to Redis' password re-applies Feast, then JupyterLab (which takes it from Feast's).

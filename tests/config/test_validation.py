@@ -115,8 +115,8 @@ CASES = {
     "missing_host": (settings("onprem", onprem={"private_key": "K"}),
         "mlox:onprem.host: required"),
     "too_little_memory": (settings(hetzner={"server_type": "cpx12"}),
-        "mlox:hetzner.server_type: server has 2048 MiB but the enabled services need 2688 MiB (postgres 512, "
-        "seaweedfs 512, mlflow 1024, caddy 128, system 512) (allowed: a size with at least 2688 MiB, or fewer services)"),
+        "mlox:hetzner.server_type: server has 2048 MiB but the enabled services need 2720 MiB (postgres 512, "
+        "seaweedfs 512, mlflow 1024, home 32, caddy 128, system 512) (allowed: a size with at least 2720 MiB, or fewer services)"),
     "mlflow_without_postgres": (settings(services={"postgres": {"enabled": False}}),
         "mlox:services.postgres.enabled: must be true because mlflow needs postgres"),
     "bad_bucket": (settings(services={"seaweedfs": {"buckets": ["Bad_Bucket"]}}),
@@ -126,9 +126,9 @@ CASES = {
     "bad_preset": (settings(services={"preset": "everything"}),
         "mlox:services.preset: 'everything' is not allowed (allowed: core or full)"),
     "full_preset_on_a_small_server": (settings(hetzner={"server_type": "cx23"}, services={"preset": "full"}),
-        "mlox:hetzner.server_type: server has 4096 MiB but the enabled services need 8112 MiB (postgres 512, "
+        "mlox:hetzner.server_type: server has 4096 MiB but the enabled services need 8144 MiB (postgres 512, "
         "seaweedfs 512, mlflow 1024, redis 128, feast 512, label-studio 768, airflow 2304, jupyter 1024, serving 128, "
-        "monitoring 560, caddy 128, system 512) (allowed: a size with at least 8112 MiB, or fewer services)"),
+        "monitoring 560, home 32, caddy 128, system 512) (allowed: a size with at least 8144 MiB, or fewer services)"),
     "bad_dags_repo": (settings("onprem", services={"airflow": {"enabled": True, "dags_repo": "ftp://x/y"}}),
         "mlox:services.airflow.dags_repo: 'ftp://x/y' is not allowed (allowed: matching "
         "^(https://|http://|git://|ssh://|file://|git@)\\S+$)"),
@@ -185,8 +185,8 @@ CASES = {
         "mlox:services.mlflow.enabled: must be true because serving needs mlflow"),
     "models_need_memory": (settings(services={"serving": {"enabled": True, "models": [
             {"name": "a", "memory_mb": 1024}, {"name": "b", "memory_mb": 1024}]}}),
-        "mlox:hetzner.server_type: server has 4096 MiB but the enabled services need 5888 MiB (postgres 512, "
-        "seaweedfs 512, mlflow 1024, serving 3200, caddy 128, system 512) (allowed: a size with at least 5888 MiB, "
+        "mlox:hetzner.server_type: server has 4096 MiB but the enabled services need 5920 MiB (postgres 512, "
+        "seaweedfs 512, mlflow 1024, serving 3200, home 32, caddy 128, system 512) (allowed: a size with at least 5920 MiB, "
         "or fewer services)"),
     "alert_webhook_not_a_url": (settings(services={"monitoring": {"enabled": True, "alerts": {"webhook_url": "hooks.example.com"}}}),
         "mlox:services.monitoring.alerts.webhook_url: 'hooks.example.com' is not an http(s) URL "
@@ -408,21 +408,21 @@ def test_valid_stack_keeps_other_namespaces_and_defaults(tmp_path):
     path.write_text(text)
     config = load_file(path)
     assert config.provider == "hetzner"
-    assert config.enabled_services() == ["postgres", "seaweedfs", "mlflow", "caddy"]
+    assert config.enabled_services() == ["postgres", "seaweedfs", "mlflow", "home", "caddy"]
     assert config.stack_name == "test"
     assert config.keep_data_on_destroy is True
 
 
-CORE = ["postgres", "seaweedfs", "mlflow", "caddy"]
+CORE = ["postgres", "seaweedfs", "mlflow", "home", "caddy"]
 FULL = ["postgres", "seaweedfs", "mlflow", "redis", "feast", "label-studio", "airflow", "jupyter", "serving", "monitoring",
-        "caddy"]
+        "home", "caddy"]
 PRESET_CASES = {
     "no_preset_is_core": ({}, CORE),
     "core": ({"preset": "core"}, CORE),
     "full": ({"preset": "full"}, FULL),
-    "core_plus_one": ({"preset": "core", "jupyter": {"enabled": True}}, ["postgres", "seaweedfs", "mlflow", "jupyter", "caddy"]),
+    "core_plus_one": ({"preset": "core", "jupyter": {"enabled": True}}, ["postgres", "seaweedfs", "mlflow", "jupyter", "home", "caddy"]),
     "full_minus_one": ({"preset": "full", "jupyter": {"enabled": False}}, [s for s in FULL if s != "jupyter"]),
-    "core_minus_mlflow": ({"mlflow": {"enabled": False}}, ["postgres", "seaweedfs", "caddy"]),
+    "core_minus_mlflow": ({"mlflow": {"enabled": False}}, ["postgres", "seaweedfs", "home", "caddy"]),
     "settings_alone_do_not_enable": ({"preset": "core", "redis": {}}, CORE),
     "explicit_true_in_full": ({"preset": "full", "redis": {"enabled": True}}, FULL),
 }

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from mlox_iac.sandbox.spec import bootstrap_targets  # the same targeted update as `mlox-iac sandbox up`
+
 try:
     from . import hosts, images
 except ImportError:  # pragma: no cover
@@ -303,15 +305,6 @@ class Deployment(_OnHost):
         return rows
 
     image_names: Sequence[str] = tuple(images.preset_images("core"))
-
-
-def bootstrap_targets(stack: str, server: str = "main") -> list[str]:
-    """The URNs of a server's bootstrap, its host keys and their parents: a targeted update
-    of these alone bootstraps a bare host (so that images can be loaded before compose runs)."""
-    prefix = f"urn:pulumi:{stack}::mlox::mlox:stack:Stack"
-    return [f"{prefix}::mlox", f"{prefix}$mlox:server:Server::{server}",
-            f"{prefix}$mlox:server:Server$command:remote:Command::{server}-bootstrap",
-            f"{prefix}$mlox:server:Server$command:remote:Command::{server}-host-keys"]
 
 
 def _lookup(config: dict, dotted: str):

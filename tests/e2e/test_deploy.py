@@ -155,7 +155,7 @@ def test_2b_a_user_connects_with_mlox_iac_env_status_logs_and_ssh(deployment):
     home_ssh = d.work / "home" / ".ssh"
     status = _ok(d.mlox("status", "--stack", d.stack, "--json"))
     probes = {p["name"]: p for p in json.loads(status.stdout)}
-    assert set(probes) == {"mlflow", "s3"} and all(p["up"] for p in probes.values()), probes
+    assert set(probes) == {"mlflow", "s3", "home"} and all(p["up"] for p in probes.values()), probes
     assert probes["mlflow"]["cert_expires_in_s"] > 3600
     assert list(home_ssh.iterdir()) == []  # nothing written to the user's known_hosts
     known = (d.project / ".mlox" / "known_hosts" / f"{d.host.address}_22").read_text()
@@ -191,7 +191,7 @@ def test_2b_a_user_connects_with_mlox_iac_env_status_logs_and_ssh(deployment):
     try:
         down = d.mlox("status", "--stack", d.stack, "--json")
         assert down.returncode == 1
-        assert {p["name"]: p["up"] for p in json.loads(down.stdout)} == {"mlflow": False, "s3": True}
+        assert {p["name"]: p["up"] for p in json.loads(down.stdout)} == {"mlflow": False, "s3": True, "home": True}
     finally:
         d.host.ssh(f"{COMPOSE} start mlflow")
     assert d.wait_healthy()["mlflow"]["Health"] == "healthy"

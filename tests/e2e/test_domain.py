@@ -115,7 +115,7 @@ def domain(tmp_path_factory):
     work = tmp_path_factory.mktemp("domain")
     with hosts.target_hosts(1, prefix=PREFIX, first_index=INDEX) as (host,):
         client = hosts.client_namespace()
-        names = [f"{route}.{DOMAIN}" for route in ("mlflow", "s3")]
+        names = [f"{route}.{DOMAIN}" for route in ("mlflow", "s3", "home")]
         acme = AcmeTestCA(work / "acme", host.gateway, host.address, names)
         # `ip netns exec` shows the namespace this file as /etc/resolv.conf.
         resolv = Path("/etc/netns") / client.netns / "resolv.conf"
@@ -146,7 +146,8 @@ def test_1_domain_stack_gets_certificates_from_pebble(domain):
         assert rows[service]["Health"] == "healthy", (service, rows.get(service))
     timed("domain: stack up", time.monotonic() - start)
     assert d.outputs["tls"] == "acme"
-    assert d.outputs["urls"] == {"mlflow": f"https://mlflow.{DOMAIN}", "s3": f"https://s3.{DOMAIN}"}
+    assert d.outputs["urls"] == {"mlflow": f"https://mlflow.{DOMAIN}", "s3": f"https://s3.{DOMAIN}",
+                                 "home": f"https://home.{DOMAIN}"}
 
     start = time.monotonic()
     served = d.wait_for_certificates(d.names)
@@ -208,7 +209,7 @@ def test_3_status_reports_the_acme_certificate(domain):
     status = d.mlox("status", "--json", "--ca", str(d.ca_path))
     assert status.returncode == 0, status.stdout + status.stderr
     probes = {p["name"]: p for p in json.loads(status.stdout)}
-    assert set(probes) == {"mlflow", "s3"} and all(p["up"] for p in probes.values()), probes
+    assert set(probes) == {"mlflow", "s3", "home"} and all(p["up"] for p in probes.values()), probes
     served = d.wait_for_certificates(d.names)
     for route, probe in probes.items():
         assert probe["url"].startswith(f"https://{route}.{DOMAIN}/")

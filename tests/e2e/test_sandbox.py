@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -28,66 +27,21 @@ from pathlib import Path
 import pytest
 
 try:
-    from . import hosts
-    from .stack import ROOT, timed
+    from .full_stack import SandboxUser
+    from .stack import ROOT
 except ImportError:  # pragma: no cover
-    import hosts  # type: ignore[no-redef]
-    from stack import ROOT, timed  # type: ignore[no-redef]
+    from full_stack import SandboxUser  # type: ignore[no-redef]
+    from stack import ROOT  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.e2e
 NAME = "sandbox"
-CLEAN = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE", "PULUMI_BACKEND_URL", "MLOX_STACK",
-         "MLOX_OUTPUTS_FILE", "MLOX_SSH_IDENTITY", "MLOX_SSH_OPTS", "MLOX_CA_FILE", "MLOX_PROJECT_DIR")
 
 
-class Sandbox:
-    """The throwaway project, the user's environment, and what the sandbox's record says."""
+class Sandbox(SandboxUser):
+    """The sandbox's user, and what of the sandbox is on this machine."""
 
-    def __init__(self, work: Path):
-        self.project = work / "project"
-        (self.project / "stacks").mkdir(parents=True)
-        for name in ("Pulumi.yaml", "__main__.py"):
-            shutil.copy(ROOT / name, self.project / name)
-        (self.project / ".venv").symlink_to(ROOT / ".venv" if (ROOT / ".venv").exists()
-                                            else Path(sys.executable).resolve().parents[1])
-        home = work / "home"
-        (home / ".ssh").mkdir(parents=True)  # no key of the user's own: the sandbox's is used
-        self.env = {k: v for k, v in os.environ.items() if k not in CLEAN and not k.startswith(("MLFLOW_", "AWS_"))}
-        self.env.update({
-            "HOME": str(home), "PULUMI_HOME": os.environ.get("PULUMI_HOME") or str(Path.home() / ".pulumi"),
-            "PYTHONPATH": str(ROOT),  # this checkout's mlox_iac, for the CLI and for the program the engine runs
-            "MLOX_BUILD_DIR": str(self.project / ".mlox" / "build"), "PULUMI_SKIP_UPDATE_CHECK": "true",
-            "MLOX_HOSTS_CACHE": str(hosts.cache_dir()),  # the tests' root filesystem and images, not a cold cache
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        })
-
-    def cli(self, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
-        started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "mlox_iac.cli.main", *args], cwd=self.project, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
-        timed(f"mlox-iac {' '.join(args)} (exit {done.returncode})", time.monotonic() - started)
-        sys.stderr.write(done.stderr[-3000:])
-        return done
-
-    def ok(self, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
-        done = self.cli(*args, timeout=timeout)
-        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-        assert "Traceback" not in done.stderr, done.stderr[-4000:]
-        return done
-
-    @property
-    def record(self) -> dict:
-        return json.loads((self.project / ".mlox" / "sandbox" / NAME / "sandbox.json").read_text())
-
-    @property
-    def address(self) -> str:
-        return f"{self.record['network']}.{self.record['index']}.2"
-
-    def ssh(self, command: str) -> str:
-        key = self.project / ".mlox" / "sandbox" / NAME / "id_ed25519"
-        return subprocess.run(["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                               "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", f"root@{self.address}", command],
-                              capture_output=True, text=True, timeout=120, check=True).stdout
+    def ssh(self, command: str) -> str:  # type: ignore[override]
+        return super().ssh(command).stdout
 
     def traces(self, machine: str, subnet: str) -> dict[str, list[str]]:
         """Everything of the sandbox on this machine, by kind (empty lists once it is gone)."""
@@ -135,7 +89,7 @@ def test_1_sandbox_up_deploys_the_core_stack_and_it_is_used_from_here(sandbox):
     up = json.loads(done.stdout)
     assert "no container registry answers from here: building the images from tests/standins" in done.stderr
     assert up["changes"].get("create", 0) >= 10, up["changes"]
-    assert set(up["urls"]) == {"mlflow", "s3"} and up["ui_user"] == "admin"
+    assert set(up["urls"]) == {"mlflow", "s3", "home"} and up["ui_user"] == "admin"
     record = sb.record
     assert record["done"] == ["host", "stack", "bootstrap", "images", "deploy"] and record["images"] == "standins"
     assert up["address"] == sb.address and up["network"].startswith(f"{sb.address.rsplit('.', 2)[0]}.")
@@ -161,7 +115,7 @@ def test_1_sandbox_up_deploys_the_core_stack_and_it_is_used_from_here(sandbox):
     # The machine outlived the CLI that booted it; status sees it healthy.
     status = json.loads(sb.ok("sandbox", "status", "--json").stdout)
     assert status["healthy"] and status["machine"]["running"], status
-    assert {s["name"]: s["up"] for s in status["services"]} == {"mlflow": True, "s3": True}
+    assert {s["name"]: s["up"] for s in status["services"]} == {"mlflow": True, "s3": True, "home": True}
 
     # From this machine, configured only by `mlox-iac env`: a run with a model and an artifact,
     # an object put and read back (scripts/smoke.py, the quickstart's smoke test).
@@ -192,9 +146,7 @@ def test_2_a_second_up_changes_nothing(sandbox):
 def test_3_up_boots_a_machine_that_stopped_and_changes_nothing(sandbox):
     sb = sandbox
     boot_id = sb.ssh("cat /proc/sys/kernel/random/boot_id").strip()
-    subprocess.run(["ssh", "-i", str(sb.project / ".mlox" / "sandbox" / NAME / "id_ed25519"), "-o",
-                    "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-                    f"root@{sb.address}", "systemctl poweroff"], capture_output=True, timeout=60)
+    subprocess.run(sb.ssh_argv("systemctl poweroff"), capture_output=True, timeout=60)
     deadline = time.monotonic() + 120
     while sb.traces(sb.machine, sb.subnet)["processes"] and time.monotonic() < deadline:
         time.sleep(1)

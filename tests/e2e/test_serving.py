@@ -213,7 +213,7 @@ def test_3_registered_model_is_served_and_an_alias_move_fails_no_request(stack):
     from mlox_iac import connect
 
     probes = {p.name: (p.up, p.detail) for p in connect.probe(d.outputs, d.ca_path)}  # what `mlox-iac status` checks
-    assert probes == {name: (True, "ok") for name in ("s3", "mlflow", ROUTE, "prometheus", "alertmanager")}, probes
+    assert probes == {name: (True, "ok") for name in ("s3", "mlflow", ROUTE, "prometheus", "alertmanager", "home")}, probes
 
     # A client polls throughout the switch; every answer must be a 200 from one of the versions.
     seen: list[tuple[int, str, object]] = []
@@ -293,9 +293,10 @@ def test_5_stopping_a_service_fires_an_alert_to_the_webhook(stack):
         alerts = _wait("ServiceDown for mlflow at the webhook", fired, timeout=300, every=5)
         timed("service stopped to alert delivered", time.monotonic() - start)
         assert alerts[0]["annotations"]["summary"] == "mlflow is not running"
-        others = {a["labels"].get("service") for a in d.webhook.alerts()
-                  if a["labels"].get("alertname") == "ServiceDown" and a["status"] == "firing"}
-        assert others == {"mlflow"}, others  # nothing else reported down
+        down = [a for a in d.webhook.alerts() if a["labels"].get("alertname") == "ServiceDown" and a["status"] == "firing"]
+        others = {a["labels"].get("service") for a in down}
+        # nothing else reported down (when and what, if something was)
+        assert others == {"mlflow"}, [(a["labels"].get("service"), a.get("startsAt"), a.get("endsAt")) for a in down]
     finally:
         d.host.ssh(f"{COMPOSE} start mlflow")
     rows = d.wait_healthy_services(("mlflow",))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_binary, settings, tool
+from conftest import ROOT, compose_binary, settings, tool
 from mlox_iac.components.services.base import SECRETS_DIR, Context
 from mlox_iac.config.loader import validate
 from mlox_iac.render import commands
@@ -55,11 +55,28 @@ def write(files: dict[str, str], directory: Path) -> Path:
 
 
 def without_programs(files: dict[str, str]) -> dict[str, str]:
-    """The bundle less the programs shipped unchanged from the package (checked against their source)."""
+    """The bundle less the programs shipped unchanged from the package (checked against their
+    source), and less mlox-client's source copied into image builds (checked below)."""
     from mlox_iac.components.services import programs
 
     sources = {programs.source(name) for name in programs.names()}
-    return {path: text for path, text in files.items() if text not in sources}
+    return {path: text for path, text in files.items()
+            if text not in sources and "/mlox-client/src/" not in path}
+
+
+def test_images_get_this_checkout_of_mlox_client_whole():
+    """JupyterLab's and Airflow's build contexts carry the client's every module and data file,
+    as they are in client/src, and a pyproject with the package's version."""
+    import mlox_client
+
+    package = ROOT / "client" / "src" / "mlox_client"
+    expected = {p.name: p.read_text() for p in package.iterdir() if p.suffix == ".py" or p.name in ("py.typed", "faces.json")}
+    bundle = render_bundle(ctx_for(SCENARIOS["full_preset"]))
+    for context in ("jupyter/image", "airflow/image"):
+        copied = {path.rsplit("/", 1)[1]: text for path, text in bundle.items()
+                  if path.startswith(f"{context}/mlox-client/src/mlox_client/")}
+        assert copied == expected, context
+        assert f'version = "{mlox_client.__version__}"' in bundle[f"{context}/mlox-client/pyproject.toml"]
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))

@@ -54,10 +54,23 @@ def test_cleanup_list_names_the_machine_its_network_rules_cgroup_stack_and_files
     assert cleanup.rootfs == PROJECT / ".mlox/sandbox/sandbox/machine/rootfs"
 
 
-def test_cleanup_list_of_a_stack_migrated_to_a_server_keeps_the_stack():
+def test_cleanup_list_of_a_stack_migrated_to_a_server_keeps_the_stack_and_its_passphrase():
     cleanup = spec.cleanup_list(PROJECT, record(name="trial"), stack_moved=True)
     assert cleanup.stack is None
-    assert cleanup.paths == [PROJECT / ".mlox/sandbox/trial"]  # the record, key, passphrase and machine
+    # the record, key and machine; the machine's recorded host key
+    assert cleanup.paths == [PROJECT / ".mlox/sandbox/trial", PROJECT / ".mlox/known_hosts/10.79.3.2_22"]
+    # The stack's secrets stay encrypted with the sandbox's passphrase: it is kept for the stack.
+    assert cleanup.keep == [(PROJECT / ".mlox/sandbox/trial/passphrase", PROJECT / ".mlox/trial/.passphrase")]
+
+
+def test_a_removed_sandbox_keeps_nothing():
+    assert spec.cleanup_list(PROJECT, record()).keep == []
+
+
+def test_the_kept_passphrase_is_no_sandbox_folder_even_for_the_name_sandbox():
+    kept = spec.kept_passphrase_path(PROJECT, "sandbox")
+    assert kept == PROJECT / ".mlox/sandbox/.passphrase"
+    assert spec.name_problem(kept.name) is not None  # no sandbox can be called that
 
 
 def test_cleanup_list_with_a_backend_of_the_users_own_and_another_build_dir():
@@ -110,6 +123,14 @@ def test_moved_problem():
         "stack sandbox now runs on a hetzner server, not on its sandbox machine 10.79.3.2 (it was migrated)")
     assert spec.moved_problem(record(), "onprem", "192.0.2.7") == (
         "stack sandbox now runs on a server 192.0.2.7, not on its sandbox machine 10.79.3.2 (it was migrated)")
+
+
+def test_moving_problem():
+    assert spec.moving_problem("trial", None) is None
+    assert spec.moving_problem("trial", "onprem") == (
+        "sandbox trial: its stack is being migrated (to onprem); finish the move first (mlox-iac migrate --stack "
+        "trial --finish, then sandbox down removes only the machine) or go back to the sandbox (mlox-iac migrate "
+        "--stack trial --abort)")
 
 
 # ----- sizes, networks, names ----------------------------------------------------------

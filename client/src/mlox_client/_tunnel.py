@@ -1,7 +1,12 @@
 """SSH tunnels to what only the server itself reaches (Postgres, Redis), opened with the
 user's own key: the system ``ssh`` with its agent and ``~/.ssh/config``, or the key in
 ``MLOX_SSH_IDENTITY``. The user's public key must be in the stack's ``mlox:ssh.public_keys``
-and their address in ``mlox:ssh.admin_cidrs``: only those reach port 22."""
+and their address in ``mlox:ssh.admin_cidrs``: only those reach port 22.
+
+The server is trusted by the host keys recorded when it was bootstrapped (``MLOX_SSH_HOST_KEYS``,
+which ``mlox-iac env`` exports), through a known-hosts file of the tunnel's own, with strict
+checking: a server whose key differs is refused. Settings from a stack deployed before host
+keys were recorded fall back to ssh's ``accept-new`` (trust on first use, then checked)."""
 
 from __future__ import annotations
 
@@ -24,12 +29,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def known_hosts_text(host: str, port: int, host_keys: Sequence[str]) -> str:
+    """``known_hosts`` lines for the server's recorded keys (``type base64`` each)."""
+    name = host if port == 22 else f"[{host}]:{port}"
+    lines = [f"{name} {' '.join(key.split()[:2])}" for key in host_keys if len(key.split()) >= 2]
+    return "".join(f"{line}\n" for line in lines)
+
+
 def tunnel_argv(user: str, host: str, port: int, local_port: int, remote: str, *,
-                identity: str | None = None, options: Sequence[str] = ()) -> list[str]:
+                identity: str | None = None, options: Sequence[str] = (),
+                known_hosts: str | None = None) -> list[str]:
     """``ssh -N -L 127.0.0.1:<local_port>:<remote> user@host``: never prompts, fails when the
-    forward cannot be set up."""
+    forward cannot be set up; with ``known_hosts`` (a file of the server's recorded keys) it
+    trusts those alone."""
+    trust = (["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}"] if known_hosts
+             else ["-o", "StrictHostKeyChecking=accept-new"])
     argv = ["ssh", "-N", "-p", str(port), "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
-            "-o", "StrictHostKeyChecking=accept-new", "-o", "ServerAliveInterval=30"]
+            *trust, "-o", "ServerAliveInterval=30"]
     if identity:
         argv += ["-i", os.path.expanduser(identity), "-o", "IdentitiesOnly=yes"]
     argv += list(options)
@@ -40,10 +56,27 @@ def tunnel_argv(user: str, host: str, port: int, local_port: int, remote: str, *
 class Tunnel:
     """One forward, open until :meth:`close` (or the interpreter's exit)."""
 
+    def _known_hosts_file(self) -> str | None:
+        """The recorded keys in a file of this tunnel's own (a private temporary folder)."""
+        text = known_hosts_text(self.host, self.port, self.host_keys)
+        if not text:
+            return None
+        if self._known_hosts is None:
+            import tempfile
+
+            folder = tempfile.mkdtemp(prefix="mlox-ssh-")  # 0700
+            path = os.path.join(folder, "known_hosts")
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+                file.write(text)
+            self._known_hosts = path
+        return self._known_hosts
+
     def __init__(self, user: str, host: str, port: int, remote: str, *, identity: str | None = None,
-                 timeout: float = 30) -> None:
+                 host_keys: Sequence[str] = (), timeout: float = 30) -> None:
         self.user, self.host, self.port, self.remote = user, host, port, remote
         self.identity = identity
+        self.host_keys = tuple(host_keys)
+        self._known_hosts: str | None = None
         self.timeout = timeout
         self.local_port: int | None = None
         self._proc: subprocess.Popen | None = None
@@ -59,7 +92,7 @@ class Tunnel:
         self.local_port = free_port()
         options = shlex.split(os.environ.get("MLOX_SSH_OPTS", ""))
         argv = tunnel_argv(self.user, self.host, self.port, self.local_port, self.remote,
-                           identity=self.identity, options=options)
+                           identity=self.identity, options=options, known_hosts=self._known_hosts_file())
         try:
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -71,6 +104,11 @@ class Tunnel:
                 stderr = (self._proc.stderr.read() if self._proc.stderr else "") or ""
                 reason = [line for line in stderr.splitlines() if line.strip()][-1:] or [f"exit {self._proc.returncode}"]
                 self._proc = None
+                if "host key verification failed" in reason[0].lower() and self.host_keys:
+                    raise TunnelError(
+                        f"the server {self.host} did not show the SSH host key recorded when it was bootstrapped: if "
+                        "it was rebuilt, run mlox-iac up --replace main-host-keys and export the settings again "
+                        "(mlox-iac env); otherwise do not connect, someone may be intercepting the connection")
                 raise TunnelError(
                     f"the SSH tunnel to {self.remote} on {self.host} did not open ({reason[0]}): your key must be in "
                     "mlox:ssh.public_keys and your address in mlox:ssh.admin_cidrs; set MLOX_SSH_IDENTITY to use "
@@ -99,6 +137,11 @@ class Tunnel:
             proc.stderr.close()
         if self in _OPEN:
             _OPEN.remove(self)
+        if self._known_hosts is not None:
+            import shutil
+
+            shutil.rmtree(os.path.dirname(self._known_hosts), ignore_errors=True)
+            self._known_hosts = None
 
 
 @atexit.register

@@ -109,6 +109,7 @@ class Pipelines(Service):
         return "\n".join(str(e.get("event", "")) if isinstance(e, dict) else str(e) for e in content)
 
     def task_logs(self, dag_id: str, run_id: str) -> dict[str, str]:
-        """Every task's log of the run (its last try), by task id."""
-        return {t["task_id"]: self.task_log(dag_id, run_id, t["task_id"], max(int(t.get("try_number") or 1), 1))
-                for t in self.tasks(dag_id, run_id)}
+        """Every task's log of the run (its last try), by task id; "" for a task that never
+        started (upstream_failed, skipped: Airflow has no log, nor a try, for it)."""
+        return {t["task_id"]: self.task_log(dag_id, run_id, t["task_id"], int(t["try_number"]))
+                if t.get("try_number") else "" for t in self.tasks(dag_id, run_id)}

@@ -142,8 +142,9 @@ class Stack:
                 raise SettingMissing(f"{settings.variable('ssh_host')} is not set in {settings.source}: the tunnel to "
                                      f"{remote} needs the server's address (export the settings again with mlox-iac env)")
             identity = os.environ.get(settings.variable("ssh_identity")) or settings.get("ssh_identity")
+            keys = [k for k in (settings.get("ssh_host_keys") or "").split(",") if k.strip()]
             self._tunnels[remote] = Tunnel(settings.get("ssh_user") or "root", host, int(settings.get("ssh_port") or 22),
-                                           remote, identity=identity)
+                                           remote, identity=identity, host_keys=keys)
         return self._tunnels[remote].open()
 
     def close(self) -> None:

@@ -68,18 +68,23 @@ class Route:
 
     With a domain the route is ``https://<name>.<domain>``; without one it is the path
     ``https://<address>/<name>/`` (or the catch-all, for the S3 API whose request
-    signatures cover the path and so cannot live under a prefix).
+    signatures cover the path and so cannot live under a prefix; or the root page, the
+    home page: a browser's unsigned ``GET /``, see ``home.ROOT_MATCHER``).
     """
 
     name: str
     upstream: str  # compose service:port
     auth: Literal["basic", "own"]  # basic: Caddy basic auth, generated password; own: the service authenticates
     catch_all: bool = False
+    root_page: bool = False  # without a domain: the bare address's own page, ``https://<address>/``
     strip_prefix: bool = True
     # False: a new connection to the upstream per request, for a server that closes its
     # connection after each response without saying so (uWSGI's HTTP router): a reused
     # connection would fail the next request with 502.
     keepalive: bool = True
+    # An API for programs, not a page a person opens (its root answers 404): the home page
+    # shows its address, not a link.
+    api: bool = False
 
 
 # Stack outputs whose values are credentials (a face's setting read from one is a secret).
@@ -199,6 +204,8 @@ class Context:
         domain = self.config.domain
         if domain:
             return f"https://{route.name}.{domain}"
+        if route.root_page:
+            return f"https://{address}/"
         return f"https://{address}" + ("" if route.catch_all else f"/{route.name}")
 
 

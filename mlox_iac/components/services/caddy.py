@@ -8,8 +8,8 @@ Caddy trusts them for the CA's directory). Inside the Compose network those host
 are aliases of Caddy, so services reach each other's public URLs (MLflow: S3) on the
 server itself, whatever public DNS and the network do with a server's own address. Without a domain, Caddy
 serves the server's address with a certificate from its own internal CA
-(``tls internal``), UIs under a path each (``https://<address>/mlflow/``) and the S3
-API at the root. Every route with ``auth="basic"`` gets basic auth with a generated
+(``tls internal``), UIs under a path each (``https://<address>/mlflow/``), the S3
+API at the root, and the home page at the root for a browser's unsigned ``GET /``. Every route with ``auth="basic"`` gets basic auth with a generated
 password per service (bcrypt hash in Caddy's env file, never in the bundle).
 """
 
@@ -101,7 +101,12 @@ def render_caddyfile(ctx: Context) -> str:
     else:
         lines += ["{", "\tdefault_sni {$MLOX_ADDRESS}", *_QUIET_ADMIN, *metrics_option, "}", "",
                   "https://{$MLOX_ADDRESS} {", "\ttls internal"]
-        for route in (r for r in routes if not r.catch_all):
+        for route in (r for r in routes if r.root_page):
+            from mlox_iac.components.services.home import ROOT_MATCHER
+
+            lines += [f"\t@{route.name} {{", *(f"\t\t{m}" for m in ROOT_MATCHER), "\t}", f"\thandle @{route.name} {{"]
+            lines += _auth(route, "\t\t") + _proxy(route, "\t\t") + ["\t}"]
+        for route in (r for r in routes if not r.catch_all and not r.root_page):
             handle = "handle_path" if route.strip_prefix else "handle"
             lines += [f"\tredir /{route.name} /{route.name}/", f"\t{handle} /{route.name}/* {{"]
             lines += _auth(route, "\t\t") + _proxy(route, "\t\t") + ["\t}"]

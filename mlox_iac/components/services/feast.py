@@ -100,7 +100,7 @@ def compose(ctx: Context) -> dict:
 
 
 def routes(ctx: Context) -> list[Route]:
-    return [Route(NAME, f"{NAME}:{PORT}", auth="basic")]
+    return [Route(NAME, f"{NAME}:{PORT}", auth="basic", api=True)]
 
 
 # The feature server (online features over HTTPS, basic auth), and what a FeatureStore of

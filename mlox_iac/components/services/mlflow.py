@@ -110,6 +110,14 @@ def tracking_uri(ctx: Context) -> str:
     return f"http://{NAME}:{PORT}{prefix(ctx)}"
 
 
+# For clients inside the stack (JupyterLab, Airflow's tasks): artifacts stream through the
+# tracking server on the Compose network. MLflow's default for a server that offers them is
+# presigned S3 URLs at the stack's public address; without a domain its certificate comes
+# from Caddy's internal CA, which those containers do not hold, and the bytes would leave
+# the Compose network only to come back through the proxy.
+INSIDE_ENV = {"MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false", "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false"}
+
+
 # The MLflow client reads these variables itself; behind the proxy it sends basic auth.
 FACE = Face(
     "mlflow", route=NAME, auth="basic", health="/health", extra="mlflow",

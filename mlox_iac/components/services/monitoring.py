@@ -251,6 +251,14 @@ def alert_rules(ctx: Context) -> list[dict]:
          "labels": {"severity": "critical"},
          "annotations": {"summary": "no successful backup for more than twice the schedule's interval"}},
     ]
+    if _enabled(ctx, "airflow"):
+        # Written by pipelines' monitoring tasks (the pipeline template's drift check) into
+        # the textfile directory; each says its own threshold.
+        rules.append({"alert": "FeatureDrift",
+                      "expr": "mlox_feature_drift_psi > on(pipeline, model) group_left() mlox_feature_drift_threshold",
+                      "labels": {"severity": "warning"},
+                      "annotations": {"summary": "{{ $labels.feature }} of model {{ $labels.model }} drifted: "
+                                                 "PSI {{ $value | printf \"%.2f\" }} (pipeline {{ $labels.pipeline }})"}})
     if _enabled(ctx, "serving"):
         rules.append({"alert": "ModelNotServingAlias", "expr": "mlox_model_desired_version != mlox_model_served_version",
                       "for": "15m", "labels": {"severity": "warning"},
@@ -327,12 +335,17 @@ def compose(ctx: Context) -> dict:
         f"--web.route-prefix={am_prefix or '/'} --web.external-url=https://$$MLOX_ALERTMANAGER_HOST{am_prefix}"
     )
     wget = ["CMD", "wget", "-q", "-O", "/dev/null"]
+    # With Airflow, its tasks (user 50000, group 0) may leave *.prom files in the textfile
+    # directory: group-writable for root's group, sticky so no task replaces another's file.
+    textfile = _enabled(ctx, "airflow")
+    init = f"chown -R {NOBODY} /prometheus /alertmanager" + (" && chgrp 0 /textfile && chmod 1775 /textfile" if textfile else "")
     services: dict = {
         "monitoring-init": {
             # The data directories live on the data volume, created by root; the images run as nobody.
             "image": IMAGE, "user": "0:0",
-            **provisioner(f"chown -R {NOBODY} /prometheus /alertmanager"),
-            "volumes": ["prometheus-data:/prometheus", "alertmanager-data:/alertmanager"],
+            **provisioner(init),
+            "volumes": ["prometheus-data:/prometheus", "alertmanager-data:/alertmanager",
+                        *([f"{TEXTFILE_DIR}:/textfile"] if textfile else [])],
             "deploy": limits(32),
         },
         "monitoring": {

@@ -7,7 +7,7 @@ then add one line here. Each declaration is checked when the registry loads.
 from __future__ import annotations
 
 from mlox_iac.components.services import (
-    airflow, caddy, feast, jupyter, label_studio, mlflow, monitoring, postgres, redis, seaweedfs, serving,
+    airflow, caddy, feast, home, jupyter, label_studio, mlflow, monitoring, postgres, redis, seaweedfs, serving,
 )
 from mlox_iac.components.services.base import Service, check_service
 
@@ -22,6 +22,7 @@ _ORDER: list[Service] = [
     jupyter.SERVICE,
     serving.SERVICE,
     monitoring.SERVICE,
+    home.SERVICE,  # lists everything above
     caddy.SERVICE,  # last: it routes to everything above
 ]
 

@@ -147,8 +147,9 @@ def routes(ctx: Context) -> list[Route]:
 
 
 # Path-style requests signed with the stack's one S3 identity (boto3 reads these variables).
+# Health: the gateway's own /healthz (an unsigned GET of the bare root is the home page).
 FACE = Face(
-    "s3", route="s3", auth="s3", extra="s3",
+    "s3", route="s3", auth="s3", extra="s3", health="/healthz",
     settings={"url": ("AWS_ENDPOINT_URL_S3", "s3_endpoint"),
               "access_key": ("AWS_ACCESS_KEY_ID", "s3_access_key"),
               "secret_key": ("AWS_SECRET_ACCESS_KEY", "s3_secret_key"),

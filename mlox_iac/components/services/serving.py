@@ -155,7 +155,8 @@ def compose(ctx: Context) -> dict:
 
 
 def routes(ctx: Context) -> list[Route]:
-    return [Route(route_name(m.name), f"serving:{FIRST_PORT + i}", auth="basic") for i, m in enumerate(_models(ctx))]
+    return [Route(route_name(m.name), f"serving:{FIRST_PORT + i}", auth="basic", api=True)
+            for i, m in enumerate(_models(ctx))]
 
 
 def _port(ctx: Context, route: str | None) -> int:
