@@ -51,6 +51,8 @@ class Server(pulumi.ComponentResource):
                 user_keys=tuple(config.ssh.public_keys),
                 docker_source=config.docker.source,
                 data_device=device or "",
+                registry_mirrors=tuple(config.docker.registry_mirrors),
+                registry_ca=config.docker.registry_ca or "",
             ))
 
         script = pulumi.Output.from_input(machine.data_device).apply(script_for)

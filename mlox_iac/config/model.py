@@ -59,14 +59,42 @@ class SshSettings(Strict):
         return out
 
 
+def _mirror_url(url: str) -> str:
+    parts = urlsplit(url) if _is_https_url(url) else None
+    if parts is None or parts.query or parts.fragment:
+        raise ValueError(f"{url!r} is not an https URL of a registry (allowed: e.g. https://mirror.example.com "
+                         "or https://mirror.example.com:5000; plain http is refused, TLS stays on)")
+    return url
+
+
 class DockerSettings(Strict):
-    """Where Docker Engine and Compose v2 come from on the server."""
+    """Where Docker Engine and Compose v2 come from on the server, and where it pulls images."""
 
     source: Literal["docker", "debian"] = Field(
         "docker",
         description="docker: Docker's apt repository (docker-ce + compose plugin); "
         "debian: the distribution's docker.io (Compose v2 must be present or packaged)",
     )
+    registry_mirrors: list[Annotated[str, AfterValidator(_mirror_url)]] = Field(
+        default_factory=list,
+        description="Pull-through mirrors of Docker Hub (https URLs), tried in order before Docker Hub; "
+        "Docker uses them for Docker Hub images only (not ghcr.io, quay.io)",
+    )
+    registry_ca: str | None = Field(
+        None, description="PEM CA certificate(s) that signed the mirrors' certificates, when not publicly trusted")
+
+    @field_validator("registry_mirrors")
+    @classmethod
+    def _distinct(cls, urls: list[str]) -> list[str]:
+        for i, url in enumerate(urls):
+            if url.rstrip("/") in [u.rstrip("/") for u in urls[:i]]:
+                raise ValueError(f"{url!r} is listed twice (allowed: each mirror once)")
+        return urls
+
+    @field_validator("registry_ca")
+    @classmethod
+    def _registry_ca(cls, value: str | None) -> str | None:
+        return None if value is None else check_ca_certificates(value)
 
 
 _SCHEDULES = {"hourly": ("hourly", 3600), "daily": ("daily", 86400), "weekly": ("weekly", 7 * 86400)}
@@ -312,6 +340,8 @@ class StackConfig(Strict):
             raise _FieldError("acme_ca", "only used with a domain (set mlox:domain, or remove mlox:acme_ca)")
         if self.acme_ca_root and not self.acme_ca:
             raise _FieldError("acme_ca_root", "only used with mlox:acme_ca (the root of a custom ACME CA)")
+        if self.docker.registry_ca and not self.docker.registry_mirrors:
+            raise _FieldError("docker.registry_ca", "only used with mlox:docker.registry_mirrors (the CA of the mirrors)")
         for name in self.enabled_services():
             for needed in SERVICES[name].requires:
                 if not self.service_enabled(needed):

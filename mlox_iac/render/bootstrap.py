@@ -9,8 +9,10 @@ Hardening is a drop-in under ``sshd_config.d``, never an edit of the main file.
 from __future__ import annotations
 
 import ipaddress
+import json
 import shlex
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from mlox_iac.components.services.base import DATA_DIR
 
@@ -22,6 +24,8 @@ class BootstrapSettings:
     docker_source: str  # "docker" or "debian"
     data_device: str  # "" when the data directory lives on the root disk
     ssh_port: int = 22
+    registry_mirrors: tuple[str, ...] = ()  # https URLs of Docker Hub mirrors
+    registry_ca: str = ""  # PEM CA of the mirrors, or "" when publicly trusted
 
 
 def nftables_ruleset(admin_cidrs: tuple[str, ...], ssh_port: int = 22) -> str:
@@ -91,12 +95,26 @@ APT::Periodic::Update-Package-Lists "1";
 APT::Periodic::Unattended-Upgrade "1";
 """
 
-DOCKER_DAEMON = """\
-{
-  "log-driver": "local",
-  "log-opts": {"max-size": "20m", "max-file": "3"}
-}
-"""
+def docker_daemon(mirrors: tuple[str, ...] = ()) -> str:
+    """Docker's daemon.json. The mirrors come first, on a line of their own, so that the
+    bootstrap can tell a change of mirrors alone (Docker reloads them) from one that needs
+    a restart of Docker, and so every container's."""
+    lines = [f'  "registry-mirrors": {json.dumps(list(mirrors))}'] if mirrors else []
+    lines += ['  "log-driver": "local"', '  "log-opts": {"max-size": "20m", "max-file": "3"}']
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def registry_certificates(settings: BootstrapSettings) -> str:
+    """Shell lines that give Docker the mirrors' private CA (``/etc/docker/certs.d/<host>/ca.crt``,
+    read at each pull; Docker keeps verifying TLS, with that CA besides the system's)."""
+    if not settings.registry_ca:
+        return ""
+    out = []
+    for url in settings.registry_mirrors:
+        folder = shlex.quote(f"/etc/docker/certs.d/{urlsplit(url).netloc.lower()}")  # host[:port]
+        out.append(f"install -d -m 755 {folder}\nwrite_if_changed {folder}/ca.crt 644 <<'EOF' || true\n"
+                   f"{settings.registry_ca.rstrip()}\nEOF\n")
+    return "".join(out)
 
 
 def render_bootstrap(settings: BootstrapSettings) -> str:
@@ -207,10 +225,17 @@ else
     apt_install docker-compose-v2 >/dev/null 2>&1 || apt_install docker-compose >/dev/null 2>&1 || true
   fi
 fi
+{registry_certificates(settings)}daemon_before="$(grep -v '"registry-mirrors"' /etc/docker/daemon.json 2>/dev/null || true)"
 if write_if_changed /etc/docker/daemon.json 644 <<'EOF'
-{DOCKER_DAEMON}EOF
+{docker_daemon(settings.registry_mirrors)}EOF
 then
-  systemctl restart docker
+  # Docker reloads its mirrors (SIGHUP); any other change takes a restart, and so every container's.
+  if [ -n "$daemon_before" ] && systemctl is-active -q docker \
+    && [ "$daemon_before" = "$(grep -v '"registry-mirrors"' /etc/docker/daemon.json)" ]; then
+    systemctl reload docker
+  else
+    systemctl restart docker
+  fi
 fi
 systemctl enable --now docker >/dev/null 2>&1
 docker compose version >/dev/null 2>&1 || {{

@@ -80,4 +80,5 @@ def bundle_hash(files: dict[str, str]) -> str:
 
 
 def volume_names(ctx: Context) -> list[str]:
-    return sorted(render_compose(ctx).get("volumes", {}))
+    """The volumes whose folders are on the data volume (the others live in Docker's storage)."""
+    return sorted(name for name, spec in render_compose(ctx).get("volumes", {}).items() if Context.on_data_volume(spec))

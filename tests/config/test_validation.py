@@ -143,6 +143,36 @@ CASES = {
         "mlox:services.preset: ['core'] is not allowed (allowed: core or full)"),
     "bad_docker_source": (settings(docker={"source": "snap"}),
         "mlox:docker.source: 'snap' is not allowed (allowed: docker or debian)"),
+    "registry_mirror_plain_http": (settings(docker={"registry_mirrors": ["http://mirror.example.com"]}),
+        "mlox:docker.registry_mirrors[0]: 'http://mirror.example.com' is not an https URL of a registry (allowed: "
+        "e.g. https://mirror.example.com or https://mirror.example.com:5000; plain http is refused, TLS stays on)"),
+    "registry_mirror_host_only": (settings(docker={"registry_mirrors": ["https://ok.example.com", "mirror.example.com"]}),
+        "mlox:docker.registry_mirrors[1]: 'mirror.example.com' is not an https URL of a registry (allowed: "
+        "e.g. https://mirror.example.com or https://mirror.example.com:5000; plain http is refused, TLS stays on)"),
+    "registry_mirror_with_query": (settings(docker={"registry_mirrors": ["https://mirror.example.com/?token=x"]}),
+        "mlox:docker.registry_mirrors[0]: 'https://mirror.example.com/?token=x' is not an https URL of a registry "
+        "(allowed: e.g. https://mirror.example.com or https://mirror.example.com:5000; plain http is refused, "
+        "TLS stays on)"),
+    "registry_mirror_with_credentials": (settings(docker={"registry_mirrors": ["https://u:p@mirror.example.com"]}),
+        "mlox:docker.registry_mirrors[0]: 'https://u:p@mirror.example.com' is not an https URL of a registry "
+        "(allowed: e.g. https://mirror.example.com or https://mirror.example.com:5000; plain http is refused, "
+        "TLS stays on)"),
+    "registry_mirror_bad_port": (settings(docker={"registry_mirrors": ["https://mirror.example.com:http"]}),
+        "mlox:docker.registry_mirrors[0]: 'https://mirror.example.com:http' is not an https URL of a registry "
+        "(allowed: e.g. https://mirror.example.com or https://mirror.example.com:5000; plain http is refused, "
+        "TLS stays on)"),
+    "registry_mirror_twice": (settings(docker={"registry_mirrors": ["https://m.example.com", "https://m.example.com/"]}),
+        "mlox:docker.registry_mirrors: 'https://m.example.com/' is listed twice (allowed: each mirror once)"),
+    "registry_mirrors_not_a_list": (settings(docker={"registry_mirrors": "https://m.example.com"}),
+        "mlox:docker.registry_mirrors: must be a list"),
+    "registry_ca_without_mirrors": (settings(docker={"registry_ca": ROOT_CA.cert_pem}),
+        "mlox:docker.registry_ca: only used with mlox:docker.registry_mirrors (the CA of the mirrors)"),
+    "registry_ca_not_pem": (settings(docker={"registry_mirrors": ["https://m.example.com"], "registry_ca": "ca.pem"}),
+        "mlox:docker.registry_ca: not PEM certificates only (allowed: one or more -----BEGIN CERTIFICATE----- "
+        "blocks and nothing else)"),
+    "registry_ca_expired": (settings(docker={"registry_mirrors": ["https://m.example.com"],
+                                             "registry_ca": EXPIRED_CA.cert_pem}),
+        "mlox:docker.registry_ca: certificate 1 expired on Jan  2 00:00:00 2020 GMT"),
     # Model serving and monitoring.
     "model_bad_name": (settings(services={"serving": {"enabled": True, "models": [{"name": "my model!"}]}}),
         "mlox:services.serving.models[0].name: 'my model!' is not allowed (allowed: matching ^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$)"),

@@ -2,11 +2,18 @@
 
 The end-to-end tests run the real program under Pulumi mocks and record every resource
 (type, name, urn, parent, inputs, dependencies).  This module executes the recorded
-``command:remote:Command``, ``command:remote:CopyToRemote`` and ``command:remote:CopyFile``
+``command:remote:Command`` and ``command:remote:CopyToRemote``
 resources the way pulumi-command v1.2.1 and the Pulumi engine would, over real SSH
 (paramiko), and keeps a small state file between runs so that a second replay behaves like
 a second ``pulumi up``: unchanged resources are skipped, changed ones are updated or
 replaced, removed ones are deleted.
+
+It stands in for the engine in one place only: ``test_migrate_cloud.py``, whose cloud
+servers are mocked because no cloud API is reachable here; every on-prem stack is deployed
+by the real engine. So it covers what mlox-iac's program uses (``create``, ``delete``,
+``stdin``, ``triggers``, ``CopyToRemote``, a direct SSH connection) and refuses the rest
+(``update``, ``environment``, ``addPreviousOutputInEnv``, ``logging``, ``CopyFile``, a proxy
+connection) with a ReplayError naming it, rather than imitate what nothing exercises.
 
 The semantics mirrored here, with upstream file/line references, are written up in
 ``docs/pulumi-command-semantics.md``; its last section lists where this replay differs.
@@ -37,8 +44,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 import paramiko
-from paramiko.common import cMSG_CHANNEL_REQUEST
-from paramiko.message import Message
 
 __all__ = [
     "RecordedResource",
@@ -59,20 +64,17 @@ UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
 
 COMMAND = "command:remote:Command"
 COPY_TO_REMOTE = "command:remote:CopyToRemote"
-COPY_FILE = "command:remote:CopyFile"
-REPLAYED_TYPES = (COMMAND, COPY_TO_REMOTE, COPY_FILE)
+REPLAYED_TYPES = (COMMAND, COPY_TO_REMOTE)
+# What pulumi-command offers and mlox-iac's program does not use: refused, not imitated.
+_UNSUPPORTED_INPUTS = {COMMAND: ("update", "environment", "addPreviousOutputInEnv", "logging")}
 
 # Inputs whose change forces replacement (provider:"replaceOnChanges" in
 # provider/pkg/provider/common/inputs.go:10 and remote/copy.go:38; the SDKs also pass
-# replace_on_changes=["triggers[*]"]).  CopyFile has no Update, so every change replaces
-# (pulumi-go-provider infer/resource.go:1147-1150).
+# replace_on_changes=["triggers[*]"]).
 _REPLACE_PROPS = {COMMAND: {"triggers"}, COPY_TO_REMOTE: {"triggers"}}
 
 # Connection defaults applied by the provider's Check (remote/connection.go:57-78).
 _CONN_DEFAULTS = {"user": "root", "port": 22, "dialErrorLimit": 10, "perDialTimeout": 15}
-
-PULUMI_COMMAND_STDOUT = "PULUMI_COMMAND_STDOUT"
-PULUMI_COMMAND_STDERR = "PULUMI_COMMAND_STDERR"
 
 _REDACTED = "[secret]"
 _KIND = "__pulumi_asset_kind"  # marks a normalised asset/archive (see _asset_to_wire)
@@ -140,9 +142,7 @@ class ReplayState:
     Per resource it keeps salted hashes of every input (to decide unchanged / update /
     replace), the connection's host/port/user and hashes of its credentials, the
     dependencies, and the plaintext of non-secret inputs a later ``delete`` needs
-    (``delete``, ``stdin``, ``environment``, ``logging``, ``addPreviousOutputInEnv``) plus the
-    last stdout/stderr when nothing secret went into the command.  Secret inputs are stored
-    only as hashes.
+    (``delete``, ``stdin``).  Secret inputs are stored only as hashes.
     """
 
     VERSION = 1
@@ -203,13 +203,6 @@ def go_quote(s: str) -> str:
                 out.append(f"\\U{cp:08x}")
     out.append('"')
     return "".join(out)
-
-
-def _setenv_hint(key: str) -> str:
-    # remote/commandOutputs.go:110-125 (a Go raw string: the newline + tab are part of it)
-    return (f"Unable to set '{key}'. This only works if your SSH server is configured to accept\n"
-            "\tthese variables via AcceptEnv. Alternatively, if a Bash-like shell runs the command on the remote "
-            "host, you could\n\tprefix the command itself with the variables in the form 'VAR=value command'")
 
 
 # --- input normalisation -------------------------------------------------------------------
@@ -324,8 +317,6 @@ def _apply_conn_defaults(conn: dict) -> dict:
     conn = dict(conn)
     for k, v in _CONN_DEFAULTS.items():
         conn.setdefault(k, v)
-    if isinstance(conn.get("proxy"), Mapping):
-        conn["proxy"] = _apply_conn_defaults(conn["proxy"])
     return conn
 
 
@@ -422,12 +413,16 @@ def _normalise(resources: Iterable[Any], secrets: _Secrets) -> list:
             inputs[k] = plain
             if is_secret:
                 secret_props.add(k)
+        unsupported = [k for k in _UNSUPPORTED_INPUTS.get(typ, ()) if k in inputs]
         if typ in REPLAYED_TYPES and isinstance(inputs.get("connection"), Mapping):
             inputs["connection"] = _apply_conn_defaults(inputs["connection"])
             conn = inputs["connection"]
             for key in ("password", "privateKey", "privateKeyPassword"):
                 secrets.add(conn.get(key))
-                secrets.add((conn.get("proxy") or {}).get(key))
+            unsupported += ["connection.proxy"] if "proxy" in conn else []
+        if unsupported:
+            raise ReplayError(f"{typ} ({_get(r, 'name')}): the replay does not support {', '.join(unsupported)} "
+                              "(mlox-iac's program uses none of them)", resource=_get(r, "name"))
         opts = _get(r, "options") or {}
         nodes.append(_Node(
             type=typ,
@@ -609,123 +604,43 @@ def _dial_with_retry(msg: str, limit: int, f: Callable[[], Any], log: Callable[[
             tries += 1
 
 
-class _Dialed:
-    def __init__(self, client: paramiko.SSHClient, proxy: Optional[paramiko.SSHClient] = None):
-        self.client, self.proxy = client, proxy
-
-    def close(self) -> None:
-        self.client.close()
-        if self.proxy is not None:
-            self.proxy.close()
-
-
-def _dial(conn: dict, log: Callable[[str], None]) -> _Dialed:
-    """Connection.Dial (remote/connection.go:189-243)."""
+def _dial(conn: dict, log: Callable[[str], None]) -> paramiko.SSHClient:
+    """Connection.Dial (remote/connection.go:189-243), without a proxy."""
 
     class _Err(Exception):
         pass
 
-    def wrap(c: dict, sock: Any = None) -> Callable[[], paramiko.SSHClient]:
-        def attempt() -> paramiko.SSHClient:
-            try:
-                return _connect_once(c, sock)
-            except (ReplayError, _DialError):
-                raise
-            except Exception as e:  # noqa: BLE001
-                raise _Err(_describe_dial_error(c, e)) from None
-        return attempt
+    def attempt() -> paramiko.SSHClient:
+        try:
+            return _connect_once(conn)
+        except (ReplayError, _DialError):
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise _Err(_describe_dial_error(conn, e)) from None
 
-    limit = int(conn.get("dialErrorLimit", 10))
-    proxy = conn.get("proxy")
-    if not proxy:
-        return _Dialed(_dial_with_retry("Dial", limit, wrap(conn), log))
-    try:
-        proxy_client = _dial_with_retry("Dial proxy", int(proxy.get("dialErrorLimit", 10)), wrap(proxy), log)
-    except _DialError as e:
-        raise _DialError(f"proxy: {e}") from None
-    try:
-        def open_channel():
-            try:
-                return proxy_client.get_transport().open_channel(
-                    "direct-tcpip", (conn["host"], int(conn["port"])), ("127.0.0.1", 0))
-            except Exception as e:  # noqa: BLE001
-                raise _Err(f"ssh: rejected: connect failed ({e})") from None
-        chan = _dial_with_retry("Dial from proxy", limit, open_channel, log)
-        client = _dial_with_retry("Dial", limit, wrap(conn, chan), log)
-    except _DialError as e:
-        proxy_client.close()
-        raise _DialError(f"proxy: {e}") from None
-    return _Dialed(client, proxy_client)
-
-
-def _send_env(chan: paramiko.Channel, key: str, value: str) -> None:
-    """SSH "env" request *with* want-reply, like Go's ssh.Session.Setenv.
-
-    paramiko's own set_environment_variable sends want_reply=False and so can never see a
-    refusal; on a refusal paramiko closes the channel and this raises SSHException."""
-    m = Message()
-    m.add_byte(cMSG_CHANNEL_REQUEST)
-    m.add_int(chan.remote_chanid)
-    m.add_string("env")
-    m.add_boolean(True)
-    m.add_string(key)
-    m.add_string(value)
-    chan._event_pending()  # noqa: SLF001 - same sequence paramiko uses for "exec"
-    chan.transport._send_user_message(m)  # noqa: SLF001
-    chan._wait_for_event()  # noqa: SLF001
+    return _dial_with_retry("Dial", int(conn.get("dialErrorLimit", 10)), attempt, log)
 
 
 class _CommandFailed(Exception):
     pass
 
 
-def _run_command(dialed: _Dialed, cmd: str, env: Mapping, optional_env: Mapping,
-                 stdin: Optional[str], warn: Callable[[str], None]) -> "tuple[str, str]":
-    """CommandOutputs.run (remote/commandOutputs.go:30-108).  Returns (stdout, stderr)."""
-    transport = dialed.client.get_transport()
-    skip: set = set()
-    while True:
-        chan = transport.open_session()
-        try:
-            for k in sorted(env):
-                try:
-                    _send_env(chan, k, str(env[k]))
-                except paramiko.SSHException:
-                    raise _CommandFailed(
-                        _setenv_hint(k) + "\n" + f"could not set environment variable {go_quote(k)}: ssh: setenv failed"
-                    ) from None
-            refused = None
-            for k in (PULUMI_COMMAND_STDOUT, PULUMI_COMMAND_STDERR):
-                if k in optional_env and k not in skip:
-                    try:
-                        _send_env(chan, k, optional_env[k])
-                    except paramiko.SSHException:
-                        refused = k
-                        break
-            if refused is None:
-                break
-        except BaseException:
-            chan.close()
-            raise
-        # Go keeps the session open after a refused optional Setenv and only warns; paramiko
-        # closes the channel on a refused request, so retry on a fresh session without it.
-        warn(_setenv_hint(refused))
-        skip.add(refused)
-        chan.close()
-
+def _run_command(client: paramiko.SSHClient, cmd: str, stdin: Optional[str]) -> None:
+    """CommandOutputs.run (remote/commandOutputs.go:30-108) without environment variables
+    (the program sets none; upstream's optional PULUMI_COMMAND_STDOUT/STDERR of an update or
+    delete are not sent: no command of the program reads them). The output is kept only
+    for the error message, as upstream's (stdout and stderr interleaved)."""
+    chan = client.get_transport().open_session()
     chan.exec_command(cmd)
     combined: list = []
-    out_chunks: list = []
-    err_chunks: list = []
     lock = threading.Lock()
 
-    def reader(recv: Callable[[int], bytes], sink: list) -> None:
+    def reader(recv: Callable[[int], bytes]) -> None:
         while True:
             data = recv(32768)
             if not data:
                 return
             with lock:
-                sink.append(data)
                 combined.append(data)
 
     def writer() -> None:
@@ -740,8 +655,8 @@ def _run_command(dialed: _Dialed, cmd: str, env: Mapping, optional_env: Mapping,
             except OSError:
                 pass
 
-    threads = [threading.Thread(target=reader, args=(chan.recv, out_chunks), daemon=True),
-               threading.Thread(target=reader, args=(chan.recv_stderr, err_chunks), daemon=True),
+    threads = [threading.Thread(target=reader, args=(chan.recv,), daemon=True),
+               threading.Thread(target=reader, args=(chan.recv_stderr,), daemon=True),
                threading.Thread(target=writer, daemon=True)]
     for t in threads:
         t.start()
@@ -749,8 +664,6 @@ def _run_command(dialed: _Dialed, cmd: str, env: Mapping, optional_env: Mapping,
     for t in threads:
         t.join()
     chan.close()
-    stdout = b"".join(out_chunks).decode(errors="replace")
-    stderr = b"".join(err_chunks).decode(errors="replace")
     if status != 0:
         if status == -1:
             head = "wait: remote command exited without exit status or exit signal"
@@ -758,7 +671,6 @@ def _run_command(dialed: _Dialed, cmd: str, env: Mapping, optional_env: Mapping,
             head = f"Process exited with status {status}"
         both = b"".join(combined).decode(errors="replace")
         raise _CommandFailed(f"{head}: running {go_quote(cmd)}:\n{both}")
-    return stdout.removesuffix("\n"), stderr.removesuffix("\n")
 
 
 # --- SFTP copies (remote/copyController.go) ------------------------------------------------
@@ -945,11 +857,9 @@ class _Engine:
         for k in ("privateKey", "password", "privateKeyPassword"):
             if conn.get(k):
                 rec[k + "Hash"] = self.state.hash(conn[k])
-        if isinstance(conn.get("proxy"), Mapping):
-            rec["proxy"] = self._conn_record(conn["proxy"])
         return rec
 
-    def _entry(self, node: _Node, stdout: str = "", stderr: str = "", prev: Optional[dict] = None) -> dict:
+    def _entry(self, node: _Node, prev: Optional[dict] = None) -> dict:
         entry = {
             "type": node.type,
             "name": node.name,
@@ -967,19 +877,16 @@ class _Engine:
                     entry["props"][k] = prev["props"][k]
                 else:
                     entry["props"].pop(k, None)
-        for k in ("delete", "stdin", "environment", "logging", "addPreviousOutputInEnv"):
+        for k in ("delete", "stdin"):
             if k in node.inputs and k not in node.secret_props:
                 entry["plain"][k] = node.inputs[k]
         if node.type == COPY_TO_REMOTE and isinstance(node.inputs.get("source"), Mapping):
             entry["source_hash"] = _source_hash(node.inputs["source"], self.workdir)
             entry["remotePath"] = node.inputs.get("remotePath")
-        tainted = node.secret_props & {"stdin", "create", "update", "environment"}
-        if node.type == COMMAND and not tainted:
-            entry["stdout"], entry["stderr"] = stdout, stderr
         return entry
 
     def _connection_for(self, rec: Mapping, label: str, node_type: str, name: str, urn: str) -> dict:
-        conn = {k: v for k, v in rec.items() if not k.endswith("Hash") and k != "proxy"}
+        conn = {k: v for k, v in rec.items() if not k.endswith("Hash")}
         for k in ("privateKey", "password", "privateKeyPassword"):
             h = rec.get(k + "Hash")
             if h is None:
@@ -990,8 +897,6 @@ class _Engine:
                                 f"{rec.get('port')}) is not used by any resource being replayed; pass it via "
                                 f"replay(..., credentials=[...])")
             conn[k] = self.credentials[h]
-        if isinstance(rec.get("proxy"), Mapping):
-            conn["proxy"] = self._connection_for(rec["proxy"], label, node_type, name, urn)
         return conn
 
     # operations -------------------------------------------------------------------------
@@ -1000,47 +905,29 @@ class _Engine:
         out = fn()
         return out, time.monotonic() - t0
 
-    def _exec(self, node_type: str, name: str, urn: str, conn: dict, cmd: str, env: Mapping,
-              stdin: Optional[str], prev_out: "tuple[str, str] | None", add_prev: Any) -> "tuple[str, str]":
-        optional_env = {}
-        if prev_out is not None and (add_prev is None or add_prev):
-            if prev_out[0]:
-                optional_env[PULUMI_COMMAND_STDOUT] = prev_out[0]
-            if prev_out[1]:
-                optional_env[PULUMI_COMMAND_STDERR] = prev_out[1]
+    def _exec(self, node_type: str, name: str, urn: str, conn: dict, cmd: str, stdin: Optional[str]) -> None:
         try:
-            dialed = _dial(conn, self.log)
+            client = _dial(conn, self.log)
         except _DialError as e:
             raise self.fail(node_type, name, urn, str(e)) from None
         try:
-            return _run_command(dialed, cmd, env or {}, optional_env, stdin,
-                                lambda m: self.log(f"warning: {node_type} ({name}): {m}"))
+            _run_command(client, cmd, stdin)
         except _CommandFailed as e:
             raise self.fail(node_type, name, urn, str(e)) from None
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise self.fail(node_type, name, urn, f"ssh: {e}") from None
         finally:
-            dialed.close()
+            client.close()
 
     def _copy(self, node: _Node) -> None:
         try:
-            if node.type == COPY_TO_REMOTE:
-                _check_copy_source(node)
-            dialed = _dial(node.inputs["connection"], self.log)
+            _check_copy_source(node)
+            client = _dial(node.inputs["connection"], self.log)
         except (_DialError, _CommandFailed) as e:
             raise self.fail(node.type, node.name, node.urn, str(e)) from None
         try:
-            sftp = dialed.client.open_sftp()
+            sftp = client.open_sftp()
             try:
-                if node.type == COPY_FILE:
-                    local = _resolve_path(node.inputs["localPath"], self.workdir)
-                    try:
-                        fh = open(local, "rb")
-                    except OSError as e:
-                        raise _CommandFailed(f"open {node.inputs['localPath']}: {e.strerror}") from None
-                    fh.close()
-                    _copy_file(sftp, local, node.inputs["remotePath"])
-                    return
                 src = node.inputs["source"]
                 dest = node.inputs["remotePath"]
                 if "text" in src:
@@ -1054,31 +941,26 @@ class _Engine:
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise self.fail(node.type, node.name, node.urn, f"sftp: {e}") from None
         finally:
-            dialed.close()
+            client.close()
 
     def create(self, node: _Node) -> dict:
         """Create (remote/commandController.go:31-60, remote/copyController.go:118-135)."""
         if node.type == COMMAND:
-            out = ("", "")
             if node.inputs.get("create") is not None:
-                out = self._exec(node.type, node.name, node.urn, node.inputs["connection"], node.inputs["create"],
-                                 node.inputs.get("environment"), node.inputs.get("stdin"), None, None)
-            return self._entry(node, *out)
+                self._exec(node.type, node.name, node.urn, node.inputs["connection"], node.inputs["create"],
+                           node.inputs.get("stdin"))
+            return self._entry(node)
         self._copy(node)
         return self._entry(node)
 
     def update(self, node: _Node, prev: dict) -> dict:
-        """Update (remote/commandController.go:63-83, remote/copyController.go:137-154)."""
+        """Update (remote/commandController.go:63-83, remote/copyController.go:137-154): with
+        no ``update`` command (the program sets none), a Command runs its ``create`` again."""
         if node.type == COMMAND:
-            cmd = node.inputs.get("update")
-            if cmd is None:
-                cmd = node.inputs.get("create")
-            out = (prev.get("stdout", ""), prev.get("stderr", ""))
-            if cmd is not None:
-                out = self._exec(node.type, node.name, node.urn, node.inputs["connection"], cmd,
-                                 node.inputs.get("environment"), node.inputs.get("stdin"),
-                                 out, node.inputs.get("addPreviousOutputInEnv"))
-            return self._entry(node, *out, prev=prev)
+            if node.inputs.get("create") is not None:
+                self._exec(node.type, node.name, node.urn, node.inputs["connection"], node.inputs["create"],
+                           node.inputs.get("stdin"))
+            return self._entry(node, prev=prev)
         new_hash = _source_hash(node.inputs["source"], self.workdir) if isinstance(
             node.inputs.get("source"), Mapping) else None
         if new_hash != prev.get("source_hash") or node.inputs.get("remotePath") != prev.get("remotePath"):
@@ -1086,9 +968,8 @@ class _Engine:
         return self._entry(node, prev=prev)
 
     def delete(self, urn: str, entry: dict, current: Optional[_Node]) -> None:
-        """Delete (remote/commandController.go:86-92): the *old* state's delete, connection,
-        environment and stdin, with the old stdout/stderr as PULUMI_COMMAND_STDOUT/STDERR.
-        CopyToRemote and CopyFile have no Delete: nothing happens on the host."""
+        """Delete (remote/commandController.go:86-92): the *old* state's delete, connection and
+        stdin. CopyToRemote has no Delete: nothing happens on the host."""
         if entry["type"] != COMMAND:
             return
         name = entry["name"]
@@ -1112,19 +993,13 @@ class _Engine:
                             "cannot run the delete command: it was secret, so the replay state holds only its hash")
         if cmd is None:
             return
-        ok_env, env = recover("environment")
-        if not ok_env:
-            self.log(f"warning: {entry['type']} ({name}): secret environment of the deleted resource is not "
-                     "known any more; delete runs without it")
-            env = None
         ok_in, stdin = recover("stdin")
         if not ok_in:
             self.log(f"warning: {entry['type']} ({name}): secret stdin of the deleted resource is not known "
                      "any more; delete runs without it")
             stdin = None
         conn = self._connection_for(entry.get("connection", {}), "run the delete command", entry["type"], name, urn)
-        self._exec(entry["type"], name, urn, conn, cmd, env, stdin,
-                   (entry.get("stdout", ""), entry.get("stderr", "")), plain.get("addPreviousOutputInEnv"))
+        self._exec(entry["type"], name, urn, conn, cmd, stdin)
 
     # bookkeeping --------------------------------------------------------------------------
     def record(self, node_or_entry: Any, urn: str, action: str, seconds: float) -> ReplayStep:
@@ -1191,11 +1066,10 @@ def replay(resources: Iterable[Any], state: ReplayState, *, log: Callable[[str],
     creds: dict = {}
     for n in nodes:
         conn = n.inputs.get("connection") if n.type in REPLAYED_TYPES else None
-        while isinstance(conn, Mapping):
+        if isinstance(conn, Mapping):
             for k in ("privateKey", "password", "privateKeyPassword"):
                 if conn.get(k):
                     creds[state.hash(conn[k])] = conn[k]
-            conn = conn.get("proxy")
     for c in credentials:
         creds[state.hash(c)] = c
         secrets.add(c)
@@ -1235,7 +1109,7 @@ def replay(resources: Iterable[Any], state: ReplayState, *, log: Callable[[str],
             engine.record(node, node.urn, "unchanged", 0.0)
             continue
         replace_props = set(_REPLACE_PROPS.get(node.type, set())) | set(node.replace_on_changes)
-        replace = node.type == COPY_FILE or bool(changed & replace_props)
+        replace = bool(changed & replace_props)
         if not replace:
             entry, secs = engine._timed(lambda: engine.update(node, prev))
             state.resources[node.urn] = entry

@@ -4,9 +4,8 @@
 Pulumi engine (``mlox_iac.automation``: a throwaway project of its own, the local file
 backend, passphrase-encrypted secrets) and reaches the stack the way users do: the MLflow
 client and boto3 through the proxy, trusting Caddy's internal CA.
-``ReplayDeployment`` is the same with the program run under mocks and its remote steps
-replayed over SSH (``replay.py``): only the migration modules still use it, because a cloud
-provider's API cannot be reached here (see docs/testing.md).
+Every on-prem stack of the end-to-end tests is deployed this way; the one replayed stack
+(a cloud provider's, whose API cannot be reached here) is ``test_migrate_cloud.py``'s own.
 ``deployment_on_host`` boots a target host while the stand-in images build.
 """
 
@@ -15,9 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
-import string
 import subprocess
 import sys
 import time
@@ -27,15 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from mlox_iac.plan import record_program, unwrap
+from mlox_iac.sandbox.spec import bootstrap_targets  # the same targeted update as `mlox-iac sandbox up`
 
 try:
     from . import hosts, images
-    from .replay import ReplayState, replay
 except ImportError:  # pragma: no cover
     import hosts  # type: ignore[no-redef]
     import images  # type: ignore[no-redef]
-    from replay import ReplayState, replay  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[2]
 CADDY_ROOT_CERT = "/mnt/mlox-data/volumes/caddy-data/caddy/pki/authorities/local/root.crt"
@@ -47,36 +42,6 @@ def timed(name: str, seconds: float) -> None:
     """Report a phase's wall time (also listed at the end of the test run)."""
     hosts.TIMINGS.append((name, seconds))
     print(f"[e2e] {name}: {seconds:.1f}s", file=sys.stderr)
-
-
-class PasswordStore:
-    """What pulumi-random keeps in state: one password (and its bcrypt hash) per resource."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.values = json.loads(path.read_text()) if path.exists() else {}
-
-    def password(self, name: str, length: int) -> str:
-        if name not in self.values:
-            alphabet = string.ascii_letters + string.digits
-            self.values[name] = {"password": "".join(secrets.choice(alphabet) for _ in range(length))}
-            self._save()
-        return self.values[name]["password"]
-
-    def bcrypt(self, password: str) -> str:
-        import bcrypt
-
-        for entry in self.values.values():
-            if entry["password"] == password:
-                if "bcrypt" not in entry:
-                    entry["bcrypt"] = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
-                    self._save()
-                return entry["bcrypt"]
-        raise KeyError("unknown password")
-
-    def _save(self) -> None:
-        self.path.write_text(json.dumps(self.values))
-        self.path.chmod(0o600)
 
 
 class _OnHost:
@@ -157,51 +122,6 @@ class _OnHost:
         for line in out.splitlines():
             service, oom, restarts, name = line.split()
             rows[service] = {"oom_killed": oom == "true", "restarts": int(restarts), "name": name.lstrip("/")}
-        return rows
-
-
-class ReplayDeployment(_OnHost):
-    """The target, the stack settings, and one replay state across the tests (the program
-    under mocks, its remote steps replayed over SSH)."""
-
-    def __init__(self, host: hosts.TargetHost, work: Path):
-        self.host = host
-        self.work = work
-        self.passwords = PasswordStore(work / "passwords.json")
-        self.state = ReplayState(work / "replay-state.json")
-        self.raw = self._settings(host)
-        self.outputs: dict = {}
-        self.ca_path = work / "caddy-root.crt"
-
-    def record(self):
-        os.environ["MLOX_BUILD_DIR"] = str(self.work / "build")
-        resources, outputs = record_program(
-            self.raw, {"onprem.private_key"}, "e2e",
-            secret_source=self.passwords.password, bcrypt=self.passwords.bcrypt,
-        )
-        self.outputs = unwrap(outputs)
-        return resources
-
-    def replay(self, only: set[str] | None = None):
-        resources = self.record()
-        if only is not None:
-            resources = [r for r in resources if r.name in only]
-        start = time.monotonic()
-        result = replay(resources, self.state, log=lambda line: print(f"[replay] {line}", file=sys.stderr),
-                        workdir=ROOT)
-        timed(f"replay ({len(result.changed())} changed)", time.monotonic() - start)
-        return result
-
-    def bring_up(self) -> dict[str, dict]:
-        """Bootstrap the bare host, load the images, deploy the whole stack; wait healthy."""
-        start = time.monotonic()
-        self.replay(only={"main-bootstrap"})
-        self.build.wait()
-        images.load_images(self.host, images.preset_images("core"))
-        self.replay()
-        rows = self.wait_healthy()
-        self.fetch_ca()
-        timed("core stack up (bootstrap, images, replay)", time.monotonic() - start)
         return rows
 
 
@@ -338,12 +258,7 @@ class Deployment(_OnHost):
                 elif op in _ACTIONS and ops.get(name) != "failed":
                     ops[name] = _ACTIONS[op]
 
-        target = None
-        if bootstrap_only:
-            prefix = f"urn:pulumi:{self.stack}::mlox::"
-            target = [f"{prefix}mlox:stack:Stack::mlox", f"{prefix}mlox:stack:Stack$mlox:server:Server::main",
-                      f"{prefix}mlox:stack:Stack$mlox:server:Server$command:remote:Command::main-bootstrap",
-                      f"{prefix}mlox:stack:Stack$mlox:server:Server$command:remote:Command::main-host-keys"]
+        target = bootstrap_targets(self.stack) if bootstrap_only else None
         start = time.monotonic()
         with self.environment():
             run = automation.up(self.stack, project_dir=self.project, on_event=on_event, show_secrets=True,

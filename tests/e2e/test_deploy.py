@@ -8,7 +8,8 @@ other: bootstrap (a targeted update, then the stand-in images are loaded), the c
 with ``mlox-iac up``, the commands a user runs next with an empty ``~/.ssh``, idempotent
 redeploys (mlox-iac and plain ``pulumi up``), one changed setting, rotated passwords,
 secrets kept out of the state, drift, an interrupted and a failing update, CI's
-``python -m mlox_iac.ci``, reboot, and destroy with the data kept.
+``python -m mlox_iac.ci``, reboot, destroy with the data kept, and a new ``up`` (new
+secrets) that finds the data again.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import uuid
 import pytest
 
 from mlox_iac.plan import record_program, unwrap
+from testca import root_ca
 
 try:
     from . import hosts, images
@@ -42,8 +44,21 @@ def deployment(tmp_path_factory):
         yield d
 
 
+# Docker Hub mirrors (mlox:docker.registry_mirrors) with a private CA: nothing is pulled on
+# these hosts (the images are loaded), so the mirrors need not answer; what is checked is
+# what Docker makes of the settings.
+MIRROR_CA = root_ca().cert_pem
+MIRRORS = ["https://mirror-a.mlox.test:5000"]
+
+
+def _docker_mirrors(d) -> list[str]:
+    out = d.host.ssh("docker info --format '{{json .RegistryConfig.Mirrors}}'").stdout
+    return [m.rstrip("/") for m in json.loads(out) or []]
+
+
 def test_1_bootstrap_hardens_a_bare_host(deployment):
     d = deployment
+    d.raw["docker"].update(registry_mirrors=MIRRORS, registry_ca=MIRROR_CA)
     start = time.monotonic()
     result = d.up(bootstrap_only=True)
     assert result.action("main-bootstrap") == "created"
@@ -73,6 +88,8 @@ def test_1_bootstrap_hardens_a_bare_host(deployment):
     assert host.ssh("systemctl is-enabled nftables").stdout.strip() == "enabled"
     assert host.ssh("test -f /etc/apt/apt.conf.d/20auto-upgrades && echo yes").stdout.strip() == "yes"
     assert "v2." in host.ssh("docker compose version").stdout
+    assert _docker_mirrors(d) == MIRRORS
+    assert host.ssh("cat /etc/docker/certs.d/mirror-a.mlox.test:5000/ca.crt").stdout.strip() == MIRROR_CA.strip()
 
     d.build.wait()
     start = time.monotonic()
@@ -289,6 +306,18 @@ def test_3e_refresh_reports_a_container_removed_by_hand_and_up_repairs_it(deploy
     assert after["drift"] == []
 
 
+def test_3f_a_changed_mirror_reloads_docker_and_restarts_no_container(deployment):
+    d = deployment
+    before = d.started_at()
+    d.raw["docker"]["registry_mirrors"] = ["https://mirror-b.mlox.test", *MIRRORS]
+    result = d.up()
+    assert [step.name for step in result.changed()] == ["main-bootstrap"], result.actions()
+    assert _docker_mirrors(d) == ["https://mirror-b.mlox.test", *MIRRORS]
+    assert d.host.ssh("test -f /etc/docker/certs.d/mirror-b.mlox.test/ca.crt && echo yes").stdout.strip() == "yes"
+    assert d.started_at() == before  # reloaded, not restarted
+    assert d.wait_healthy()["mlflow"]["Health"] == "healthy"
+
+
 def test_4_reboot_brings_everything_back_with_data(deployment):
     d = deployment
     start = time.monotonic()
@@ -394,17 +423,61 @@ def test_6_removing_a_service_brings_its_containers_down_and_keeps_data(deployme
     assert "mlflow" in databases.split()  # the data stays: only containers went
 
 
-def test_7_destroy_removes_the_services_and_keeps_the_data(deployment):
+def test_7_destroy_keeps_the_data_and_a_new_up_with_new_secrets_finds_it(deployment):
     """`mlox-iac destroy` with keep_data_on_destroy (the default): no container is left, the
-    data volumes stay. (A new `up` on that data does not work yet: the new state generates a
-    new Postgres superuser password, which the kept data directory does not take; see the
-    README's "Never replace postgres-superuser".)"""
+    data volumes stay. A new `up` of the stack generates every secret anew (the random
+    resources went with the destroy) and finds the data again: Postgres' kept cluster takes
+    the new superuser and database passwords (set over its Unix socket), SeaweedFS the new
+    S3 keys, and the MLflow run and its artifact logged in test_2b are readable through the
+    clients configured only by `mlox-iac env`."""
     d = deployment
     d.raw["services"] = {}
     d.write_stack_file()
+    _ok(d.mlox("up", "--stack", d.stack, "--yes", "--json"))  # MLflow again (test_6 removed it)
+    d.read_outputs()
+    d.wait_healthy()
+    old = {"superuser": _postgres_superuser_password(d), "s3": d.outputs["s3_secret_key"],
+           "mlflow": d.outputs["ui_passwords"]["mlflow"]}
     destroyed = _ok(d.mlox("destroy", "--stack", d.stack, "--yes", "--json"))
     assert json.loads(destroyed.stdout)["changes"].get("delete", 0) >= 10
     assert d.host.ssh("docker ps -aq --filter label=com.docker.compose.project=mlox | wc -l").stdout.strip() == "0"
     assert d.host.ssh("test -f /mnt/mlox-data/volumes/postgres-data/PG_VERSION && echo kept").stdout.strip() == "kept"
     kept = d.host.ssh("find /mnt/mlox-data/volumes/seaweedfs-data -type f | wc -l").stdout.strip()
     assert int(kept) > 0, kept
+
+    start = time.monotonic()
+    again = json.loads(_ok(d.mlox("up", "--stack", d.stack, "--yes", "--json", timeout=1500)).stdout)
+    assert again["changes"].get("create", 0) >= 10, again["changes"]
+    d.read_outputs()
+    rows = d.wait_healthy()
+    timed("a new up on the kept data", time.monotonic() - start)
+    for service in LONG_RUNNING:
+        assert rows[service]["Health"] == "healthy", (service, rows.get(service))
+    new = {"superuser": _postgres_superuser_password(d), "s3": d.outputs["s3_secret_key"],
+           "mlflow": d.outputs["ui_passwords"]["mlflow"]}
+    assert all(new[k] != old[k] for k in old), "a new up after destroy generates every secret anew"
+    # The superuser's new password works over TCP (scram-sha-256), as the services' do.
+    login = d.host.ssh(f"{COMPOSE} exec -T postgres sh -c "
+                       "'PGPASSWORD=\"$POSTGRES_PASSWORD\" psql -h postgres -U postgres -d postgres -Atc \"select 1\"'")
+    assert login.stdout.strip() == "1", login.stdout + login.stderr
+
+    exports = _ok(d.mlox("env", "--stack", d.stack, "--show-secrets"))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "REQUESTS_"))}
+    script = ROOT / "tests" / "e2e" / "mlflow_client.py"
+    found = _ok(subprocess.run(["sh", "-c", 'eval "$1" && exec "$2" "$3" check "$4" "$5"', "sh", exports.stdout,
+                                sys.executable, str(script), d.logged["run_id"], d.logged["marker"]],
+                               capture_output=True, text=True, timeout=300, env=clean))
+    assert found.stdout.strip().splitlines()[-1] == "ok"
+    marker = d.logged["marker"]
+    read = ("import boto3; s3 = boto3.client('s3'); "
+            "key = next(o['Key'] for o in s3.list_objects_v2(Bucket='mlflow-artifacts')['Contents'] "
+            f"if o['Key'].endswith('notes-{marker}.txt')); "
+            "print(s3.get_object(Bucket='mlflow-artifacts', Key=key)['Body'].read().decode(), end='')")
+    user_code = _ok(subprocess.run(["sh", "-c", 'eval "$1" && exec "$2" -c "$3"', "sh", exports.stdout,
+                                    sys.executable, read], capture_output=True, text=True, timeout=120, env=clean))
+    assert user_code.stdout == f"artifact {marker}\n"
+
+
+def _postgres_superuser_password(d) -> str:
+    """The superuser password the running postgres container was given (its env file's)."""
+    return d.host.ssh(f"{COMPOSE} exec -T postgres printenv POSTGRES_PASSWORD").stdout.strip()

@@ -1,12 +1,17 @@
 """End to end: ``mlox-iac migrate`` moves a stack with data from host A to host B (onprem -> onprem).
 
-Two systemd-nspawn hosts (prefix ``mlxmig``, indices 91 and 92). The stack is deployed on A
-by replaying the program (as in test_deploy.py) and filled with real data (MLflow runs,
-artifacts and model versions, a 1 GiB object and 1,000 small ones, volume files). Then
-:func:`mlox_iac.migrations.stack.run` moves it with the real phases: each engine ``up`` is the program
-under mocks replayed over SSH (as in test_deploy.py); every data step runs for real on the
-hosts (``mlox_data move-*`` over SSH, A sending straight to B). One lab serves the tests,
-which run in order and build on each other:
+Engine: the real Pulumi engine throughout, as in test_deploy.py (``mlox_iac.automation`` in
+a throwaway project, local file backend, passphrase-encrypted secrets). Two systemd-nspawn
+hosts (prefix ``mlxmig``, indices 91 and 92). The stack is deployed on A and filled with
+real data (MLflow runs, artifacts and model versions, a 1 GiB object and 1,000 small ones,
+volume files). Then :func:`mlox_iac.migrations.stack.run` moves it with the real phases and the
+engine the CLI uses (:class:`mlox_iac.migrations.stack.AutomationEngine`): every ``up`` of a phase
+is a real engine update, and the move's settings reach the stack file through the engine
+(``pulumi config set``); every data step runs for real on the hosts (``mlox_data move-*``
+over SSH, A sending straight to B). No registry is reachable here, so host B, bare until the
+move provisions it, gets its images as host A did: its bootstrap alone (a targeted update),
+then the images, then the whole update. One lab serves the tests, which run in order and
+build on each other:
 
 0. a move aborted right after provisioning removes B's stack; A serves, nothing lost;
 1. the copy is killed midway (the receiving tar on B); a rerun resumes at the copy;
@@ -16,8 +21,8 @@ which run in order and build on each other:
    stopped with its data as it was;
 3. ``--finish`` removes A's stack (its data directory stays, as on any on-prem host); B serves.
 
-The move between two cloud providers (Hetzner -> DigitalOcean, cloud APIs mocked, every
-remote step real) is ``test_migrate_cloud.py``, which builds on this module's deployment.
+The move between two cloud providers (Hetzner -> DigitalOcean) is ``test_migrate_cloud.py``,
+which uses this module's helpers with the replay harness (no cloud API is reachable here).
 """
 
 from __future__ import annotations
@@ -39,139 +44,87 @@ import yaml
 from mlox_iac import connect
 from mlox_iac.migrations import stack as migrate
 from mlox_iac.components.services.registry import SERVICES
-from mlox_iac.plan import record_program, unwrap
 
 try:
     from . import backup_lab as lab
     from . import hosts, images
-    from .replay import ReplayError
-    from .stack import COMPOSE, timed
-    from .stack import ReplayDeployment as Deployment
+    from .stack import COMPOSE, STACK, Deployment, _lookup, bootstrap_targets, timed
 except ImportError:  # pragma: no cover
     import backup_lab as lab  # type: ignore[no-redef]
     import hosts  # type: ignore[no-redef]
     import images  # type: ignore[no-redef]
-    from replay import ReplayError  # type: ignore[no-redef]
-    from stack import COMPOSE, timed  # type: ignore[no-redef]
-    from stack import ReplayDeployment as Deployment  # type: ignore[no-redef]
+    from stack import COMPOSE, STACK, Deployment, _lookup, bootstrap_targets, timed  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.e2e
 
 PREFIX = "mlxmig"
 FIRST_INDEX = 91  # A = 91, B = 92
 BIG_OBJECT_MB = 1024
-STACK = "e2e"
 SECRETS = {"onprem.private_key", "target.onprem.private_key"}
 NEEDED_IMAGES = lab.LAB_IMAGES  # the core stack's and the data tooling's (rclone copies the objects)
 
 
 class MoveDeployment(Deployment):
-    """A test_deploy Deployment whose settings also live in a stack file, and an
-    :class:`mlox_iac.migrations.stack.Engine` whose ``up`` replays the program on the hosts."""
+    """The stack on host A, deployed by the real engine (``Deployment``), with host B as a
+    move target. ``raw`` follows the stack file, which the move changes through the engine
+    (``pulumi config set``): :meth:`sync` reads it back after each engine step."""
 
     def __init__(self, a: hosts.TargetHost, b: hosts.TargetHost, work: Path):
-        super().__init__(a, work)
+        super().__init__(a, work, secret_keys=tuple(sorted(SECRETS)))
         self.hosts = {a.address: a, b.address: b}
         self.raw["ssh"]["admin_cidrs"] = [a.subnet, b.subnet]
-        self.project = work / "project"
-        (self.project / "stacks").mkdir(parents=True)
-        (self.project / "Pulumi.yaml").write_text("name: mlox-iac\nruntime: python\n")
-        self.bootstrapped: set[str] = set()
-        self.write_stack_file()
+        self.image_names = tuple(NEEDED_IMAGES)
 
-    # ---- the stack file (what validate_stack reads; private keys as secure placeholders)
-    def write_stack_file(self) -> None:
-        config = {}
-        for key, value in json.loads(json.dumps(self.raw)).items():
-            for block in (value.get("onprem") if key == "target" else value if key == "onprem" else None,):
-                if isinstance(block, dict) and "private_key" in block:
-                    block["private_key"] = {"secure": "v1:c2VjcmV0"}
-            config[f"mlox:{key}"] = value
-        (self.project / "stacks" / f"Pulumi.{STACK}.yaml").write_text(yaml.safe_dump({"config": config}))
+    def engine(self) -> "Engine":
+        return Engine(self)
 
-    def record(self):
-        os.environ["MLOX_BUILD_DIR"] = str(self.work / "build")
-        secret = {k for k in SECRETS if k.split(".")[0] in self.raw and (k != "target.onprem.private_key"
-                                                                         or "onprem" in self.raw.get("target", {}))}
-        resources, outputs = record_program(self.raw, secret, STACK, secret_source=self.passwords.password,
-                                            bcrypt=self.passwords.bcrypt)
-        self.outputs = unwrap(outputs)
-        return resources
+    def sync(self) -> None:
+        """``raw`` from the stack file (a secret there stays as it was set, in clear)."""
+        config = (yaml.safe_load(self.stack_file().read_text()) or {}).get("config") or {}
+        raw = {key.removeprefix("mlox:"): value for key, value in config.items() if key.startswith("mlox:")}
+        for dotted in self.secret_keys:
+            value, node, leaf = _lookup({f"mlox:{k}": v for k, v in raw.items()}, dotted)
+            if isinstance(value, dict) and "secure" in value and dotted in self._set_secrets:
+                node[leaf] = self._set_secrets[dotted]
+        self.raw = raw
 
-    # ---- Engine
-    def outputs_(self) -> dict:
-        return dict(self.outputs)
+
+class Engine(migrate.AutomationEngine):
+    """The :class:`mlox_iac.migrations.stack.Engine` the CLI uses (the Automation API on the stack),
+    in the test project's environment. No registry is reachable here, so a new server's
+    images arrive as on the first host: its bootstrap alone first (a targeted update), then
+    the images, then the whole update."""
+
+    def __init__(self, d: MoveDeployment):
+        super().__init__(STACK, d.project)
+        self.d = d
+
+    def outputs(self) -> dict:
+        with self.d.environment():
+            return super().outputs()
 
     def up(self) -> dict:
-        resources = self.record()
-        # No registry here: a new server gets the images right after its bootstrap (the
-        # deploy fixture does the same); everywhere else `compose up` would pull them.
-        for r in resources:
-            if r.name.endswith("-bootstrap") and r.name not in self.bootstrapped:
-                host = self.hosts[unwrap(r.inputs["connection"])["host"]]
-                # What is deployed stays (a replay deletes what it is not given), plus this bootstrap.
-                keep = {x.name for x in resources if x.urn in self.state.resources} | {r.name}
-                if r.urn not in self.state.resources:
-                    self.before_bootstrap(host, r)
-                if self.replay(only=keep).action(r.name) == "created":
-                    self.build.wait()
-                    images.load_images(host, NEEDED_IMAGES)
-                self.bootstrapped.add(r.name)
-        try:
-            self.replay()
-        except ReplayError as exc:
-            # This machine is shared and often overloaded: MLflow can miss its health-check
-            # window while starting. The next update re-runs the failed step, as `pulumi up` would.
-            if "is unhealthy" not in str(exc):
-                raise
-            print("[e2e] update failed on an unhealthy container; waiting, then running it again", file=sys.stderr)
-            for host in self.hosts.values():
-                logs = host.ssh("docker logs --tail 30 mlox-mlflow-1 2>&1; docker inspect --format "
-                                "'{{json .State.Health}}' mlox-mlflow-1", check=False).stdout
-                print(f"[e2e] {host.name} mlflow: {logs[-3000:]}", file=sys.stderr)
-            self.wait_until_healthy(timeout=900)
-            self.replay()
-        return dict(self.outputs)
+        from mlox_iac import automation
 
-    def before_bootstrap(self, host: hosts.TargetHost, bootstrap) -> None:
-        """What the provider does before a new server's bootstrap runs (nothing on-prem)."""
+        with self.d.environment():
+            migration = self.d.raw.get("migration") or {}
+            host = self.d.hosts.get(((self.d.raw.get("target") or {}).get("onprem") or {}).get("host"))
+            if migration and host is not None and host.ssh("command -v docker", check=False).returncode != 0:
+                automation.up(STACK, project_dir=self.d.project, target=bootstrap_targets(STACK, migration["server"]))
+                self.d.build.wait()
+                images.load_images(host, self.d.image_names)
+            outputs = super().up()
+        self.d.read_outputs()
+        return outputs
 
-    def wait_until_healthy(self, timeout: float) -> None:
-        """Every host's stack healthy (a slow start is not a failure of what is tested here)."""
-        deadline = time.monotonic() + timeout
-        for host in self.hosts.values():
-            while time.monotonic() < deadline:
-                out = host.ssh(f"{COMPOSE} ps --format '{{{{.Health}}}}' 2>/dev/null", check=False).stdout.split()
-                if out and all(h in ("healthy", "") for h in out):
-                    break
-                time.sleep(5)
+    def set_config(self, values, remove=(), secret=()) -> None:
+        with self.d.environment():
+            super().set_config(values, remove=remove, secret=secret)
+        self.d.sync()
 
-    def set_config(self, values, remove=(), secret=()):
-        for key, value in values.items():
-            parts = key.split(":", 1)[1].split(".")
-            node = self.raw
-            for part in parts[:-1]:
-                node = node.setdefault(part, {})
-            node[parts[-1]] = value
-        for key in remove:
-            parts = key.split(":", 1)[1].split(".")
-            node = self.raw
-            for part in parts[:-1]:
-                node = node.get(part, {})
-            node.pop(parts[-1], None)
-        self.write_stack_file()
-
-    def get_config(self, key):
-        node = self.raw
-        for part in key.split(":", 1)[1].split("."):
-            node = node[part]
-        return node
-
-
-class Engine:
-    def __init__(self, d: MoveDeployment):
-        self.d = d
-        self.outputs, self.up, self.set_config, self.get_config = d.outputs_, d.up, d.set_config, d.get_config
+    def get_config(self, key: str) -> str:
+        with self.d.environment():
+            return super().get_config(key)
 
 
 class Hooks:
@@ -259,7 +212,7 @@ print(json.dumps({"keys": keys, "victim": hashlib.sha256(body).hexdigest()}))
 """
 
 
-def boto3_from_env(d: MoveDeployment, key: str) -> dict:
+def boto3_from_env(d, key: str) -> dict:
     """boto3 in a separate process configured only by what `mlox-iac env` exports: every
     object key, and the SHA-256 of ``key`` in the bucket ``data``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
@@ -269,14 +222,15 @@ def boto3_from_env(d: MoveDeployment, key: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_move(d: MoveDeployment, hooks: Hooks, to: str = "onprem") -> list[str]:
+def run_move(d, hooks: Hooks, to: str = "onprem") -> list[str]:
+    """``mlox-iac migrate --to TO`` as its command runs it, with ``d``'s engine and the hooks."""
     lines: list[str] = []
 
     def say(line: str) -> None:
         lines.append(line)
         print(f"[migrate] {line}", file=sys.stderr)
 
-    migrate.run(STACK, to, project_dir=d.project, engine=Engine(d), servers_for=hooks, say=say)
+    migrate.run(STACK, to, project_dir=d.project, engine=d.engine(), servers_for=hooks, say=say)
     return lines
 
 
@@ -290,10 +244,8 @@ def moving(tmp_path_factory):
         d = MoveDeployment(a, b, tmp_path_factory.mktemp("migrate"))
         d.a, d.b = a, b
         d.build = build
-        d.up()
-        rows = d.wait_healthy()
+        rows = d.bring_up()  # bootstrap (targeted), images, the whole stack
         assert all(rows[s].get("Health") == "healthy" for s in ("postgres", "seaweedfs", "mlflow", "caddy")), rows
-        d.fetch_ca()
         d.seeded = seed(d)
         d.before = fingerprint(d)
         d.a_files = data_files(a)
@@ -303,6 +255,8 @@ def moving(tmp_path_factory):
 
 
 def use_b_as_target(d: MoveDeployment) -> None:
+    """What a user writes into the stack file before ``mlox-iac migrate --to onprem``."""
+    d.sync()
     d.raw["target"] = {"onprem": {"host": d.b.address, "user": "root", "port": 22, "private_key": d.b.private_key,
                                   "memory_mb": 8192}}
     d.write_stack_file()
@@ -321,7 +275,7 @@ def test_0_abort_after_provisioning_removes_b_and_a_keeps_serving(moving):
     with pytest.raises(migrate.MigrationError, match="copy failed: stopped by the test"):
         run_move(d, hooks)
     assert d.b.ssh(f"{COMPOSE} ps -q").stdout.strip() != ""  # B was provisioned
-    migrate.abort(STACK, project_dir=d.project, engine=Engine(d), servers_for=hooks)
+    migrate.abort(STACK, project_dir=d.project, engine=d.engine(), servers_for=hooks)
     assert "migration" not in d.raw and "migration" not in d.outputs
     assert d.b.ssh(f"{COMPOSE} ps -q", check=False).stdout.strip() == ""  # B's stack is gone
     assert d.outputs["server_address"] == d.a.address
@@ -431,8 +385,8 @@ def test_2_corruption_cancels_the_cutover_then_the_move_completes(moving):
 def test_3_finish_removes_a_and_b_keeps_serving(moving):
     d = moving
     start = time.monotonic()
-    migrate.finish(STACK, project_dir=d.project, engine=Engine(d), say=lambda line: print(f"[migrate] {line}",
-                                                                                           file=sys.stderr))
+    migrate.finish(STACK, project_dir=d.project, engine=d.engine(),
+                   say=lambda line: print(f"[migrate] {line}", file=sys.stderr))
     assert migrate.load_record(d.project, STACK) is None
     assert "migration" not in d.raw and "target" not in d.raw and d.raw["onprem"]["host"] == d.b.address
     assert "migration" not in d.outputs and d.outputs["server_address"] == d.b.address

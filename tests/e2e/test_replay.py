@@ -1,10 +1,11 @@
 """Loopback tests of the replay engine (tests/e2e/replay.py) against real sshd processes.
 
 Two throw-away OpenSSH servers on 127.0.0.1 (target-hosts.md, Option C), each with its own
-config, host key and authorized client key:
-  * ``sshd_env``     AcceptEnv LANG LC_* MLOX_* PULUMI_COMMAND_*
-  * ``sshd_default`` AcceptEnv LANG LC_*   (Debian's default)
-Commands run as the current user on this machine's filesystem, inside pytest's tmp dirs.
+config, host key and authorized client key (``sshd_env`` and ``sshd_default``; the second
+is the one whose host key a mispinned connection names). Commands run as the current user
+on this machine's filesystem, inside pytest's tmp dirs. The replay serves only
+``test_migrate_cloud.py``: these tests cover what mlox-iac's program uses and that the rest
+is refused.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class Sshd:
 
 @pytest.fixture(scope="module")
 def sshd_env(tmp_path_factory):
-    server = Sshd(tmp_path_factory.mktemp("sshd-env"), "AcceptEnv LANG LC_* MLOX_* PULUMI_COMMAND_*")
+    server = Sshd(tmp_path_factory.mktemp("sshd-env"), "AcceptEnv LANG LC_*")
     yield server
     server.stop()
 
@@ -231,40 +232,26 @@ def test_empty_stdin_still_sends_eof(sshd_env, tmp_path):
     assert lines(out) == ["done"]
 
 
-def test_environment_arrives_when_accepted(sshd_env, tmp_path):
-    out = tmp_path / "env"
-    res = [command(sshd_env, "env", f'printf "%s|%s" "$MLOX_GREETING" "$MLOX_OTHER" > {out}',
-                   environment={"MLOX_GREETING": "hello world", "MLOX_OTHER": "x"})]
-    rp.replay(res, rp.ReplayState(), log=Log())
-    assert out.read_text() == "hello world|x"
-
-
-def test_environment_refused_gives_upstream_message(sshd_default, tmp_path):
+@pytest.mark.parametrize("inputs, refused", [
+    ({"update": "echo u"}, "update"),
+    ({"environment": {"MLOX_X": "1"}}, "environment"),
+    ({"addPreviousOutputInEnv": False}, "addPreviousOutputInEnv"),
+    ({"logging": "stdout"}, "logging"),
+    ({"update": "echo u", "environment": {"MLOX_X": "1"}}, "update, environment"),
+])
+def test_what_the_program_does_not_use_is_refused_before_anything_runs(sshd_env, tmp_path, inputs, refused):
     out = tmp_path / "never"
-    res = [command(sshd_default, "needs-env", f"echo ran > {out}", environment={"MLOX_TOKEN": "abc"})]
-    state = rp.ReplayState(tmp_path / "state.json")
-    with pytest.raises(rp.ReplayError) as err:
-        rp.replay(res, state, log=Log())
-    msg = str(err.value)
-    assert "needs-env" in msg
-    assert "Unable to set 'MLOX_TOKEN'. This only works if your SSH server is configured to accept" in msg
-    assert "these variables via AcceptEnv" in msg
-    assert 'could not set environment variable "MLOX_TOKEN": ssh: setenv failed' in msg
+    with pytest.raises(rp.ReplayError, match=f"does not support {refused} "):
+        rp.replay([command(sshd_env, "first", f"echo ran > {out}"), command(sshd_env, "odd", "true", **inputs)],
+                  rp.ReplayState(), log=Log())
     assert not out.exists()
-    assert urn(rp.COMMAND, "needs-env") not in rp.ReplayState(tmp_path / "state.json").resources
 
 
-def test_refused_previous_output_env_only_warns(sshd_default, tmp_path):
-    out = tmp_path / "out"
-    state = rp.ReplayState()
-    rp.replay([command(sshd_default, "upd", "echo first", update=f"echo updated-$MLOX_NONE > {out}")], state,
-              log=Log())
-    log = Log()
-    # change `update` only -> update runs; PULUMI_COMMAND_STDOUT ("first") is refused: warning only
-    result = rp.replay([command(sshd_default, "upd", "echo first", update=f"echo updated > {out}")], state, log=log)
-    assert result.action("upd") == "updated"
-    assert lines(out) == ["updated"]
-    assert "Unable to set 'PULUMI_COMMAND_STDOUT'" in log.text
+def test_a_proxy_connection_is_refused(sshd_env, tmp_path):
+    res = command(sshd_env, "jump", "true")
+    res.inputs["connection"]["value"]["proxy"] = {"host": "127.0.0.1", "user": "x"}
+    with pytest.raises(rp.ReplayError, match="does not support connection.proxy"):
+        rp.replay([res], rp.ReplayState(), log=Log())
 
 
 def test_failure_carries_output_and_rerun_converges(sshd_env, tmp_path):
@@ -289,19 +276,6 @@ def test_failure_carries_output_and_rerun_converges(sshd_env, tmp_path):
     assert rp.replay([ok, fixed, after], rp.ReplayState(state_file), log=Log()).changed() == []
 
 
-def test_update_runs_update_command_with_previous_output(sshd_env, tmp_path):
-    out = tmp_path / "out"
-    state = rp.ReplayState()
-    first = command(sshd_env, "svc", "echo v1", update=f'echo "update saw:$PULUMI_COMMAND_STDOUT" > {out}',
-                    environment={"MLOX_VERSION": "1"})
-    rp.replay([first], state, log=Log())
-    assert not out.exists()  # create ran, not update
-    second = command(sshd_env, "svc", "echo v1", update=f'echo "update saw:$PULUMI_COMMAND_STDOUT" > {out}',
-                     environment={"MLOX_VERSION": "2"})
-    assert rp.replay([second], state, log=Log()).action("svc") == "updated"
-    assert lines(out) == ["update saw:v1"]
-
-
 def test_changed_create_without_update_reruns_create(sshd_env, tmp_path):
     trace = tmp_path / "trace"
     state = rp.ReplayState()
@@ -318,7 +292,7 @@ def test_triggers_change_replaces_create_before_delete(sshd_env, tmp_path):
     def res(version):
         return [
             command(sshd_env, "install", f"echo create-{version} >> {trace}; echo out-{version}",
-                    delete=f'echo "delete saw:$PULUMI_COMMAND_STDOUT" >> {trace}', triggers=[version]),
+                    delete=f'echo "delete of {version}" >> {trace}', triggers=[version]),
             command(sshd_env, "later", f"echo later-{version} >> {trace}", deps=[urn(rp.COMMAND, "install")],
                     triggers=[version]),
         ]
@@ -328,7 +302,7 @@ def test_triggers_change_replaces_create_before_delete(sshd_env, tmp_path):
     result = rp.replay(res("v2"), rp.ReplayState(tmp_path / "state.json"), log=log)
     assert result.actions() == {"install": "replaced", "later": "replaced"}
     # default Pulumi replacement: create the replacement(s) first, delete the original at the end
-    assert lines(trace) == ["create-v1", "later-v1", "create-v2", "later-v2", "delete saw:out-v1"]
+    assert lines(trace) == ["create-v1", "later-v1", "create-v2", "later-v2", "delete of v1"]
     assert rp.ReplayState(tmp_path / "state.json").pending_deletes == []
     assert rp.replay(res("v2"), rp.ReplayState(tmp_path / "state.json"), log=Log()).changed() == []
 
@@ -372,12 +346,12 @@ def test_removed_resource_runs_its_delete(sshd_env, tmp_path):
     state_file = tmp_path / "state.json"
     keep = command(sshd_env, "keep", f"echo keep >> {trace}")
     base = command(sshd_env, "base", f"echo base >> {trace}", delete=f"echo delete-base >> {trace}")
-    top = command(sshd_env, "top", f"echo top >> {trace}", delete=f'echo "delete-top $MLOX_E" >> {trace}',
-                  deps=[base.urn], environment={"MLOX_E": "env-kept"})
+    top = command(sshd_env, "top", f"echo top >> {trace}", delete=f'echo "delete-top $(cat)" >> {trace}',
+                  deps=[base.urn], stdin="stdin-kept")
     rp.replay([keep, base, top], rp.ReplayState(state_file), log=Log())
     result = rp.replay([keep], rp.ReplayState(state_file), log=Log())
-    # dependents are deleted first; the old environment goes with the delete
-    assert lines(trace) == ["base", "keep", "top", "delete-top env-kept", "delete-base"]
+    # dependents are deleted first; the old stdin goes with the delete
+    assert lines(trace) == ["base", "keep", "top", "delete-top stdin-kept", "delete-base"]
     assert result.actions() == {"keep": "unchanged", "top": "deleted", "base": "deleted"}
     assert set(rp.ReplayState(state_file).resources) == {keep.urn}
 
@@ -416,12 +390,10 @@ def test_secrets_never_logged_or_stored(sshd_env, tmp_path, capsys):
     token = "tok-9f8e7d6c5b4a-very-secret"
     state_file = tmp_path / "state.json"
     log = Log()
-    ok = command(sshd_env, "uses-secret", f"cat > {tmp_path / 'tok'}", stdin=secret(token),
-                 environment=secret({"MLOX_TOKEN": token}), triggers=[secret(token)])
+    ok = command(sshd_env, "uses-secret", f"cat > {tmp_path / 'tok'}", stdin=secret(token), triggers=[secret(token)])
     rp.replay([ok], rp.ReplayState(state_file), log=log)
     # a failing command that echoes its secret stdin: the error must not carry the secret
-    leaky = command(sshd_env, "leaky", "cat; echo $MLOX_TOKEN >&2; exit 1", stdin=secret(token),
-                    environment={"MLOX_TOKEN": secret(token)})
+    leaky = command(sshd_env, "leaky", "cat; exit 1", stdin=secret(token))
     with pytest.raises(rp.ReplayError) as err:
         rp.replay([ok, leaky], rp.ReplayState(state_file), log=log)
     captured = capsys.readouterr()

@@ -188,6 +188,17 @@ class Context:
             "driver_opts": {"type": "none", "o": "bind", "device": f"{DATA_DIR}/volumes/{name}"},
         }
 
+    @staticmethod
+    def runtime_volume() -> dict:
+        """A named volume for what lives only while the containers run (a socket shared
+        between two containers): Docker's own storage, not the data volume; nothing in it is kept."""
+        return {}
+
+    @staticmethod
+    def on_data_volume(volume: dict) -> bool:
+        """Whether a compose volume (as :meth:`volume` returns) keeps its files on the data volume."""
+        return str(volume.get("driver_opts", {}).get("device", "")).startswith(f"{DATA_DIR}/volumes/")
+
     def public_url(self, route: Route, address: str) -> str:
         """The URL a user reaches a route at."""
         domain = self.config.domain

@@ -420,7 +420,7 @@ def compose(ctx: Context) -> dict:
             "env_file": env_file,
             "environment": {"DATA_SOURCE_URI": "postgres:5432/postgres?sslmode=disable"},
             "healthcheck": hc([*wget, "http://127.0.0.1:9187/metrics"]),
-            "depends_on": {"postgres": {"condition": "service_healthy"}},
+            "depends_on": {"postgres-provision": {"condition": "service_healthy"}},  # its password set
             "deploy": limits(64),
         }
     return {

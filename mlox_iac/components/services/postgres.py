@@ -5,8 +5,14 @@ Not reachable from outside the server: services reach it as ``postgres:5432`` on
 Compose network, and it is published on the server's loopback only
 (``127.0.0.1:15432``), where a user's SSH tunnel reaches it (``mlox-client`` opens one
 with the user's own key; only the admin networks reach port 22). Roles and databases are
-created (and passwords rotated) by the ``postgres-provision`` step whenever its env file
-changes.
+created, and every password (the superuser's too) set to the stack's generated one, by the
+``postgres-provision`` step whenever its env file changes.
+
+The step connects through Postgres' Unix socket, in a volume the two containers share,
+where the image trusts local connections: it needs no password to get in. So a kept data
+directory takes the passwords of the stack deploying onto it (a new ``up`` after
+``destroy`` kept the data, or a replaced superuser password), although Postgres itself
+reads ``POSTGRES_PASSWORD`` only when it creates the data directory.
 
 Or an external Postgres (``external``: a managed database such as RDS or DigitalOcean's):
 then no Postgres runs on the server; the provisioning step creates the same roles and
@@ -38,6 +44,8 @@ USER_DATABASE = "data"  # the team's own tables; kept like every service's datab
 # Published on the server's loopback (not its network): the end of a user's SSH tunnel. Not
 # 5432, which an on-prem host may already use for a Postgres of its own.
 TUNNEL_PORT = 15432
+# Postgres' Unix socket directory in the image; shared with postgres-provision through a volume.
+SOCKET_DIR = "/var/run/postgresql"
 
 
 PART = "postgres"  # what mlox-iac migrate --part calls this service's data
@@ -141,15 +149,22 @@ def password_variable(database: str) -> str:
     return "MLOX_DB_PASSWORD_" + database.upper().replace("-", "_")
 
 
-PROVISION_SH = """\
+PROVISION_SH = f"""\
 #!/bin/sh
-# Create or update one role and one database per service. Safe to run any number of times.
+# Set the superuser's password, create or update one role and one database per service.
+# Safe to run any number of times. Over the Unix socket, which the image trusts: no old
+# password is needed, so kept data takes this stack's passwords.
 set -eu
-export PGPASSWORD="$POSTGRES_PASSWORD"
+export PGHOST={SOCKET_DIR}
+psql -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d postgres --set=role="$POSTGRES_USER" \\
+  --set=password="$POSTGRES_PASSWORD" <<'SQL'
+ALTER ROLE :"role" WITH PASSWORD :'password';
+SQL
+echo "superuser $POSTGRES_USER ready"
 for db in $MLOX_DATABASES; do
   var="MLOX_DB_PASSWORD_$(echo "$db" | tr 'a-z-' 'A-Z_')"
   password="$(printenv "$var")"
-  psql -v ON_ERROR_STOP=1 -h postgres -U "$POSTGRES_USER" -d postgres \\
+  psql -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d postgres \\
     --set=role="$db" --set=password="$password" <<'SQL'
 SELECT format('CREATE ROLE %I LOGIN', :'role') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role')\\gexec
 ALTER ROLE :"role" WITH LOGIN PASSWORD :'password';
@@ -215,7 +230,7 @@ def compose(ctx: Context) -> dict:
                 "image": IMAGE,
                 "restart": "unless-stopped",
                 "env_file": env_file,
-                "volumes": ["postgres-data:/var/lib/postgresql/data"],
+                "volumes": ["postgres-data:/var/lib/postgresql/data", f"postgres-socket:{SOCKET_DIR}"],
                 "ports": [f"127.0.0.1:{TUNNEL_PORT}:{PORT}"],
                 "healthcheck": hc(["CMD", "pg_isready", "-U", SUPERUSER, "-d", "postgres"]),
                 "deploy": limits(MEMORY_MB),
@@ -225,14 +240,14 @@ def compose(ctx: Context) -> dict:
                 **provisioner("/bin/sh /mlox/provision.sh"),
                 "env_file": env_file,
                 "environment": {"MLOX_DATABASES": " ".join(databases(ctx))},
-                "volumes": ["./postgres/provision.sh:/mlox/provision.sh:ro"],
+                "volumes": ["./postgres/provision.sh:/mlox/provision.sh:ro", f"postgres-socket:{SOCKET_DIR}"],
                 # A changed script changes this label, so Compose recreates (and reruns) the container.
                 "labels": {"org.mlox.config-hash": digest(PROVISION_SH)},
                 "depends_on": {"postgres": {"condition": "service_healthy"}},
                 "deploy": limits(64),
             },
         },
-        "volumes": {"postgres-data": ctx.volume("postgres-data")},
+        "volumes": {"postgres-data": ctx.volume("postgres-data"), "postgres-socket": ctx.runtime_volume()},
     }
     if in_use:  # kept running for a move: its own provisioning step under another name
         own["services"]["postgres-provision-local"] = own["services"].pop("postgres-provision")
@@ -269,7 +284,8 @@ def files(ctx: Context) -> dict[str, str]:
 def data(ctx: Context) -> Data:
     # Every other database belongs to the service that declares it; each is kept as a dump.
     return Data(databases=(USER_DATABASE,),
-                not_kept={"postgres-data": "cluster files: each service's databases are kept as dumps, with their roles"}
+                not_kept={"postgres-data": "cluster files: each service's databases are kept as dumps, with their roles",
+                          "postgres-socket": "the server's Unix socket, shared with postgres-provision: nothing stored"}
                 if local(ctx) else {})
 
 
