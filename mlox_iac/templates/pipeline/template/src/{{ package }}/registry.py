@@ -31,7 +31,6 @@ class Version:
     name: str
     version: str
     created: int  # the version's creation time in ms (its cache key, with the version)
-    run_id: str
 
 
 def cache_dir() -> Path:
@@ -57,7 +56,7 @@ def current(stack, name: str, alias: str = ALIAS) -> Version | None:
     if answer.status_code != 200:
         raise RuntimeError(f"MLflow: the {alias!r} alias of {name!r}: HTTP {answer.status_code}: {answer.text[:300]}")
     found = answer.json()["model_version"]
-    return Version(name, str(found["version"]), int(found.get("creation_timestamp") or 0), found.get("run_id", ""))
+    return Version(name, str(found["version"]), int(found.get("creation_timestamp") or 0))
 
 
 def _path(version: Version) -> Path:
@@ -79,11 +78,16 @@ def save(version: Version, estimator) -> Path | None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".skops")
-        os.close(fd)
+    except OSError:
+        return None
+    os.close(fd)
+    try:
         skops.io.dump(estimator, tmp)
         os.replace(tmp, path)
     except OSError:
         return None
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # left only when the dump or the rename failed
     old = sorted(path.parent.glob(f"{version.name}-v*.skops"), key=lambda p: p.stat().st_mtime, reverse=True)
     for stale in old[KEEP:]:
         stale.unlink(missing_ok=True)

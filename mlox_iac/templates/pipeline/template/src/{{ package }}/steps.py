@@ -23,7 +23,7 @@ from .config import Config
 # every Airflow task is a fresh process, and those imports took 1.5 s of each task's start
 # on a 2-core server (benchmarks/pipeline.py).
 
-CHAMPION = "champion"
+CHAMPION = registry.ALIAS  # the alias that marks the served model
 
 
 # --------------------------------------------------------------------------- helpers
@@ -296,8 +296,7 @@ def train(stack, cfg: Config, day: date) -> dict[str, Any]:
         version = str(info.registered_model_version)
         registered = client.get_model_version(cfg.model_name, version)
         # The tasks after this one load the new version from the cache, not from MLflow.
-        registry.save(registry.Version(cfg.model_name, version, int(registered.creation_timestamp or 0),
-                                       registered.run_id or ""), best)
+        registry.save(registry.Version(cfg.model_name, version, int(registered.creation_timestamp or 0)), best)
         champion_version, champion, _ = _champion(stack, cfg)
         champion_auc = _auc(champion, heldout, names, cfg.label) if champion is not None else None
         promoted = champion is None or heldout_auc > champion_auc + cfg.min_improvement
