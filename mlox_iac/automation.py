@@ -348,19 +348,24 @@ def default_pulumi_command(command: str = "this command", env: Mapping[str, str]
 
 # ----- stacks ---------------------------------------------------------------------------
 
+_SUMMARIES = ("update failed", "preview failed", "destroy failed", "refresh failed")
+
+
 def _first_error(exc: Exception) -> str:
     """The line of a failed Pulumi command that says what went wrong.
 
     ``str(CommandError)`` is ``code: N / stdout: ... / stderr: ...``; the first ``error:``
-    line of stderr, else of stdout, else the last line of stderr.
+    line of stderr, else of stdout, else the last line of stderr. A resource's own error (in
+    the diagnostics on stdout) comes before the engine's summary ``update failed``, which
+    says nothing about the cause.
     """
     text = str(exc)
     stdout, _, stderr = text.partition("\n stderr:")
-    for part in (stderr, stdout):
-        for line in part.splitlines():
-            line = line.strip().removeprefix("stdout:").strip()
-            if line.lower().startswith("error:"):
-                return line[len("error:"):].strip()
+    errors = [line[len("error:"):].strip() for part in (stderr, stdout) for line in
+              (raw.strip().removeprefix("stdout:").strip() for raw in part.splitlines())
+              if line.lower().startswith("error:")]
+    if errors:
+        return next((e for e in errors if e.lower() not in _SUMMARIES), errors[0])
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     return lines[-1] if lines else text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 

@@ -8,15 +8,18 @@ which containers write them and how to reach the external side; the keys and pas
 read from the stores' env files, never from a command line.
 
 - ``part-copy`` (``--part P --to external|local``): the bulk copy while the stack serves, and
-  again after the freeze as the final delta. Objects: ``rclone sync`` bucket by bucket from
-  the side in use to the other (only new or changed objects move; objects it would replace
+  again after the freeze as the final delta. Objects: ``rclone sync`` of every bucket (side
+  by side, up to ``PARALLEL`` containers) from the side in use to the other (only new or changed objects move; objects it would replace
   or delete on the destination move to its ``mlox-before-restore`` bucket instead).
   Databases: each is dumped in one snapshot (:func:`postgres.capture`), restored into a
   scratch database on the destination, verified against the dump's manifest, and swapped in
   by rename (the database it replaces is kept as ``<db>__mlox_before_restore``). Idempotent:
   an interrupted copy is run again.
 - ``part-verify``: recomputes both sides' manifests (per object key, size and SHA-256, read
-  back in full; per table row count and content checksum) and lists every difference.
+  back in full, except objects this server already hashed whose size, modification time and
+  MD5 are unchanged since; per table row count and content checksum) and lists every
+  difference. The move runs it once after the bulk copy while the stack serves, so the one
+  in the freeze reads only what was written since.
 - ``part-freeze`` / ``part-unfreeze``: the proxy answers 503 with ``Retry-After`` and the
   containers that write the part stop / everything runs again, the proxy as before.
 
@@ -29,9 +32,10 @@ server's version, with ``PGSSLMODE``/``PGSSLROOTCERT`` as the services use them.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from . import backup, move, objects, postgres
 from .host import DataError, Host, read_env_file
@@ -43,6 +47,7 @@ HELPER = "mlox-part-postgres"
 # A store that stops answering fails the copy within about a minute (rclone's defaults retry
 # for many minutes), so a frozen stack is unfrozen on its old data soon.
 BOUNDED = ["--retries", "2", "--low-level-retries", "3", "--contimeout", "15s", "--timeout", "60s"]
+PARALLEL = 4  # rclone containers at once: the buckets' syncs, both sides' read-backs
 
 
 def _part(host: Host, part: str) -> dict[str, Any]:
@@ -95,13 +100,16 @@ def _copy_objects(host: Host, src: str, dst: str) -> dict[str, Any]:
         side_env, side_mounts = objects.store_env(name, _store(host, side))
         env.update(side_env)
         mounts += [m for m in side_mounts if m not in mounts]
-    for name, side in (("src", src), ("dst", dst)):  # an unreachable store fails here, in seconds
+    def reach(name: str, side: str) -> None:  # an unreachable store fails here, in seconds
         objects.rclone(host, ["lsd", f"{name}:", "--retries", "1", "--low-level-retries", "1", "--contimeout", "10s",
                               "--timeout", "30s"], env, mounts, what=f"reaching the {side} store")
+
+    _at_once([lambda: reach("src", src), lambda: reach("dst", dst)])
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     before = _bucket(host, dst, objects.BEFORE_BUCKET)
-    moved = []
-    for bucket in _part(host, "objects")["buckets"]:
+    buckets = list(_part(host, "objects")["buckets"])
+
+    def sync(bucket: str) -> None:
         source, target = _bucket(host, src, bucket), _bucket(host, dst, bucket)
         host.progress("copy", f"bucket {bucket}: {src} {source} -> {dst} {target}")
         # --checksum: compare by size and MD5 (both stores list it) rather than modification
@@ -111,8 +119,18 @@ def _copy_objects(host: Host, src: str, dst: str) -> dict[str, Any]:
                               "--backup-dir", f"dst:{before}/{stamp}/{target}", "--checkers", "16",
                               "--transfers", "8", *BOUNDED], env, mounts,
                        what=f"copying bucket {bucket} to the {dst} store")
-        moved.append(bucket)
-    return {"buckets": moved}
+
+    _at_once([lambda bucket=bucket: sync(bucket) for bucket in buckets])
+    return {"buckets": buckets}
+
+
+def _at_once(steps: list[Callable[[], Any]]) -> list[Any]:
+    """Run ``steps`` side by side (each is a container on the server that mostly waits on the
+    network); their results in order. Every step ends before the first failure is raised."""
+    with ThreadPoolExecutor(max(1, min(len(steps), PARALLEL))) as pool:
+        futures = [pool.submit(step) for step in steps]
+        wait(futures)
+    return [future.result() for future in futures]
 
 
 def _verify_objects(host: Host, src: str, dst: str) -> tuple[list[str], dict[str, Any]]:
@@ -120,12 +138,17 @@ def _verify_objects(host: Host, src: str, dst: str) -> tuple[list[str], dict[str
     count = size = 0
     cache = _root(host) / "cache"
     cache.mkdir(parents=True, exist_ok=True)
-    for bucket in _part(host, "objects")["buckets"]:
-        manifests = {}
-        for side in (src, dst):
-            host.progress("verify", f"bucket {bucket}: reading every object of the {side} store back")
-            manifests[side] = objects.manifest_of(_store_host(host, side), _bucket(host, side, bucket),
-                                                  cache / f"hashes-{side}-{bucket}.json")
+    buckets = list(_part(host, "objects")["buckets"])
+
+    def read(bucket: str, side: str) -> dict:
+        host.progress("verify", f"bucket {bucket}: reading every object of the {side} store back")
+        return objects.manifest_of(_store_host(host, side), _bucket(host, side, bucket),
+                                   cache / f"hashes-{side}-{bucket}.json")
+
+    pairs = [(bucket, side) for bucket in buckets for side in (src, dst)]
+    read_back = dict(zip(pairs, _at_once([lambda pair=pair: read(*pair) for pair in pairs])))
+    for bucket in buckets:
+        manifests = {side: read_back[(bucket, side)] for side in (src, dst)}
         problems += [f"bucket {bucket}: object {p}" for p in _diff_objects(manifests[src], manifests[dst], dst)]
         count += len(manifests[src])
         size += sum(e["size"] for e in manifests[src].values())

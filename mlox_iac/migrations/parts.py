@@ -15,11 +15,13 @@ preflight      the stack is deployed, its part is on the other side, the externa
 prepare        ``mlox:part_move`` is set and ``up`` deploys both sides: the services still on
                the old one, the new one ready (external buckets, or roles and databases,
                provisioned; or the server's own store started for a move home)
-copy           bulk copy while the stack serves (objects: rclone sync; databases: dump,
-               restore into a scratch database, verify, swap)
+copy           bulk copy while the stack serves (objects: rclone sync, then both sides read
+               back and hashed, the hashes kept; databases: dump, restore into a scratch
+               database, verify, swap)
 freeze         the proxy answers 503 with ``Retry-After``; the containers that write the part stop
-verify         the final delta, then every object's key, size and SHA-256 and every table's row
-               count and checksum compared on both sides; any difference (or a failure to reach
+verify         the final delta, then every object's key, size and SHA-256 (read again only where
+               its size, modification time or MD5 changed since the copy's read) and every
+               table's row count and checksum compared on both sides; any difference (or a failure to reach
                the new side) unfreezes the stack on the old data and names what differed
 cutover        ``up`` reconfigures the services for the new side; the stack serves again; the
                downtime (freeze to serving) is printed
@@ -220,6 +222,17 @@ class PartMove:
         self.say(f"copy: the {self.kind.what} go to the {self.record.to} side while the stack serves")
         result = self.server.verb("part-copy", self._args(self.record.to))
         self.say(f"copy: done in {result.get('seconds', 0):.0f}s")
+        if self.kind.part == "objects":
+            # Read both sides back now, while the stack serves: the server keeps each object's
+            # SHA-256 by size, modification time and MD5, so the check in the freeze reads only
+            # what was written since (the final delta), not every byte again.
+            self.say("copy: reading every object on both sides while the stack serves (the freeze then "
+                     "re-reads only what changes)")
+            checked = self.server.verb("part-verify", self._args(self.record.to))
+            waiting = len(checked.get("problems") or [])
+            self.say(f"copy: {checked.get('objects', 0)} objects, {checked.get('bytes', 0)} bytes read on both sides"
+                     + (f"; {waiting} differ so far (written since the copy: the final delta takes them)"
+                        if waiting else ""))
 
     # 4
     def freeze(self) -> None:

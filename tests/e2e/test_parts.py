@@ -1,6 +1,6 @@
 """End to end: one part of a live stack moved to a provider and back (``mlox-iac migrate --part``).
 
-Two systemd-nspawn hosts (prefix ``mlxprt``, indexes 81 and 82): A runs the core stack,
+Three systemd-nspawn hosts (prefix ``mlxprt``, indexes 81 to 83): A runs the core stack,
 deployed by the real Pulumi engine (``stack.Deployment``); B stands in for the provider: a
 SeaweedFS S3 gateway (the binary of the ``chrislusf/seaweedfs:4.48`` stand-in) and Debian's
 PostgreSQL 15, both serving TLS with a certificate from a CA of this test, Postgres refusing
@@ -19,6 +19,12 @@ small ones.
    move through the CLI: every table's rows and checksum match, MLflow works on it.
 3. both home with ``--to local`` through the CLI, then ``--finish``: every object and every
    table as before (checksums).
+4. a new stack on host C, its file naming the external store and Postgres from the start
+   (buckets under another prefix, a second PostgreSQL cluster on B): no SeaweedFS or
+   Postgres runs on C, and the core user flow passes against the provider: the MLflow client
+   logs a run with an artifact and a model version and reads them back, boto3 configured by
+   ``mlox-iac env`` writes and reads a 256 MiB object, everything lands at B; ``status``
+   probes both external endpoints and ``validate`` says backups do not cover them.
 """
 
 from __future__ import annotations
@@ -61,12 +67,13 @@ from testca import root_ca, server_cert  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
-PREFIX, FIRST_INDEX = "mlxprt", 81  # A = 81 (the stack), B = 82 (the provider)
+PREFIX, FIRST_INDEX = "mlxprt", 81  # A = 81 (the stack), B = 82 (the provider), C = 83 (a new stack)
 BIG_MB = int(os.environ.get("MLOX_E2E_PARTS_BIG_MB", "1024"))
 SMALL_OBJECTS = 1000
 S3_PORT = 8443
 PG_PORT = 5432
 PREFIX_BUCKETS = "acme-"
+FRESH_PREFIX, FRESH_PG_PORT = "fresh-", 5433  # the new stack's buckets and Postgres cluster at B
 ADMIN = "mloxadmin"
 SECRET_KEYS = ("onprem.private_key", "services.seaweedfs.external.access_key_id",
                "services.seaweedfs.external.secret_access_key", "services.postgres.external.admin_password")
@@ -145,9 +152,21 @@ class Provider:
             "systemctl restart postgresql@15-main")
         self.psql("postgres", f"CREATE ROLE {ADMIN} LOGIN CREATEROLE CREATEDB PASSWORD '{self.admin_password}';")
 
-    def psql(self, database: str, sql: str) -> str:
-        return self.host.ssh(f"sudo -u postgres psql -v ON_ERROR_STOP=1 -At -F ' ' -d {shlex.quote(database)}",
-                             input=sql + "\n").stdout
+    def add_cluster(self, name: str, port: int) -> None:
+        """A second PostgreSQL server on B (its own port, TLS, the same admin role), as a provider
+        gives a new customer a new managed database."""
+        conf = f"/etc/postgresql/15/{name}"
+        self.host.ssh(
+            f"pg_createcluster 15 {name} -p {port} >/dev/null && "
+            f"cp /etc/postgresql/15/main/conf.d/provider.conf {conf}/conf.d/ && "
+            f"cp -p /etc/postgresql/15/main/pg_hba.conf /etc/postgresql/15/main/tls.* {conf}/ && "
+            f"sed -i 's#/15/main/#/15/{name}/#' {conf}/conf.d/provider.conf && systemctl start postgresql@15-{name}")
+        self.psql("postgres", f"CREATE ROLE {ADMIN} LOGIN CREATEROLE CREATEDB PASSWORD '{self.admin_password}';",
+                  port=port)
+
+    def psql(self, database: str, sql: str, port: int = PG_PORT) -> str:
+        return self.host.ssh(f"sudo -u postgres psql -p {port} -v ON_ERROR_STOP=1 -At -F ' ' "
+                             f"-d {shlex.quote(database)}", input=sql + "\n").stdout
 
     def s3(self):
         import boto3
@@ -163,8 +182,8 @@ class Provider:
         return {"endpoint": self.endpoint, "region": "us-east-1", "bucket_prefix": PREFIX_BUCKETS,
                 "access_key_id": self.access_key, "secret_access_key": self.secret_key, "ca": self.ca.cert_pem}
 
-    def postgres_settings(self) -> dict:
-        return {"host": self.host.address, "port": PG_PORT, "admin_user": ADMIN, "admin_database": "postgres",
+    def postgres_settings(self, port: int = PG_PORT) -> dict:
+        return {"host": self.host.address, "port": port, "admin_user": ADMIN, "admin_database": "postgres",
                 "admin_password": self.admin_password, "sslmode": "verify-full", "ca": self.ca.cert_pem}
 
 
@@ -319,7 +338,7 @@ def lab_(tmp_path_factory):
         pytest.fail("the end-to-end tests need root: they boot Debian hosts with systemd-nspawn")
     started = time.monotonic()
     build = images.BackgroundBuild(NEEDED_IMAGES)
-    with hosts.target_hosts(2, prefix=PREFIX, first_index=FIRST_INDEX) as (a, b):
+    with hosts.target_hosts(3, prefix=PREFIX, first_index=FIRST_INDEX) as (a, b, c):
         provider = Provider(b)
         failure: list[BaseException] = []
 
@@ -341,7 +360,7 @@ def lab_(tmp_path_factory):
         installing.join()
         if failure:
             raise failure[0]
-        d.provider = provider
+        d.provider, d.build_, d.fresh_host = provider, build, c
         timed("parts: stack with data on A, provider on B", time.monotonic() - started)
         yield d
 
@@ -469,3 +488,61 @@ def test_3_both_home_nothing_lost(lab_):
     assert object_sums(s3_from_env(d), bucket_names(d)) == objects_before
     assert local_tables(d) == tables_before
     mlflow_check(d, d.logged)
+
+
+def test_4_a_new_stack_on_the_external_stores_from_the_start(lab_, tmp_path_factory):
+    import requests
+    from boto3.s3.transfer import TransferConfig
+
+    provider, host = lab_.provider, lab_.fresh_host
+    start = time.monotonic()
+    provider.add_cluster("fresh", FRESH_PG_PORT)
+    d = Deployment(host, tmp_path_factory.mktemp("fresh"), secret_keys=SECRET_KEYS)
+    d.raw["services"] = {"seaweedfs": {"external": {**provider.s3_settings(), "bucket_prefix": FRESH_PREFIX}},
+                         "postgres": {"external": provider.postgres_settings(FRESH_PG_PORT)}}
+    d.up(bootstrap_only=True)
+    lab_.build_.wait()
+    images.load_images(host, tuple(NEEDED_IMAGES))
+    d.up()
+    rows = d.wait_healthy_services(("mlflow", "caddy"))
+    assert all(rows[s].get("Health") == "healthy" for s in ("mlflow", "caddy")), rows
+    d.fetch_ca()
+    timed("parts: a new stack on the external stores (bootstrap, images, engine up)", time.monotonic() - start)
+    assert not {"seaweedfs", "postgres"} & set(rows), sorted(rows)  # the server runs neither store
+    assert d.outputs["parts"] == {"objects": {"uses": "external"}, "postgres": {"uses": "external"}}
+    assert d.outputs["s3_endpoint"] == provider.endpoint
+
+    # MLflow: a run with params, metrics, an artifact and a model version, read back.
+    logged = lab.mlflow_client(d, "log", uuid.uuid4().hex[:8])
+    assert lab.mlflow_client(d, "check", logged["run_id"], logged["marker"]) == "ok"
+    assert logged["run_id"] in provider.psql("mlflow", "SELECT run_uuid FROM runs;", port=FRESH_PG_PORT)
+    assert "mlflow" not in provider.psql("postgres", "SELECT datname FROM pg_database;").split()  # not in main
+    artifacts = [o["Key"] for page in provider.s3().get_paginator("list_objects_v2").paginate(
+        Bucket=FRESH_PREFIX + "mlflow-artifacts") for o in page.get("Contents", [])]
+    assert any(logged["run_id"] in key for key in artifacts), artifacts
+
+    # boto3 from `mlox-iac env` alone: a 256 MiB multipart object in and out, at the provider.
+    s3 = s3_from_env(d)
+    bucket = next(b for b in d.outputs["s3_buckets"] if b.endswith("data"))
+    assert bucket == FRESH_PREFIX + "data"
+    with tempfile.NamedTemporaryFile() as upload, tempfile.NamedTemporaryFile() as download:
+        digest = hashlib.sha256()
+        for _ in range(256):
+            chunk = os.urandom(1 << 20)
+            digest.update(chunk)
+            upload.write(chunk)
+        upload.flush()
+        transfer = TransferConfig(multipart_chunksize=16 << 20, max_concurrency=4)
+        s3.upload_file(upload.name, bucket, "fresh/object-256mb.bin", Config=transfer)
+        provider.s3().download_file(FRESH_PREFIX + "data", "fresh/object-256mb.bin", download.name, Config=transfer)
+        assert hashlib.sha256(Path(download.name).read_bytes()).hexdigest() == digest.hexdigest()
+
+    # status probes the provider's endpoints; validate says backups do not cover them.
+    status = {row["name"]: row for row in json.loads(cli(d, "status", "--stack", STACK, "--json").stdout)}
+    assert status["s3 (external)"]["up"] and status["postgres (external)"]["up"], status
+    validated = cli(d, "validate", "--stack", STACK)
+    assert validated.returncode == 0, validated.stderr[-2000:]
+    assert "services.seaweedfs.external" in validated.stderr and "backup" in validated.stderr, validated.stderr
+    # The proxy serves MLflow's UI behind its login, as on any stack.
+    page = requests.get(d.outputs["urls"]["mlflow"] + "/", verify=str(d.ca_path), timeout=30)
+    assert page.status_code == 401, page.status_code

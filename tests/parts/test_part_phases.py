@@ -126,8 +126,11 @@ def test_a_move_out_runs_every_phase_and_ends_on_the_external_store(project):
     assert engine.ups() == [{"part": "objects", "to": "external", "state": "copying"},
                             {"part": "objects", "to": "external", "state": "cutover"}]
     assert engine.deployed["parts"]["objects"]["uses"] == "external"
-    # Bulk copy while serving; freeze; final delta and verification; cutover, then serving.
-    assert server.verbs() == ["ping", "part-copy", "part-freeze", "part-copy", "part-verify", "part-unfreeze"]
+    # Bulk copy and a first read of both sides while serving; freeze; final delta and
+    # verification; cutover, then serving.
+    assert server.verbs() == ["ping", "part-copy", "part-verify", "part-freeze", "part-copy", "part-verify",
+                              "part-unfreeze"]
+    assert any("1001 objects" in line and "while" not in line for line in lines)
     assert all(args[:2] == ("--part", "objects") for _, args in server.calls if args)
     assert server.calls[1][1] == ("--part", "objects", "--to", "external")
     assert record.downtime_s is not None and any(line.startswith("downtime") for line in lines)
@@ -292,3 +295,22 @@ def test_finish_before_the_cutover_is_refused(project):
         run(project, engine, server)
     with pytest.raises(MigrationError, match="has not cut over yet \\(next: copy\\); --finish runs only after"):
         parts.finish(objects.KIND, "dev", project_dir=project, engine=engine)
+
+
+def test_the_copy_reads_both_sides_back_and_reports_what_differs_so_far_without_failing(project):
+    engine = FakeEngine(project)
+    deployed_local(engine)
+    server = FakeServer(problems=["bucket data: object new.bin: missing on the external side"])
+    lines: list[str] = []
+    with pytest.raises(VerificationFailed):  # it still differs in the freeze: no cutover
+        parts.run(objects.KIND, "dev", "external", project_dir=project, engine=engine, server_for=server,
+                  say=lines.append)
+    assert "copy" in parts.load_record(project, "dev").done
+    assert any("1001 objects" in line and "1 differ so far" in line for line in lines), lines
+
+
+def test_a_database_copy_is_not_read_back_before_the_freeze(project):
+    engine, server = FakeEngine(project), FakeServer()
+    deployed_local(engine)
+    run(project, engine, server, kind=postgres.KIND)
+    assert server.verbs() == ["ping", "part-copy", "part-freeze", "part-copy", "part-verify", "part-unfreeze"]
