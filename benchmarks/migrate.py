@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from tests.e2e import hosts, images  # noqa: E402
 from tests.e2e import test_migrate as t  # noqa: E402
 
-from mlox_iac import migrate  # noqa: E402
+from mlox_iac.migrations import stack as migrate  # noqa: E402
 
 PREFIX, FIRST_INDEX = "mlxbench", 101  # its own hosts (101, 102): it can run beside the e2e tests
 

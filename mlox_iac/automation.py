@@ -348,19 +348,24 @@ def default_pulumi_command(command: str = "this command", env: Mapping[str, str]
 
 # ----- stacks ---------------------------------------------------------------------------
 
+_SUMMARIES = ("update failed", "preview failed", "destroy failed", "refresh failed")
+
+
 def _first_error(exc: Exception) -> str:
     """The line of a failed Pulumi command that says what went wrong.
 
     ``str(CommandError)`` is ``code: N / stdout: ... / stderr: ...``; the first ``error:``
-    line of stderr, else of stdout, else the last line of stderr.
+    line of stderr, else of stdout, else the last line of stderr. A resource's own error (in
+    the diagnostics on stdout) comes before the engine's summary ``update failed``, which
+    says nothing about the cause.
     """
     text = str(exc)
     stdout, _, stderr = text.partition("\n stderr:")
-    for part in (stderr, stdout):
-        for line in part.splitlines():
-            line = line.strip().removeprefix("stdout:").strip()
-            if line.lower().startswith("error:"):
-                return line[len("error:"):].strip()
+    errors = [line[len("error:"):].strip() for part in (stderr, stdout) for line in
+              (raw.strip().removeprefix("stdout:").strip() for raw in part.splitlines())
+              if line.lower().startswith("error:")]
+    if errors:
+        return next((e for e in errors if e.lower() not in _SUMMARIES), errors[0])
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     return lines[-1] if lines else text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
@@ -423,6 +428,34 @@ def provider_change_problem(stack: str, deployed: Mapping[str, Any], provider: s
             f"mlox-iac migrate --stack {stack} --to {provider})")
 
 
+def part_change_problem(stack: str, deployed: Mapping[str, Any], config: Any, source: str) -> str | None:
+    """The one-line refusal when the stack file puts a deployed part (objects, postgres) on the
+    other side (external or the server's own) without ``mlox-iac migrate --part``: the services
+    would start on a store that does not hold their data. None when nothing is deployed, the
+    sides match, or a move of that part is in progress (migrate switches the sides itself)."""
+    from mlox_iac.config.model import PARTS
+
+    provider = deployed.get("provider")
+    if getattr(provider, "value", provider) in (None, SECRET):
+        return None  # not deployed yet
+    parts = deployed.get("parts")
+    parts = getattr(parts, "value", parts)
+    parts = parts if isinstance(parts, Mapping) else {}  # deployed before parts could be external: all local
+    for part, service in PARTS.items():
+        if not config.service_enabled(service) or (config.part_move is not None and config.part_move.part == part):
+            continue
+        running = (parts.get(part) or {}).get("uses", "local")
+        wanted = "external" if config.part_external(part) else "local"
+        if running != wanted:
+            where = {"external": "on an external store", "local": "on the server"}
+            what = "buckets" if part == "objects" else "databases"
+            return (f"{source}: mlox:services.{service}.external: stack {stack} keeps its {what} {where[running]}; "
+                    f"this file puts them {where[wanted]}, where the services would find none of their data "
+                    f"(allowed: the deployed side; to move the data run: mlox-iac migrate --stack {stack} "
+                    f"--part {part} --to {wanted})")
+    return None
+
+
 def refuse_provider_change(stack: str, deployed: Mapping[str, Any], *, project_dir: Path | None = None) -> None:
     """Raise :class:`ConfigError` (exit 2) with :func:`provider_change_problem`'s line."""
     from mlox_iac.errors import ConfigError
@@ -431,7 +464,8 @@ def refuse_provider_change(stack: str, deployed: Mapping[str, Any], *, project_d
     config = validate_stack(stack, project_dir=project_dir)
     path = stack_file(project_dir, stack)
     shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
-    problem = provider_change_problem(stack, deployed, config.provider, str(shown))
+    problem = (provider_change_problem(stack, deployed, config.provider, str(shown))
+               or part_change_problem(stack, deployed, config, str(shown)))
     if problem:
         raise ConfigError([problem])
 

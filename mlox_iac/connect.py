@@ -140,7 +140,8 @@ def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None,
     ``MLFLOW_TRACKING_SERVER_CERT_PATH`` and ``AWS_CA_BUNDLE`` point at it, and
     ``REQUESTS_CA_BUNDLE`` at :func:`ca_bundle_path` (the system's roots plus it: MLflow
     downloads artifacts from presigned S3 URLs with plain requests, which honours only that
-    variable).
+    variable). With an external S3 store, ``AWS_CA_BUNDLE`` is that bundle too (written by
+    :func:`write_ca_bundle` with the store's own CA, if it has one).
     """
     env: dict[str, str] = {}
     if stack:
@@ -151,6 +152,9 @@ def env_exports(outputs: Mapping[str, Any], ca_path: str | Path | None = None,
         env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(ca_path)
         env["AWS_CA_BUNDLE"] = str(ca_path)
         env["REQUESTS_CA_BUNDLE"] = str(ca_bundle_path(ca_path))
+        if external_s3(outputs):
+            # boto3 talks to the external store: the public roots and its own CA, in the bundle.
+            env["AWS_CA_BUNDLE"] = str(ca_bundle_path(ca_path))
     return env
 
 
@@ -192,8 +196,21 @@ def ca_bundle_path(ca_path: str | Path) -> Path:
     return Path(f"{ca_path}.bundle.pem")
 
 
-def write_ca_bundle(ca_path: str | Path) -> Path:
-    """The system's trusted roots plus the server's internal CA in one file.
+def external_s3_ca(outputs: Mapping[str, Any]) -> str | None:
+    """The private CA of the external S3 store the stack uses (its ``parts`` output), if any."""
+    parts = outputs.get("parts") if isinstance(outputs.get("parts"), Mapping) else {}
+    objects = parts.get("objects") or {}
+    return objects.get("ca") if objects.get("uses") == "external" else None
+
+
+def external_s3(outputs: Mapping[str, Any]) -> bool:
+    parts = outputs.get("parts") if isinstance(outputs.get("parts"), Mapping) else {}
+    return (parts.get("objects") or {}).get("uses") == "external"
+
+
+def write_ca_bundle(ca_path: str | Path, extra: str | None = None) -> Path:
+    """The system's trusted roots plus the server's internal CA in one file (and ``extra``:
+    an external S3 store's private CA).
 
     ``REQUESTS_CA_BUNDLE`` replaces the trust store of every ``requests`` call in the
     shell, so it must keep the public roots too (pip, model hubs).
@@ -205,7 +222,7 @@ def write_ca_bundle(ca_path: str | Path) -> Path:
             roots = Path(candidate).read_text()
             break
     bundle = ca_bundle_path(ca_path)
-    bundle.write_text(roots.rstrip("\n") + "\n" + Path(ca_path).read_text())
+    bundle.write_text(roots.rstrip("\n") + "\n" + Path(ca_path).read_text() + (("\n" + extra) if extra else ""))
     return bundle
 
 
@@ -598,6 +615,73 @@ def probe(
         auth = (user, str(passwords[name])) if name in passwords else None
         path = faces.health_path(name)
         results.append(_probe_one(name, str(url), path, auth, ca_path=ca_path, timeout=timeout, now=now))
+    return results
+
+
+# Postgres' SSLRequest: length 8, then the code 1234 5679 (the protocol's "TLS, please").
+_PG_SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
+
+
+def _pinned_context(ca_pem: str | None, check_hostname: bool = True) -> ssl.SSLContext:
+    """Verification against the part's own CA (PEM from the outputs), else the system's roots."""
+    context = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
+    context.check_hostname = check_hostname
+    return context
+
+
+def probe_postgres_tls(host: str, port: int, *, ca_pem: str | None, check_hostname: bool = True,
+                       timeout: float = 5, now: float | None = None, name: str = "postgres (external)") -> ProbeResult:
+    """Reach an external Postgres and check its TLS as the services do (verify-full: the name
+    too; verify-ca: the chain only): up when it accepts TLS with a certificate that verifies."""
+    import socket
+
+    now = time.time() if now is None else now
+    url = f"postgres://{host}:{port}"
+    started = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(_PG_SSL_REQUEST)
+            answer = sock.recv(1)
+            if answer != b"S":
+                return ProbeResult(name, url, False, None, "the server does not offer TLS (answered "
+                                   f"{answer!r} to SSLRequest)", elapsed_ms=(time.monotonic() - started) * 1000)
+            with _pinned_context(ca_pem, check_hostname).wrap_socket(sock, server_hostname=host) as tls:
+                cert = tls.getpeercert() or {}
+    except ssl.SSLCertVerificationError as exc:
+        return ProbeResult(name, url, False, None, f"TLS certificate not trusted: {exc.verify_message or exc}",
+                           elapsed_ms=(time.monotonic() - started) * 1000)
+    except OSError as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return ProbeResult(name, url, False, None, f"no answer: {reason}", elapsed_ms=(time.monotonic() - started) * 1000)
+    not_after = cert.get("notAfter")
+    expires_in = ssl.cert_time_to_seconds(not_after) - now if not_after else None
+    up, detail = True, "ok (TLS verified)"
+    if expires_in is not None and expires_in <= 0:
+        up, detail = False, "TLS certificate expired"
+    return ProbeResult(name, url, up, None, detail, expires_in, not_after, (time.monotonic() - started) * 1000)
+
+
+def probe_parts(outputs: Mapping[str, Any], timeout: float = 5, *, now: float | None = None) -> list[ProbeResult]:
+    """Probe the external stores the stack uses (its ``parts`` output), from here: the S3
+    endpoint by an HTTPS GET (any answer below 500 is up; anonymous S3 answers 403), Postgres by
+    its TLS handshake. Each is verified against its configured CA, else the system's roots."""
+    import tempfile
+
+    now = time.time() if now is None else now
+    parts = outputs.get("parts") if isinstance(outputs.get("parts"), Mapping) else {}
+    results = []
+    objects = parts.get("objects") or {}
+    if objects.get("uses") == "external":
+        with tempfile.NamedTemporaryFile("w", suffix=".pem") as ca:
+            if objects.get("ca"):
+                ca.write(objects["ca"])
+                ca.flush()
+            results.append(_probe_one("s3 (external)", str(objects["endpoint"]), "/", None,
+                                      ca_path=ca.name if objects.get("ca") else None, timeout=timeout, now=now))
+    server = parts.get("postgres") or {}
+    if server.get("uses") == "external":
+        results.append(probe_postgres_tls(str(server["host"]), int(server["port"]), ca_pem=server.get("ca"),
+                                          check_hostname=server.get("sslmode") != "verify-ca", timeout=timeout, now=now))
     return results
 
 

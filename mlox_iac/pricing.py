@@ -152,6 +152,36 @@ def backup_line(config, currency: str | None) -> tuple[Line | None, str]:
             f"read on {store.read_on}{note}); deduplicated backups of a volume that is not full stay below that")
 
 
+# Hosts of managed Postgres offers with a built-in price -> how postgres.managed's offer name starts.
+MANAGED_POSTGRES_HOSTS = {r"(?:[a-z0-9-]+\.)+rds\.amazonaws\.com": "Amazon RDS",
+                          r"(?:[a-z0-9-]+\.)+db\.ondigitalocean\.com": "DigitalOcean Managed PostgreSQL"}
+
+
+def part_lines(config) -> list[Line]:
+    """A line per part the stack keeps at a provider (``services.<name>.external``): the object
+    store at its list price for as much as the data volume holds, the Postgres server at its
+    smallest tier; "unknown" at a host without a built-in price."""
+    from mlox_iac.components.services import postgres, seaweedfs
+    from mlox_iac.components.services.base import Context
+
+    ctx = Context(config)
+    lines = []
+    store = seaweedfs.external(ctx)
+    if store is not None:
+        chosen = object_storage_at(store.host)
+        gb = config.volume_size_gb
+        lines.append(Line("object storage", f"external: {gb} GB in {chosen.name}", chosen.monthly(gb), chosen.currency)
+                     if chosen is not None else Line("object storage", f"external: S3 at {store.host}", None))
+    server = postgres.external(ctx)
+    if server is not None:
+        prefix = next((offer for hosts, offer in MANAGED_POSTGRES_HOSTS.items()
+                       if re.fullmatch(hosts, server.host.lower())), None)
+        offer = next((o for o in postgres.managed(ctx) if prefix and o.offer.startswith(prefix)), None)
+        lines.append(Line("postgres", f"external: {offer.offer}", offer.monthly, offer.currency) if offer is not None
+                     else Line("postgres", f"external: Postgres at {server.host}", None))
+    return lines
+
+
 # The managed set is summed in the currency the hyperscalers' list prices are in.
 MANAGED_CURRENCY = "USD"
 
@@ -245,6 +275,9 @@ def report(config, prices: PriceList | None, today: datetime.date) -> Report:
     if backup is not None:
         lines.append(backup)
         paid.append(backup)
+    for line in part_lines(config):  # what the provider bills for the parts kept there
+        lines.append(line)
+        paid.append(line)
     totals, complete = by_currency(paid, currency)
     total = totals.get(currency, 0.0) if currency is not None and complete else None
     offers = managed_equivalents(config)

@@ -29,24 +29,25 @@ def program() -> None:
     stack = pulumi.get_stack()
     raw, secret = read_runtime_config()
     config = validate(raw, secret, str(stack_file(PROJECT_DIR, stack).relative_to(PROJECT_DIR)), stack)
-    _refuse_provider_change(stack, config.provider)
+    _refuse_provider_change(stack, config)
     mlox = MloxStack("mlox", config, build_dir(stack))
     for key, value in mlox.outputs.items():
         pulumi.export(key, value)
 
 
-def _refuse_provider_change(stack: str, provider: str) -> None:
+def _refuse_provider_change(stack: str, config) -> None:
     """Stop ``pulumi up``/``preview`` run directly (not through mlox-iac) when ``mlox:provider``
     differs from what the deployed stack runs on. The program cannot read the state itself,
     so it asks the Pulumi CLI running it (``pulumi stack output``); under mocks, or when the
-    CLI does not answer, there is nothing to compare with and the check is skipped."""
+    CLI does not answer, there is nothing to compare with and the check is skipped. The same
+    for a part (objects, postgres) put on the other side without ``migrate --part``."""
     import json
     import shutil
     import subprocess
 
     from pulumi.runtime.mocks import MockMonitor
 
-    from mlox_iac.automation import provider_change_problem
+    from mlox_iac.automation import part_change_problem, provider_change_problem
 
     if isinstance(pulumi.runtime.settings.get_monitor(), MockMonitor) or shutil.which("pulumi") is None:
         return
@@ -58,6 +59,8 @@ def _refuse_provider_change(stack: str, provider: str) -> None:
     except (OSError, subprocess.TimeoutExpired, ValueError):
         deployed = {}
     source = str(stack_file(PROJECT_DIR, stack).relative_to(PROJECT_DIR))
-    problem = provider_change_problem(stack, deployed if isinstance(deployed, dict) else {}, provider, source)
+    deployed = deployed if isinstance(deployed, dict) else {}
+    problem = (provider_change_problem(stack, deployed, config.provider, source)
+               or part_change_problem(stack, deployed, config, source))
     if problem:
         raise pulumi.RunError(problem)  # printed as one line, without a traceback

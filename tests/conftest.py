@@ -33,12 +33,22 @@ def settings(provider: str = "hetzner", **overrides) -> dict:
     return raw
 
 
-def write_stack(tmp_path: Path, raw: dict, name: str = "test", secure: tuple[str, ...] = ("onprem",)) -> Path:
+# The credentials of the external stores (services.<name>.external.<key>): Pulumi secrets.
+EXTERNAL_SECRETS = {"seaweedfs": ("access_key_id", "secret_access_key"), "postgres": ("admin_password",)}
+
+
+def write_stack(tmp_path: Path, raw: dict, name: str = "test", secure: tuple[str, ...] = ("onprem", "external")) -> Path:
     """Write ``raw`` as a stack file; ``onprem.private_key`` becomes a ``secure:`` value, and so do
-    the backup repository's keys with ``"backup"`` in ``secure``."""
+    the backup repository's keys with ``"backup"`` in ``secure`` and the external stores'
+    credentials with ``"external"``."""
     raw = copy.deepcopy(raw)
     config = {}
     for key, value in raw.items():
+        if key == "services" and isinstance(value, dict) and "external" in secure:
+            for service, keys in EXTERNAL_SECRETS.items():
+                external = (value.get(service) or {}).get("external")
+                if isinstance(external, dict):
+                    external.update({k: {"secure": "v1:dGVzdA=="} for k in keys if k in external})
         if key == "onprem" and isinstance(value, dict) and "private_key" in value and "onprem" in secure:
             value["private_key"] = {"secure": "v1:dGVzdA=="}
         if key == "backup" and isinstance(value, dict) and "backup" in secure:
@@ -54,6 +64,10 @@ def secret_keys(raw: dict) -> set[str]:
     backup = raw.get("backup") or {}
     if "onprem" in (raw.get("target") or {}):
         keys.add("target.onprem.private_key")
+    services = raw.get("services") or {}
+    for service, names in EXTERNAL_SECRETS.items():
+        external = (services.get(service) or {}).get("external") or {}
+        keys |= {f"services.{service}.external.{k}" for k in names if k in external}
     return keys | {f"backup.{k}" for k in ("access_key_id", "secret_access_key") if k in backup}
 
 
@@ -172,6 +186,7 @@ def pytest_terminal_summary(terminalreporter):
 # they are one unit of work, FULL_GROUP, given to one worker, which deploys the stack once.
 FULL_GROUP = "tests/e2e/test_full_"
 SLOW_FIRST = ("tests/e2e/test_migrate.py", FULL_GROUP, "tests/e2e/test_migrate_cloud.py", "tests/e2e/test_backup.py",
+              "tests/e2e/test_parts.py",
               "tests/e2e/test_deploy.py", "tests/e2e/test_catalogue.py", "tests/e2e/test_serving.py",
               "tests/e2e/test_sandbox_move.py", "tests/e2e/test_load.py", "tests/e2e/test_sandbox.py",
               "tests/e2e/test_domain.py")

@@ -354,3 +354,11 @@ def test_a_broken_cli_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(broken.parent))
     with pytest.raises(MloxError, match=r"^mlox-iac up: the Pulumi CLI does not run \(`pulumi version`: "):
         automation.default_pulumi_command("mlox-iac up")
+
+
+def test_a_resources_own_error_comes_before_the_engines_summary():
+    failed = Exception("code: 255\n stdout: Updating (e2e):\nDiagnostics:\n  command:remote:Command (e2e-compose):\n"
+                       "    error: Process exited with status 1: postgres-provision is unhealthy\n"
+                       "  pulumi:pulumi:Stack (mlox-e2e):\n    error: update failed\n\n stderr: error: update failed\n")
+    assert automation._first_error(failed) == "Process exited with status 1: postgres-provision is unhealthy"
+    assert automation._first_error(Exception("code: 255\n stdout: \n stderr: error: update failed\n")) == "update failed"

@@ -1,4 +1,4 @@
-"""``mlox_iac.migrate``: the phases, their record, resume, verification failure, finish and abort.
+"""``mlox_iac.migrations.stack``: the phases, their record, resume, verification failure, finish and abort.
 
 The engine is a double that keeps the stack file's config as ``pulumi config set --path``
 would and answers outputs the way the program exports them; the servers are a double that
@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlox_iac import connect, migrate
+from mlox_iac import connect
+from mlox_iac.migrations import stack as migrate
 from mlox_iac.errors import ConfigError, MloxError
 from pulumi_double import RecordingPulumiCommand
 
@@ -375,13 +376,20 @@ def test_the_program_asks_the_running_cli_what_is_deployed(tmp_path, monkeypatch
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
     monkeypatch.setattr(pulumi.runtime.settings, "get_monitor", lambda: object())  # not the mock monitor
+    from conftest import secret_keys, settings
+    from mlox_iac.config.loader import validate
+
+    def config(provider):
+        raw = settings(provider)
+        return validate(raw, secret_keys(raw), "stacks/Pulumi.dev.yaml", "dev")
+
     with pytest.raises(pulumi.RunError) as caught:
-        program._refuse_provider_change("dev", "hetzner")
+        program._refuse_provider_change("dev", config("hetzner"))
     assert str(caught.value) == (
         "stacks/Pulumi.dev.yaml: mlox:provider: stack dev runs on onprem; changing the provider here would start an "
         "empty server on hetzner (allowed: onprem; to move the stack and its data run: "
         "mlox-iac migrate --stack dev --to hetzner)")
-    program._refuse_provider_change("dev", "onprem")  # unchanged: no objection
+    program._refuse_provider_change("dev", config("onprem"))  # unchanged: no objection
 
 
 def test_the_program_skips_the_check_under_mocks_and_for_new_stacks():
@@ -516,14 +524,14 @@ KEY_SOURCE_CASES = {
 
 @pytest.mark.parametrize("case", sorted(KEY_SOURCE_CASES))
 def test_the_moves_key_is_usable_from_where_the_sender_is_seen(case):
-    from mlox_iac.migrate import key_source
+    from mlox_iac.migrations.stack import key_source
 
     src, dst, subnet, cidrs, expected = KEY_SOURCE_CASES[case]
     assert key_source(src, dst, subnet, cidrs) == expected
 
 
 def test_a_sandbox_without_an_outside_admin_address_cannot_send_to_a_server():
-    from mlox_iac.migrate import MigrationError, key_source
+    from mlox_iac.migrations.stack import MigrationError, key_source
 
     with pytest.raises(MigrationError, match="mlox:ssh.admin_cidrs does not name"):
         key_source("10.79.1.2", "203.0.113.9", "10.79.1.0/24", ["10.79.1.0/24"])

@@ -151,7 +151,7 @@ def env(
     ca_path = ca_file(values, stack, ca, identity, refresh_ca)
     if ca_path is not None:
         ca_path = Path(ca_path).resolve()  # the exports and the profile are used from other directories
-        connect.write_ca_bundle(ca_path)
+        connect.write_ca_bundle(ca_path, connect.external_s3_ca(values))
     exports = connect.env_exports(values, ca_path, stack=stack_key(stack, values))
     if identity is not None:  # the key mlox-client's tunnels use too
         exports["MLOX_SSH_IDENTITY"] = str(Path(identity).expanduser().resolve())
@@ -180,8 +180,9 @@ def status(
     """Probe every service endpoint of a deployed stack through the proxy.
 
     Checks each service's health over HTTPS (with the UI credentials
-    where the proxy asks for them) and when its TLS certificate expires.
-    Exits 1 when any endpoint is down.
+    where the proxy asks for them) and when its TLS certificate expires;
+    an external S3 store or Postgres the stack uses is probed at its own
+    endpoint, its TLS verified. Exits 1 when any endpoint is down.
 
     Examples:
       mlox-iac status --stack prod
@@ -193,6 +194,7 @@ def status(
     values = read_outputs(stack, outputs_file, show_secrets=True)
     identity = identity_for(identity, stack)
     results = connect.probe(values, ca_file(values, stack, ca, identity, refresh_ca), timeout=timeout)
+    results += connect.probe_parts(values, timeout=timeout)
     backup = _backup_status(values, identity) if values.get("backup_repository") else None
 
     def table(console, rows):

@@ -10,7 +10,11 @@ import typer
 from mlox_iac.cli.common import IdentityOpt, JsonOpt, identity_for, Out, StackOpt, YesOpt, require_terminal, ssh_options
 from mlox_iac.providers import PROVIDERS
 
-ToOpt = typer.Option(None, "--to", help=f"Provider of the new server ({', '.join(PROVIDERS)})")
+ToOpt = typer.Option(None, "--to", help=f"Provider of the new server ({', '.join(PROVIDERS)}); with --part: "
+                     "external or local")
+PartOpt = typer.Option(None, "--part", help="Move one part instead of the whole stack: objects (every bucket) or "
+                       "postgres (every database), to the external store in the stack file or back to the server")
+PARTS = ("objects", "postgres")
 FinishOpt = typer.Option(False, "--finish", help="After the cutover: remove the old server")
 AbortOpt = typer.Option(False, "--abort", help="Go back to the old server (any time before --finish)")
 WaitDnsOpt = typer.Option(0, "--wait-dns", min=0, metavar="SECONDS",
@@ -27,6 +31,7 @@ def migrate(
     identity: Optional[Path] = IdentityOpt,
     as_json: bool = JsonOpt,
     wait_dns: int = WaitDnsOpt,
+    part: Optional[str] = PartOpt,
 ) -> None:
     """Move a deployed stack, with its data, to a new server (another provider, host or size).
 
@@ -40,13 +45,25 @@ def migrate(
     The new server's settings: the provider's block (mlox:hetzner, ...),
     or mlox:target.<provider> for a move within the same provider.
 
+    With --part objects|postgres, one part moves instead, the server
+    staying: every bucket to the external S3 store of
+    mlox:services.seaweedfs.external, or every database to the server of
+    mlox:services.postgres.external, and --to local back home. Phases:
+    preflight, prepare, copy (while serving), freeze, verify (final delta;
+    every object's SHA-256, every table's checksum), cutover (the services
+    reconfigured). The old side runs until --finish; --abort goes back.
+
     Examples:
       mlox-iac migrate --stack prod --to digitalocean
       mlox-iac migrate --stack prod --to hetzner --wait-dns 3600
       mlox-iac migrate --stack prod --finish
       mlox-iac migrate --stack prod --abort
+      mlox-iac migrate --stack prod --part objects --to external
+      mlox-iac migrate --stack prod --part postgres --to local
+      mlox-iac migrate --stack prod --part objects --finish
     """
-    from mlox_iac import automation, migrate as engine_steps
+    from mlox_iac import automation
+    from mlox_iac.migrations import stack as engine_steps
     from mlox_iac.cli.common import passphrase_prompt, project_dir, require_stack
     from mlox_iac.errors import ConfigError
 
@@ -54,6 +71,8 @@ def migrate(
     name = require_stack(stack)
     if sum([finish, abort, to is not None]) != 1:
         raise ConfigError(["--to/--finish/--abort: give exactly one (allowed: --to PROVIDER, --finish, --abort)"])
+    if part is not None:
+        return _move_part(out, name, part, to, finish, abort, yes, identity)
     if to is not None and to not in PROVIDERS:
         raise ConfigError([f"--to: {to!r} is not a provider (allowed: {', '.join(PROVIDERS)})"])
     project = project_dir()
@@ -87,6 +106,49 @@ def migrate(
         out.data(engine_steps.project_record_summary(project, name),
                  lambda console, d: console.print(f"Stack {name} runs on its new server ({record.to}); "
                                                   f"downtime {record.downtime_s or 0:.0f}s"))
+
+
+def _move_part(out: Out, name: str, part: str, to: Optional[str], finish: bool, abort: bool, yes: bool,
+               identity: Optional[Path]) -> None:
+    """``migrate --part``: one part of the stack to the external store or back (``mlox_iac/migrations``)."""
+    from mlox_iac import automation
+    from mlox_iac.cli.common import passphrase_prompt, project_dir
+    from mlox_iac.errors import ConfigError
+    from mlox_iac.migrations import objects, parts, postgres
+    from mlox_iac.migrations.stack import AutomationEngine
+
+    if part not in PARTS:
+        raise ConfigError([f"--part: {part!r} is not a part (allowed: {', '.join(PARTS)})"])
+    if to is not None and to not in parts.SIDES:
+        raise ConfigError([f"--to: {to!r} is not a side of a part (allowed: {', '.join(parts.SIDES)})"])
+    kind = {"objects": objects.KIND, "postgres": postgres.KIND}[part]
+    project = project_dir()
+    automation.validate_stack(name, project_dir=project)
+    cli = automation.default_pulumi_command("mlox-iac migrate")
+    if not yes:
+        require_terminal("mlox-iac migrate")
+        question = (f"Move the {kind.what} of stack {name} to the {to} side?" if to else
+                    f"Stop the old side of the {kind.what} of stack {name}?" if finish else
+                    f"Abort the move of the {kind.what} of stack {name} and go back?")
+        if not typer.confirm(question, default=False, err=True):
+            raise automation.Aborted("aborted: nothing was changed")
+    engine = AutomationEngine(name, project, cli, passphrase_prompt())
+    identity = identity_for(identity, name)  # a sandbox's stack: its machine admits its own key
+    server = parts.default_server(str(identity) if identity else None, tuple(ssh_options()),
+                                  lambda event: out.progress(f"  {event.get('message', '')}"))
+    if finish:
+        parts.finish(kind, name, project_dir=project, engine=engine, say=out.progress)
+        out.data({"stack": name, "part": part, "finished": True},
+                 lambda console, d: console.print(f"Stack {name}: move of its {kind.what} finished"))
+    elif abort:
+        parts.abort(kind, name, project_dir=project, engine=engine, server_for=server, say=out.progress)
+        out.data({"stack": name, "part": part, "aborted": True},
+                 lambda console, d: console.print(f"Stack {name}: move of its {kind.what} aborted"))
+    else:
+        record = parts.run(kind, name, to, project_dir=project, engine=engine, server_for=server, say=out.progress)
+        out.data({**parts.asdict(record), "next_phase": record.next_phase, "next_step": record.next_step()},
+                 lambda console, d: console.print(f"Stack {name} keeps its {kind.what} on the {record.to} side; "
+                                                  f"downtime {record.downtime_s or 0:.1f}s"))
 
 
 def _refuse_a_sandbox_locked_out(project: Path, name: str, to: str, config) -> None:

@@ -152,12 +152,15 @@ def _stack_outputs(config: StackConfig, ctx: Context, name: str, server: Server,
         out["ui_passwords"] = pulumi.Output.secret(proxy.ui_passwords)
     store = services.get("seaweedfs")
     if store is not None:
-        from mlox_iac.components.services.seaweedfs import buckets
+        from mlox_iac.components.services import seaweedfs
 
-        out["s3_endpoint"] = urls["s3"]
+        # An external store is reached at its own endpoint, with its own keys and bucket names.
+        external = seaweedfs.external(ctx)
+        out["s3_endpoint"] = external.endpoint if external is not None else urls["s3"]
         out["s3_access_key"] = pulumi.Output.secret(store.access_key)
         out["s3_secret_key"] = pulumi.Output.secret(store.secret_key)
-        out["s3_buckets"] = buckets(ctx)
+        out["s3_buckets"] = [seaweedfs.bucket_name(ctx, b) for b in seaweedfs.buckets(ctx)]
+    out["parts"] = parts_output(config)
     if "mlflow" in services:
         out["mlflow_tracking_uri"] = urls["mlflow"]
     # Services with their own login (auth "own") name its password as `login_password`.
@@ -170,6 +173,26 @@ def _stack_outputs(config: StackConfig, ctx: Context, name: str, server: Server,
     secrets = {k: v for s in services.values() for k, v in (getattr(s, "client_secrets", None) or {}).items()
                if k in wanted}
     out["client_secrets"] = pulumi.Output.secret(secrets)
+    return out
+
+
+def parts_output(config: StackConfig) -> dict:
+    """Where each part's data lives (``local`` or the external endpoint): ``status`` probes the
+    external ones, ``up`` refuses to switch a deployed part without ``migrate --part``."""
+    from mlox_iac.components.services import postgres, seaweedfs
+
+    ctx = Context(config)
+    out: dict = {}
+    if config.service_enabled(seaweedfs.NAME):
+        store = seaweedfs.external(ctx)
+        out["objects"] = ({"uses": "external", "endpoint": store.endpoint, "ca": store.ca} if store is not None
+                          else {"uses": "local"})
+    if config.service_enabled(postgres.NAME):
+        server = postgres.external(ctx)
+        out["postgres"] = ({"uses": "external", "host": server.host, "port": server.port, "sslmode": server.sslmode,
+                            "ca": server.ca} if server is not None else {"uses": "local"})
+    if config.part_move is not None:
+        out["moving"] = config.part_move.model_dump()
     return out
 
 

@@ -23,7 +23,9 @@ NAMESPACE = "mlox"
 SECRET_PLACEHOLDER = "[secret]"
 # Config values that must be Pulumi secrets: dotted paths under mlox:.
 MUST_BE_SECRET = {"onprem.private_key", "services.monitoring.alerts.email.password", "backup.access_key_id",
-                  "backup.secret_access_key", "target.onprem.private_key"}
+                  "backup.secret_access_key", "target.onprem.private_key",
+                  "services.seaweedfs.external.access_key_id", "services.seaweedfs.external.secret_access_key",
+                  "services.postgres.external.admin_password"}
 # The top-level keys of a Pulumi stack file (pulumi/pulumi sdk/go/common/workspace ProjectStack).
 STACK_FILE_KEYS = ("config", "secretsprovider", "encryptedkey", "encryptionsalt", "environment")
 

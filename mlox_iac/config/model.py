@@ -231,6 +231,21 @@ class MigrationSettings(Strict):
         return value
 
 
+# The parts of a stack that can live outside the server: part -> the service that holds it locally.
+PARTS = {"objects": "seaweedfs", "postgres": "postgres"}
+
+
+class PartMoveSettings(Strict):
+    """A move of one part of the stack in progress, written by ``mlox-iac migrate --part`` (never
+    edited by hand). While it is set both the server's own store and the external one are
+    configured: the services use the old one until the cutover, the new one after it, and the
+    server's own keeps running (with its data) until ``--finish``."""
+
+    part: Literal["objects", "postgres"] = Field(description="What moves: the buckets or the databases")
+    to: Literal["external", "local"] = Field(description="Where it moves: the external store, or back to the server")
+    state: Literal["copying", "cutover"] = "copying"
+
+
 def _services_model() -> type[BaseModel]:
     """The ``mlox:services`` model, assembled from the service registry."""
     from pydantic import create_model
@@ -279,6 +294,8 @@ class StackConfig(Strict):
     server: str = Field("main", pattern=_SERVER_NAME, description="Resource name of the server (changed only by mlox-iac migrate)")
     target: TargetSettings | None = Field(None, description="Settings of the new server for a move within the same provider")
     migration: MigrationSettings | None = Field(None, description="A move in progress (written by mlox-iac migrate)")
+    part_move: PartMoveSettings | None = Field(None, description="A move of one part in progress "
+                                               "(written by mlox-iac migrate --part)")
     # Set by the loader from the stack name, never from the file.
     _stack_name: str = PrivateAttr("dev")
 
@@ -329,6 +346,14 @@ class StackConfig(Strict):
             for needed in SERVICES[name].requires:
                 if not self.service_enabled(needed):
                     raise _FieldError(f"services.{needed}.enabled", f"must be true because {name} needs {needed}")
+        if self.part_move is not None:
+            service = PARTS[self.part_move.part]
+            if self.service(service).external is None:
+                raise _FieldError(f"services.{service}.external",
+                                  f"required while mlox:part_move moves {self.part_move.part} (the external side)")
+            if self.migration is not None:
+                raise _FieldError("part_move", "cannot run beside a move of the whole stack (mlox:migration): "
+                                  "finish or abort one first")
         if self.migration is not None:
             if self.migration.server == self.server:
                 raise _FieldError("migration.server", f"must differ from mlox:server ({self.server})")
@@ -344,9 +369,33 @@ class StackConfig(Strict):
             )
         return self
 
+    def part_external(self, part: str) -> bool:
+        """Whether the services use the external store for ``part`` (objects, postgres): its
+        ``in_use``, or during a move of that part, the side the move has reached."""
+        external = self.service(PARTS[part]).external
+        if external is None:
+            return False
+        move = self.part_move
+        if move is None or move.part != part:
+            return external.in_use
+        return (move.to == "external") == (move.state == "cutover")
+
+    def part_local(self, part: str) -> bool:
+        """Whether the server runs its own store for ``part``: when the services use it, and
+        throughout a move of that part (its data kept until ``--finish``)."""
+        moving = self.part_move is not None and self.part_move.part == part
+        return moving or not self.part_external(part)
+
     def warnings(self) -> list[tuple[str, str]]:
         """(key, message) for settings that are valid but risky."""
         out = []
+        for part, service in PARTS.items():
+            if self.part_external(part):
+                what = "buckets" if part == "objects" else "databases"
+                out.append((f"services.{service}.external", f"backups do not cover the {what} on the external "
+                            f"{'store' if part == 'objects' else 'server'}: protect them with the provider's own "
+                            f"{'versioning or replication' if part == 'objects' else 'backups and point-in-time recovery'}"
+                            f" (mlox:backup keeps only what runs on the server)"))
         if self.backup is not None and not self.backup.is_s3:
             out.append(("backup.repository", "a local: repository is on the server's own disk, not off-site: "
                         "losing the server loses the backups (use an s3: repository)"))

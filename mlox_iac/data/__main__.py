@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import backup, move
+from . import backup, move, parts
 from .host import DataError, Host, emit_json
 
 PLAN = Path(__file__).resolve().parent.parent / "plan.json"
@@ -23,10 +23,11 @@ PLAN = Path(__file__).resolve().parent.parent / "plan.json"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlox_data")
     parser.add_argument("verb", choices=["backup", "snapshots", "restore", "status", "installed", "move-send",
-                                         "move-prune", "move-manifest", *move.VERBS])
+                                         "move-prune", "move-manifest", *move.VERBS, *parts.VERBS])
     parser.add_argument("--snapshot", default="latest")
     parser.add_argument("--service")
-    parser.add_argument("--to", help="move-send: the new server's address")
+    parser.add_argument("--to", help="move-send: the new server's address; part-*: external or local")
+    parser.add_argument("--part", help="part-*: objects or postgres")
     parser.add_argument("--port", type=int, default=22, help="move-send: its SSH port")
     parser.add_argument("--user", default="root", help="move-send: its SSH user")
     args = parser.parse_args(argv)
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.verb.startswith("move-"):
             result = move.run_verb(host, args.verb, args)
+        elif args.verb.startswith("part-"):
+            result = parts.run_verb(host, args.verb, args)
         elif args.verb == "backup":
             result = backup.backup(host)
         elif args.verb == "snapshots":

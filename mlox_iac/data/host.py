@@ -111,6 +111,22 @@ class Host:
         return self.run(self.docker_argv(image, argv, env=env, mounts=mounts, network=network), env=env,
                         what=what or image, **kw)
 
+    def postgres_argv(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` run where the Postgres client tools reach the database: in the stack's
+        postgres container, or in the plan's ``container`` (the helper that reaches an external
+        server, see ``parts.py``)."""
+        container = self.plan["postgres"].get("container")
+        if container:
+            return ["docker", "exec", "-i", container, *argv]
+        return [*self.compose, "exec", "-T", self.plan["postgres"]["service"], *argv]
+
+    def with_plan(self, **changes: Any) -> "Host":
+        """This host with parts of its plan replaced (another store or Postgres server)."""
+        other = type(self).__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other.plan = {**self.plan, **changes}
+        return other
+
     def compose_stop(self, services: Sequence[str]) -> None:
         if services:
             self.compose_run("stop", *services, what="stopping " + ", ".join(services))

@@ -46,20 +46,37 @@ _MOUNT = "/mlox-objects"
 FILER_READERS = 8  # objects read from the filer at once
 
 
-def _rclone(host: Host, args: list[str], mount: Path | None = None, what: str = "rclone"):
-    s3 = host.plan["s3"]
+_CA = "/mlox-store-ca.pem"  # an external store's private CA inside the rclone container
+
+
+def store_env(name: str, s3: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """rclone's settings of the remote ``name`` for the store ``s3`` (a plan's ``s3`` entry, or
+    an external store's), its keys read from the store's env file, and the mounts it needs."""
     keys = read_env_file(s3["env_file"])
-    env = {
-        "RCLONE_CONFIG_STORE_TYPE": "s3",
-        "RCLONE_CONFIG_STORE_PROVIDER": "Other",
-        "RCLONE_CONFIG_STORE_ENDPOINT": s3["endpoint"],
-        "RCLONE_CONFIG_STORE_FORCE_PATH_STYLE": "true",
-        "RCLONE_CONFIG_STORE_ACCESS_KEY_ID": keys.get(s3["access_key_var"], ""),
-        "RCLONE_CONFIG_STORE_SECRET_ACCESS_KEY": keys.get(s3["secret_key_var"], ""),
-    }
-    mounts = [f"{mount}:{_MOUNT}"] if mount is not None else []
+    prefix = f"RCLONE_CONFIG_{name.upper()}_"
+    env = {f"{prefix}TYPE": "s3", f"{prefix}PROVIDER": "Other", f"{prefix}ENDPOINT": s3["endpoint"],
+           f"{prefix}FORCE_PATH_STYLE": "true", f"{prefix}ACCESS_KEY_ID": keys.get(s3["access_key_var"], ""),
+           f"{prefix}SECRET_ACCESS_KEY": keys.get(s3["secret_key_var"], "")}
+    if s3.get("region"):
+        env[f"{prefix}REGION"] = s3["region"]
+    mounts = []
+    if s3.get("ca"):  # rclone's --ca-cert (global): only the external store speaks TLS here
+        env["RCLONE_CA_CERT"] = _CA
+        mounts.append(f"{s3['ca']}:{_CA}:ro")
+    return env, mounts
+
+
+def rclone(host: Host, args: list[str], env: dict[str, str], mounts: list[str], what: str = "rclone"):
+    """The pinned rclone image on the stack's network, its settings by environment only."""
     return host.docker_run(host.plan["images"]["rclone"], args, env=env, mounts=mounts, network=host.plan["network"],
                            what=what)
+
+
+def _rclone(host: Host, args: list[str], mount: Path | None = None, what: str = "rclone"):
+    env, mounts = store_env("store", host.plan["s3"])
+    if mount is not None:
+        mounts.append(f"{mount}:{_MOUNT}")
+    return rclone(host, args, env, mounts, what)
 
 
 def capture(host: Host, bucket: str, staging: Path, cache: Path | None = None) -> Manifest:

@@ -82,10 +82,16 @@ def _settings(host: Host) -> tuple[str, str]:
     return pg["service"], pg["superuser"]
 
 
+def _admin_db(host: Host) -> str:
+    """The database the admin connects to for CREATE/ALTER DATABASE (``postgres``, or the
+    external server's, such as DigitalOcean's ``defaultdb``)."""
+    return host.plan["postgres"].get("admin_database", "postgres")
+
+
 def _psql(host: Host, database: str, sql: str, what: str) -> str:
-    service, superuser = _settings(host)
-    done = host.compose_exec(service, ["psql", "-U", superuser, "-d", database, "-At", "-q", "-F", "\t",
-                                       "-v", "ON_ERROR_STOP=1"], input=sql, what=what)
+    _, superuser = _settings(host)
+    done = host.run(host.postgres_argv(["psql", "-U", superuser, "-d", database, "-At", "-q", "-F", "\t",
+                                        "-v", "ON_ERROR_STOP=1"]), input=sql, what=what)
     return done.stdout
 
 
@@ -118,11 +124,10 @@ def diff(expected: Manifest, actual: Manifest) -> list[str]:
 
 def capture(host: Host, database: str, dest: Path) -> Manifest:
     """Dump ``database`` to ``dest`` and return its manifest, both from one snapshot."""
-    service, superuser = _settings(host)
+    _, superuser = _settings(host)
     marker = f"/tmp/mlox-snapshot-{database}"
     session = subprocess.Popen(
-        [*host.compose, "exec", "-T", service, "psql", "-U", superuser, "-d", database, "-At", "-q", "-F", "\t",
-         "-v", "ON_ERROR_STOP=1"],
+        host.postgres_argv(["psql", "-U", superuser, "-d", database, "-At", "-q", "-F", "\t", "-v", "ON_ERROR_STOP=1"]),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert session.stdin is not None
@@ -141,16 +146,16 @@ def capture(host: Host, database: str, dest: Path) -> Manifest:
         while not snapshot:
             if session.poll() is not None or time.monotonic() > deadline:
                 raise DataError(f"database {database}: could not open a snapshot: {last_line(session.stderr.read())}")
-            done = host.compose_exec(service, ["cat", marker], check=False)
+            done = host.run(host.postgres_argv(["cat", marker]), check=False)
             snapshot = done.stdout.strip() if done.returncode == 0 else ""
             if not snapshot:
                 time.sleep(0.2)
-        host.compose_exec(service, ["rm", "-f", marker], check=False)
+        host.run(host.postgres_argv(["rm", "-f", marker]), check=False)
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_suffix(".partial")
         with open(partial, "wb") as out:
-            host.run([*host.compose, "exec", "-T", service, "pg_dump", "-U", superuser, "-Fc", "-Z0",
-                      f"--snapshot={snapshot}", database], stdout=out, text=False, what=f"pg_dump of {database}")
+            host.run(host.postgres_argv(["pg_dump", "-U", superuser, "-Fc", "-Z0", f"--snapshot={snapshot}", database]),
+                     stdout=out, text=False, what=f"pg_dump of {database}")
         partial.replace(dest)
         stdout, stderr = session.communicate(CHECKSUMS + "COMMIT;\n", timeout=3600)
         if session.returncode != 0:
@@ -188,17 +193,20 @@ def prepare(host: Host, database: str, dump: Path, manifest: Manifest) -> None:
     """Restore the dump into a scratch database and verify it; the live database keeps
     serving meanwhile (:func:`swap` puts the copy in its place). Three commands in the
     container: each ``docker compose exec`` costs a few tenths of a second."""
-    service, superuser = _settings(host)
+    _, superuser = _settings(host)
     scratch = SCRATCH.format(database)
     # The scratch database belongs to the database's own role where there is one.
-    _psql(host, "postgres",
+    _psql(host, _admin_db(host),
           f"SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{database}') AS mlox_has_owner \\gset\n"
           f'DROP DATABASE IF EXISTS "{scratch}";\n'
           f'\\if :mlox_has_owner\nCREATE DATABASE "{scratch}" OWNER "{database}";\n'
           f'\\else\nCREATE DATABASE "{scratch}" OWNER "{superuser}";\n\\endif\n',
           f"creating {scratch}")
+    # On a server where the admin is not a superuser (a managed one), the objects are created
+    # as the database's own role, which the admin is a member of (see postgres.py's provisioning).
+    as_owner = ["--no-owner", f"--role={database}"] if host.plan["postgres"].get("restore_as_owner") else []
     with open(dump, "rb") as src:
-        host.run([*host.compose, "exec", "-T", service, "pg_restore", "-U", superuser, "-d", scratch, "--exit-on-error"],
+        host.run(host.postgres_argv(["pg_restore", "-U", superuser, "-d", scratch, "--exit-on-error", *as_owner]),
                  stdin=src, text=False, what=f"pg_restore of {database}")
     problems = diff(manifest, manifest_of(host, scratch, like=manifest))
     if problems:
@@ -217,7 +225,7 @@ def swap(host: Host, database: str, manifest: Manifest) -> dict[str, Any]:
             f'\\if :mlox_has_live\nALTER DATABASE "{database}" RENAME TO "{before}";\n\\endif\n'
             f'ALTER DATABASE "{scratch}" RENAME TO "{database}";\n'
             f'\\c "{database}"\n' + checksums_for(manifest))
-    problems = diff(manifest, _parse(_psql(host, "postgres", swap, f"swapping in the restored {database}")))
+    problems = diff(manifest, _parse(_psql(host, _admin_db(host), swap, f"swapping in the restored {database}")))
     if problems:
         raise DataError(f"database {database}: differs after the swap: {problems[0]}")
     return {"tables": len(manifest), "rows": sum(t["rows"] for t in manifest.values())}

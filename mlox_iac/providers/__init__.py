@@ -8,7 +8,7 @@ loads pulumi_aws or pulumi_digitalocean. Each module defines:
 - ``create_machine(name, config, keys, opts) -> Machine``: the cloud resources of one server.
 
 Everything above the provider is identical, so a stack moves between providers with
-``mlox-iac migrate`` (``mlox_iac/migrate.py``): a second server from the target's block,
+``mlox-iac migrate`` (``mlox_iac/migrations/stack.py``): a second server from the target's block,
 the data copied and verified, then the outputs switched over.
 """
 

@@ -61,11 +61,17 @@ def backup_plan(ctx: Context, compose: dict) -> dict:
 
     settings = ctx.config.backup
     who = writers(ctx, compose)
+    # Backups keep what the server holds: a part on an external store is the provider's to
+    # protect (validate says so), and a server's own copy of it is not read while the services
+    # use the external one.
+    external_db, external_s3 = postgres.external(ctx) is not None, seaweedfs.external(ctx) is not None
     services = {}
     for name in ctx.config.enabled_services():
         data = SERVICES[name].data(ctx)
-        if data.databases or data.buckets or data.volumes:
-            services[name] = {"databases": list(data.databases), "buckets": list(data.buckets),
+        databases = [] if external_db else list(data.databases)
+        buckets = [] if external_s3 else list(data.buckets)
+        if databases or buckets or data.volumes:
+            services[name] = {"databases": databases, "buckets": buckets,
                               "volumes": list(data.volumes), "writers": who[name]}
     plan = {
         "format": 1,
@@ -80,6 +86,9 @@ def backup_plan(ctx: Context, compose: dict) -> dict:
                "filer": {"service": seaweedfs.NAME, "port": seaweedfs.FILER_PORT, "root": seaweedfs.BUCKETS_DIR}},
         "services": services,
     }
+    parts = parts_plan(ctx, who)
+    if parts:
+        plan["parts"] = parts
     if settings is None:  # the data tooling is shipped anyway: mlox-iac migrate uses it
         return plan
     plan["backup"] = {
@@ -90,6 +99,40 @@ def backup_plan(ctx: Context, compose: dict) -> dict:
         "check_every_s": DEEP_CHECK_EVERY_S,
     }
     return plan
+
+
+def parts_plan(ctx: Context, who: dict[str, list[str]]) -> dict:
+    """What ``mlox-iac migrate --part`` moves: per part, every declared database or bucket, the
+    containers that write them, and how to reach the external side (no secret: the keys and
+    password are in the store's env file, under the variables named here)."""
+    from mlox_iac.components.services import postgres, seaweedfs
+
+    enabled = ctx.config.enabled_services()
+    out: dict = {}
+    store = ctx.config.service(seaweedfs.NAME).external
+    if store is not None and seaweedfs.NAME in enabled:
+        out["objects"] = {
+            "buckets": seaweedfs.buckets(ctx),
+            "writers": sorted({c for n in enabled if SERVICES[n].data(ctx).buckets for c in who[n]}),
+            "external": {"endpoint": store.endpoint, "region": store.region, "bucket_prefix": store.bucket_prefix,
+                         "env_file": ctx.env_file(seaweedfs.NAME),
+                         "access_key_var": "EXTERNAL_S3_ACCESS_KEY", "secret_key_var": "EXTERNAL_S3_SECRET_KEY",
+                         "ca": f"{BUNDLE_DIR}/{seaweedfs.CA_FILE}" if store.ca else None},
+            "uses": "external" if seaweedfs.external(ctx) is not None else "local",
+        }
+    server = ctx.config.service(postgres.NAME).external
+    if server is not None and postgres.NAME in enabled:
+        out["postgres"] = {
+            "databases": postgres.databases(ctx),
+            "image": postgres.IMAGE,  # the helper that reaches the external server: the same client tools
+            "writers": sorted({c for n in enabled if SERVICES[n].data(ctx).databases for c in who[n]}),
+            "external": {"host": server.host, "port": server.port, "user": server.admin_user,
+                         "database": server.admin_database, "sslmode": server.sslmode,
+                         "env_file": ctx.env_file(postgres.NAME), "password_var": "EXTERNAL_POSTGRES_PASSWORD",
+                         "ca": f"{BUNDLE_DIR}/{postgres.CA_FILE}"},
+            "uses": "external" if postgres.external(ctx) is not None else "local",
+        }
+    return out
 
 
 def systemd_units(ctx: Context) -> dict[str, str]:
@@ -125,8 +168,8 @@ def systemd_units(ctx: Context) -> dict[str, str]:
 
 def backup_files(ctx: Context, compose: dict) -> dict[str, str]:
     """Every backup file of the bundle: the data tooling when the stack backs up or is being
-    moved (``mlox-iac migrate`` uses the same verbs), the schedule only when it backs up."""
-    if ctx.config.backup is None and ctx.config.migration is None:
+    moved, whole or a part (``mlox-iac migrate`` uses the same verbs), the schedule only when it backs up."""
+    if ctx.config.backup is None and ctx.config.migration is None and ctx.config.part_move is None:
         return {}
     files = {"backup/plan.json": json.dumps(backup_plan(ctx, compose), indent=2, sort_keys=True) + "\n"}
     for module in sorted(_DATA_PACKAGE.glob("*.py")):

@@ -98,7 +98,7 @@ def stack_target(project: Path, name: str) -> tuple[str | None, str | None]:
 def moving_to(project: Path, name: str) -> str | None:
     """The provider the stack is being migrated to (a migration record, or ``mlox:migration``
     in its file), None when no move is under way."""
-    from mlox_iac import migrate
+    from mlox_iac.migrations import stack as migrate
 
     record = migrate.load_record(project, name)
     if record is not None:

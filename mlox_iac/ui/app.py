@@ -255,7 +255,7 @@ def new_choices() -> dict[str, Any]:
 def stack_view(backend: Backend, jobs: Jobs, name: str, problem: Optional[str] = None) -> dict[str, Any]:
     """Everything the stack page shows, each part fetched at once and failing alone."""
     from mlox_iac.components.services.registry import SERVICES
-    from mlox_iac.migrate import PHASES
+    from mlox_iac.migrations.stack import PHASES
 
     config, config_problem = _attempt(lambda: backend.config(name))
     cost = _attempt(lambda: backend.cost(config))[0] if config is not None else None

@@ -1,7 +1,7 @@
 """What the UI shows and does, through the same Python API as the CLI.
 
 Each method calls what the matching ``mlox-iac`` command calls (``mlox_iac.automation``,
-``mlox_iac.connect``, ``mlox_iac.pricing``, ``mlox_iac.migrate`` and the CLI's own helpers
+``mlox_iac.connect``, ``mlox_iac.pricing``, ``mlox_iac.migrations`` and the CLI's own helpers
 in ``mlox_iac.cli``): no second implementation. The UI's tests and its benchmark replace
 the methods that reach a server or the engine (``outputs``, ``probe``, ``backup_status``,
 ...) with fixture data; everything above them is the code users run.
@@ -139,7 +139,7 @@ class Backend:
 
     def migration(self, name: str) -> Optional[dict]:
         """The move's record (``.mlox/migrate/<stack>.json``), with its next phase."""
-        from mlox_iac import migrate
+        from mlox_iac.migrations import stack as migrate
 
         return migrate.project_record_summary(self.project, name)
 
@@ -294,7 +294,8 @@ class Backend:
 
     def migrate(self, name: str, to: Optional[str], finish: bool, abort: bool, say: Callable[[str], None]) -> dict:
         """``mlox-iac migrate --to P`` / ``--finish`` / ``--abort`` (with ``--yes``)."""
-        from mlox_iac import automation, migrate as steps
+        from mlox_iac import automation
+        from mlox_iac.migrations import stack as steps
         from mlox_iac.cli.common import ssh_options
         from mlox_iac.providers import PROVIDERS
 

@@ -466,3 +466,36 @@ def test_live_without_the_pulumi_cli_names_the_variable(cli, mlox_project, no_pu
     assert (result.exit_code, result.stderr) == (
         2, "--live: no hetzner API token (set HCLOUD_TOKEN, or pulumi config set --secret hcloud:token for a stack "
            "given with --stack)\n")
+
+
+EXTERNAL_S3 = {"access_key_id": "AKIA", "secret_access_key": "SECRET"}
+
+
+def _external(endpoint: str, db_host: str) -> dict:
+    from testca import root_ca
+
+    return settings("hetzner", services={
+        "seaweedfs": {"external": {"endpoint": endpoint, **EXTERNAL_S3}},
+        "postgres": {"external": {"host": db_host, "admin_password": "pw", "ca": root_ca().cert_pem}}})
+
+
+def test_cost_prices_the_parts_kept_at_a_provider(cli, tmp_path):
+    path = write_stack(tmp_path, _external("https://fsn1.your-objectstorage.com", "db-mlox-do-user-1.b.db.ondigitalocean.com"))
+    data = json.loads(cli("cost", "--file", str(path), "--json").stdout)
+    parts = [tuple(row[k] for k in ("item", "detail", "monthly", "currency")) for row in data["lines"]
+             if row["detail"].startswith("external")]
+    assert parts == [("object storage", "external: 20 GB in Hetzner Object Storage", 6.49, "EUR"),
+                     ("postgres", "external: DigitalOcean Managed PostgreSQL, 1 GiB single node", 15.15, "USD")]
+    # cx23 7.13 + volume 20 GB + IPv4 (7.63 EUR, see the backup tests) and the parts.
+    assert data["totals"] == {"EUR": 14.12, "USD": 15.15}
+    text = cli("cost", "--file", str(path)).stdout
+    assert "  object storage  external: 20 GB in Hetzner Object Storage" in text
+
+
+def test_cost_of_a_part_at_an_unknown_host_is_unknown_not_guessed(cli, tmp_path):
+    path = write_stack(tmp_path, _external("https://minio.example.com", "db.example.com"))
+    data = json.loads(cli("cost", "--file", str(path), "--json").stdout)
+    parts = [(row["item"], row["detail"], row["monthly"]) for row in data["lines"] if row["detail"].startswith("external")]
+    assert parts == [("object storage", "external: S3 at minio.example.com", None),
+                     ("postgres", "external: Postgres at db.example.com", None)]
+    assert data["summary"]["here_complete"] is False

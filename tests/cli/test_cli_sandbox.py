@@ -196,7 +196,7 @@ def sandbox_in_a_move(mlox_project, how: str) -> None:
     move's settings still in the stack file."""
     from conftest import write_stack
 
-    from mlox_iac import migrate
+    from mlox_iac.migrations import stack as migrate
 
     record = make_sandbox(mlox_project)
     settings = spec.stack_settings(record, ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZ7eBjBSRNkuS+BTDG+3vvqteolSI3QO1RHW674qdPL t"])
@@ -264,7 +264,8 @@ def test_down_of_a_moved_stack_keeps_its_passphrase_for_every_later_command(mlox
 def test_migrate_of_a_sandbox_logs_in_with_its_own_key_unless_told_otherwise(cli, mlox_project, monkeypatch):
     from conftest import write_stack
 
-    from mlox_iac import automation, migrate
+    from mlox_iac import automation
+    from mlox_iac.migrations import stack as migrate
 
     record = make_sandbox(mlox_project)
     spec.key_path(mlox_project, "sandbox").write_text("KEY\n")

@@ -129,7 +129,7 @@ RENDER_CASES = {
                         "service 'seaweedfs': container 'seaweedfs' has no health check"),
     "no_memory_limit": (_compose_with(lambda p: p["services"]["seaweedfs-buckets"].pop("deploy")),
                         "service 'seaweedfs': container 'seaweedfs-buckets' has no memory limit"),
-    "limit_differs_from_budget": (dataclasses.replace(_good(), memory_mb=256),
+    "limit_differs_from_budget": (dataclasses.replace(_good(), memory_mb=256, memory=None),
                                   "service 'seaweedfs': container 'seaweedfs' memory limit '512M' differs from memory_mb 256"),
     "undeclared_volume": (_compose_with(lambda p: p["volumes"].update({"scratch": {}})),
                           "service 'seaweedfs': volume 'scratch' is neither kept (Data.volumes) nor explained (Data.not_kept)"),

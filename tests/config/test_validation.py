@@ -25,6 +25,9 @@ SSH_CIDR = {"admin_cidrs": ["10.0.0.0/8"]}
 # The test key's wire format with its 32-byte key cut to 31: right type, broken structure.
 TRUNCATED_ED25519 = base64.b64encode(base64.b64decode(KEY.split()[1])[:-1]).decode()
 
+S3 = {"endpoint": "https://fsn1.your-objectstorage.com", "access_key_id": "AKIA", "secret_access_key": "s3cret"}
+PG = {"host": "db.example.com", "admin_password": "pw", "ca": ROOT_CA.cert_pem}
+
 CASES = {
     "unknown_top_level_key": (settings(domian="x.example.com"),
         "mlox:domian: unknown key (did you mean 'domain'?)"),
@@ -214,6 +217,44 @@ CASES = {
         "(allowed: at least one of last, hourly, daily, weekly, monthly above 0)"),
     "backup_unknown_key": (settings(backup={"repository": "local:/srv/b", "shedule": "daily"}),
         "mlox:backup.shedule: unknown key (did you mean 'schedule'?)"),
+    # External services (issue 28): one line each, naming the key and what is allowed.
+    "external_s3_http_endpoint": (settings(services={"seaweedfs": {"external": {**S3, "endpoint": "http://s3.example.com"}}}),
+        "mlox:services.seaweedfs.external.endpoint: 'http://s3.example.com' is not an https endpoint "
+        "(allowed: https://HOST[:PORT], no path; TLS is always verified)"),
+    "external_s3_endpoint_with_path": (settings(services={"seaweedfs": {"external": {**S3, "endpoint": "https://s3.example.com/b"}}}),
+        "mlox:services.seaweedfs.external.endpoint: 'https://s3.example.com/b' is not an https endpoint "
+        "(allowed: https://HOST[:PORT], no path; TLS is always verified)"),
+    "external_s3_without_key": (settings(services={"seaweedfs": {"external": {k: v for k, v in S3.items() if k != "access_key_id"}}}),
+        "mlox:services.seaweedfs.external.access_key_id: required"),
+    "external_s3_bad_prefix": (settings(services={"seaweedfs": {"external": {**S3, "bucket_prefix": "Team_"}}}),
+        "mlox:services.seaweedfs.external.bucket_prefix: 'Team_' is not a bucket prefix (allowed: up to 40 of "
+        "a-z 0-9 . -, starting with a letter or digit)"),
+    "external_s3_prefix_too_long": (settings(services={"seaweedfs": {"buckets": ["a" * 40], "external": {**S3, "bucket_prefix": "p" * 30}}}),
+        f"mlox:services.seaweedfs: bucket {'a' * 40!r} with the prefix {'p' * 30!r} is longer than 63 characters "
+        "(allowed: a shorter prefix or bucket name)"),
+    "external_s3_bad_region": (settings(services={"seaweedfs": {"external": {**S3, "region": "EU Central"}}}),
+        "mlox:services.seaweedfs.external.region: 'EU Central' is not allowed (allowed: matching ^[a-z0-9-]{1,32}$)"),
+    "external_s3_ca_not_a_ca": (settings(services={"seaweedfs": {"external": {**S3, "ca": "hello"}}}),
+        "mlox:services.seaweedfs.external.ca: not PEM certificates only (allowed: one or more "
+        "-----BEGIN CERTIFICATE----- blocks and nothing else)"),
+    "external_postgres_tls_off": (settings(services={"postgres": {"external": {**PG, "sslmode": "disable"}}}),
+        "mlox:services.postgres.external.sslmode: 'disable' is not allowed (allowed: verify-full or verify-ca)"),
+    "external_postgres_tls_require": (settings(services={"postgres": {"external": {**PG, "sslmode": "require"}}}),
+        "mlox:services.postgres.external.sslmode: 'require' is not allowed (allowed: verify-full or verify-ca)"),
+    "external_postgres_without_ca": (settings(services={"postgres": {"external": {k: v for k, v in PG.items() if k != "ca"}}}),
+        "mlox:services.postgres.external.ca: required"),
+    "external_postgres_bad_host": (settings(services={"postgres": {"external": {**PG, "host": "db example"}}}),
+        "mlox:services.postgres.external.host: 'db example' is not a host name or address (allowed: e.g. "
+        "db.example.com, 10.0.0.5)"),
+    "external_postgres_bad_port": (settings(services={"postgres": {"external": {**PG, "port": 70000}}}),
+        "mlox:services.postgres.external.port: 70000 is too large (allowed: 65535 or less)"),
+    "external_postgres_unknown_key": (settings(services={"postgres": {"external": {**PG, "passwrd": "x"}}}),
+        "mlox:services.postgres.external.passwrd: unknown key (did you mean 'admin_password'?)"),
+    "part_move_without_external": (settings(part_move={"part": "objects", "to": "external"}),
+        "mlox:services.seaweedfs.external: required while mlox:part_move moves objects (the external side)"),
+    "part_move_bad_part": (settings(part_move={"part": "redis", "to": "external"}),
+        "mlox:part_move.part: 'redis' is not allowed (allowed: objects or postgres)"),
+
 }
 
 
@@ -479,3 +520,50 @@ def test_schema_describes_mlox_keys():
     assert "mlox:services" in schema["properties"]
     assert schema["required"] == ["mlox:provider", "mlox:ssh"]
     assert schema["additionalProperties"] is False
+
+
+def test_external_credentials_must_be_secrets(tmp_path):
+    raw = settings(services={"seaweedfs": {"external": S3}, "postgres": {"external": PG}})
+    path = write_stack(tmp_path, raw, secure=())
+    with pytest.raises(ConfigError) as error:
+        load_file(path)
+    assert error.value.problems == [
+        f"{path}: mlox:services.postgres.external.admin_password: must be a secret "
+        "(set it with: pulumi config set --secret --path 'mlox:services.postgres.external.admin_password' < FILE)",
+        f"{path}: mlox:services.seaweedfs.external.access_key_id: must be a secret "
+        "(set it with: pulumi config set --secret --path 'mlox:services.seaweedfs.external.access_key_id' < FILE)",
+        f"{path}: mlox:services.seaweedfs.external.secret_access_key: must be a secret "
+        "(set it with: pulumi config set --secret --path 'mlox:services.seaweedfs.external.secret_access_key' < FILE)",
+    ]
+
+
+def test_external_parts_say_plainly_that_backups_do_not_cover_them(tmp_path):
+    config = load_file(write_stack(tmp_path, settings(services={"seaweedfs": {"external": S3}, "postgres": {"external": PG}})))
+    assert config.warnings() == [
+        ("services.seaweedfs.external", "backups do not cover the buckets on the external store: protect them with "
+         "the provider's own versioning or replication (mlox:backup keeps only what runs on the server)"),
+        ("services.postgres.external", "backups do not cover the databases on the external server: protect them "
+         "with the provider's own backups and point-in-time recovery (mlox:backup keeps only what runs on the server)"),
+    ]
+    done = subprocess.run([sys.executable, "-m", "mlox_iac.cli.main", "validate", "--file", str(tmp_path / "Pulumi.test.yaml")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "backups do not cover the buckets on the external store" in done.stderr
+
+
+@pytest.mark.parametrize("move, external, local", [
+    # (part_move, services use the external store, the server runs its own)
+    (None, True, False),
+    ("not_in_use", False, True),  # the settings kept, the buckets on the server (after a move home)
+    ({"part": "objects", "to": "external", "state": "copying"}, False, True),
+    ({"part": "objects", "to": "external", "state": "cutover"}, True, True),
+    ({"part": "objects", "to": "local", "state": "copying"}, True, True),
+    ({"part": "objects", "to": "local", "state": "cutover"}, False, True),
+    ({"part": "postgres", "to": "external", "state": "copying"}, True, False),  # another part moves
+])
+def test_which_side_each_part_uses_during_a_move(tmp_path, move, external, local):
+    s3 = {**S3, "in_use": False} if move == "not_in_use" else S3
+    raw = settings(services={"seaweedfs": {"external": s3}, "postgres": {"external": PG}},
+                   **({"part_move": move} if isinstance(move, dict) else {}))
+    config = load_file(write_stack(tmp_path, raw))
+    assert (config.part_external("objects"), config.part_local("objects")) == (external, local)

@@ -95,7 +95,7 @@ class _OnHost:
         """What `mlox-iac env --show-secrets` exports, from this deployment's outputs and the fetched CA."""
         from mlox_iac import connect
 
-        connect.write_ca_bundle(self.ca_path)
+        connect.write_ca_bundle(self.ca_path, connect.external_s3_ca(self.outputs))
         return connect.env_exports(self.outputs, self.ca_path)
 
     def mlflow_env(self) -> dict[str, str]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 import sys
 
-from mlox_iac import automation, migrate
+from mlox_iac import automation
+from mlox_iac.migrations import stack as migrate
 from mlox_iac.cli.main import run
 from mlox_iac.sandbox import hosts, images, manage, spec
 

@@ -4,8 +4,8 @@ Engine: the real Pulumi engine throughout, as in test_deploy.py (``mlox_iac.auto
 a throwaway project, local file backend, passphrase-encrypted secrets). Two systemd-nspawn
 hosts (prefix ``mlxmig``, indices 91 and 92). The stack is deployed on A and filled with
 real data (MLflow runs, artifacts and model versions, a 1 GiB object and 1,000 small ones,
-volume files). Then :func:`mlox_iac.migrate.run` moves it with the real phases and the
-engine the CLI uses (:class:`mlox_iac.migrate.AutomationEngine`): every ``up`` of a phase
+volume files). Then :func:`mlox_iac.migrations.stack.run` moves it with the real phases and the
+engine the CLI uses (:class:`mlox_iac.migrations.stack.AutomationEngine`): every ``up`` of a phase
 is a real engine update, and the move's settings reach the stack file through the engine
 (``pulumi config set``); every data step runs for real on the hosts (``mlox_data move-*``
 over SSH, A sending straight to B). No registry is reachable here, so host B, bare until the
@@ -41,7 +41,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlox_iac import connect, migrate
+from mlox_iac import connect
+from mlox_iac.migrations import stack as migrate
 from mlox_iac.components.services.registry import SERVICES
 
 try:
@@ -89,7 +90,7 @@ class MoveDeployment(Deployment):
 
 
 class Engine(migrate.AutomationEngine):
-    """The :class:`mlox_iac.migrate.Engine` the CLI uses (the Automation API on the stack),
+    """The :class:`mlox_iac.migrations.stack.Engine` the CLI uses (the Automation API on the stack),
     in the test project's environment. No registry is reachable here, so a new server's
     images arrive as on the first host: its bootstrap alone first (a targeted update), then
     the images, then the whole update."""

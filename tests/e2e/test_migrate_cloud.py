@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlox_iac import migrate
+from mlox_iac.migrations import stack as migrate
 from mlox_iac.plan import record_program, unwrap
 
 try:
@@ -249,7 +249,7 @@ class CloudMoveDeployment(ReplayDeployment):
 
 
 class ReplayEngine:
-    """The :class:`mlox_iac.migrate.Engine` of a replayed stack: ``up`` replays the program."""
+    """The :class:`mlox_iac.migrations.stack.Engine` of a replayed stack: ``up`` replays the program."""
 
     def __init__(self, d: CloudMoveDeployment):
         self.d = d

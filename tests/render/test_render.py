@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, compose_binary, settings, tool
+from conftest import ROOT, compose_binary, secret_keys, settings, tool
 from mlox_iac.components.services.base import SECRETS_DIR, Context
 from mlox_iac.config.loader import validate
 from mlox_iac.render import commands
@@ -37,14 +37,24 @@ SCENARIOS = {
                 "username": "mlox"}}},
             "serving": {"enabled": True, "models": [{"name": "iris"}]}}),
     "full_preset": settings("onprem", services={"preset": "full"}),
+    # Buckets and databases at a provider: no SeaweedFS or Postgres on the server.
+    "external_parts": settings("onprem", services={
+        "preset": "full",
+        "seaweedfs": {"buckets": ["data"], "external": {
+            "endpoint": "https://fsn1.your-objectstorage.com", "region": "fsn1", "bucket_prefix": "team-prod-",
+            "access_key_id": "AKIA-TEST", "secret_access_key": "secret-test",
+            "ca": (Path(__file__).parent / "acme-ca-root.pem").read_text()}},
+        "postgres": {"external": {"host": "db.example.com", "port": 25060, "admin_user": "doadmin",
+                                  "admin_password": "pw-test", "admin_database": "defaultdb",
+                                  "ca": (Path(__file__).parent / "acme-ca-root.pem").read_text()}},
+        "monitoring": {"enabled": True}, "serving": {"enabled": True, "models": [{"name": "iris"}]}}),
     "full_preset_domain": settings("onprem", domain="ml.example.com", acme_email="ops@example.com",
                                    services={"preset": "full"}),
 }
 
 
 def ctx_for(raw: dict) -> Context:
-    secret = {"onprem.private_key"} if raw["provider"] == "onprem" else set()
-    return Context(validate(raw, secret, "test.yaml", "test"))
+    return Context(validate(raw, secret_keys(raw), "test.yaml", "test"))
 
 
 def write(files: dict[str, str], directory: Path) -> Path:
@@ -142,7 +152,8 @@ def test_only_the_proxy_publishes_ports_beyond_the_loopback():
         assert published == {"caddy"}, scenario
         assert services["caddy"]["ports"] == ["80:80", "443:443"]
         # The ends of users' SSH tunnels (mlox-client): on the server's loopback only.
-        assert services["postgres"]["ports"] == ["127.0.0.1:15432:5432"]
+        if "postgres" in services:  # not with an external Postgres
+            assert services["postgres"]["ports"] == ["127.0.0.1:15432:5432"]
         assert services.get("redis", {}).get("ports", ["127.0.0.1:16379:6379"]) == ["127.0.0.1:16379:6379"]
 
 
@@ -153,7 +164,8 @@ def test_every_ui_has_a_route_with_auth():
         ctx = ctx_for(raw)
         routes = {r.name: r for r in caddy.all_routes(ctx)}
         text = render_bundle(ctx)["caddy/Caddyfile"]
-        assert routes["s3"].auth == "own"  # S3 authenticates each request by its signature
+        if "s3" in routes:  # not with an external store
+            assert routes["s3"].auth == "own"  # S3 authenticates each request by its signature
         if "mlflow" in ctx.config.enabled_services():
             assert routes["mlflow"].auth == "basic"
             assert "{$MLOX_UI_USER} {$MLOX_AUTH_MLFLOW}" in text

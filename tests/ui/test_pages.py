@@ -254,7 +254,7 @@ def test_a_reconnecting_browser_gets_only_the_events_it_missed(client, guard):
 
 
 def test_a_migration_record_shows_its_phases(client, ui_env):
-    from mlox_iac import migrate
+    from mlox_iac.migrations import stack as migrate
 
     project, _ = ui_env
     record = migrate.Record("prod", "hetzner", "digitalocean", "main", "main2", done={"preflight": 1.0, "provision": 2.0})

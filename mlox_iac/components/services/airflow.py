@@ -119,7 +119,7 @@ def bundles(ctx: Context) -> list[dict]:
 
 def environment(ctx: Context) -> dict[str, str]:
     """Airflow's non-secret settings, the same in every Airflow container."""
-    from mlox_iac.components.services import mlflow
+    from mlox_iac.components.services import mlflow, postgres, seaweedfs
 
     env = {
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -130,11 +130,12 @@ def environment(ctx: Context) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{NAME}:{PORT}{prefix(ctx)}/execution/",
         "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles(ctx), sort_keys=True),
         "AIRFLOW__LOGGING__REMOTE_LOGGING": "True",
-        "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": f"s3://{BUCKET}/logs",
+        "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": f"s3://{seaweedfs.bucket_name(ctx, BUCKET)}/logs",
         "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": "aws_default",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(SCHEDULER_HEALTH_PORT),
         "AIRFLOW__API__WORKERS": "1",
+        **postgres.tls_environment(ctx), **seaweedfs.ca_environment(ctx),
     }
     if "monitoring" in ctx.config.enabled_services():
         env["MLOX_METRICS_DIR"] = METRICS
@@ -143,6 +144,13 @@ def environment(ctx: Context) -> dict[str, str]:
             {"conn_type": "http", "host": f"http://mlflow:{mlflow.PORT}{mlflow.prefix(ctx)}"}, sort_keys=True)
         env.update(mlflow.INSIDE_ENV)  # tasks' artifacts through the tracking server
     return env
+
+
+def tls_mounts(ctx: Context) -> list[str]:
+    """The external Postgres' and S3 store's CAs, where they are used."""
+    from mlox_iac.components.services import postgres, seaweedfs
+
+    return [*postgres.tls_mounts(ctx), *seaweedfs.ca_mounts(ctx)]
 
 
 def _built() -> dict:
@@ -163,7 +171,7 @@ def _container(ctx: Context, command: list[str], health: list[str], memory_mb: i
         "environment": environment(ctx),
         "command": command,
         # mlox-client's settings for tasks (faces.INSIDE_PATH); the secrets are in the env file.
-        "volumes": [*volumes, faces.inside_mount()],
+        "volumes": [*volumes, faces.inside_mount(), *tls_mounts(ctx)],
         # A changed mounted file changes this label, so Compose recreates the container.
         "labels": {"org.mlox.config-hash": digest(faces.inside_settings(ctx))},
         # Airflow's processes import for a minute or more on a busy 2-core server (the API
@@ -191,6 +199,7 @@ def compose(ctx: Context) -> dict:
                 **provisioner(INIT),
                 "env_file": ctx.env_files(NAME),
                 "environment": environment(ctx),
+                **({"volumes": tls_mounts(ctx)} if tls_mounts(ctx) else {}),
                 "depends_on": {"postgres-provision": {"condition": "service_healthy"},
                                "seaweedfs-buckets": {"condition": "service_healthy"}},
                 "deploy": limits(512),
@@ -277,16 +286,20 @@ class Airflow(ServiceComponent):
         def base_url(target):  # per server: a migration runs it on two
             return target.public_address.apply(lambda address: ctx.public_url(route, address) + "/")
 
+        from mlox_iac.components.services import postgres, seaweedfs
+
         db_password = deps["postgres"].database_password(DATABASE)
+        db_host, db_port = postgres.address(ctx)
         clients, client_deps = self.client_env(ctx, deps)
+        s3 = {"endpoint_url": seaweedfs.endpoint(ctx), "region_name": seaweedfs.region(ctx)}
         aws = pulumi.Output.all(deps["seaweedfs"].access_key, deps["seaweedfs"].secret_key).apply(
-            lambda keys: json.dumps({"conn_type": "aws", "login": keys[0], "password": keys[1], "extra": {
-                "endpoint_url": "http://seaweedfs:8333", "region_name": "us-east-1"}}, sort_keys=True))
+            lambda keys: json.dumps({"conn_type": "aws", "login": keys[0], "password": keys[1], "extra": s3},
+                                    sort_keys=True))
         self.write_env(
             NAME,
             {
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_password.apply(
-                    lambda p: f"postgresql+psycopg2://{DATABASE}:{p}@postgres:5432/{DATABASE}"),
+                    lambda p: f"postgresql+psycopg2://{DATABASE}:{p}@{db_host}:{db_port}/{DATABASE}"),
                 "AIRFLOW__CORE__FERNET_KEY": fernet.base64.apply(lambda b: b.replace("+", "-").replace("/", "_")),
                 "AIRFLOW__API__SECRET_KEY": self.password("api-secret-key", length=48).result,
                 "AIRFLOW__API_AUTH__JWT_SECRET": self.password("jwt-secret", length=48).result,

@@ -536,7 +536,8 @@ def check_compose(service: Service, ctx: Context) -> None:
         if volume not in part.get("volumes", {}):
             fail(f"declares volume {volume!r} that its compose part does not define")
     containers = part.get("services", {})
-    if service.name not in containers:
+    # A store configured as external (postgres, seaweedfs) runs no container of its own name.
+    if service.name not in containers and service.memory_for(ctx) > 0:
         fail(f"compose part has no container named {service.name!r}")
     for cname, spec in containers.items():
         if not spec.get("healthcheck", {}).get("test"):
@@ -566,7 +567,7 @@ def check_compose(service: Service, ctx: Context) -> None:
             fail(f"route {route.name!r} has no authentication (auth must be 'basic' or 'own')")
     for face in service.faces:
         ways_in = [r.name for r in routes if face.matches(r.name)] if face.route is not None else [None]
-        if face.route is not None and not face.templated and not ways_in:
+        if face.route is not None and not face.templated and not ways_in and routes:
             fail(f"face {face.key!r}: route {face.route!r} is not one of its routes")
         for route in ways_in:
             inside = face.inside(ctx, route) if face.inside is not None else {}

@@ -95,15 +95,19 @@ def kernel_environment(ctx: Context) -> dict[str, str]:
     from mlox_iac.components.services import feast, mlflow, seaweedfs
 
     enabled = ctx.config.enabled_services()
-    env = {"HOME": HOME, "MLOX_JUPYTER_BASE_URL": base_url(ctx), "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {"HOME": HOME, "MLOX_JUPYTER_BASE_URL": base_url(ctx), "AWS_DEFAULT_REGION": seaweedfs.region(ctx),
+           **seaweedfs.ca_environment(ctx)}
     if "mlflow" in enabled:
         env["MLFLOW_TRACKING_URI"] = f"http://mlflow:{mlflow.PORT}{mlflow.prefix(ctx)}"
         env.update(mlflow.INSIDE_ENV)
     if "seaweedfs" in enabled:
-        s3 = f"http://seaweedfs:{seaweedfs.S3_PORT}"
+        s3 = seaweedfs.endpoint(ctx)
         env.update({"AWS_ENDPOINT_URL_S3": s3, "MLFLOW_S3_ENDPOINT_URL": s3})
     if "feast" in enabled:
+        from mlox_iac.components.services import postgres
+
         env["FEAST_FS_YAML_FILE_PATH"] = feast.CONFIG  # read by the feast CLI and FeatureStore()
+        env.update(postgres.tls_environment(ctx))  # Feast's offline store and registry
     return env
 
 
@@ -116,10 +120,15 @@ def compose(ctx: Context) -> dict:
     from mlox_iac.components.services import feast
 
     # mlox-client's settings for the stack (faces.INSIDE_PATH); the secrets are in the env file.
-    mounts = ["jupyter-work:" + WORK, "./jupyter/jupyter_server_config.py:" + CONFIG + ":ro", faces.inside_mount()]
+    from mlox_iac.components.services import seaweedfs
+
+    mounts = ["jupyter-work:" + WORK, "./jupyter/jupyter_server_config.py:" + CONFIG + ":ro", faces.inside_mount(),
+              *seaweedfs.ca_mounts(ctx)]
     config_hash = digest(SERVER_CONFIG, faces.inside_settings(ctx))
     if _feast_on(ctx):
-        mounts.append(f"./feast/feature_store.yaml:{feast.CONFIG}:ro")
+        from mlox_iac.components.services import postgres
+
+        mounts += [f"./feast/feature_store.yaml:{feast.CONFIG}:ro", *postgres.tls_mounts(ctx)]
         config_hash = digest(SERVER_CONFIG, faces.inside_settings(ctx), feast.feature_store_yaml(ctx))
     health = f"http://127.0.0.1:{PORT}{base_url(ctx)}api"  # Jupyter's version endpoint needs no login
     return {

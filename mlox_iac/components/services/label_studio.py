@@ -89,14 +89,16 @@ def admin_user(ctx: Context) -> str:
 
 
 def compose(ctx: Context) -> dict:
-    from mlox_iac.components.services import seaweedfs
+    from mlox_iac.components.services import postgres, seaweedfs
 
+    db_host, db_port = postgres.address(ctx)
     environment = {
-        "DJANGO_DB": "default", "POSTGRE_HOST": "postgres", "POSTGRE_PORT": "5432",
+        "DJANGO_DB": "default", "POSTGRE_HOST": db_host, "POSTGRE_PORT": str(db_port),
         "POSTGRE_NAME": DATABASE, "POSTGRE_USER": DATABASE,
         "LABEL_STUDIO_BASE_DATA_DIR": DATA, "LABEL_STUDIO_USERNAME": admin_user(ctx),
-        "STORAGE_TYPE": "s3", "STORAGE_AWS_BUCKET_NAME": BUCKET, "STORAGE_AWS_REGION_NAME": "us-east-1",
-        "STORAGE_AWS_ENDPOINT_URL": f"http://seaweedfs:{seaweedfs.S3_PORT}", "STORAGE_AWS_FOLDER": "media",
+        "STORAGE_TYPE": "s3", "STORAGE_AWS_BUCKET_NAME": seaweedfs.bucket_name(ctx, BUCKET),
+        "STORAGE_AWS_REGION_NAME": seaweedfs.region(ctx),
+        "STORAGE_AWS_ENDPOINT_URL": seaweedfs.endpoint(ctx), "STORAGE_AWS_FOLDER": "media",
         "USE_NGINX_FOR_UPLOADS": "false",  # stream files from the bucket through Label Studio
         "SSRF_PROTECTION_ENABLED": "true", "COLLECT_ANALYTICS": "false",
         "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "", "LATEST_VERSION_CHECK": "false",
@@ -105,6 +107,7 @@ def compose(ctx: Context) -> dict:
         # uWSGI: deploy/uwsgi.ini reads these; its default (two processes per core) would not
         # fit the memory budget, threads serve concurrent requests in little memory.
         "UWSGI_PROCESSES": "2", "UWSGI_NUMBER_OF_THREADS": "4",
+        **postgres.tls_environment(ctx), **seaweedfs.ca_environment(ctx),
     }
     return {
         "services": {
@@ -115,7 +118,7 @@ def compose(ctx: Context) -> dict:
                 "env_file": ctx.env_files(NAME),
                 "environment": environment,
                 "entrypoint": ["/bin/sh", "-c", _START],
-                "volumes": [f"label-studio-data:{DATA}"],
+                "volumes": [f"label-studio-data:{DATA}", *postgres.tls_mounts(ctx), *seaweedfs.ca_mounts(ctx)],
                 "healthcheck": hc(
                     ["CMD", "python3", "-c",
                      f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{PORT}/health', timeout=4)"],
@@ -135,7 +138,9 @@ def compose(ctx: Context) -> dict:
                 "env_file": ctx.env_files(NAME),
                 # Django's settings make the data directory; this step has no use for the volume.
                 "environment": {**environment, "LABEL_STUDIO_BASE_DATA_DIR": "/tmp/label-studio"},
-                "volumes": ["./label-studio/admin.py:/mlox/admin.py:ro"],
+                # Django connects to the database as the service does: an external server's CA too.
+                "volumes": ["./label-studio/admin.py:/mlox/admin.py:ro", *postgres.tls_mounts(ctx),
+                            *seaweedfs.ca_mounts(ctx)],
                 "labels": {"org.mlox.config-hash": digest(ADMIN_PY)},
                 "depends_on": {"label-studio": {"condition": "service_healthy"}},
                 "deploy": limits(ADMIN_MB),

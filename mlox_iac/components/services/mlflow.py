@@ -45,12 +45,15 @@ def prefix(ctx: Context) -> str:
 
 
 def compose(ctx: Context) -> dict:
+    from mlox_iac.components.services import postgres, seaweedfs
+
+    db_host, db_port = postgres.address(ctx)
     command = [
         "mlflow", "server", "--host", "0.0.0.0", "--port", str(PORT),
         "--workers", str(ctx.config.service(NAME).workers),
         # The password comes from PGPASSWORD in the env file, never from this URI.
-        "--backend-store-uri", "postgresql+psycopg2://mlflow@postgres:5432/mlflow",
-        "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}",
+        "--backend-store-uri", f"postgresql+psycopg2://mlflow@{db_host}:{db_port}/mlflow",
+        "--serve-artifacts", "--artifacts-destination", f"s3://{seaweedfs.bucket_name(ctx, BUCKET)}",
         # Requests arrive through Caddy, which sets the Host header to the upstream.
         "--allowed-hosts", f"{NAME}:{PORT},localhost:{PORT},127.0.0.1:{PORT}",
         # Uvicorn kills a worker that does not answer its supervisor within 5 s; on a busy
@@ -62,18 +65,23 @@ def compose(ctx: Context) -> dict:
         command += ["--static-prefix", prefix(ctx)]
     health = f"http://127.0.0.1:{PORT}{prefix(ctx)}/health"
     environment = {
-        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": seaweedfs.region(ctx),
         # The background job runner (GenAI scoring) needs ~1.5 GiB more; off on small servers.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        **postgres.tls_environment(ctx),
     }
-    volumes = []
-    if not ctx.config.domain:
+    volumes = postgres.tls_mounts(ctx)
+    if seaweedfs.external(ctx) is not None:
+        # An external store's certificate is verified: against the public roots, or its own CA.
+        volumes += seaweedfs.ca_mounts(ctx)
+        environment.update(seaweedfs.ca_environment(ctx))
+    elif not ctx.config.domain:
         # S3 is reached at the server's own address through Caddy, whose internal CA the
         # image does not know; the connection never leaves the server.
         environment["MLFLOW_S3_IGNORE_TLS"] = "true"
     elif ctx.config.acme_ca_root:
         # A custom ACME CA issued S3's certificate: boto3 verifies against its roots.
-        volumes = caddy.acme_ca_root_mount(ctx)
+        volumes += caddy.acme_ca_root_mount(ctx)
         environment["AWS_CA_BUNDLE"] = caddy.ACME_CA_ROOT_PATH
     return {
         "services": {
@@ -150,20 +158,24 @@ def managed(ctx: Context) -> tuple[Managed, ...]:
     )
 
 
+def s3_endpoint(ctx: Context):
+    """Where MLflow writes artifacts and its presigned URLs point: an external store's endpoint,
+    or SeaweedFS at its public URL (through the proxy), a function of each server."""
+    from mlox_iac.components.services import seaweedfs
+
+    if seaweedfs.external(ctx) is not None:
+        return seaweedfs.endpoint(ctx)
+    route = seaweedfs.routes(ctx)[0]
+    return lambda target: target.public_address.apply(lambda address: ctx.public_url(route, address))
+
+
 class Mlflow(ServiceComponent):
     """The MLflow service: Flask secret, database and S3 credentials in its env file."""
 
     def __init__(self, name: str, ctx: Context, servers, deps: dict, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlox:service:Mlflow", name, {}, opts)
         self._setup(name, servers)
-        from mlox_iac.components.services import seaweedfs
-
         flask_secret = self.password("flask-secret", length=48)
-        s3_route = seaweedfs.routes(ctx)[0]
-
-        def s3_url(target):
-            return target.public_address.apply(lambda address: ctx.public_url(s3_route, address))
-
         self.write_env(
             NAME,
             {
@@ -171,7 +183,7 @@ class Mlflow(ServiceComponent):
                 "AWS_ACCESS_KEY_ID": deps["seaweedfs"].access_key,
                 "AWS_SECRET_ACCESS_KEY": deps["seaweedfs"].secret_key,
                 "MLFLOW_FLASK_SERVER_SECRET_KEY": flask_secret.result,
-                "MLFLOW_S3_ENDPOINT_URL": s3_url,
+                "MLFLOW_S3_ENDPOINT_URL": s3_endpoint(ctx),
             },
             [NAME],
             after=[deps["postgres"], deps["seaweedfs"]],

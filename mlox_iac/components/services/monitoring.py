@@ -128,6 +128,13 @@ def _enabled(ctx: Context, service: str) -> bool:
     return service in ctx.config.enabled_services()
 
 
+def _exports_postgres(ctx: Context) -> bool:
+    """Postgres metrics come from the server's own Postgres (an external one has its provider's)."""
+    from mlox_iac.components.services import postgres
+
+    return _enabled(ctx, "postgres") and postgres.local(ctx)
+
+
 # --------------------------------------------------------------------------- Prometheus
 
 
@@ -143,7 +150,7 @@ def scrape_targets(ctx: Context) -> dict[str, tuple[str, str]]:
         "blackbox": ("blackbox-exporter:9115", "/metrics"),
         "caddy": (f"caddy:{caddy.METRICS_PORT}", "/metrics"),
     }
-    if _enabled(ctx, "postgres"):
+    if _exports_postgres(ctx):
         jobs["postgres"] = ("postgres-exporter:9187", "/metrics")
     if _enabled(ctx, "serving"):
         from mlox_iac.components.services import serving
@@ -203,7 +210,7 @@ def _containers(ctx: Context) -> list[str]:
     for service in ctx.config.enabled_services():
         if service == NAME:  # its own compose part hashes these rules: name its containers directly
             names += ["monitoring-init", "monitoring", "alertmanager", "node-exporter", "container-metrics",
-                      "blackbox-exporter"] + (["postgres-exporter"] if _enabled(ctx, "postgres") else [])
+                      "blackbox-exporter"] + (["postgres-exporter"] if _exports_postgres(ctx) else [])
         else:
             names += list(SERVICES[service].compose(ctx).get("services", {}))
     return names
@@ -406,7 +413,7 @@ def compose(ctx: Context) -> dict:
             "deploy": limits(64),
         },
     }
-    if _enabled(ctx, "postgres"):
+    if _exports_postgres(ctx):
         services["postgres-exporter"] = {
             "image": POSTGRES_EXPORTER_IMAGE,
             "restart": "unless-stopped",
@@ -492,13 +499,14 @@ class Monitoring(ServiceComponent):
         if email and email.password:
             values["SMTP_PASSWORD"] = pulumi.Output.secret(email.password.get_secret_value())
         after = [deps[caddy.NAME]] if caddy.NAME in deps else []
-        if "postgres" in deps:
+        exporter = _exports_postgres(ctx)
+        if exporter:
             from mlox_iac.components.services import postgres
 
             values["DATA_SOURCE_USER"] = postgres.SUPERUSER
             values["DATA_SOURCE_PASS"] = deps["postgres"].superuser_password
             after.append(deps["postgres"])
-        containers = ["monitoring", "alertmanager"] + (["postgres-exporter"] if "postgres" in deps else [])
+        containers = ["monitoring", "alertmanager"] + (["postgres-exporter"] if exporter else [])
         self.write_env(NAME, values, containers, after=after)
         self.register_outputs({})
 
@@ -506,4 +514,6 @@ class Monitoring(ServiceComponent):
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("caddy",), settings=Settings,
     compose=compose, routes=routes, files=files, data=data, component=Monitoring, managed=managed, faces=FACES,
+    # Without the server's own Postgres, no postgres-exporter (64 MiB).
+    memory=lambda ctx: MEMORY_MB if _exports_postgres(ctx) else MEMORY_MB - 64,
 )

@@ -4,13 +4,21 @@ One ``weed server`` (master, volume, filer and S3 gateway in one process) with i
 data on the data volume. The S3 API is published only through the proxy. Its one S3
 identity gets a generated access key and secret; the identity file is written inside
 the container at start from the env file, so no credential lands in the bundle.
+
+Or an external S3-compatible store (``external``: Hetzner Object Storage, AWS S3,
+DigitalOcean Spaces, a MinIO or SeaweedFS of your own): then no SeaweedFS runs, the buckets
+are created there (named ``bucket_prefix`` + name) by a provisioning step with rclone, and
+every service that uses buckets reaches that endpoint with its credentials (Pulumi secrets)
+over verified TLS. ``mlox-iac migrate --part objects`` moves the buckets between the two;
+while it runs, both are configured (``mlox:part_move``) and the local one keeps running
+until ``--finish``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from mlox_iac.components.services.base import (
     Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits, provisioner, Face,
@@ -92,10 +100,73 @@ _BUCKETS = (
 )
 
 
+PART = "objects"  # what mlox-iac migrate --part calls this service's data
+# The rclone image that creates buckets on an external store (the one backups use).
+RCLONE_IMAGE = "rclone/rclone:1.60.1"
+CA_FILE = "seaweedfs/external-ca.pem"  # in the bundle, when the external store has a private CA
+CA_PATH = "/etc/mlox/s3-ca.pem"  # where containers that use the store see it
+
+
+class ExternalS3(BaseModel):
+    """An S3-compatible store run by a provider, used instead of SeaweedFS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = Field(description="https URL of the S3 API, e.g. https://fsn1.your-objectstorage.com")
+    region: str = Field("us-east-1", pattern=r"^[a-z0-9-]{1,32}$", description="The store's region (signing region)")
+    bucket_prefix: str = Field("", description="Prepended to every bucket name there (bucket names are global "
+                               "at most providers), e.g. team-prod-")
+    access_key_id: SecretStr = Field(description="Access key (a Pulumi secret)")
+    secret_access_key: SecretStr = Field(description="Secret key (a Pulumi secret)")
+    ca: str | None = Field(None, description="PEM CA certificate(s) of the endpoint, when not publicly trusted")
+    in_use: bool = Field(True, description="Whether the services use this store (mlox-iac migrate --part sets it; "
+                         "false keeps these settings while the buckets live on the server)")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            parts = None
+        if (parts is None or parts.scheme != "https" or not parts.hostname or parts.username is not None
+                or parts.path not in ("", "/") or parts.query or any(c.isspace() for c in value)):
+            raise ValueError(f"{value!r} is not an https endpoint (allowed: https://HOST[:PORT], no path; "
+                             "TLS is always verified)")
+        return value.rstrip("/")
+
+    @field_validator("bucket_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        import re
+
+        if value and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{0,39}", value):
+            raise ValueError(f"{value!r} is not a bucket prefix (allowed: up to 40 of a-z 0-9 . -, "
+                             "starting with a letter or digit)")
+        return value
+
+    @field_validator("ca")
+    @classmethod
+    def _ca(cls, value: str | None) -> str | None:
+        from mlox_iac.config.model import check_ca_certificates
+
+        return None if value is None else check_ca_certificates(value)
+
+    @property
+    def host(self) -> str:
+        from urllib.parse import urlsplit
+
+        return urlsplit(self.endpoint).hostname or ""
+
+
 class Settings(ServiceSettings):
-    """SeaweedFS S3-compatible object store."""
+    """SeaweedFS S3-compatible object store (or an external S3 store)."""
 
     buckets: list[str] = Field(default_factory=lambda: ["data"], description="Buckets for user data")
+    external: ExternalS3 | None = Field(None, description="Use this S3-compatible store instead of running SeaweedFS")
 
     @field_validator("buckets")
     @classmethod
@@ -107,6 +178,26 @@ class Settings(ServiceSettings):
                 raise ValueError(f"{n!r} is not a valid bucket name (allowed: 3-63 of a-z 0-9 . -)")
         return names
 
+    @model_validator(mode="after")
+    def _prefixed(self) -> "Settings":
+        prefix = self.external.bucket_prefix if self.external is not None else ""
+        for name in self.buckets:
+            if len(prefix + name) > 63:
+                raise ValueError(f"bucket {name!r} with the prefix {prefix!r} is longer than 63 characters "
+                                 "(allowed: a shorter prefix or bucket name)")
+        return self
+
+
+def external(ctx: Context) -> ExternalS3 | None:
+    """The external store when the services use it (not while a move out copies, nor after a
+    move home cut over), else None."""
+    return ctx.config.service(NAME).external if ctx.config.part_external(PART) else None
+
+
+def local(ctx: Context) -> bool:
+    """Whether SeaweedFS runs on the server (no external store, or while a move keeps it)."""
+    return ctx.config.part_local(PART)
+
 
 def buckets(ctx: Context) -> list[str]:
     """Every bucket an enabled service declares (the user's buckets are this service's own)."""
@@ -115,9 +206,72 @@ def buckets(ctx: Context) -> list[str]:
     return list(dict.fromkeys(b for n in ctx.config.enabled_services() for b in SERVICES[n].data(ctx).buckets))
 
 
-def compose(ctx: Context) -> dict:
-    env_file = ctx.env_files(NAME)
+def bucket_name(ctx: Context, name: str, store: ExternalS3 | None | bool = True) -> str:
+    """What the bucket ``name`` is called in the store the services use (``store`` True), or in
+    ``store`` itself (an :class:`ExternalS3`, or None for SeaweedFS)."""
+    chosen = external(ctx) if store is True else store
+    return (chosen.bucket_prefix if isinstance(chosen, ExternalS3) else "") + name
+
+
+def endpoint(ctx: Context) -> str:
+    """The S3 endpoint the stack's containers use."""
+    store = external(ctx)
+    return store.endpoint if store is not None else f"http://{NAME}:{S3_PORT}"
+
+
+def region(ctx: Context) -> str:
+    store = external(ctx)
+    return store.region if store is not None else "us-east-1"
+
+
+def ca_mounts(ctx: Context) -> list[str]:
+    """The external store's private CA, mounted read-only into a container that uses the store."""
+    store = external(ctx)
+    return [f"./{CA_FILE}:{CA_PATH}:ro"] if store is not None and store.ca else []
+
+
+def ca_environment(ctx: Context) -> dict[str, str]:
+    """``AWS_CA_BUNDLE`` for boto3/botocore, when the external store has a private CA."""
+    return {"AWS_CA_BUNDLE": CA_PATH} if ca_mounts(ctx) else {}
+
+
+# Create each bucket of the external store (rclone mkdir is a no-op where it exists), then
+# list them: a store that refuses the keys or is unreachable fails the step. rclone reads the
+# keys from the env file's EXTERNAL_S3_* variables.
+_EXTERNAL_BUCKETS = (
+    "(set -eu; export RCLONE_CONFIG_STORE_ACCESS_KEY_ID=\"$$EXTERNAL_S3_ACCESS_KEY\" "
+    "RCLONE_CONFIG_STORE_SECRET_ACCESS_KEY=\"$$EXTERNAL_S3_SECRET_KEY\"; "
+    "for b in $$MLOX_BUCKETS; do rclone mkdir \"store:$$b\"; echo \"bucket $$b ready\"; done; "
+    "rclone lsd store: >/dev/null)"
+)
+
+
+def _external_buckets(ctx: Context, store: ExternalS3) -> dict:
     return {
+        "image": RCLONE_IMAGE,
+        **provisioner(_EXTERNAL_BUCKETS),
+        "env_file": ctx.env_files(NAME),
+        "environment": {"MLOX_BUCKETS": " ".join(bucket_name(ctx, b, store) for b in buckets(ctx)),
+                        "RCLONE_CONFIG_STORE_TYPE": "s3", "RCLONE_CONFIG_STORE_PROVIDER": "Other",
+                        "RCLONE_CONFIG_STORE_ENDPOINT": store.endpoint, "RCLONE_CONFIG_STORE_REGION": store.region,
+                        "RCLONE_CONFIG_STORE_ENV_AUTH": "false", **({"SSL_CERT_FILE": CA_PATH} if store.ca else {})},
+        **({"volumes": [f"./{CA_FILE}:{CA_PATH}:ro"]} if store.ca else {}),
+        "deploy": limits(64),
+    }
+
+
+def compose(ctx: Context) -> dict:
+    """The buckets step of the store the services use is ``seaweedfs-buckets`` (what they wait
+    for); while a move keeps both stores, the other one's is ``-external`` or ``-local``."""
+    env_file = ctx.env_files(NAME)
+    part: dict = {"services": {}}
+    store = ctx.config.service(NAME).external
+    in_use = external(ctx) is not None
+    if store is not None:
+        part["services"]["seaweedfs-buckets" if in_use else "seaweedfs-buckets-external"] = _external_buckets(ctx, store)
+    if not local(ctx):
+        return part
+    own = {
         "services": {
             "seaweedfs": {
                 "image": IMAGE,
@@ -139,10 +293,18 @@ def compose(ctx: Context) -> dict:
         },
         "volumes": {"seaweedfs-data": ctx.volume("seaweedfs-data")},
     }
+    if in_use:  # kept running for a move: its own buckets step under another name
+        own["services"]["seaweedfs-buckets-local"] = own["services"].pop("seaweedfs-buckets")
+    part["services"].update(own["services"])
+    part["volumes"] = own["volumes"]
+    return part
 
 
 def routes(ctx: Context) -> list[Route]:
     # S3 authenticates every request by its signature, which covers the path: no prefix, no basic auth.
+    # An external store is reached at its own endpoint, not through the proxy.
+    if external(ctx) is not None:
+        return []
     return [Route("s3", f"seaweedfs:{S3_PORT}", auth="own", catch_all=True)]
 
 
@@ -154,19 +316,26 @@ FACE = Face(
               "access_key": ("AWS_ACCESS_KEY_ID", "s3_access_key"),
               "secret_key": ("AWS_SECRET_ACCESS_KEY", "s3_secret_key"),
               "buckets": ("MLOX_S3_BUCKETS", "s3_buckets")},
-    inside=lambda ctx, route: {"url": f"http://{NAME}:{S3_PORT}", "buckets": ",".join(buckets(ctx))},
+    inside=lambda ctx, route: {"url": endpoint(ctx), "buckets": ",".join(bucket_name(ctx, b) for b in buckets(ctx))},
 )
 
 
 def files(ctx: Context) -> dict[str, str]:
-    return {}
+    store = ctx.config.service(NAME).external
+    # Shipped while the store is configured (also during a move, for the copy's rclone).
+    return {CA_FILE: store.ca} if store is not None and store.ca else {}
 
 
 def data(ctx: Context) -> Data:
     return Data(
         buckets=tuple(ctx.config.service(NAME).buckets),
-        not_kept={"seaweedfs-data": "SeaweedFS' own files: every bucket's objects are kept object by object"},
+        not_kept={"seaweedfs-data": "SeaweedFS' own files: every bucket's objects are kept object by object"}
+        if local(ctx) else {},
     )
+
+
+def memory(ctx: Context) -> int:
+    return MEMORY_MB if local(ctx) else 0
 
 
 def managed(ctx: Context) -> tuple[Managed, ...]:
@@ -187,14 +356,27 @@ class Seaweedfs(ServiceComponent):
     def __init__(self, name: str, ctx: Context, servers, deps: dict, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlox:service:Seaweedfs", name, {}, opts)
         self._setup(name, servers)
-        self.access_key = self.password("access-key", length=20).result
-        self.secret_key = self.password("secret-key", length=40).result
+        import pulumi
+
+        # SeaweedFS' own keys are generated even while the store is external: a move home uses them.
+        self.local_access_key = self.password("access-key", length=20).result
+        self.local_secret_key = self.password("secret-key", length=40).result
+        values = {"S3_ACCESS_KEY": self.local_access_key, "S3_SECRET_KEY": self.local_secret_key}
+        settings = ctx.config.service(NAME).external
+        if settings is not None:
+            values["EXTERNAL_S3_ACCESS_KEY"] = pulumi.Output.secret(settings.access_key_id.get_secret_value())
+            values["EXTERNAL_S3_SECRET_KEY"] = pulumi.Output.secret(settings.secret_access_key.get_secret_value())
+        # The keys the services use: the store's in use.
+        in_use = external(ctx) is not None
+        self.access_key = values["EXTERNAL_S3_ACCESS_KEY"] if in_use else self.local_access_key
+        self.secret_key = values["EXTERNAL_S3_SECRET_KEY"] if in_use else self.local_secret_key
         self.client_secrets = {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
-        self.write_env(NAME, {"S3_ACCESS_KEY": self.access_key, "S3_SECRET_KEY": self.secret_key}, ["seaweedfs"])
+        self.write_env(NAME, values, sorted(compose(ctx)["services"]))
         self.register_outputs({"access_key": self.access_key, "secret_key": self.secret_key})
 
 
 SERVICE = Service(
     name=NAME, image=IMAGE, memory_mb=MEMORY_MB, requires=("caddy",), settings=Settings,
-    compose=compose, routes=routes, files=files, data=data, component=Seaweedfs, managed=managed, preset="core", faces=(FACE,),
+    compose=compose, routes=routes, files=files, data=data, component=Seaweedfs, managed=managed, preset="core",
+    memory=memory, faces=(FACE,),
 )

@@ -109,7 +109,10 @@ def render_config(ctx: Context) -> str:
     settings = ctx.config.service(NAME)
     models = [{"name": m.name, "alias": m.alias, "port": FIRST_PORT + i, "workers": m.workers, "log_sample": m.log_sample}
               for i, m in enumerate(settings.models)]
-    return json.dumps({"poll_seconds": settings.poll_seconds, "log_bucket": LOG_BUCKET, "models": models}, indent=2) + "\n"
+    from mlox_iac.components.services import seaweedfs
+
+    return json.dumps({"poll_seconds": settings.poll_seconds, "log_bucket": seaweedfs.bucket_name(ctx, LOG_BUCKET),
+                       "models": models}, indent=2) + "\n"
 
 
 def _server_ca(ctx: Context) -> list[str]:
@@ -132,14 +135,16 @@ def compose(ctx: Context) -> dict:
                 "env_file": ctx.env_files(NAME),
                 "environment": {
                     "MLFLOW_TRACKING_URI": tracking_uri(ctx),
-                    "MLOX_S3_ENDPOINT": f"http://seaweedfs:{seaweedfs.S3_PORT}",
-                    "AWS_DEFAULT_REGION": "us-east-1",
+                    "MLOX_S3_ENDPOINT": seaweedfs.endpoint(ctx),
+                    "AWS_DEFAULT_REGION": seaweedfs.region(ctx),
                     "MLOX_SERVING_CONFIG": "/mlox/models.json",
                     "PYTHONUNBUFFERED": "1",
+                    # An external store's private CA joins the public roots (model_server.trust_server_ca).
+                    **({"MLOX_SERVER_CA": seaweedfs.CA_PATH} if seaweedfs.ca_mounts(ctx) else {}),
                 },
                 "command": ["python3", "/mlox/model_server.py"],
                 "volumes": ["serving-cache:/cache", "./serving/model_server.py:/mlox/model_server.py:ro",
-                            "./serving/models.json:/mlox/models.json:ro", *_server_ca(ctx),
+                            "./serving/models.json:/mlox/models.json:ro", *_server_ca(ctx), *seaweedfs.ca_mounts(ctx),
                             faces.inside_mount()],  # mlox-client's settings for the models' own code
                 "labels": {"org.mlox.config-hash": digest(*(files_[k] for k in sorted(files_)))},
                 # Healthy once the model server runs; each model's route answers 503 until a version is up.

@@ -91,22 +91,30 @@ def record_path(project_dir: Path, stack: str) -> Path:
     return Path(project_dir) / RECORD_DIR / f"{stack}.json"
 
 
-def load_record(project_dir: Path, stack: str) -> Record | None:
-    path = record_path(project_dir, stack)
+def read_record(path: Path, cls: type, what: str) -> Any:
+    """A record of ``cls`` from its JSON file, or None when there is none."""
     if not path.is_file():
         return None
     try:
-        return Record(**json.loads(path.read_text()))
+        return cls(**json.loads(path.read_text()))
     except (ValueError, TypeError) as exc:
-        raise MloxError(f"{path}: not a migration record ({exc}); move it away to start over") from None
+        raise MloxError(f"{path}: not a {what} record ({exc}); move it away to start over") from None
 
 
-def save_record(project_dir: Path, record: Record) -> None:
-    path = record_path(project_dir, record.stack)
+def write_record(path: Path, record: Any) -> None:
+    """Write a record (a dataclass) atomically: a crash leaves the old one or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(record), indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+def load_record(project_dir: Path, stack: str) -> Record | None:
+    return read_record(record_path(project_dir, stack), Record, "migration")
+
+
+def save_record(project_dir: Path, record: Record) -> None:
+    write_record(record_path(project_dir, record.stack), record)
 
 
 def next_server_name(current: str) -> str:
@@ -550,6 +558,35 @@ def _size(n: int) -> str:
 # --------------------------------------------------------------------------- the commands
 
 
+def run_phases(phases: tuple[str, ...], record: Any, move: Any, *, say: Say, save: Callable[[], None],
+               forget: Callable[[], None], after: Callable[[str], None] = lambda phase: None) -> None:
+    """Run ``move``'s method of each phase from the record's next one, recording each as done.
+
+    A failure is recorded with the way on in words (a rerun resumes there); a failed
+    preflight changed nothing, so its record is dropped (``forget``); a verification failure
+    has recorded its own state and passes through."""
+    if record.next_phase not in (None, phases[0]):
+        say(f"resuming at {record.next_phase} (phases done: {', '.join(p for p in phases if p in record.done)})")
+    while record.next_phase is not None:
+        phase = record.next_phase
+        say(f"[{phases.index(phase) + 1}/{len(phases)}] {phase}")
+        try:
+            getattr(move, phase)()
+        except VerificationFailed:
+            raise
+        except MloxError as exc:
+            if phase == phases[0]:  # nothing changed yet: no record to resume from
+                forget()
+                raise
+            record.last_error = str(exc)
+            save()
+            raise MigrationError(f"{phase} failed: {exc} ({record.next_step()})") from None
+        record.done[phase] = time.time()
+        record.last_error = None
+        save()
+        after(phase)
+
+
 def run(
     stack: str,
     to: str,
@@ -577,28 +614,12 @@ def run(
         return record
     move = Move(project_dir, record, engine, servers_for, say, config)
     save_record(project_dir, record)
-    started = record.next_phase
-    if started != "preflight":
-        say(f"resuming at {started} (phases done: {', '.join(p for p in PHASES if p in record.done)})")
-    while record.next_phase is not None:
-        phase = record.next_phase
-        say(f"[{PHASES.index(phase) + 1}/{len(PHASES)}] {phase}")
-        try:
-            getattr(move, phase)()
-        except VerificationFailed:
-            raise
-        except MloxError as exc:
-            if phase == "preflight":  # nothing changed yet: no record to resume from
-                record_path(project_dir, stack).unlink(missing_ok=True)
-                raise
-            record.last_error = str(exc)
-            save_record(project_dir, record)
-            raise MigrationError(f"{phase} failed: {exc} ({record.next_step()})") from None
-        record.finish_phase(phase)
-        record.last_error = None
-        save_record(project_dir, record)
+    def after(phase: str) -> None:
         if phase == "provision":  # later phases need the new server's outputs
             move._migration = None
+
+    run_phases(PHASES, record, move, say=say, save=lambda: save_record(project_dir, record),
+               forget=lambda: record_path(project_dir, stack).unlink(missing_ok=True), after=after)
     if record.downtime_s is not None:
         say(f"downtime (freeze until the new server served): {record.downtime_s:.0f}s")
     say(record.next_step())
