@@ -518,7 +518,6 @@ def test_4_a_new_stack_on_the_external_stores_from_the_start(lab_, tmp_path_fact
     logged = lab.mlflow_client(d, "log", uuid.uuid4().hex[:8])
     assert lab.mlflow_client(d, "check", logged["run_id"], logged["marker"]) == "ok"
     assert logged["run_id"] in provider.psql("mlflow", "SELECT run_uuid FROM runs;", port=FRESH_PG_PORT)
-    assert "mlflow" not in provider.psql("postgres", "SELECT datname FROM pg_database;").split()  # not in main
     artifacts = [o["Key"] for page in provider.s3().get_paginator("list_objects_v2").paginate(
         Bucket=FRESH_PREFIX + "mlflow-artifacts") for o in page.get("Contents", [])]
     assert any(logged["run_id"] in key for key in artifacts), artifacts
