@@ -9,8 +9,9 @@ read from the stores' env files, never from a command line.
 
 - ``part-copy`` (``--part P --to external|local``): the bulk copy while the stack serves, and
   again after the freeze as the final delta. Objects: ``rclone sync`` of every bucket (side
-  by side, up to ``PARALLEL`` containers) from the side in use to the other (only new or changed objects move; objects it would replace
-  or delete on the destination move to its ``mlox-before-restore`` bucket instead).
+  by side, up to ``PARALLEL`` containers) from the side in use to the other (only new or
+  changed objects move; objects it would replace or delete on the destination move to its
+  ``mlox-before-restore`` bucket instead).
   Databases: each is dumped in one snapshot (:func:`postgres.capture`), restored into a
   scratch database on the destination, verified against the dump's manifest, and swapped in
   by rename (the database it replaces is kept as ``<db>__mlox_before_restore``). Idempotent:
