@@ -118,7 +118,14 @@ def registry_certificates(settings: BootstrapSettings) -> str:
 
 
 def render_bootstrap(settings: BootstrapSettings) -> str:
-    """The whole bootstrap script for one server."""
+    """The whole bootstrap script for one server.
+
+    Order, for a bare host's speed: SSH is hardened first (it needs no package); the files
+    that packages read when they first start (fail2ban's jail, Docker's daemon.json and the
+    mirrors' CA) are written before the one apt transaction that installs everything, so
+    that nothing is restarted after it; the firewall and the auto-upgrades file follow it
+    (both are package files that dpkg or ucf would ask about if they were there first).
+    """
     q = shlex.quote
     keys = "\n".join(settings.user_keys)
     return f"""#!/usr/bin/env bash
@@ -131,7 +138,18 @@ DATA_DEVICE={q(settings.data_device)}
 DOCKER_SOURCE={q(settings.docker_source)}
 
 log() {{ printf '[mlox-bootstrap] %s\\n' "$*"; }}
-apt_install() {{ apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "$@"; }}
+# Wait for another apt (cloud-init, apt-daily) instead of failing; no pty for dpkg: nothing reads its progress.
+apt_get() {{ apt-get -q -o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0 "$@"; }}
+apt_install() {{ apt_get install -y --no-install-recommends "$@"; }}
+# The package lists only: the descriptions' translations (most of the download) come with apt's daily update.
+apt_update() {{ apt_get -o Acquire::Languages=none update; }}
+# missing PACKAGE...: the packages that are not installed, one a line.
+missing() {{
+  local p
+  for p in "$@"; do
+    [ "$(dpkg-query -W -f='${{db:Status-Status}}' "$p" 2>/dev/null)" = installed ] || printf '%s\\n' "$p"
+  done
+}}
 # write_if_changed PATH MODE: write stdin to PATH; exit status 0 when the file changed.
 write_if_changed() {{
   local tmp
@@ -141,15 +159,17 @@ write_if_changed() {{
   install -m "$2" "$tmp" "$1"
   rm -f "$tmp"
 }}
+# enable_now UNIT: systemctl enable --now, skipped when already done (enable alone takes a
+# while for units that also have a SysV script, as fail2ban and docker do).
+enable_now() {{
+  systemctl is-enabled -q "$1" 2>/dev/null || systemctl enable "$1" >/dev/null 2>&1
+  systemctl is-active -q "$1" || systemctl start "$1"
+}}
 
 if command -v cloud-init >/dev/null 2>&1; then
   log "waiting for cloud-init"
   cloud-init status --wait >/dev/null || true
 fi
-
-log "installing base packages"
-apt-get -o DPkg::Lock::Timeout=600 update -q
-apt_install ca-certificates curl gnupg nftables fail2ban python3-systemd unattended-upgrades e2fsprogs util-linux
 
 log "authorizing user keys"
 install -d -m 700 /root/.ssh
@@ -171,6 +191,67 @@ then
   systemctl reload ssh || systemctl reload sshd
 fi
 
+log "fail2ban and docker settings"
+# Written before the packages: their first start reads them. Later changes restart fail2ban;
+# a running Docker reloads its mirrors (SIGHUP), any other change takes a restart, and so
+# every container's; a stopped or absent one reads the file when it starts.
+install -d -m 755 /etc/fail2ban/jail.d /etc/docker
+if write_if_changed /etc/fail2ban/jail.d/mlox.local 644 <<'EOF'
+{FAIL2BAN_JAIL}EOF
+then
+  if systemctl is-active -q fail2ban; then systemctl restart fail2ban; fi
+fi
+{registry_certificates(settings)}daemon_before="$(grep -v '"registry-mirrors"' /etc/docker/daemon.json 2>/dev/null || true)"
+if write_if_changed /etc/docker/daemon.json 644 <<'EOF'
+{docker_daemon(settings.registry_mirrors)}EOF
+then
+  if systemctl is-active -q docker; then
+    if [ -n "$daemon_before" ] && [ "$daemon_before" = "$(grep -v '"registry-mirrors"' /etc/docker/daemon.json)" ]; then
+      systemctl reload docker
+    else
+      systemctl restart docker
+    fi
+  fi
+fi
+
+log "packages ($DOCKER_SOURCE docker)"
+packages=(ca-certificates curl gnupg nftables fail2ban python3-systemd unattended-upgrades e2fsprogs util-linux)
+if [ "$DOCKER_SOURCE" = docker ]; then
+  # buildx: Compose builds JupyterLab's image with it (without it Compose falls back to
+  # its older built-in builder, with a warning).
+  packages+=(docker-ce docker-ce-cli containerd.io docker-compose-plugin docker-buildx-plugin)
+else
+  packages+=(docker.io)
+fi
+# Nothing missing, nothing to do: a rerun makes no apt call. Otherwise one update and one
+# transaction, which also brings the named packages that are there up to date.
+if [ -n "$(missing "${{packages[@]}}")" ]; then
+  if [ "$DOCKER_SOURCE" = docker ] && [ -n "$(missing docker-ce)" ]; then
+    if [ -n "$(missing ca-certificates curl)" ]; then  # Docker's key comes over https
+      apt_update
+      apt_install ca-certificates curl
+    fi
+    # shellcheck disable=SC1091
+    . /etc/os-release
+    install -m 0755 -d /etc/apt/keyrings
+    curl -fsSL "https://download.docker.com/linux/$ID/gpg" -o /etc/apt/keyrings/docker.asc
+    printf 'deb [arch=%s signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/%s %s stable\\n' \\
+      "$(dpkg --print-architecture)" "$ID" "$VERSION_CODENAME" > /etc/apt/sources.list.d/docker.list
+  fi
+  # man-db rebuilds its whole index after each install (seconds to minutes on a small
+  # server); skipped for this one, its daily timer rebuilds it.
+  if [ -e /var/lib/man-db/auto-update ]; then
+    rm -f /var/lib/man-db/auto-update
+    trap 'touch /var/lib/man-db/auto-update' EXIT
+  fi
+  apt_update
+  apt_install "${{packages[@]}}"
+fi
+if [ "$DOCKER_SOURCE" != docker ] && ! docker compose version >/dev/null 2>&1; then
+  # Ubuntu packages Compose v2 as docker-compose-v2, Debian 13 as docker-compose.
+  apt_install docker-compose-v2 >/dev/null 2>&1 || apt_install docker-compose >/dev/null 2>&1 || true
+fi
+
 log "host firewall"
 if write_if_changed /etc/nftables.conf 755 <<'EOF'
 {nftables_ruleset(settings.admin_cidrs, settings.ssh_port)}EOF
@@ -178,15 +259,10 @@ then
   nft -f /etc/nftables.conf
 fi
 nft list table inet mlox >/dev/null 2>&1 || nft -f /etc/nftables.conf
-systemctl enable nftables >/dev/null 2>&1
+systemctl is-enabled -q nftables || systemctl enable nftables >/dev/null 2>&1
 
 log "fail2ban"
-if write_if_changed /etc/fail2ban/jail.d/mlox.local 644 <<'EOF'
-{FAIL2BAN_JAIL}EOF
-then
-  systemctl restart fail2ban
-fi
-systemctl enable --now fail2ban >/dev/null 2>&1
+enable_now fail2ban
 
 log "unattended security upgrades"
 write_if_changed /etc/apt/apt.conf.d/20auto-upgrades 644 <<'EOF' || true
@@ -204,40 +280,8 @@ if [ -n "$DATA_DEVICE" ]; then
 fi
 mkdir -p "$DATA_DIR/volumes"
 
-log "docker engine and compose v2 ($DOCKER_SOURCE)"
-if [ "$DOCKER_SOURCE" = docker ]; then
-  if ! dpkg -s docker-ce >/dev/null 2>&1; then
-    # shellcheck disable=SC1091
-    . /etc/os-release
-    install -m 0755 -d /etc/apt/keyrings
-    curl -fsSL "https://download.docker.com/linux/$ID/gpg" -o /etc/apt/keyrings/docker.asc
-    printf 'deb [arch=%s signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/%s %s stable\\n' \\
-      "$(dpkg --print-architecture)" "$ID" "$VERSION_CODENAME" > /etc/apt/sources.list.d/docker.list
-    apt-get -o DPkg::Lock::Timeout=600 update -q
-    # buildx: Compose builds JupyterLab's image with it (without it Compose falls back to
-    # its older built-in builder, with a warning).
-    apt_install docker-ce docker-ce-cli containerd.io docker-compose-plugin docker-buildx-plugin
-  fi
-else
-  dpkg -s docker.io >/dev/null 2>&1 || apt_install docker.io
-  if ! docker compose version >/dev/null 2>&1; then
-    # Ubuntu packages Compose v2 as docker-compose-v2, Debian 13 as docker-compose.
-    apt_install docker-compose-v2 >/dev/null 2>&1 || apt_install docker-compose >/dev/null 2>&1 || true
-  fi
-fi
-{registry_certificates(settings)}daemon_before="$(grep -v '"registry-mirrors"' /etc/docker/daemon.json 2>/dev/null || true)"
-if write_if_changed /etc/docker/daemon.json 644 <<'EOF'
-{docker_daemon(settings.registry_mirrors)}EOF
-then
-  # Docker reloads its mirrors (SIGHUP); any other change takes a restart, and so every container's.
-  if [ -n "$daemon_before" ] && systemctl is-active -q docker \
-    && [ "$daemon_before" = "$(grep -v '"registry-mirrors"' /etc/docker/daemon.json)" ]; then
-    systemctl reload docker
-  else
-    systemctl restart docker
-  fi
-fi
-systemctl enable --now docker >/dev/null 2>&1
+log "docker"
+enable_now docker
 docker compose version >/dev/null 2>&1 || {{
   echo "Compose v2 is missing: install docker-compose-plugin, or place the compose binary at /usr/local/lib/docker/cli-plugins/docker-compose" >&2
   exit 1

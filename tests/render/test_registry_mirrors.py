@@ -66,7 +66,7 @@ def _run_daemon_step(tmp_path: Path, before: str | None, mirrors: tuple[str, ...
     systemctl recorded instead of run: (systemctl's actions, the file afterwards)."""
     script = render_bootstrap(BootstrapSettings(*BASE, registry_mirrors=mirrors))
     helper = re.search(r"^write_if_changed\(\) \{\n.*?^\}\n", script, re.S | re.M).group(0)
-    step = re.search(r"^daemon_before=.*?^fi\n(?=systemctl enable)", script, re.S | re.M).group(0)
+    step = re.search(r"^daemon_before=.*?^fi\n", script, re.S | re.M).group(0)
     daemon = tmp_path / "daemon.json"
     if before is not None:
         daemon.write_text(before)
@@ -80,13 +80,14 @@ def _run_daemon_step(tmp_path: Path, before: str | None, mirrors: tuple[str, ...
 
 # scenario -> (daemon.json before, mirrors now, Docker running, what systemctl is asked)
 STEPS = {
-    "first_bootstrap": (None, (), False, ["restart"]),
+    "first_bootstrap": (None, (), False, []),  # written before Docker's package: its first start reads it
+    "docker_there_before_mlox": (None, (), True, ["restart"]),
     "unchanged": (docker_daemon(), (), True, []),
     "unchanged_with_mirror": (docker_daemon(("https://m.example.com",)), ("https://m.example.com",), True, []),
     "mirror_added": (docker_daemon(), ("https://m.example.com",), True, ["reload"]),
     "mirror_changed": (docker_daemon(("https://m.example.com",)), ("https://n.example.com",), True, ["reload"]),
     "mirror_removed": (docker_daemon(("https://m.example.com",)), (), True, ["reload"]),
-    "mirror_added_docker_stopped": (docker_daemon(), ("https://m.example.com",), False, ["restart"]),
+    "mirror_added_docker_stopped": (docker_daemon(), ("https://m.example.com",), False, []),  # started later
     "other_setting_changed": ('{\n  "log-driver": "json-file"\n}\n', ("https://m.example.com",), True, ["restart"]),
 }
 
