@@ -29,6 +29,10 @@ from mlox_iac.errors import MloxError
 
 # Plugin name -> the Python SDK distribution that asks for it.
 SDKS = {"command": "pulumi-command", "random": "pulumi-random", "tls": "pulumi-tls", "hcloud": "pulumi-hcloud"}
+# What every stack's program uses, and the plugin of each cloud provider (``mlox:provider``).
+BASE_PLUGINS = {"command": "pulumi-command", "random": "pulumi-random", "tls": "pulumi-tls"}
+PROVIDER_PLUGINS = {"hetzner": ("hcloud", "pulumi-hcloud"), "digitalocean": ("digitalocean", "pulumi-digitalocean"),
+                    "aws": ("aws", "pulumi-aws")}
 _TARBALL = re.compile(r"pulumi-resource-(?P<name>[a-z0-9-]+)-v(?P<version>[0-9][^-]*)-linux-amd64\.tar\.gz")
 
 
@@ -114,6 +118,21 @@ def is_installed(plugin: Plugin, cache: Path) -> bool:
     beside it marks an install that did not finish."""
     folder = cache / f"resource-{plugin.name}-v{plugin.version}"
     return (folder / f"pulumi-resource-{plugin.name}").is_file() and not folder.with_name(folder.name + ".partial").exists()
+
+
+def all_in_cache(names: Mapping[str, str], env: Mapping[str, str] | None = None,
+                 version_of: Callable[[str], str] = metadata.version) -> bool:
+    """Whether each plugin of ``names`` (plugin name -> its SDK distribution) is in the plugin
+    cache at the version of its installed SDK (False when an SDK is not installed)."""
+    cache = plugin_cache(env)
+    for name, dist in names.items():
+        try:
+            version = version_of(dist)
+        except metadata.PackageNotFoundError:
+            return False
+        if not is_installed(Plugin(name, version, Path()), cache):
+            return False
+    return True
 
 
 def install(folder: Path, *, pulumi: str = "pulumi", env: Mapping[str, str] | None = None,

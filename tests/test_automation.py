@@ -141,6 +141,62 @@ def test_secrets_provider_can_be_overridden(mlox_project, passphrase, monkeypatc
     assert cmd.call("stack init").args == ["stack", "init", "dev", "--secrets-provider", "awskms://alias/mlox"]
 
 
+# ----- plugin downloads ---------------------------------------------------------------
+
+def _cache(names: list[str]) -> None:
+    """Plugins in the (fake home's) plugin cache at the installed SDKs' versions."""
+    from importlib import metadata
+
+    from mlox_iac import plugins
+
+    dists = {**plugins.BASE_PLUGINS, **dict(plugins.PROVIDER_PLUGINS.values())}
+    for name in names:
+        folder = Path.home() / ".pulumi" / "plugins" / f"resource-{name}-v{metadata.version(dists[name])}"
+        folder.mkdir(parents=True)
+        (folder / f"pulumi-resource-{name}").write_text("")
+
+
+ACQUIRE = "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION"
+
+
+@pytest.mark.parametrize("cached, state, off", [
+    (["command", "random", "tls", "hcloud"], "", True),  # the Hetzner stack's plugins: nothing to fetch
+    (["command", "random", "tls"], "", False),  # hcloud missing: the engine downloads it
+    (["command", "random", "hcloud"], "", False),  # a base plugin missing
+    (["command", "random", "tls", "hcloud"], '"type": "pulumi:providers:aws"', False),  # an AWS server in the state
+    (["command", "random", "tls", "hcloud", "aws"], '"type": "pulumi:providers:aws"', True),
+], ids=["all-there", "provider-missing", "base-missing", "state-needs-another", "state-needs-it-there"])
+def test_plugin_downloads_are_off_only_when_every_plugin_the_stack_needs_is_cached(
+        mlox_project, passphrase, monkeypatch, cached, state, off):
+    monkeypatch.delenv(ACQUIRE, raising=False)
+    _cache(cached)
+    if state:
+        folder = mlox_project / ".mlox" / "state" / ".pulumi" / "stacks" / "mlox"
+        folder.mkdir(parents=True)
+        (folder / "dev.json").write_text(state)
+    env = automation.workspace_options(mlox_project, "dev").env_vars
+    assert (env.get(ACQUIRE) == "true") is off
+
+
+def test_plugin_downloads_follow_a_moves_target_and_the_users_own_setting(mlox_project, passphrase, monkeypatch):
+    monkeypatch.delenv(ACQUIRE, raising=False)
+    _cache(["command", "random", "tls", "hcloud"])
+    path = mlox_project / "stacks" / "Pulumi.dev.yaml"
+    text = path.read_text()
+    path.write_text(text.replace("config:\n", "config:\n  mlox:migration: {to: digitalocean, server: next}\n", 1))
+    assert ACQUIRE not in automation.workspace_options(mlox_project, "dev").env_vars
+    path.write_text(text)
+    monkeypatch.setenv(ACQUIRE, "false")  # the user's choice reaches the CLI through the environment
+    assert ACQUIRE not in automation.workspace_options(mlox_project, "dev").env_vars
+
+
+def test_plugin_downloads_stay_on_with_the_users_backend(mlox_project, passphrase, monkeypatch):
+    monkeypatch.delenv(ACQUIRE, raising=False)
+    _cache(["command", "random", "tls", "hcloud"])
+    monkeypatch.setenv("PULUMI_BACKEND_URL", "s3://bucket/mlox")  # its state cannot be read here
+    assert ACQUIRE not in automation.workspace_options(mlox_project, "dev").env_vars
+
+
 # ----- validation and the missing CLI -------------------------------------------------
 
 def test_invalid_stack_file_stops_before_the_engine(mlox_project, passphrase):

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from mlox_iac.components.services.base import (
-    HOURS_PER_MONTH, Context, Data, Managed, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
-    provisioner, Face,
+    HOURS_PER_MONTH, QUICK_CHECK_S, Context, Data, Managed, Service, ServiceComponent, ServiceSettings, digest, hc,
+    limits, provisioner, Face,
 )
 
 if TYPE_CHECKING:
@@ -232,7 +232,7 @@ def compose(ctx: Context) -> dict:
                 "env_file": env_file,
                 "volumes": ["postgres-data:/var/lib/postgresql/data", f"postgres-socket:{SOCKET_DIR}"],
                 "ports": [f"127.0.0.1:{TUNNEL_PORT}:{PORT}"],
-                "healthcheck": hc(["CMD", "pg_isready", "-U", SUPERUSER, "-d", "postgres"]),
+                "healthcheck": hc(["CMD", "pg_isready", "-U", SUPERUSER, "-d", "postgres"], interval_s=QUICK_CHECK_S),
                 "deploy": limits(MEMORY_MB),
             },
             "postgres-provision": {

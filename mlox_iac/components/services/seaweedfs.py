@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from mlox_iac.components.services.base import (
-    Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits, provisioner, Face,
+    QUICK_CHECK_S, Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits, provisioner,
+    Face,
 )
 
 if TYPE_CHECKING:
@@ -280,7 +281,8 @@ def compose(ctx: Context) -> dict:
                 "environment": {"GOMEMLIMIT": f"{GO_MEMORY_LIMIT_MB}MiB"},
                 "entrypoint": ["/bin/sh", "-c", _START],
                 "volumes": ["seaweedfs-data:/data"],
-                "healthcheck": hc(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{S3_PORT}/healthz"]),
+                "healthcheck": hc(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{S3_PORT}/healthz"],
+                                  interval_s=QUICK_CHECK_S),
                 "deploy": limits(MEMORY_MB),
             },
             "seaweedfs-buckets": {
