@@ -30,6 +30,7 @@ Example (what ``examples/ci/deploy.yml`` runs)::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -373,7 +374,7 @@ def default_pulumi_command(command: str = "this command", env: Mapping[str, str]
             raise PulumiCliMissing(command)
         root = str(installed.parent.parent)
     try:
-        return auto.PulumiCommand(root=root)
+        return _cli(root, shutil.which("pulumi", path=env.get("PATH")))
     except FileNotFoundError:
         raise PulumiCliMissing(command) from None
     except (OSError, subprocess.CalledProcessError) as exc:
@@ -381,6 +382,16 @@ def default_pulumi_command(command: str = "this command", env: Mapping[str, str]
                         "`curl -fsSL https://get.pulumi.com | sh`") from None
     except InvalidVersionError as exc:
         raise MloxError(f"{command}: {exc} (upgrade with `curl -fsSL https://get.pulumi.com | sh`)") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _cli(root: str | None, found: str | None) -> "auto.PulumiCommand":
+    """One ``PulumiCommand`` per CLI found: creating it runs ``pulumi version`` (0.3 s), and a
+    command such as ``migrate`` opens the stack a dozen times. ``found`` (the CLI on PATH)
+    keys the cache, so a changed PATH finds the CLI again."""
+    from pulumi import automation as auto
+
+    return auto.PulumiCommand(root=root)
 
 
 # ----- stacks ---------------------------------------------------------------------------

@@ -263,7 +263,7 @@ class Deployment(_OnHost):
         with self.environment():
             run = automation.up(self.stack, project_dir=self.project, on_event=on_event, show_secrets=True,
                                 target=target, replace=list(replace) or None)
-            self.outputs = automation.outputs(self.stack, project_dir=self.project, show_secrets=True)
+        self.outputs = run.outputs  # what `mlox-iac up` prints: the update's own outputs, secrets in clear
         result = EngineResult(run, ops)
         timed(f"engine up{' (bootstrap)' if bootstrap_only else ''} ({len(result.changed())} changed)",
               time.monotonic() - start)
