@@ -30,7 +30,7 @@ MARKDOWN = ROOT / "docs" / "images.md"
 DATA_TOOLING = ROOT / "mlox_iac" / "data"
 # Every stand-in starts from a debootstrap'ed Debian bookworm (minbase): its Essential
 # packages (dash, coreutils, grep, util-linux) provide these.
-DEBIAN_BASE_PROGRAMS = {"sh", "cat", "rm", "chown", "touch", "sleep", "grep", "setpriv", "test"}
+DEBIAN_BASE_PROGRAMS = {"sh", "cat", "rm", "chown", "touch", "sleep", "grep", "setpriv", "test", "bash"}  # Essential: yes in Debian
 BACKUP_USE = "backup, restore and migrate on the server (`docker run`)"
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from mlox_iac.components.services.base import (
-    Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits, Face,
+    QUICK_CHECK_S, Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits, Face,
 )
 from mlox_iac.components.services import caddy
 
@@ -63,7 +63,7 @@ def compose(ctx: Context) -> dict:
     ]
     if prefix(ctx):
         command += ["--static-prefix", prefix(ctx)]
-    health = f"http://127.0.0.1:{PORT}{prefix(ctx)}/health"
+    health_path = f"{prefix(ctx)}/health"
     environment = {
         "AWS_DEFAULT_REGION": seaweedfs.region(ctx),
         # The background job runner (GenAI scoring) needs ~1.5 GiB more; off on small servers.
@@ -93,10 +93,14 @@ def compose(ctx: Context) -> dict:
                 **({"volumes": volumes} if volumes else {}),
                 "command": command,
                 "healthcheck": hc(
-                    ["CMD", "python", "-c", f"import urllib.request; urllib.request.urlopen('{health}', timeout=4)"],
+                    # GET /health with bash alone (no interpreter to start), so it can run every
+                    # few seconds: services wait for MLflow (serving; the moves of a part).
+                    ["CMD", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{PORT} && "
+                     f"printf 'GET {health_path} HTTP/1.0\\r\\n\\r\\n' >&3 && "
+                     "{ read -r -d '' -t 4 reply <&3; [[ $$reply == 'HTTP/1.'?' 200 '* ]]; }"],
                     # The first start upgrades the database schema; on a busy 2-core server
                     # that took over 3 minutes, and failures inside the start period do not count.
-                    start_period="180s",
+                    start_period="180s", interval_s=QUICK_CHECK_S,
                 ),
                 "depends_on": {
                     "postgres-provision": {"condition": "service_healthy"},
