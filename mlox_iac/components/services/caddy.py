@@ -117,6 +117,15 @@ def render_caddyfile(ctx: Context) -> str:
     return "\n".join(lines) + "\n"
 
 
+INTERNAL_CA_DIR = "/mlox/caddy-ca"  # where containers that reach the server's own address find its CA
+
+
+def internal_ca_mount(ctx: Context) -> list[str]:
+    """Caddy's internal CA (the folder of its root.crt), read-only at ``INTERNAL_CA_DIR``: what
+    a container verifies the server's own address against when the stack has no domain."""
+    return [f"{ctx.data_dir}/volumes/caddy-data/caddy/pki/authorities/local:{INTERNAL_CA_DIR}:ro"]
+
+
 def acme_ca_root_mount(ctx: Context) -> list[str]:
     """The compose volume entry that shows a container the ACME CA's roots, if the stack has them."""
     return [f"./{ACME_CA_ROOT_FILE}:{ACME_CA_ROOT_PATH}:ro"] if ctx.config.acme_ca_root else []

@@ -76,9 +76,10 @@ def compose(ctx: Context) -> dict:
         volumes += seaweedfs.ca_mounts(ctx)
         environment.update(seaweedfs.ca_environment(ctx))
     elif not ctx.config.domain:
-        # S3 is reached at the server's own address through Caddy, whose internal CA the
-        # image does not know; the connection never leaves the server.
-        environment["MLFLOW_S3_IGNORE_TLS"] = "true"
+        # S3 is reached at the server's own address through Caddy: boto3 verifies its
+        # certificate against Caddy's internal CA (verification is never turned off).
+        volumes += caddy.internal_ca_mount(ctx)
+        environment["AWS_CA_BUNDLE"] = f"{caddy.INTERNAL_CA_DIR}/root.crt"
     elif ctx.config.acme_ca_root:
         # A custom ACME CA issued S3's certificate: boto3 verifies against its roots.
         volumes += caddy.acme_ca_root_mount(ctx)

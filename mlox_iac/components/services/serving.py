@@ -119,7 +119,9 @@ def _server_ca(ctx: Context) -> list[str]:
     """Without a domain: Caddy's internal CA (read-only), for the presigned S3 URLs MLflow hands out."""
     if ctx.config.domain:
         return []
-    return [f"{ctx.data_dir}/volumes/caddy-data/caddy/pki/authorities/local:/mlox/caddy-ca:ro"]
+    from mlox_iac.components.services import caddy
+
+    return caddy.internal_ca_mount(ctx)
 
 
 def compose(ctx: Context) -> dict:
