@@ -467,16 +467,29 @@ def parse_drift(stdout: str) -> list[str]:
     return problems
 
 
+DRIFT_RETRY_PAUSES = (5, 15)  # before the 2nd and 3rd try, when the ssh connection itself failed
+
+
 def check_drift(outputs: Mapping[str, Any], *, identity: str | Path | None = None, options: Sequence[str] = (),
-                run: Callable[..., subprocess.CompletedProcess] | None = None, timeout: float = 60) -> list[str]:
-    """:func:`parse_drift` of the server; :class:`MloxError` when the server cannot be asked."""
-    try:
-        done = (run or subprocess.run)(drift_argv(outputs, identity=identity, options=options), capture_output=True,
-                                       text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise MloxError("ssh is not installed: install the OpenSSH client") from None
-    except subprocess.TimeoutExpired:
-        raise MloxError(f"the server did not answer within {timeout:.0f}s") from None
+                run: Callable[..., subprocess.CompletedProcess] | None = None, timeout: float = 60,
+                sleep: Callable[[float], None] = time.sleep) -> list[str]:
+    """:func:`parse_drift` of the server; :class:`MloxError` when the server cannot be asked.
+
+    ssh exits 255 when the connection fails (a busy server's sshd drops it, a network blip):
+    that is tried again after a pause, twice; a refused host key is not (it will not change).
+    The command only reads, so running it again is safe.
+    """
+    for pause in (*DRIFT_RETRY_PAUSES, None):
+        try:
+            done = (run or subprocess.run)(drift_argv(outputs, identity=identity, options=options),
+                                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise MloxError("ssh is not installed: install the OpenSSH client") from None
+        except subprocess.TimeoutExpired:
+            raise MloxError(f"the server did not answer within {timeout:.0f}s") from None
+        if done.returncode != 255 or host_key_problem(done.stderr or "") or pause is None:
+            break
+        sleep(pause)
     if done.returncode != 0:
         problem = host_key_problem(done.stderr or "")
         reason = (done.stderr or "").strip().splitlines()[-1:] or [f"exit {done.returncode}"]

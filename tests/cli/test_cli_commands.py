@@ -629,3 +629,40 @@ def test_ctrl_c_during_up_lets_the_engine_stop_and_says_what_to_run(cli, engine,
         "error: interrupted: the engine stopped after the steps under way and saved the state; "
         "run mlox-iac up --stack dev to complete it")
     assert "Traceback" not in result.stderr
+
+
+DRIFT_OUTPUTS = {"server_address": "203.0.113.7", "ssh_user": "root", "ssh_port": 22}
+DRIFT_OK = ('{"services": {"mlflow": {"restart": "unless-stopped"}}}\n@@mlox-drift@@\n'
+            '{"Service":"mlflow","State":"exited"}\n')
+
+
+@pytest.mark.parametrize("case, answers, expected, pauses", [
+    ("dropped_once", [(255, "", "Connection closed by 203.0.113.7 port 22"), (0, DRIFT_OK, "")],
+     ["mlflow: container exited"], [5]),
+    ("dropped_three_times", [(255, "", "kex_exchange_identification: read: Connection reset by peer")] * 3,
+     "cannot ask the server over ssh (kex_exchange_identification: read: Connection reset by peer)", [5, 15]),
+    ("host_key_changed", [(255, "", "Host key verification failed.")], "host key", []),
+    ("command_failed", [(1, "", "docker: not found")], "cannot ask the server over ssh (docker: not found)", []),
+])
+def test_drift_check_tries_a_dropped_ssh_connection_again(case, answers, expected, pauses):
+    """ssh exit 255 is the connection failing (a busy sshd drops it): tried again twice, after
+    a pause; a refused host key or a failing command is not."""
+    import subprocess
+
+    from mlox_iac import connect
+    from mlox_iac.errors import MloxError
+
+    calls, slept = [], []
+
+    def run(argv, **kw):
+        code, out, err = answers[len(calls)]
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, code, out, err)
+
+    if isinstance(expected, list):
+        assert connect.check_drift(DRIFT_OUTPUTS, run=run, sleep=slept.append) == expected
+    else:
+        with pytest.raises(MloxError) as error:
+            connect.check_drift(DRIFT_OUTPUTS, run=run, sleep=slept.append)
+        assert expected in str(error.value).lower() if case == "host_key_changed" else str(error.value) == expected
+    assert slept == pauses and len(calls) == len(pauses) + 1
