@@ -363,18 +363,18 @@ def default_pulumi_command(command: str = "this command", env: Mapping[str, str]
 
     Raises :class:`PulumiCliMissing` naming ``command`` and the install step when absent.
     """
-    from pulumi import automation as auto
     from pulumi.automation.errors import InvalidVersionError
 
     env = os.environ if env is None else env
     root = None
-    if shutil.which("pulumi", path=env.get("PATH")) is None:
+    found = shutil.which("pulumi", path=env.get("PATH"))
+    if found is None:
         installed = _pulumi_home(env) / "bin" / "pulumi"
         if not (installed.is_file() and os.access(installed, os.X_OK)):
             raise PulumiCliMissing(command)
         root = str(installed.parent.parent)
     try:
-        return _cli(root, shutil.which("pulumi", path=env.get("PATH")))
+        return _cli(root, found)
     except FileNotFoundError:
         raise PulumiCliMissing(command) from None
     except (OSError, subprocess.CalledProcessError) as exc:

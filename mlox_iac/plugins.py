@@ -30,8 +30,8 @@ from mlox_iac.errors import MloxError
 # Plugin name -> the Python SDK distribution that asks for it.
 SDKS = {"command": "pulumi-command", "random": "pulumi-random", "tls": "pulumi-tls", "hcloud": "pulumi-hcloud"}
 # What every stack's program uses, and the plugin of each cloud provider (``mlox:provider``).
-BASE_PLUGINS = {"command": "pulumi-command", "random": "pulumi-random", "tls": "pulumi-tls"}
-PROVIDER_PLUGINS = {"hetzner": ("hcloud", "pulumi-hcloud"), "digitalocean": ("digitalocean", "pulumi-digitalocean"),
+BASE_PLUGINS = {name: SDKS[name] for name in ("command", "random", "tls")}
+PROVIDER_PLUGINS = {"hetzner": ("hcloud", SDKS["hcloud"]), "digitalocean": ("digitalocean", "pulumi-digitalocean"),
                     "aws": ("aws", "pulumi-aws")}
 _TARBALL = re.compile(r"pulumi-resource-(?P<name>[a-z0-9-]+)-v(?P<version>[0-9][^-]*)-linux-amd64\.tar\.gz")
 
