@@ -26,6 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
+from mlox_iac.components.services.seaweedfs import VOLUME_SLOTS
 from mlox_iac.render.backup import IMAGES
 
 try:
@@ -85,8 +86,11 @@ class ObjectStore:
         self.start()
 
     def start(self) -> None:
+        # Fixed volume slots, as the stack's own store (-volume.max=0 counts them from the free
+        # disk as if every volume were full: a busy CI disk then refuses new buckets' writes).
         argv = ["systemd-run", "--unit=objstore", "--collect", "/usr/local/bin/weed", "server", "-dir=/srv/objstore",
-                f"-ip={self.host.address}", "-ip.bind=0.0.0.0", "-volume.max=0", "-master.volumeSizeLimitMB=1024",
+                f"-ip={self.host.address}", "-ip.bind=0.0.0.0", f"-volume.max={VOLUME_SLOTS}",
+                "-master.volumeSizeLimitMB=1024",
                 "-s3", f"-s3.port={S3_PORT}", "-s3.config=/etc/objstore-s3.json"]
         # A stopped transient unit is unloaded by systemd a moment after `systemctl stop`
         # returns; systemd-run refuses the name until then ("already loaded"). One still

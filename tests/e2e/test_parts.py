@@ -46,6 +46,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mlox_iac.components.services.seaweedfs import VOLUME_SLOTS
 from mlox_iac.migrations import objects as objects_move
 from mlox_iac.migrations import parts
 from mlox_iac.migrations import postgres as postgres_move
@@ -118,8 +119,13 @@ class Provider:
         self.start_s3()
 
     def start_s3(self) -> None:
+        # Volume slots as the stack's own store has them (seaweedfs.VOLUME_SLOTS): with
+        # -volume.max=0 the slots are counted from the host's free disk as if every volume were
+        # full, and once the moved buckets had taken them, the fresh stack's new buckets were
+        # answered with InternalError (stop 36's CI, on a machine with less free disk).
         argv = ["systemd-run", "--unit=provider-s3", "--collect", "/usr/local/bin/weed", "server", "-dir=/srv/s3",
-                f"-ip={self.host.address}", "-ip.bind=0.0.0.0", "-volume.max=0", "-master.volumeSizeLimitMB=1024",
+                f"-ip={self.host.address}", "-ip.bind=0.0.0.0", f"-volume.max={VOLUME_SLOTS}",
+                "-master.volumeSizeLimitMB=1024",
                 "-s3", f"-s3.port={S3_PORT}", "-s3.config=/etc/provider/s3.json",
                 "-s3.cert.file=/etc/provider/tls.crt", "-s3.key.file=/etc/provider/tls.key"]
         loaded = '[ "$(systemctl show -p LoadState --value provider-s3)" = loaded ]'
