@@ -129,8 +129,16 @@ class FullStack(SandboxUser):
         super().__init__(work, self.NAME, self.NETWORK, existing=existing)
 
     def deploy(self) -> None:
-        up = self.ok("sandbox", "up", "--preset", "full", "--name", self.NAME, "--memory", str(self.MEMORY_MB),
-                     "--json", timeout=3600)
+        try:
+            up = self.ok("sandbox", "up", "--preset", "full", "--name", self.NAME, "--memory", str(self.MEMORY_MB),
+                         "--json", timeout=3600)
+        except AssertionError as first:
+            # `sandbox up` again is what its user does after a failed one (it resumes where it
+            # stopped). One CI rehearsal's first deploy, under full load, failed after 11 min
+            # and the cause was not seen: it is printed here, the run goes on, and a second
+            # failure fails the fixture.
+            sys.stderr.write(f"\n[e2e] the shared full stack's first `sandbox up` failed; running it again:\n{first}\n")
+            up = self.ok("sandbox", "up", "--name", self.NAME, "--json", timeout=3600)  # its record keeps preset, memory
         self.sandbox_up = json.loads(up.stdout)
         # A served model needs a version to serve: register one (x -> 2x) as `champion` first,
         # with the real MLflow client, or the model's route never answers.
