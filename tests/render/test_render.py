@@ -265,3 +265,48 @@ def test_firewall_ruleset_parses_with_real_nft(tmp_path):
     assert result.returncode == 0, result.stderr
     path.write_text("table inet mlox {\n\tchain input {\n\t\tmeta l4proto { nonsense } accept\n\t}\n}\n")
     assert subprocess.run([tool("nft"), "-c", "-f", str(path)], capture_output=True).returncode != 0
+
+
+def test_http_checks_run_with_bash_and_pass_on_2xx_only():
+    """Every interpreter-free HTTP check of the full preset, run as Docker runs it (compose's
+    ``$$`` is one ``$``) against a local server answering each path as told."""
+    import http.server
+    import threading
+
+    from mlox_iac.components.services.base import http_check
+
+    answers = {"/ok": 200, "/created": 204, "/missing": 404, "/broken": 500, "/moved": 302}
+    seen: list[tuple[str, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Host", "")))
+            self.send_response(answers[self.path])
+            self.send_header("Location", "/ok")
+            self.end_headers()
+            self.wfile.write(b"x" * 70_000)  # more than one read's worth: /metrics pages are long
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+
+    def run(test: list[str]) -> int:
+        assert test[:3] == ["CMD", "bash", "-c"]
+        return subprocess.run(["bash", "-c", test[3].replace("$$", "$")], timeout=20).returncode
+
+    try:
+        for path, healthy in [("/ok", True), ("/created", True), ("/missing", False), ("/broken", False),
+                              ("/moved", False)]:
+            assert (run(http_check(port, path)) == 0) is healthy, path
+        assert seen[0] == ("/ok", f"127.0.0.1:{port}")
+    finally:
+        server.shutdown()
+    assert run(http_check(port, "/ok")) != 0  # nothing listens any more
+
+    full = render_compose(ctx_for(SCENARIOS["full_preset"]))["services"]
+    checks = [s["healthcheck"]["test"] for s in full.values()]
+    assert not [c for c in checks if "urllib" in " ".join(c)]  # no check starts Python to GET a page
+    assert sum(c[:3] == ["CMD", "bash", "-c"] for c in checks) >= 8

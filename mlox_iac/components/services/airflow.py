@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from mlox_iac.components.services.base import (
-    HOURS_PER_MONTH, Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits,
-    provisioner, Face, digest,
+    Context, Data, Face, HOURS_PER_MONTH, Managed, Route, Service, ServiceComponent,
+    ServiceSettings, digest, hc, http_check, limits, provisioner,
 )
 
 from mlox_iac.render import client_image
@@ -182,8 +182,6 @@ def _container(ctx: Context, command: list[str], health: list[str], memory_mb: i
     }
 
 
-def _python_get(url: str) -> list[str]:
-    return ["CMD", "python", "-c", f"import urllib.request; urllib.request.urlopen('{url}', timeout=8)"]
 
 
 def compose(ctx: Context) -> dict:
@@ -205,10 +203,10 @@ def compose(ctx: Context) -> dict:
                 "deploy": limits(512),
             },
             "airflow": _container(ctx, ["airflow", "api-server", "--port", str(PORT)],
-                                  _python_get(f"http://127.0.0.1:{PORT}{prefix(ctx)}/api/v2/monitor/health"), API_MB,
+                                  http_check(PORT, f"{prefix(ctx)}/api/v2/monitor/health", timeout_s=8), API_MB,
                                   timeout="10s"),
             "airflow-scheduler": _container(ctx, ["airflow", "scheduler"],
-                                            _python_get(f"http://127.0.0.1:{SCHEDULER_HEALTH_PORT}/health"),
+                                            http_check(SCHEDULER_HEALTH_PORT, "/health", timeout_s=8),
                                             SCHEDULER_MB, volumes=scheduler_volumes),
             "airflow-dag-processor": _container(
                 ctx, ["airflow", "dag-processor"],

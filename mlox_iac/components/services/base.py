@@ -226,6 +226,21 @@ def hc(test: list[str], start_period: str = "20s", interval_s: int = 10) -> dict
             "retries": max(1, UNHEALTHY_AFTER_S // interval_s), "start_period": start_period}
 
 
+def http_check(port: int, path: str, timeout_s: int = 4) -> list[str]:
+    """A healthcheck command: GET ``path`` from 127.0.0.1:``port``, healthy on a 2xx answer.
+
+    With bash alone, no interpreter to start: a ``python -c 'urllib.request.urlopen(...)'``
+    check cost about 175 ms of CPU each time, this one about 7 ms (measured on this project's
+    2-core CI machine). Every service runs its check every 10 s or less, for as long as the
+    server is up, so on a full stack the Python checks alone kept a tenth of a core busy.
+    HTTP/1.0 with the ``Host`` header urllib sends: the server closes the connection after its
+    answer, and ``read`` takes everything up to that (or what came within the timeout).
+    """
+    return ["CMD", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port} && "
+            f"printf 'GET {path} HTTP/1.0\\r\\nHost: 127.0.0.1:{port}\\r\\n\\r\\n' >&3 && "
+            f"{{ read -r -d '' -t {timeout_s} reply <&3; [[ $$reply == 'HTTP/1.'?' 2'* ]]; }}"]
+
+
 PROVISIONED_CHECK = ["CMD", "test", "-f", "/tmp/mlox-provisioned"]
 
 

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 from mlox_iac.components.services import redis
 from mlox_iac.components.services.base import (
-    Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits, Face,
+    Context, Data, Face, Managed, Route, Service, ServiceComponent, ServiceSettings, digest, hc,
+    http_check, limits,
 )
 
 if TYPE_CHECKING:
@@ -93,8 +94,7 @@ def compose(ctx: Context) -> dict:
                 "volumes": [f"./feast/feature_store.yaml:{CONFIG}:ro", *postgres.tls_mounts(ctx)],
                 "labels": {"org.mlox.config-hash": digest(feature_store_yaml(ctx))},
                 "healthcheck": hc(
-                    ["CMD", "python", "-c",
-                     f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{PORT}/health', timeout=4)"],
+                    http_check(PORT, "/health"),
                     start_period="60s",
                 ),
                 "depends_on": {

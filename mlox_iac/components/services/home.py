@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 
 from mlox_iac.components.services import programs
 from mlox_iac.components.services.base import (
-    Context, Data, Face, Managed, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
+    Context, Data, Face, Managed, Route, Service, ServiceComponent, ServiceSettings, digest, hc,
+    http_check, limits,
 )
 
 if TYPE_CHECKING:
@@ -110,9 +111,7 @@ def compose(ctx: Context) -> dict:
         "environment": {"PORT": str(PORT), "LISTING": "/mlox/home.json", "BACKUP_STATE": "/mlox/backup"},
         "volumes": volumes,
         "labels": {"org.mlox.config-hash": digest(*(shipped[p] for p in sorted(shipped)))},
-        "healthcheck": hc(["CMD", "python3", "-c",
-                           f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{PORT}/healthz', timeout=4)"],
-                          start_period="5s"),
+        "healthcheck": hc(http_check(PORT, "/healthz"), start_period="5s"),
         "deploy": limits(MEMORY_MB),
     }}}
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mlox_iac.components.services.base import (
-    HOURS_PER_MONTH, Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
-    Face,
+    Context, Data, Face, HOURS_PER_MONTH, Managed, Route, Service, ServiceComponent,
+    ServiceSettings, digest, hc, http_check, limits,
 )
 
 from mlox_iac.render import client_image
@@ -130,7 +130,7 @@ def compose(ctx: Context) -> dict:
 
         mounts += [f"./feast/feature_store.yaml:{feast.CONFIG}:ro", *postgres.tls_mounts(ctx)]
         config_hash = digest(SERVER_CONFIG, faces.inside_settings(ctx), feast.feature_store_yaml(ctx))
-    health = f"http://127.0.0.1:{PORT}{base_url(ctx)}api"  # Jupyter's version endpoint needs no login
+    health = f"{base_url(ctx)}api"  # Jupyter's version endpoint needs no login
     return {
         "services": {
             "jupyter": {
@@ -147,7 +147,7 @@ def compose(ctx: Context) -> dict:
                 # A changed mounted file changes this label, so Compose recreates the container.
                 "labels": {"org.mlox.config-hash": config_hash},
                 "healthcheck": hc(
-                    ["CMD", "python", "-c", f"import urllib.request; urllib.request.urlopen('{health}', timeout=4)"],
+                    http_check(PORT, health),
                     start_period="30s",
                 ),
                 "depends_on": {"seaweedfs-buckets": {"condition": "service_healthy"}},

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from mlox_iac.components.services.base import (
-    Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits, provisioner, Face,
+    Context, Data, Face, Managed, Route, Service, ServiceComponent, ServiceSettings, digest, hc,
+    http_check, limits, provisioner,
 )
 
 if TYPE_CHECKING:
@@ -120,8 +121,7 @@ def compose(ctx: Context) -> dict:
                 "entrypoint": ["/bin/sh", "-c", _START],
                 "volumes": [f"label-studio-data:{DATA}", *postgres.tls_mounts(ctx), *seaweedfs.ca_mounts(ctx)],
                 "healthcheck": hc(
-                    ["CMD", "python3", "-c",
-                     f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{PORT}/health', timeout=4)"],
+                    http_check(PORT, "/health"),
                     # The first start runs the database migrations: over 6 minutes on a busy 2-core server.
                     start_period="900s",
                 ),

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from mlox_iac.components.services.base import (
-    QUICK_CHECK_S, Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, hc, limits, Face,
+    Context, Data, Face, Managed, QUICK_CHECK_S, Route, Service, ServiceComponent, ServiceSettings,
+    hc, http_check, limits,
 )
 from mlox_iac.components.services import caddy
 
@@ -94,11 +95,9 @@ def compose(ctx: Context) -> dict:
                 **({"volumes": volumes} if volumes else {}),
                 "command": command,
                 "healthcheck": hc(
-                    # GET /health with bash alone (no interpreter to start), so it can run every
-                    # few seconds: services wait for MLflow (serving; the moves of a part).
-                    ["CMD", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{PORT} && "
-                     f"printf 'GET {health_path} HTTP/1.0\\r\\n\\r\\n' >&3 && "
-                     "{ read -r -d '' -t 4 reply <&3; [[ $$reply == 'HTTP/1.'?' 200 '* ]]; }"],
+                    # Cheap (bash alone), so it can run every few seconds: services wait for
+                    # MLflow (serving; the moves of a part).
+                    http_check(PORT, health_path),
                     # The first start upgrades the database schema; on a busy 2-core server
                     # that took over 3 minutes, and failures inside the start period do not count.
                     start_period="180s", interval_s=QUICK_CHECK_S,

@@ -41,8 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from mlox_iac.components.services import programs
 from mlox_iac.components.services.base import (
-    MLOX_DIR, Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
-    provisioner, Face,
+    Context, Data, Face, MLOX_DIR, Managed, Route, Service, ServiceComponent, ServiceSettings,
+    digest, hc, http_check, limits, provisioner,
 )
 
 if TYPE_CHECKING:
@@ -400,8 +400,7 @@ def compose(ctx: Context) -> dict:
             "volumes": ["/var/lib/docker/containers:/host/docker/containers:ro", "/sys/fs/cgroup:/host/cgroup:ro",
                         "./monitoring/container_metrics.py:/mlox/container_metrics.py:ro"],
             "labels": {"org.mlox.config-hash": digest(files["monitoring/container_metrics.py"])},
-            "healthcheck": hc(["CMD", "python3", "-c",
-                               "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9101/metrics', timeout=4)"]),
+            "healthcheck": hc(http_check(9101, "/metrics")),
             "deploy": limits(48),
         },
         "blackbox-exporter": {

@@ -39,8 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mlox_iac.components.services import programs
 from mlox_iac.components.services.base import (
-    HOURS_PER_MONTH, Context, Data, Managed, Route, Service, ServiceComponent, ServiceSettings, digest, hc, limits,
-    Face,
+    Context, Data, Face, HOURS_PER_MONTH, Managed, Route, Service, ServiceComponent,
+    ServiceSettings, digest, hc, http_check, limits,
 )
 
 if TYPE_CHECKING:
@@ -150,8 +150,7 @@ def compose(ctx: Context) -> dict:
                             faces.inside_mount()],  # mlox-client's settings for the models' own code
                 "labels": {"org.mlox.config-hash": digest(*(files_[k] for k in sorted(files_)))},
                 # Healthy once the model server runs; each model's route answers 503 until a version is up.
-                "healthcheck": hc(["CMD", "python3", "-c", "import urllib.request; "
-                                   f"urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics', timeout=4)"]),
+                "healthcheck": hc(http_check(METRICS_PORT, "/metrics")),
                 "depends_on": {"mlflow": {"condition": "service_healthy"},
                                "seaweedfs-buckets": {"condition": "service_healthy"}},
                 "deploy": limits(memory(ctx)),
