@@ -290,7 +290,7 @@ def test_an_unreachable_repository_fails_at_once(tmp_path):
     with pytest.raises(DataError, match=rf"^the backup repository is unreachable \(s3:http://127.0.0.1:{port}/b/x\): "
                                         rf"127.0.0.1:{port}: Connection refused$"):
         repo.reachable(attempts=2)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 60  # at once, not restic's 15 minutes of retries
 
 
 FAKE_DOCKER = """#!/bin/sh
@@ -554,7 +554,7 @@ def test_restic_backup_stops_at_a_missing_bucket(tmp_path, monkeypatch):
     started = time.monotonic()
     with pytest.raises(backup.MissingRepository):
         backup._restic_backup(repo.host, repo, [], [])
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 60  # stopped at the first line, not after an attempt (300 s)
     assert (tmp_path / "docker.log").read_text().startswith("rm -f mlox-restic-backup-")
 
 
