@@ -160,8 +160,8 @@ def _built() -> dict:
     return {"build": {"context": f"./{BUILD_CONTEXT}"}, "image": LOCAL_IMAGE, "pull_policy": "build"}
 
 
-def _container(ctx: Context, command: list[str], health: list[str], memory_mb: int, every: str = "10s",
-               timeout: str = "5s", volumes: tuple[str, ...] = ()) -> dict:
+def _container(ctx: Context, command: list[str], health: list[str], memory_mb: int, timeout: str = "5s",
+               volumes: tuple[str, ...] = ()) -> dict:
     from mlox_iac import faces
 
     return {
@@ -176,12 +176,10 @@ def _container(ctx: Context, command: list[str], health: list[str], memory_mb: i
         "labels": {"org.mlox.config-hash": digest(faces.inside_settings(ctx))},
         # Airflow's processes import for a minute or more on a busy 2-core server (the API
         # server was still starting after 90 s with every service of the full preset starting).
-        "healthcheck": {**hc(health, start_period="180s"), "interval": every, "timeout": timeout},
+        "healthcheck": {**hc(health, start_period="180s"), "timeout": timeout},
         "depends_on": {"airflow-init": {"condition": "service_healthy"}},
         "deploy": limits(memory_mb),
     }
-
-
 
 
 # The dag processor's health: a heartbeat within [dag_processor] health_check_threshold (30 s
